@@ -1,0 +1,9 @@
+//! wimsey-core: the SPIFFE and WIMSE identity domain as plain functions over plain values.
+//!
+//! Nothing here does network or file I/O, talks to Kubernetes, or reads the clock: callers pass
+//! the current time in, so every rule is testable with fixed inputs.
+
+pub mod keys;
+pub mod spiffe_id;
+
+pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
