@@ -4,9 +4,7 @@
 //! [`Zeroizing`] buffer, so a caller must ask for the secret explicitly.
 
 use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{
-    self, EcdsaKeyPair, EcdsaSigningAlgorithm, KeyPair as _,
-};
+use aws_lc_rs::signature::{self, EcdsaKeyPair, EcdsaSigningAlgorithm, KeyPair as _};
 use zeroize::Zeroizing;
 
 /// Errors from key generation, loading and signing.
@@ -99,7 +97,9 @@ pub struct SigningKey {
 impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Never print key material.
-        f.debug_struct("SigningKey").field("algorithm", &self.algorithm).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("algorithm", &self.algorithm)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,7 +118,12 @@ impl SigningKey {
             .map_err(|_| KeyError::InvalidPkcs8(algorithm))?;
         let asn1 = EcdsaKeyPair::from_pkcs8(algorithm.asn1_signing(), der)
             .map_err(|_| KeyError::InvalidPkcs8(algorithm))?;
-        Ok(Self { algorithm, pkcs8: Zeroizing::new(der.to_vec()), fixed, asn1 })
+        Ok(Self {
+            algorithm,
+            pkcs8: Zeroizing::new(der.to_vec()),
+            fixed,
+            asn1,
+        })
     }
 
     /// Loads a PKCS#8 key, trying each supported algorithm.
@@ -149,13 +154,19 @@ impl SigningKey {
     /// Signs `message` and returns an ASN.1 DER `Ecdsa-Sig-Value`, as X.509 and CSRs use.
     pub fn sign_asn1(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let rng = SystemRandom::new();
-        self.asn1.sign(&rng, message).map(|s| s.as_ref().to_vec()).map_err(|_| KeyError::Sign)
+        self.asn1
+            .sign(&rng, message)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| KeyError::Sign)
     }
 
     /// Signs `message` and returns the fixed-size r || s form that JWS uses.
     pub fn sign_fixed(&self, message: &[u8]) -> Result<Vec<u8>, KeyError> {
         let rng = SystemRandom::new();
-        self.fixed.sign(&rng, message).map(|s| s.as_ref().to_vec()).map_err(|_| KeyError::Sign)
+        self.fixed
+            .sign(&rng, message)
+            .map(|s| s.as_ref().to_vec())
+            .map_err(|_| KeyError::Sign)
     }
 }
 
@@ -209,17 +220,33 @@ mod tests {
             let again = SigningKey::from_pkcs8_any(&key.pkcs8_der()).expect("reload");
             assert_eq!(again.algorithm(), alg);
             assert_eq!(again.public_key_sec1(), key.public_key_sec1());
-            let (fixed_alg, asn1_alg): (&dyn signature::VerificationAlgorithm, &dyn signature::VerificationAlgorithm) =
-                match alg {
-                    KeyAlgorithm::EcdsaP256 => (&signature::ECDSA_P256_SHA256_FIXED, &signature::ECDSA_P256_SHA256_ASN1),
-                    KeyAlgorithm::EcdsaP384 => (&signature::ECDSA_P384_SHA384_FIXED, &signature::ECDSA_P384_SHA384_ASN1),
-                };
+            let (fixed_alg, asn1_alg): (
+                &dyn signature::VerificationAlgorithm,
+                &dyn signature::VerificationAlgorithm,
+            ) = match alg {
+                KeyAlgorithm::EcdsaP256 => (
+                    &signature::ECDSA_P256_SHA256_FIXED,
+                    &signature::ECDSA_P256_SHA256_ASN1,
+                ),
+                KeyAlgorithm::EcdsaP384 => (
+                    &signature::ECDSA_P384_SHA384_FIXED,
+                    &signature::ECDSA_P384_SHA384_ASN1,
+                ),
+            };
             let fixed = key.sign_fixed(b"msg").expect("sign");
             assert_eq!(fixed.len(), 2 * alg.coordinate_len());
-            UnparsedPublicKey::new(fixed_alg, key.public_key_sec1()).verify(b"msg", &fixed).expect("fixed verifies");
+            UnparsedPublicKey::new(fixed_alg, key.public_key_sec1())
+                .verify(b"msg", &fixed)
+                .expect("fixed verifies");
             let asn1 = key.sign_asn1(b"msg").expect("sign");
-            UnparsedPublicKey::new(asn1_alg, key.public_key_sec1()).verify(b"msg", &asn1).expect("asn1 verifies");
-            assert!(UnparsedPublicKey::new(asn1_alg, key.public_key_sec1()).verify(b"other", &asn1).is_err());
+            UnparsedPublicKey::new(asn1_alg, key.public_key_sec1())
+                .verify(b"msg", &asn1)
+                .expect("asn1 verifies");
+            assert!(
+                UnparsedPublicKey::new(asn1_alg, key.public_key_sec1())
+                    .verify(b"other", &asn1)
+                    .is_err()
+            );
         }
     }
 

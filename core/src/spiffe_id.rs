@@ -42,7 +42,9 @@ pub enum SpiffeIdError {
     Query,
     #[error("SPIFFE ID must not contain a fragment ('#')")]
     Fragment,
-    #[error("path segment characters are limited to letters, numbers, dots, dashes, and underscores (found {0:?})")]
+    #[error(
+        "path segment characters are limited to letters, numbers, dots, dashes, and underscores (found {0:?})"
+    )]
     PathChar(char),
     #[error("path cannot contain empty segments")]
     EmptySegment,
@@ -100,7 +102,9 @@ impl TrustDomain {
     /// Parses a bare trust domain name (`example.org`).
     pub fn new(name: &str) -> Result<Self, SpiffeIdError> {
         validate_trust_domain_name(name)?;
-        Ok(Self { name: name.to_owned() })
+        Ok(Self {
+            name: name.to_owned(),
+        })
     }
 
     /// Accepts either a bare name or a SPIFFE ID (`spiffe://example.org/...`), as go-spiffe's
@@ -124,11 +128,17 @@ impl TrustDomain {
 
     /// The trust domain's own SPIFFE ID (no path).
     pub fn to_spiffe_id(&self) -> SpiffeId {
-        SpiffeId { uri: self.id_string(), path_start: SCHEME_PREFIX.len() + self.name.len() }
+        SpiffeId {
+            uri: self.id_string(),
+            path_start: SCHEME_PREFIX.len() + self.name.len(),
+        }
     }
 
     /// Builds `spiffe://<td>/<seg>/<seg>...` from unescaped path segments.
-    pub fn id_from_segments<S: AsRef<str>>(&self, segments: &[S]) -> Result<SpiffeId, SpiffeIdError> {
+    pub fn id_from_segments<S: AsRef<str>>(
+        &self,
+        segments: &[S],
+    ) -> Result<SpiffeId, SpiffeIdError> {
         let mut uri = self.id_string();
         let path_start = uri.len();
         for segment in segments {
@@ -146,7 +156,10 @@ impl TrustDomain {
         validate_path(path)?;
         let uri = format!("{}{path}", self.id_string());
         check_total_len(&uri)?;
-        Ok(SpiffeId { path_start: uri.len() - path.len(), uri })
+        Ok(SpiffeId {
+            path_start: uri.len() - path.len(),
+            uri,
+        })
     }
 }
 
@@ -182,7 +195,9 @@ impl SpiffeId {
         if input.is_empty() {
             return Err(SpiffeIdError::Empty);
         }
-        let rest = input.strip_prefix(SCHEME_PREFIX).ok_or(SpiffeIdError::WrongScheme)?;
+        let rest = input
+            .strip_prefix(SCHEME_PREFIX)
+            .ok_or(SpiffeIdError::WrongScheme)?;
         let td_len = rest.find('/').unwrap_or(rest.len());
         let (td, path) = rest.split_at(td_len);
         if td.is_empty() {
@@ -191,7 +206,10 @@ impl SpiffeId {
         validate_trust_domain_name(td)?;
         validate_path(path)?;
         check_total_len(input)?;
-        Ok(Self { uri: input.to_owned(), path_start: SCHEME_PREFIX.len() + td_len })
+        Ok(Self {
+            uri: input.to_owned(),
+            path_start: SCHEME_PREFIX.len() + td_len,
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -203,7 +221,9 @@ impl SpiffeId {
     }
 
     pub fn trust_domain(&self) -> TrustDomain {
-        TrustDomain { name: self.trust_domain_name().to_owned() }
+        TrustDomain {
+            name: self.trust_domain_name().to_owned(),
+        }
     }
 
     /// The path, `""` for a trust domain ID, otherwise starting with `/`.
@@ -322,7 +342,9 @@ pub fn validate_path(path: &str) -> Result<(), SpiffeIdError> {
     if path.is_empty() {
         return Ok(());
     }
-    let rest = path.strip_prefix('/').ok_or(SpiffeIdError::NoLeadingSlash)?;
+    let rest = path
+        .strip_prefix('/')
+        .ok_or(SpiffeIdError::NoLeadingSlash)?;
     let mut segments = rest.split('/').peekable();
     while let Some(segment) = segments.next() {
         if segment.is_empty() {
@@ -385,7 +407,11 @@ mod tests {
             "test.example.org",
             "/Path.With-Mixed_Case/a.b-c_D/..x/x..",
         ),
-        ("spiffe://td_1.example-2.org/id-2", "td_1.example-2.org", "/id-2"),
+        (
+            "spiffe://td_1.example-2.org/id-2",
+            "td_1.example-2.org",
+            "/id-2",
+        ),
         ("spiffe://192.168.1.1/id-2", "192.168.1.1", "/id-2"),
     ];
 
@@ -418,63 +444,76 @@ mod tests {
 
     #[test]
     fn v15_v16_trust_domain_from_name_or_id() {
-        assert_eq!(TrustDomain::from_name_or_id("trustdomain").expect("bare").name(), "trustdomain");
         assert_eq!(
-            TrustDomain::from_name_or_id("spiffe://trustdomain/path").expect("from id").name(),
+            TrustDomain::from_name_or_id("trustdomain")
+                .expect("bare")
+                .name(),
             "trustdomain"
         );
-        assert_eq!(TrustDomain::from_name_or_id("spiffe:/trustdomain/path").unwrap_err(), E::WrongScheme);
-        assert_eq!(TrustDomain::new("trustdomain").expect("td").id_string(), "spiffe://trustdomain");
+        assert_eq!(
+            TrustDomain::from_name_or_id("spiffe://trustdomain/path")
+                .expect("from id")
+                .name(),
+            "trustdomain"
+        );
+        assert_eq!(
+            TrustDomain::from_name_or_id("spiffe:/trustdomain/path").unwrap_err(),
+            E::WrongScheme
+        );
+        assert_eq!(
+            TrustDomain::new("trustdomain").expect("td").id_string(),
+            "spiffe://trustdomain"
+        );
     }
 
     #[test]
     fn invalid_vectors_fail_with_the_rule_they_break() {
         let cases: &[(&str, E)] = &[
-            ("", E::Empty),                                                     // I1
-            ("s", E::WrongScheme),                                              // I2
-            ("spiffe:/", E::WrongScheme),                                       // I3
-            ("Spiffe://", E::WrongScheme),                                      // I4
-            ("spiffe:/trustdomain/path", E::WrongScheme),                       // I5
-            ("spiffe://", E::MissingTrustDomain),                               // I6
-            ("spiffe:///", E::MissingTrustDomain),                              // I7
-            ("spiffe:///path", E::MissingTrustDomain),                          // I8
-            ("spiffe://trustdomain/", E::TrailingSlash),                        // I9
-            ("spiffe://trustdomain/path/", E::TrailingSlash),                   // I10
-            ("spiffe://trustdomain//", E::EmptySegment),                        // I11
-            ("spiffe://trustdomain//path", E::EmptySegment),                    // I12
-            ("spiffe://trustdomain/.", E::DotSegment),                          // I13
-            ("spiffe://trustdomain/./path", E::DotSegment),                     // I14
-            ("spiffe://trustdomain/path/./other", E::DotSegment),               // I15
-            ("spiffe://trustdomain/path/..", E::DotSegment),                    // I16
-            ("spiffe://trustdomain/..", E::DotSegment),                         // I17
-            ("spiffe://trustdomain/../path", E::DotSegment),                    // I18
-            ("spiffe://trustdomain/path/../other", E::DotSegment),              // I19
-            ("spiffe://%F0%9F%A4%AF/path", E::PercentEncoded),                  // I20
-            ("spiffe://trustdomain/%F0%9F%A4%AF", E::PercentEncoded),           // I21
-            ("spiffe://%62%61%64/path", E::PercentEncoded),                     // I22
-            ("spiffe://trustdomain/%62%61%64", E::PercentEncoded),              // I23
-            ("spiffe://trust$domain", E::TrustDomainChar('$')),                 // I24
-            ("spiffe://trustdomain/path$", E::PathChar('$')),                   // I25
-            ("spiffe://trustdomainA/path", E::UppercaseTrustDomain('A')),       // I26
-            ("spiffe://trustdomain:/path", E::Port),                            // I27
-            ("spiffe://trustdomain@/path", E::UserInfo),                        // I28
-            ("spiffe://trustdomain/path?", E::Query),                           // I29
-            ("spiffe://trustdomain/path#", E::Fragment),                        // I30
-            ("spiffe://trustdomain/path~", E::PathChar('~')),                   // I31
-            ("spiffe://trustdomain/pathé", E::PathChar('é')),                   // I32
-            ("spiffe:///a", E::MissingTrustDomain),                             // I33
-            ("spiffe://test.example.org:8080/a", E::Port),                      // I34
-            ("spiffe://u@test.example.org/a", E::UserInfo),                     // I35
-            ("spiffe://test.example.org/a?x=1", E::Query),                      // I36
-            ("spiffe://test.example.org/a#f", E::Fragment),                     // I37
-            ("spiffe://test.example.org/%41", E::PercentEncoded),               // I38
-            ("spiffe://test.example.org/a//b", E::EmptySegment),                // I39
-            ("spiffe://test.example.org/a/./b", E::DotSegment),                 // I40
-            ("spiffe://test.example.org/a/../b", E::DotSegment),                // I40
-            ("spiffe://test.example.org/a/", E::TrailingSlash),                 // I41
-            ("spiffe://test.example.org/a!b", E::PathChar('!')),                // I42
-            ("spiffe://t$d/a", E::TrustDomainChar('$')),                        // I43
-            ("spiffe://[::1]/a", E::TrustDomainChar('[')),                      // IPv6 is excluded
+            ("", E::Empty),                                               // I1
+            ("s", E::WrongScheme),                                        // I2
+            ("spiffe:/", E::WrongScheme),                                 // I3
+            ("Spiffe://", E::WrongScheme),                                // I4
+            ("spiffe:/trustdomain/path", E::WrongScheme),                 // I5
+            ("spiffe://", E::MissingTrustDomain),                         // I6
+            ("spiffe:///", E::MissingTrustDomain),                        // I7
+            ("spiffe:///path", E::MissingTrustDomain),                    // I8
+            ("spiffe://trustdomain/", E::TrailingSlash),                  // I9
+            ("spiffe://trustdomain/path/", E::TrailingSlash),             // I10
+            ("spiffe://trustdomain//", E::EmptySegment),                  // I11
+            ("spiffe://trustdomain//path", E::EmptySegment),              // I12
+            ("spiffe://trustdomain/.", E::DotSegment),                    // I13
+            ("spiffe://trustdomain/./path", E::DotSegment),               // I14
+            ("spiffe://trustdomain/path/./other", E::DotSegment),         // I15
+            ("spiffe://trustdomain/path/..", E::DotSegment),              // I16
+            ("spiffe://trustdomain/..", E::DotSegment),                   // I17
+            ("spiffe://trustdomain/../path", E::DotSegment),              // I18
+            ("spiffe://trustdomain/path/../other", E::DotSegment),        // I19
+            ("spiffe://%F0%9F%A4%AF/path", E::PercentEncoded),            // I20
+            ("spiffe://trustdomain/%F0%9F%A4%AF", E::PercentEncoded),     // I21
+            ("spiffe://%62%61%64/path", E::PercentEncoded),               // I22
+            ("spiffe://trustdomain/%62%61%64", E::PercentEncoded),        // I23
+            ("spiffe://trust$domain", E::TrustDomainChar('$')),           // I24
+            ("spiffe://trustdomain/path$", E::PathChar('$')),             // I25
+            ("spiffe://trustdomainA/path", E::UppercaseTrustDomain('A')), // I26
+            ("spiffe://trustdomain:/path", E::Port),                      // I27
+            ("spiffe://trustdomain@/path", E::UserInfo),                  // I28
+            ("spiffe://trustdomain/path?", E::Query),                     // I29
+            ("spiffe://trustdomain/path#", E::Fragment),                  // I30
+            ("spiffe://trustdomain/path~", E::PathChar('~')),             // I31
+            ("spiffe://trustdomain/pathé", E::PathChar('é')),             // I32
+            ("spiffe:///a", E::MissingTrustDomain),                       // I33
+            ("spiffe://test.example.org:8080/a", E::Port),                // I34
+            ("spiffe://u@test.example.org/a", E::UserInfo),               // I35
+            ("spiffe://test.example.org/a?x=1", E::Query),                // I36
+            ("spiffe://test.example.org/a#f", E::Fragment),               // I37
+            ("spiffe://test.example.org/%41", E::PercentEncoded),         // I38
+            ("spiffe://test.example.org/a//b", E::EmptySegment),          // I39
+            ("spiffe://test.example.org/a/./b", E::DotSegment),           // I40
+            ("spiffe://test.example.org/a/../b", E::DotSegment),          // I40
+            ("spiffe://test.example.org/a/", E::TrailingSlash),           // I41
+            ("spiffe://test.example.org/a!b", E::PathChar('!')),          // I42
+            ("spiffe://t$d/a", E::TrustDomainChar('$')),                  // I43
+            ("spiffe://[::1]/a", E::TrustDomainChar('[')),                // IPv6 is excluded
         ];
         for (input, want) in cases {
             assert_eq!(SpiffeId::parse(input).as_ref(), Err(want), "{input:?}");
@@ -500,7 +539,10 @@ mod tests {
     #[test]
     fn trust_domain_length_limit() {
         let long = "a".repeat(256);
-        assert_eq!(TrustDomain::new(&long).unwrap_err(), E::TrustDomainTooLong(256));
+        assert_eq!(
+            TrustDomain::new(&long).unwrap_err(),
+            E::TrustDomainTooLong(256)
+        );
         TrustDomain::new(&"a".repeat(255)).expect("255 is fine");
     }
 
@@ -511,7 +553,10 @@ mod tests {
         assert_eq!(td.id_from_segments(&["."]).unwrap_err(), E::DotSegment);
         assert_eq!(td.id_from_segments(&[".."]).unwrap_err(), E::DotSegment);
         assert_eq!(td.id_from_segments(&["/"]).unwrap_err(), E::PathChar('/'));
-        assert_eq!(td.id_from_segments(&["/foo"]).unwrap_err(), E::PathChar('/'));
+        assert_eq!(
+            td.id_from_segments(&["/foo"]).unwrap_err(),
+            E::PathChar('/')
+        );
         assert_eq!(td.id_from_segments(&["$"]).unwrap_err(), E::PathChar('$'));
         assert_eq!(td.id_from_path("foo").unwrap_err(), E::NoLeadingSlash);
         assert_eq!(td.id_from_path("/").unwrap_err(), E::TrailingSlash);
@@ -521,7 +566,10 @@ mod tests {
         let root = td.id_from_segments::<&str>(&[]).expect("no segments");
         assert_eq!(root.path(), "");
         assert_eq!(root, td.to_spiffe_id());
-        assert_eq!(td.id_from_path("/a/b").expect("path").as_str(), "spiffe://trustdomain/a/b");
+        assert_eq!(
+            td.id_from_path("/a/b").expect("path").as_str(),
+            "spiffe://trustdomain/a/b"
+        );
     }
 
     #[test]
@@ -529,17 +577,34 @@ mod tests {
         let td = TrustDomain::new("example.org").expect("td");
         let check = |s: &str| SpiffeId::parse(s).expect("parse").check_workload_id(&td);
         check("spiffe://example.org/ns/default/sa/web").expect("workload");
-        assert_eq!(check("spiffe://example.org").unwrap_err().label(), "root_path");
-        assert_eq!(check("spiffe://example.org/spire").unwrap_err().label(), "reserved_path");
-        assert_eq!(check("spiffe://example.org/spire/agent/x").unwrap_err().label(), "reserved_path");
+        assert_eq!(
+            check("spiffe://example.org").unwrap_err().label(),
+            "root_path"
+        );
+        assert_eq!(
+            check("spiffe://example.org/spire").unwrap_err().label(),
+            "reserved_path"
+        );
+        assert_eq!(
+            check("spiffe://example.org/spire/agent/x")
+                .unwrap_err()
+                .label(),
+            "reserved_path"
+        );
         check("spiffe://example.org/spirex").expect("only the exact namespace is reserved");
-        assert_eq!(check("spiffe://other.org/a").unwrap_err().label(), "not_in_trust_domain");
+        assert_eq!(
+            check("spiffe://other.org/a").unwrap_err().label(),
+            "not_in_trust_domain"
+        );
     }
 
     #[test]
     fn serde_round_trip_validates() {
         let id: SpiffeId = serde_json::from_str("\"spiffe://example.org/a\"").expect("deserialize");
-        assert_eq!(serde_json::to_string(&id).expect("serialize"), "\"spiffe://example.org/a\"");
+        assert_eq!(
+            serde_json::to_string(&id).expect("serialize"),
+            "\"spiffe://example.org/a\""
+        );
         let err = serde_json::from_str::<SpiffeId>("\"spiffe://example.org/a/\"").unwrap_err();
         assert!(err.to_string().contains("trailing slash"), "{err}");
     }
