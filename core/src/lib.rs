@@ -5,5 +5,6 @@
 
 pub mod keys;
 pub mod spiffe_id;
+pub mod template;
 
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
