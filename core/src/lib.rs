@@ -4,6 +4,7 @@
 //! the current time in, so every rule is testable with fixed inputs.
 
 pub mod keys;
+pub mod rotation;
 pub mod spiffe_id;
 pub mod template;
 
