@@ -7,5 +7,6 @@ pub mod keys;
 pub mod rotation;
 pub mod spiffe_id;
 pub mod template;
+pub mod wimse_id;
 
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
