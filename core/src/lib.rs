@@ -3,6 +3,8 @@
 //! Nothing here does network or file I/O, talks to Kubernetes, or reads the clock: callers pass
 //! the current time in, so every rule is testable with fixed inputs.
 
+pub mod bundle;
+pub mod jose;
 pub mod keys;
 pub mod rotation;
 pub mod spiffe_id;
