@@ -10,5 +10,6 @@ pub mod rotation;
 pub mod spiffe_id;
 pub mod template;
 pub mod wimse_id;
+pub mod x509;
 
 pub use spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
