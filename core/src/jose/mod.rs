@@ -11,6 +11,9 @@ pub mod jws;
 pub mod jwt_svid;
 pub mod wimse;
 
+#[cfg(test)]
+mod robustness_tests;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;

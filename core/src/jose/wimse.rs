@@ -404,7 +404,7 @@ fn confirmation_key(
 }
 
 /// What goes into a new WPT.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WptClaims<'a> {
     /// The WIT sent alongside (hashed into `wth`).
     pub wit: &'a str,
@@ -418,6 +418,19 @@ pub struct WptClaims<'a> {
     /// Other token headers sent with the request, as (header name, value): hashed into `oth`
     /// under the lower-cased name.
     pub other_tokens: &'a [(&'a str, &'a str)],
+}
+
+impl std::fmt::Debug for WptClaims<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The WIT and the access tokens are credentials: never print them.
+        f.debug_struct("WptClaims")
+            .field("audience", &self.audience)
+            .field("expires_at", &self.expires_at)
+            .field("access_token", &self.access_token.is_some())
+            .field("txn_token", &self.txn_token.is_some())
+            .field("other_tokens", &self.other_tokens.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Signs a WPT with the workload's private key: header `alg` (= the WIT's `cnf.jwk.alg`), `typ`
@@ -544,7 +557,8 @@ pub struct VerifiedWpt {
 }
 
 /// Verifies a WPT against an already-validated WIT, per every MUST of the WPT draft's
-/// verification list.
+/// verification list. The HTTP layer must already have checked that the request carries exactly
+/// one `Workload-Proof-Token` header, and must answer failures with 400, not 401.
 pub fn verify_wpt(
     wpt: &str,
     wit: &ValidatedWit,
