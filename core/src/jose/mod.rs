@@ -14,6 +14,9 @@ pub mod wimse;
 #[cfg(test)]
 mod robustness_tests;
 
+#[cfg(test)]
+mod conformance_tests;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
