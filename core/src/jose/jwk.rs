@@ -59,6 +59,14 @@ impl EcCurve {
         }
     }
 
+    fn verification_alg(self) -> &'static signature::EcdsaVerificationAlgorithm {
+        match self {
+            EcCurve::P256 => &signature::ECDSA_P256_SHA256_FIXED,
+            EcCurve::P384 => &signature::ECDSA_P384_SHA384_FIXED,
+            EcCurve::P521 => &signature::ECDSA_P521_SHA512_FIXED,
+        }
+    }
+
     /// The ECDSA JWS algorithm that belongs to this curve.
     pub fn jws_alg(self) -> JwsAlgorithm {
         match self {
@@ -240,6 +248,10 @@ impl PublicKey {
                 point.push(0x04);
                 point.extend_from_slice(&x);
                 point.extend_from_slice(&y);
+                // Refuse points off the curve here, as go-jose does, so a broken key fails the
+                // bundle it arrives in rather than every later verification.
+                signature::ParsedPublicKey::new(curve.verification_alg(), &point)
+                    .map_err(|_| JoseError::InvalidPoint(curve.name()))?;
                 Ok(PublicKey::Ec { curve, point })
             }
             "RSA" => {
@@ -585,6 +597,24 @@ mod tests {
         assert!(jwk.key.supports(JwsAlgorithm::EdDsa));
         assert!(!jwk.key.supports(JwsAlgorithm::Es256));
         assert_eq!(jwk.key.thumbprint().len(), 43);
+    }
+
+    #[test]
+    fn off_curve_points_are_refused() {
+        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
+        let mut members = PublicJwk::for_signing_key(&key).to_json_map();
+        let y = b64url_decode(members["y"].as_str().expect("y"), "y").expect("b64");
+        let mut bent = y.clone();
+        bent[31] ^= 1;
+        members.insert("y".into(), Value::String(b64url_encode(&bent)));
+        assert_eq!(
+            PublicJwk::from_json_map(&members),
+            Err(JoseError::InvalidPoint("P-256"))
+        );
+        assert_eq!(
+            super::super::key_id(&key),
+            PublicJwk::for_signing_key(&key).thumbprint()
+        );
     }
 
     #[test]

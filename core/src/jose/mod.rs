@@ -71,6 +71,8 @@ pub enum JoseError {
     UnsupportedCurve(String),
     #[error("public JWK must not contain private key member {0}")]
     PrivateMember(&'static str),
+    #[error("JWK public key is not a valid point on curve {0}")]
+    InvalidPoint(&'static str),
     #[error("key of type {key} cannot verify alg {alg}")]
     KeyAlgMismatch {
         key: &'static str,
@@ -108,6 +110,7 @@ impl JoseError {
             JoseError::UnsupportedKeyType(_) => "unsupported_key_type",
             JoseError::UnsupportedCurve(_) => "unsupported_curve",
             JoseError::PrivateMember(_) => "private_member",
+            JoseError::InvalidPoint(_) => "invalid_point",
             JoseError::KeyAlgMismatch { .. } => "key_alg_mismatch",
             JoseError::JwkAlgMismatch { .. } => "jwk_alg_mismatch",
             JoseError::BadSignature => "bad_signature",
@@ -133,6 +136,11 @@ pub fn b64url_decode(text: &str, what: &'static str) -> Result<Vec<u8>, JoseErro
 /// base64url(SHA-256(value)): the `wth`/`ath`/`tth`/`oth` hash and the RFC 7638 thumbprint form.
 pub fn sha256_b64url(value: &[u8]) -> String {
     b64url_encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, value).as_ref())
+}
+
+/// The `kid` we publish for one of our keys: its RFC 7638 thumbprint, stable and unique per key.
+pub fn key_id(key: &crate::keys::SigningKey) -> String {
+    PublicKey::from_signing_key(key).thumbprint()
 }
 
 /// Seconds since the Unix epoch, the JWT NumericDate. Times before 1970 clamp to 0.
