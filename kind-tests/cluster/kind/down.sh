@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+set -euo pipefail
+D=${WIMSEY_CLUSTER_DIR:-/var/lib/wimsey-cluster}
+NAME=${KIND_CLUSTER:-wimsey}
+if kind get clusters 2>/dev/null | grep -qx "$NAME"; then kind delete cluster --name "$NAME"; fi
+rm -rf "$D"
+echo "kind cluster $NAME down" >&2

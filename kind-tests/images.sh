@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# `make images`: build our binaries as static executables and pack each into an OCI image-layout tar
+# with our own writer (wimsey-oci-image), then import them into the cluster that is up.
+#   images.sh build   -> $WIMSEY_IMAGES_DIR/<name>.tar, $WIMSEY_IMAGES_DIR/tag
+#   images.sh load    -> ctr import (local provider) or kind load image-archive (kind provider)
+# The image list comes from make (IMAGES in mk/cluster.mk) as IMAGE_SPECS, one per line:
+#   name|cargo package|binary|extra wimsey-oci-image flags|extra cargo flags
+# Images are named localhost/wimsey/<name>:<git short sha>[-dirty].
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+CARGO=${CARGO:-cargo}
+TARGET=x86_64-unknown-linux-gnu
+OUT=${WIMSEY_IMAGES_DIR:-$root/target/images}
+REGISTRY=localhost/wimsey
+STATIC_RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols"
+D=${WIMSEY_CLUSTER_DIR:-/var/lib/wimsey-cluster}
+log() { printf '[images %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+
+image_tag() {
+	local sha
+	sha=$(git rev-parse --short HEAD 2>/dev/null || echo nocommit)
+	if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then sha="$sha-dirty"; fi
+	echo "$sha"
+}
+
+specs() { printf '%s\n' "${IMAGE_SPECS:?IMAGE_SPECS is set by make (IMAGES in mk/cluster.mk)}" | sed 's/^[[:space:]]*//; /^$/d'; }
+
+build() {
+	local tag; tag=$(image_tag)
+	mkdir -p "$OUT"
+	# One static cargo build per (package, cargo flags) group.
+	local groups
+	groups=$(specs | awk -F'|' '{ print $2 "|" $5 }' | sort -u)
+	while IFS='|' read -r pkg cflags; do
+		local bins=()
+		while IFS='|' read -r _ p b _ f; do
+			[ "$p" = "$pkg" ] && [ "$f" = "$cflags" ] && bins+=(--bin "$b")
+		done < <(specs)
+		log "cargo build (static, release) -p $pkg ${bins[*]} $cflags"
+		# shellcheck disable=SC2086
+		RUSTFLAGS="$STATIC_RUSTFLAGS" "$CARGO" build --release --target "$TARGET" \
+			-p "$pkg" "${bins[@]}" $cflags
+	done <<<"$groups"
+	# our image writer, built the same way (static binaries run on the build host too)
+	log "cargo build wimsey-oci-image"
+	RUSTFLAGS="$STATIC_RUSTFLAGS" "$CARGO" build --release --target "$TARGET" -p wimsey-kind-tests \
+		--no-default-features --bin wimsey-oci-image
+	local tool=$root/target/$TARGET/release/wimsey-oci-image
+	rm -f "$OUT"/*.tar
+	while IFS='|' read -r name pkg bin oflags _; do
+		local exe=$root/target/$TARGET/release/$bin
+		if command -v readelf >/dev/null && readelf -l "$exe" | grep -q 'Requesting program interpreter'; then
+			echo "$exe is not static" >&2; exit 1
+		fi
+		# shellcheck disable=SC2086
+		"$tool" --out "$OUT/$name.tar" --name "$REGISTRY/$name:$tag" --add "$exe:/$bin" --entrypoint "/$bin" $oflags
+	done < <(specs)
+	echo "$tag" >"$OUT/tag"
+	log "images tagged $tag in $OUT"
+}
+
+load() {
+	local provider tag
+	provider=$(cat "$D/provider" 2>/dev/null || true)
+	tag=$(cat "$OUT/tag")
+	case $provider in
+	local)
+		. "$root/kind-tests/cluster/local/common.sh"
+		if ! pid_alive containerd; then log "local cluster has no node (containerd) up: images not loaded"; return 0; fi
+		for tar in "$OUT"/*.tar; do
+			ctr_ images import "$tar" >/dev/null
+			log "imported $(basename "$tar" .tar) ($tag) into containerd (k8s.io)"
+		done ;;
+	kind)
+		for tar in "$OUT"/*.tar; do kind load image-archive "$tar" --name "${KIND_CLUSTER:-wimsey}"; done ;;
+	*) log "no cluster up: images built, not loaded" ;;
+	esac
+}
+
+case ${1:-build} in
+build) build ;;
+load) load ;;
+tag) image_tag ;;
+*) echo "usage: images.sh build|load|tag" >&2; exit 2 ;;
+esac

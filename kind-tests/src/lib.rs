@@ -1,0 +1,25 @@
+//! wimsey end-to-end test support.
+//!
+//! - [`oci`]: the OCI image-layout writer behind `wimsey-oci-image` (always built).
+//! - with the default `cluster` feature: [`cluster`] (find the cluster from `KUBECONFIG`, its level, our
+//!   image names), [`namespace`] (a temporary namespace per test, dumped on failure and deleted),
+//!   [`wait`] (wait for a condition with a timeout), [`diagnostics`] (pod status, events and logs) and
+//!   [`exec`] (run a command in a pod).
+
+pub mod oci;
+
+#[cfg(feature = "cluster")]
+pub mod cluster;
+#[cfg(feature = "cluster")]
+pub mod diagnostics;
+#[cfg(feature = "cluster")]
+pub mod exec;
+#[cfg(feature = "cluster")]
+pub mod namespace;
+#[cfg(feature = "cluster")]
+pub mod wait;
+
+#[cfg(feature = "cluster")]
+pub use cluster::{Cluster, Level};
+#[cfg(feature = "cluster")]
+pub use namespace::TestNamespace;
