@@ -441,3 +441,101 @@ fn openssl_made_svids_verify_with_ecdsa_and_rsa_pss_and_pkcs1() {
             .unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
+
+/// Throughput smoke test, ignored by default. Run in release mode:
+/// `cargo test --release -p wimsey-core --test x509_interop -- --ignored --nocapture throughput`
+/// Each operation runs in several interleaved rounds and the best round counts, since shared
+/// machines are noisy.
+#[test]
+#[ignore = "measurement, not a check; run by hand in release mode"]
+fn throughput() {
+    use std::time::Instant;
+    let now = SystemTime::now();
+    let authority = root_authority(now);
+    let id = SpiffeId::parse("spiffe://example.org/ns/default/sa/web").expect("id");
+    let request = SvidRequest {
+        spiffe_id: &id,
+        dns_names: &[],
+        ttl: Duration::from_secs(3600),
+    };
+    let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
+    let spki = key.public_key_spki_der();
+    let csr = build_csr(&key, &id, &[]).expect("csr");
+    let issued = authority
+        .issue_for_public_key(&spki, &request, now)
+        .expect("issue");
+    let roots = authority.trust_bundle_roots().to_vec();
+    let td = example_org();
+    let signing = authority.signing_key();
+    // A message as long as a real TBSCertificate, so hashing costs the same.
+    let tbs_sized = vec![0x5a_u8; issued.leaf().expect("leaf").as_bytes().len() - 80];
+
+    type NamedOp<'a> = (&'static str, Box<dyn FnMut() + 'a>);
+    let mut ops: Vec<NamedOp<'_>> = vec![
+        (
+            "raw ECDSA P-256 sign (aws-lc, TBS-sized msg)",
+            Box::new(|| {
+                signing.sign_asn1(&tbs_sized).expect("sign");
+            }),
+        ),
+        (
+            "issue X.509-SVID for a public key",
+            Box::new(|| {
+                authority
+                    .issue_for_public_key(&spki, &request, now)
+                    .expect("issue");
+            }),
+        ),
+        (
+            "issue X.509-SVID from a CSR (incl. PoP)",
+            Box::new(|| {
+                authority
+                    .issue_from_csr(&csr, &request, now)
+                    .expect("issue");
+            }),
+        ),
+        (
+            "verify CSR only (PoP)",
+            Box::new(|| {
+                wimsey_core::x509::verify_csr(&csr).expect("verify");
+            }),
+        ),
+        (
+            "verify SVID (leaf + root bundle)",
+            Box::new(|| {
+                verify_svid(
+                    &issued.chain,
+                    |t: &TrustDomain| (*t == td).then_some(roots.as_slice()),
+                    now,
+                )
+                .expect("verify");
+            }),
+        ),
+    ];
+    let mut best = vec![0f64; ops.len()];
+    for _round in 0..3 {
+        for (index, (_, op)) in ops.iter_mut().enumerate() {
+            let start = Instant::now();
+            let mut count = 0u64;
+            while start.elapsed() < Duration::from_secs(1) {
+                for _ in 0..50 {
+                    op();
+                }
+                count += 50;
+            }
+            let per_second = count as f64 / start.elapsed().as_secs_f64();
+            best[index] = best[index].max(per_second);
+        }
+    }
+    for ((name, _), per_second) in ops.iter().zip(&best) {
+        println!(
+            "{name:<46} {per_second:>9.0} /s  ({:.1} us)",
+            1e6 / per_second
+        );
+    }
+    println!(
+        "issuance / raw sign: from public key {:.0}%, from CSR {:.0}%",
+        100.0 * best[1] / best[0],
+        100.0 * best[2] / best[0]
+    );
+}

@@ -71,6 +71,26 @@ pub(crate) fn push_len(out: &mut Vec<u8>, len: usize) {
     }
 }
 
+/// Bytes taken by a DER length field for `len`.
+pub(crate) fn len_size(len: usize) -> usize {
+    if len < 0x80 {
+        1
+    } else {
+        1 + (usize::BITS - len.leading_zeros()).div_ceil(8) as usize
+    }
+}
+
+/// Bytes taken by a whole element whose content is `content_len` bytes.
+pub(crate) fn tlv_size(content_len: usize) -> usize {
+    1 + len_size(content_len) + content_len
+}
+
+/// Appends `tag || len` for content that the caller writes next.
+pub(crate) fn push_header(out: &mut Vec<u8>, tag: u8, content_len: usize) {
+    out.push(tag);
+    push_len(out, content_len);
+}
+
 /// Appends `tag || len || content`.
 pub(crate) fn push_tlv(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
     out.push(tag);
@@ -164,6 +184,14 @@ pub(crate) fn truncate_to_seconds(time: SystemTime) -> Result<SystemTime, X509Er
 
 /// RFC 5280 §4.1.2.5: UTCTime through 2049, GeneralizedTime from 2050, both in UTC with seconds.
 pub(crate) fn push_time(out: &mut Vec<u8>, time: SystemTime) -> Result<(), X509Error> {
+    let (buffer, len) = encode_time(time)?;
+    out.extend_from_slice(buffer.get(..len).unwrap_or(&[]));
+    Ok(())
+}
+
+/// The whole Time element (tag, length, digits) on the stack: 15 bytes for UTCTime, 17 for
+/// GeneralizedTime. Issuing a leaf encodes two of these, so no formatting machinery.
+pub(crate) fn encode_time(time: SystemTime) -> Result<([u8; 17], usize), X509Error> {
     let secs = time
         .duration_since(UNIX_EPOCH)
         .map_err(|_| X509Error::TimeOutOfRange)?
@@ -174,22 +202,36 @@ pub(crate) fn push_time(out: &mut Vec<u8>, time: SystemTime) -> Result<(), X509E
     if !(1970..=9999).contains(&year) {
         return Err(X509Error::TimeOutOfRange);
     }
-    let (hour, minute, second) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let text = if year < 2050 {
-        format!(
-            "{:02}{month:02}{day:02}{hour:02}{minute:02}{second:02}Z",
-            year % 100
+    // All fields are now in range, so the narrowing below cannot lose information.
+    let year = year as u32;
+    let (hour, minute, second) = (
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    );
+    let mut out = [0u8; 17];
+    let generalized = year >= 2050;
+    let (digits, count) = if generalized {
+        (
+            [year / 100, year % 100, month, day, hour, minute, second],
+            7,
         )
     } else {
-        format!("{year:04}{month:02}{day:02}{hour:02}{minute:02}{second:02}Z")
+        ([year % 100, month, day, hour, minute, second, 0], 6)
     };
-    let tag = if year < 2050 {
-        TAG_UTC_TIME
-    } else {
+    let text_len = count * 2 + 1;
+    out[0] = if generalized {
         TAG_GENERALIZED_TIME
+    } else {
+        TAG_UTC_TIME
     };
-    push_tlv(out, tag, text.as_bytes());
-    Ok(())
+    out[1] = text_len as u8;
+    for (slot, value) in out[2..].chunks_exact_mut(2).zip(digits.iter().take(count)) {
+        slot[0] = b'0' + (value / 10 % 10) as u8;
+        slot[1] = b'0' + (value % 10) as u8;
+    }
+    out[text_len + 1] = b'Z';
+    Ok((out, text_len + 2))
 }
 
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar

@@ -68,9 +68,9 @@ pub struct IssuedSvid {
 }
 
 impl IssuedSvid {
-    pub fn leaf(&self) -> &CertDer {
-        // The chain is built with the leaf first and is never empty.
-        &self.chain[0]
+    /// The leaf certificate (always present in what the authority returns).
+    pub fn leaf(&self) -> Option<&CertDer> {
+        self.chain.first()
     }
 
     /// The chain as concatenated DER (the Workload API's `x509_svid` field).
@@ -112,6 +112,17 @@ struct IssuerTemplate {
     leaf_static_extensions: Vec<u8>,
     /// Our certificate and any intermediates above it, without the root.
     wire_intermediates: Vec<CertDer>,
+}
+
+/// The fields that differ between two leaves from the same CA.
+struct LeafFields<'a> {
+    serial: &'a [u8],
+    not_before: SystemTime,
+    not_after: SystemTime,
+    spki: &'a [u8],
+    subject_key_id: &'a [u8],
+    spiffe_id: &'a SpiffeId,
+    dns_names: &'a [String],
 }
 
 /// Leaves carry a small fixed subject (as SPIRE and csi-driver-spiffe do); the identity is the URI SAN.
@@ -339,6 +350,81 @@ impl Authority {
         Ok(chain)
     }
 
+    /// The leaf TBSCertificate written in one pass into one buffer: sizes first, then bytes.
+    /// Everything per-CA comes from the template; only the fields in `LeafFields` vary.
+    fn encode_leaf_tbs(&self, leaf: &LeafFields<'_>) -> Result<Vec<u8>, X509Error> {
+        const VERSION_V3: &[u8] = &[0xa0, 0x03, 0x02, 0x01, 0x02];
+        let (not_before, not_before_len) = asn1::encode_time(leaf.not_before)?;
+        let (not_after, not_after_len) = asn1::encode_time(leaf.not_after)?;
+        let validity = not_before.get(..not_before_len).unwrap_or(&[]);
+        let expiry = not_after.get(..not_after_len).unwrap_or(&[]);
+
+        // INTEGER: leading zero bytes dropped, a 0x00 prefix when the top bit is set.
+        let skip = leaf.serial.iter().take_while(|b| **b == 0).count();
+        let magnitude = leaf.serial.get(skip..).unwrap_or(&[]);
+        let sign_pad = usize::from(magnitude.first().is_some_and(|b| *b >= 0x80));
+        let serial_content_len = sign_pad + magnitude.len();
+
+        let uri = leaf.spiffe_id.as_str().as_bytes();
+        let names_len = asn1::tlv_size(uri.len())
+            + leaf
+                .dns_names
+                .iter()
+                .map(|d| asn1::tlv_size(d.len()))
+                .sum::<usize>();
+        let san_value_len = asn1::tlv_size(names_len);
+        let san_extension_content_len =
+            asn1::tlv_size(oid::SUBJECT_ALT_NAME.len()) + asn1::tlv_size(san_value_len);
+        let ski_value_len = asn1::tlv_size(leaf.subject_key_id.len());
+        let ski_extension_content_len =
+            asn1::tlv_size(oid::SUBJECT_KEY_ID.len()) + asn1::tlv_size(ski_value_len);
+        let extensions_len = self.template.leaf_static_extensions.len()
+            + asn1::tlv_size(ski_extension_content_len)
+            + asn1::tlv_size(san_extension_content_len);
+        let validity_len = validity.len() + expiry.len();
+        let body_len = VERSION_V3.len()
+            + asn1::tlv_size(serial_content_len)
+            + self.template.signature_algorithm.len()
+            + self.template.issuer_name.len()
+            + asn1::tlv_size(validity_len)
+            + leaf_subject().len()
+            + leaf.spki.len()
+            + asn1::tlv_size(asn1::tlv_size(extensions_len));
+
+        let mut out = Vec::with_capacity(asn1::tlv_size(body_len));
+        asn1::push_header(&mut out, TAG_SEQUENCE, body_len);
+        out.extend_from_slice(VERSION_V3);
+        asn1::push_header(&mut out, asn1::TAG_INTEGER, serial_content_len);
+        if sign_pad == 1 {
+            out.push(0);
+        }
+        out.extend_from_slice(magnitude);
+        out.extend_from_slice(&self.template.signature_algorithm);
+        out.extend_from_slice(&self.template.issuer_name);
+        asn1::push_header(&mut out, TAG_SEQUENCE, validity_len);
+        out.extend_from_slice(validity);
+        out.extend_from_slice(expiry);
+        out.extend_from_slice(leaf_subject());
+        out.extend_from_slice(leaf.spki);
+        asn1::push_header(&mut out, 0xa3, asn1::tlv_size(extensions_len));
+        asn1::push_header(&mut out, TAG_SEQUENCE, extensions_len);
+        out.extend_from_slice(&self.template.leaf_static_extensions);
+        asn1::push_header(&mut out, TAG_SEQUENCE, ski_extension_content_len);
+        asn1::push_tlv(&mut out, asn1::TAG_OID, oid::SUBJECT_KEY_ID);
+        asn1::push_header(&mut out, TAG_OCTET_STRING, ski_value_len);
+        asn1::push_tlv(&mut out, TAG_OCTET_STRING, leaf.subject_key_id);
+        asn1::push_header(&mut out, TAG_SEQUENCE, san_extension_content_len);
+        asn1::push_tlv(&mut out, asn1::TAG_OID, oid::SUBJECT_ALT_NAME);
+        asn1::push_header(&mut out, TAG_OCTET_STRING, san_value_len);
+        asn1::push_header(&mut out, TAG_SEQUENCE, names_len);
+        asn1::push_tlv(&mut out, 0x86, uri);
+        for dns in leaf.dns_names {
+            asn1::push_tlv(&mut out, 0x82, dns.as_bytes());
+        }
+        debug_assert_eq!(out.len(), asn1::tlv_size(body_len));
+        Ok(out)
+    }
+
     fn issue_leaf(
         &self,
         key: &PublicKeyRef<'_>,
@@ -359,29 +445,19 @@ impl Authority {
             return Err(X509Error::CaNotValidNow);
         }
         let (not_before, not_after) = lifetime(now, request.ttl, Some(self.not_after))?;
-        let san = encode_san(id, request.dns_names)?;
-        let serial = asn1::unsigned_integer(&random_serial()?);
+        for dns in request.dns_names {
+            validate_dns_name(dns)?;
+        }
+        let serial = random_serial()?;
         let subject_key_id = key_identifier(key.key_bits);
-
-        let mut extensions =
-            Vec::with_capacity(self.template.leaf_static_extensions.len() + san.len() + 40);
-        extensions.extend_from_slice(&self.template.leaf_static_extensions);
-        extensions.extend_from_slice(&asn1::extension(
-            oid::SUBJECT_KEY_ID,
-            false,
-            &asn1::tlv(TAG_OCTET_STRING, &subject_key_id),
-        ));
-        extensions.extend_from_slice(&asn1::extension(oid::SUBJECT_ALT_NAME, false, &san));
-
-        let tbs = encode_tbs(&TbsParts {
+        let tbs = self.encode_leaf_tbs(&LeafFields {
             serial: &serial,
-            signature_algorithm: &self.template.signature_algorithm,
-            issuer: &self.template.issuer_name,
             not_before,
             not_after,
-            subject: leaf_subject(),
             spki: key.spki_der,
-            extensions: &[&extensions],
+            subject_key_id: &subject_key_id,
+            spiffe_id: id,
+            dns_names: request.dns_names,
         })?;
         let leaf = sign_tbs(&self.key, &self.template.signature_algorithm, &tbs)?;
         let mut chain = Vec::with_capacity(1 + self.template.wire_intermediates.len());
@@ -495,15 +571,16 @@ pub(crate) fn sign_tbs(
     tbs: &[u8],
 ) -> Result<CertDer, X509Error> {
     let signature = key.sign_asn1(tbs)?;
-    let mut bits = Vec::with_capacity(signature.len() + 1);
-    bits.push(0);
-    bits.extend_from_slice(&signature);
-    let bit_string = asn1::tlv(TAG_BIT_STRING, &bits);
-    Ok(CertDer(asn1::sequence(&[
-        tbs,
-        signature_algorithm,
-        &bit_string,
-    ])))
+    let bit_string_len = signature.len() + 1;
+    let body_len = tbs.len() + signature_algorithm.len() + asn1::tlv_size(bit_string_len);
+    let mut out = Vec::with_capacity(asn1::tlv_size(body_len));
+    asn1::push_header(&mut out, TAG_SEQUENCE, body_len);
+    out.extend_from_slice(tbs);
+    out.extend_from_slice(signature_algorithm);
+    asn1::push_header(&mut out, TAG_BIT_STRING, bit_string_len);
+    out.push(0);
+    out.extend_from_slice(&signature);
+    Ok(CertDer(out))
 }
 
 /// A random positive serial of 128 bits (RFC 5280 §4.1.2.2 allows up to 20 octets).

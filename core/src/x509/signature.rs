@@ -30,7 +30,16 @@ pub(crate) struct PublicKeyRef<'a> {
     pub(crate) key_bits: &'a [u8],
 }
 
-impl PublicKeyRef<'_> {
+impl<'a> PublicKeyRef<'a> {
+    /// The encoding aws-lc parses first: SubjectPublicKeyInfo for EC, RSAPublicKey for RSA.
+    /// Handing it the other form costs a failed parse (several microseconds) on every use.
+    fn crypto_encoding(&self) -> &'a [u8] {
+        match self.kind {
+            KeyKind::EcP256 | KeyKind::EcP384 => self.spki_der,
+            KeyKind::Rsa => self.key_bits,
+        }
+    }
+
     /// True when this is the public half of a key of `algorithm` with the given SEC1 point.
     pub(crate) fn matches_ec_key(&self, algorithm: KeyAlgorithm, sec1_point: &[u8]) -> bool {
         let kind_matches = matches!(
@@ -109,7 +118,7 @@ pub(crate) fn validate_public_key(key: &PublicKeyRef<'_>) -> Result<(), X509Erro
         KeyKind::EcP384 => &sig::ECDSA_P384_SHA384_ASN1,
         KeyKind::Rsa => &sig::RSA_PKCS1_2048_8192_SHA256,
     };
-    ParsedPublicKey::new(algorithm, key.key_bits)
+    ParsedPublicKey::new(algorithm, key.crypto_encoding())
         .map(|_| ())
         .map_err(|_| X509Error::Malformed("public key (rejected by the crypto library)"))
 }
@@ -234,7 +243,7 @@ pub(crate) fn verify_signature(
     signature: &[u8],
 ) -> Result<(), X509Error> {
     let algorithm = verification_algorithm(signer.kind, parse_signature_algorithm(algorithm_der)?)?;
-    UnparsedPublicKey::new(algorithm, signer.key_bits)
+    UnparsedPublicKey::new(algorithm, signer.crypto_encoding())
         .verify(message, signature)
         .map_err(|_| X509Error::BadSignature)
 }

@@ -570,7 +570,7 @@ fn issued_svids_meet_the_x509_svid_rules() {
     );
     assert_eq!(verified.dns_names, dns);
 
-    let leaf = cert::parse_certificate(issued.leaf().as_bytes()).expect("parses");
+    let leaf = cert::parse_certificate(issued.leaf().expect("leaf").as_bytes()).expect("parses");
     assert!(!leaf.is_ca);
     assert!(leaf.has_digital_signature() && !leaf.has_key_cert_sign() && !leaf.has_crl_sign());
     assert_eq!(leaf.uris, vec![WORKLOAD.to_owned()]);
@@ -603,6 +603,60 @@ fn issued_svids_meet_the_x509_svid_rules() {
 }
 
 #[test]
+fn long_ids_and_many_dns_names_encode_with_multi_byte_lengths() {
+    let ca = authority();
+    let segments: Vec<String> = (0..20)
+        .map(|i| format!("segment-{i:02}-{}", "x".repeat(40)))
+        .collect();
+    let long_id = td("example.org")
+        .id_from_segments(&segments)
+        .expect("long id");
+    assert!(long_id.as_str().len() > 900);
+    let dns: Vec<String> = (0..40)
+        .map(|i| format!("name-{i}.namespace.svc.cluster.local"))
+        .collect();
+    let spki = SigningKey::generate(KeyAlgorithm::EcdsaP256)
+        .expect("key")
+        .public_key_spki_der();
+    for names in [&dns[..0], &dns[..1], &dns[..]] {
+        let issued = ca
+            .issue_for_public_key(&spki, &request(&long_id, names), now())
+            .expect("issued");
+        let _: x509_cert::Certificate =
+            der::Decode::from_der(issued.leaf().expect("leaf").as_bytes())
+                .expect("x509-cert parses");
+        let verified = verify_issued(&ca, &issued.chain).expect("verifies");
+        assert_eq!(verified.spiffe_id, long_id);
+        assert_eq!(verified.dns_names.as_slice(), names);
+    }
+}
+
+#[test]
+fn times_after_2049_use_generalized_time() {
+    let far = UNIX_EPOCH + Duration::from_secs(2_600_000_000); // 2052
+    let ca = Authority::generate_root(
+        &td("example.org"),
+        KeyAlgorithm::EcdsaP256,
+        &CaParams::new("wimsey", 24 * hour()),
+        far,
+    )
+    .expect("root");
+    let workload = id(WORKLOAD);
+    let spki = SigningKey::generate(KeyAlgorithm::EcdsaP256)
+        .expect("key")
+        .public_key_spki_der();
+    let issued = ca
+        .issue_for_public_key(&spki, &request(&workload, &[]), far)
+        .expect("issued");
+    let roots = ca.trust_bundle_roots().to_vec();
+    let verified = verify_svid(&issued.chain, |_: &TrustDomain| Some(roots.as_slice()), far)
+        .expect("verifies");
+    assert_eq!(verified.spiffe_id, workload);
+    let leaf = cert::parse_certificate(issued.leaf().expect("leaf").as_bytes()).expect("parses");
+    assert_eq!(leaf.not_after, far + hour());
+}
+
+#[test]
 fn serials_are_positive_and_distinct() {
     let ca = authority();
     let workload = id(WORKLOAD);
@@ -614,7 +668,8 @@ fn serials_are_positive_and_distinct() {
             .issue_for_public_key(&spki, &request(&workload, &[]), now())
             .expect("issued");
         let parsed: x509_cert::Certificate =
-            der::Decode::from_der(issued.leaf().as_bytes()).expect("x509-cert parses");
+            der::Decode::from_der(issued.leaf().expect("leaf").as_bytes())
+                .expect("x509-cert parses");
         let serial = parsed.tbs_certificate.serial_number.as_bytes().to_vec();
         assert!(serial[0] < 0x80, "positive");
         assert!(serial.len() <= 17);
