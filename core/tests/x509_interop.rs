@@ -539,3 +539,120 @@ fn throughput() {
         100.0 * best[2] / best[0]
     );
 }
+
+#[test]
+fn name_constraints_agree_with_openssl() {
+    let dir = ScratchDir::new("nc");
+    let leaf_ext = dir.write(
+        "leaf.ext",
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         subjectAltName=URI:spiffe://example.org/constrained,DNS:web.ns.svc.cluster.local\n",
+    );
+    let leaf_key = dir.path("leaf.key");
+    let leaf_csr = dir.path("leaf.csr");
+    assert!(
+        openssl(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            path_str(&leaf_key)
+        ])
+        .0
+    );
+    assert!(
+        openssl(&[
+            "req",
+            "-new",
+            "-key",
+            path_str(&leaf_key),
+            "-subj",
+            "/O=leaf",
+            "-out",
+            path_str(&leaf_csr)
+        ])
+        .0
+    );
+    let cases = [
+        ("permitted;URI:example.org", true),
+        ("permitted;URI:.example.org", false),
+        ("excluded;URI:example.org", false),
+        (
+            "permitted;URI:example.org,permitted;DNS:cluster.local",
+            true,
+        ),
+        ("permitted;URI:example.org,permitted;DNS:other.local", false),
+    ];
+    for (index, (constraint, expected)) in cases.into_iter().enumerate() {
+        let ca_key = dir.path(&format!("ca{index}.key"));
+        let ca_cert = dir.path(&format!("ca{index}.pem"));
+        let leaf_cert = dir.path(&format!("leaf{index}.pem"));
+        assert!(
+            openssl(&[
+                "genpkey",
+                "-algorithm",
+                "EC",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out",
+                path_str(&ca_key)
+            ])
+            .0
+        );
+        let name_constraints = format!("nameConstraints=critical,{constraint}");
+        let (ok, out) = openssl(&[
+            "req",
+            "-x509",
+            "-new",
+            "-key",
+            path_str(&ca_key),
+            "-subj",
+            "/O=constrained root",
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+            "-addext",
+            &name_constraints,
+            "-out",
+            path_str(&ca_cert),
+        ]);
+        assert!(ok, "{out}");
+        let (ok, out) = openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            path_str(&leaf_csr),
+            "-CA",
+            path_str(&ca_cert),
+            "-CAkey",
+            path_str(&ca_key),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            path_str(&leaf_ext),
+            "-out",
+            path_str(&leaf_cert),
+        ]);
+        assert!(ok, "{out}");
+
+        let (openssl_ok, out) = openssl_verify(&ca_cert, None, &leaf_cert, "sslclient");
+        assert_eq!(openssl_ok, expected, "openssl on {constraint}: {out}");
+        let roots = pem::decode_certificates(&std::fs::read_to_string(&ca_cert).expect("read"))
+            .expect("pem");
+        let chain = pem::decode_certificates(&std::fs::read_to_string(&leaf_cert).expect("read"))
+            .expect("pem");
+        let td = example_org();
+        let ours = verify_svid(
+            &chain,
+            |t: &TrustDomain| (*t == td).then_some(roots.as_slice()),
+            SystemTime::now(),
+        );
+        assert_eq!(ours.is_ok(), expected, "wimsey on {constraint}: {ours:?}");
+    }
+}

@@ -51,6 +51,7 @@ pub(crate) mod oid {
     pub(crate) const KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x0f];
     pub(crate) const SUBJECT_ALT_NAME: &[u8] = &[0x55, 0x1d, 0x11];
     pub(crate) const BASIC_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x13];
+    pub(crate) const NAME_CONSTRAINTS: &[u8] = &[0x55, 0x1d, 0x1e];
     pub(crate) const AUTHORITY_KEY_ID: &[u8] = &[0x55, 0x1d, 0x23];
     pub(crate) const EXT_KEY_USAGE: &[u8] = &[0x55, 0x1d, 0x25];
 

@@ -8,6 +8,7 @@
 use std::time::SystemTime;
 
 use der::Decode;
+use x509_cert::ext::pkix::constraints::name::{GeneralSubtrees, NameConstraints};
 use x509_cert::ext::pkix::{BasicConstraints, KeyUsage, SubjectAltName, name::GeneralName};
 use x509_cert::time::Time;
 
@@ -37,8 +38,21 @@ pub(crate) struct ParsedCert<'a> {
     pub(crate) uris: Vec<String>,
     pub(crate) dns_names: Vec<String>,
     pub(crate) subject_key_id: Option<&'a [u8]>,
+    pub(crate) name_constraints: Option<NameRules>,
     /// The first critical extension we do not process, as a dotted OID.
     pub(crate) unhandled_critical: Option<String>,
+}
+
+/// A CA's name constraints (RFC 5280 §4.2.1.10) for the name types SVIDs use: URI (matched on
+/// the host, i.e. the trust domain) and DNS. A constraint on any other type sets
+/// `unsupported_type`, and path validation then refuses the CA rather than ignore a limit.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct NameRules {
+    pub(crate) permitted_uri_hosts: Vec<String>,
+    pub(crate) excluded_uri_hosts: Vec<String>,
+    pub(crate) permitted_dns: Vec<String>,
+    pub(crate) excluded_dns: Vec<String>,
+    pub(crate) unsupported_type: bool,
 }
 
 impl ParsedCert<'_> {
@@ -142,6 +156,7 @@ pub(crate) fn parse_certificate(der: &[u8]) -> Result<ParsedCert<'_>, X509Error>
         uris: facts.uris,
         dns_names: facts.dns_names,
         subject_key_id: facts.subject_key_id,
+        name_constraints: facts.name_constraints,
         unhandled_critical: facts.unhandled_critical,
     })
 }
@@ -168,6 +183,7 @@ struct Extensions<'a> {
     uris: Vec<String>,
     dns_names: Vec<String>,
     subject_key_id: Option<&'a [u8]>,
+    name_constraints: Option<NameRules>,
     unhandled_critical: Option<String>,
 }
 
@@ -230,6 +246,24 @@ fn parse_extensions(mut list: &[u8]) -> Result<Extensions<'_>, X509Error> {
                 }
                 facts.subject_key_id = Some(ski.content);
             }
+            oid::NAME_CONSTRAINTS => {
+                let constraints = NameConstraints::from_der(value)
+                    .map_err(|_| X509Error::Malformed("nameConstraints extension"))?;
+                let mut rules = NameRules::default();
+                collect_subtrees(
+                    constraints.permitted_subtrees,
+                    &mut rules.permitted_uri_hosts,
+                    &mut rules.permitted_dns,
+                    &mut rules.unsupported_type,
+                );
+                collect_subtrees(
+                    constraints.excluded_subtrees,
+                    &mut rules.excluded_uri_hosts,
+                    &mut rules.excluded_dns,
+                    &mut rules.unsupported_type,
+                );
+                facts.name_constraints = Some(rules);
+            }
             // Structure is enough: EKU is not checked (go-spiffe verifies with ExtKeyUsageAny)
             // and AKI only helps path building, which we do by name and signature.
             oid::AUTHORITY_KEY_ID | oid::EXT_KEY_USAGE => {
@@ -245,6 +279,26 @@ fn parse_extensions(mut list: &[u8]) -> Result<Extensions<'_>, X509Error> {
     Ok(facts)
 }
 
+fn collect_subtrees(
+    subtrees: Option<GeneralSubtrees>,
+    uri_hosts: &mut Vec<String>,
+    dns_names: &mut Vec<String>,
+    unsupported_type: &mut bool,
+) {
+    for subtree in subtrees.unwrap_or_default() {
+        // RFC 5280: minimum is always 0 and maximum absent for these name forms.
+        if subtree.minimum != 0 || subtree.maximum.is_some() {
+            *unsupported_type = true;
+            continue;
+        }
+        match subtree.base {
+            GeneralName::UniformResourceIdentifier(host) => uri_hosts.push(host.to_string()),
+            GeneralName::DnsName(name) => dns_names.push(name.to_string()),
+            _ => *unsupported_type = true,
+        }
+    }
+}
+
 fn extension_name(oid_content: &[u8]) -> &'static str {
     match oid_content {
         oid::BASIC_CONSTRAINTS => "basicConstraints",
@@ -253,6 +307,7 @@ fn extension_name(oid_content: &[u8]) -> &'static str {
         oid::SUBJECT_KEY_ID => "subjectKeyIdentifier",
         oid::AUTHORITY_KEY_ID => "authorityKeyIdentifier",
         oid::EXT_KEY_USAGE => "extKeyUsage",
+        oid::NAME_CONSTRAINTS => "nameConstraints",
         _ => "same",
     }
 }

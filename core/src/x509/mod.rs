@@ -150,6 +150,14 @@ pub enum X509Error {
         "could not verify leaf certificate: x509: too many intermediates for path length constraint"
     )]
     PathLenExceeded,
+    #[error(
+        "could not verify leaf certificate: x509: the leaf name {0:?} violates a name constraint of a CA in the chain"
+    )]
+    NameConstraintViolation(String),
+    #[error(
+        "could not verify leaf certificate: x509: a CA in the chain has name constraints on name types other than URI and DNS, which this verifier does not evaluate"
+    )]
+    UnsupportedNameConstraint,
     #[error("could not verify leaf certificate: x509: unhandled critical extension {0}")]
     UnhandledCriticalExtension(String),
 
@@ -216,6 +224,8 @@ impl X509Error {
             X509Error::Expired(_) => "expired",
             X509Error::NotYetValid(_) => "not_yet_valid",
             X509Error::PathLenExceeded => "path_len_exceeded",
+            X509Error::NameConstraintViolation(_) => "name_constraint_violation",
+            X509Error::UnsupportedNameConstraint => "unsupported_name_constraint",
             X509Error::UnhandledCriticalExtension(_) => "unhandled_critical_extension",
             X509Error::CsrSignature => "csr_signature",
             X509Error::CaKeyMismatch => "ca_key_mismatch",

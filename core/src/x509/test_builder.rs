@@ -203,3 +203,22 @@ pub(crate) fn svid_leaf_extensions(uri: &str) -> Vec<Vec<u8>> {
         san(&[uri], &[], false),
     ]
 }
+
+/// nameConstraints (critical) with `(tag, value)` bases: 0x86 URI, 0x82 DNS, 0xa4 directoryName.
+pub(crate) fn name_constraints(permitted: &[(u8, &[u8])], excluded: &[(u8, &[u8])]) -> Vec<u8> {
+    let subtrees = |bases: &[(u8, &[u8])]| -> Vec<u8> {
+        bases
+            .iter()
+            .flat_map(|(tag, value)| asn1::sequence(&[&asn1::tlv(*tag, value)]))
+            .collect()
+    };
+    let mut parts = Vec::new();
+    if !permitted.is_empty() {
+        parts.push(asn1::tlv(0xa0, &subtrees(permitted)));
+    }
+    if !excluded.is_empty() {
+        parts.push(asn1::tlv(0xa1, &subtrees(excluded)));
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    asn1::extension(oid::NAME_CONSTRAINTS, true, &asn1::sequence(&refs))
+}

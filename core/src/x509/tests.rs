@@ -894,3 +894,72 @@ fn error_labels_are_stable_snake_case() {
         "could not get SPIFFE ID: leaf certificate contains no URI SAN"
     );
 }
+
+#[test]
+fn explicit_ca_false_in_basic_constraints_is_tolerated() {
+    // Not DER (DEFAULT FALSE must be omitted) but emitted by some CAs; Go accepts it.
+    let ca = root();
+    let explicit_false =
+        super::asn1::extension(&[0x55, 0x1d, 0x13], true, &[0x30, 0x03, 0x01, 0x01, 0x00]);
+    let leaf = ca.leaf(
+        now(),
+        &[
+            explicit_false,
+            key_usage(DIGITAL_SIGNATURE),
+            san(&[WORKLOAD], &[], false),
+        ],
+    );
+    verify(&[leaf], &bundles(&[("example.org", &ca.cert)])).expect("accepted");
+}
+
+#[test]
+fn uri_and_dns_name_constraints_are_enforced() {
+    let ca = root();
+    let map = bundles(&[("example.org", &ca.cert)]);
+    let leaf_extensions = vec![
+        basic_constraints(false, None),
+        key_usage(DIGITAL_SIGNATURE),
+        san(&[WORKLOAD], &["web.ns.svc.cluster.local"], false),
+    ];
+    let check = |constraints: Vec<u8>| {
+        let sub = ca.sub_ca(
+            "constrained",
+            now() - hour(),
+            now() + hour(),
+            &[
+                basic_constraints(true, None),
+                key_usage(KEY_CERT_SIGN),
+                constraints,
+            ],
+        );
+        let leaf = sub.leaf(now(), &leaf_extensions);
+        verify(&[leaf, sub.cert], &map)
+    };
+    let ok: [(&[(u8, &[u8])], &[(u8, &[u8])]); 4] = [
+        (&[(0x86, b"example.org")], &[]),
+        (&[(0x86, b"EXAMPLE.org"), (0x82, b"svc.cluster.local")], &[]),
+        (&[], &[(0x86, b"other.org"), (0x82, b"evil.example")]),
+        (&[(0x82, b".cluster.local")], &[(0x86, b".example.org")]),
+    ];
+    for (permitted, excluded) in ok {
+        check(name_constraints(permitted, excluded)).expect("within constraints");
+    }
+    let violations: [(&[(u8, &[u8])], &[(u8, &[u8])]); 5] = [
+        (&[(0x86, b"other.org")], &[]),
+        (&[(0x86, b".example.org")], &[]),
+        (&[], &[(0x86, b"example.org")]),
+        (&[(0x82, b"svc.other.local")], &[]),
+        (&[], &[(0x82, b"cluster.local")]),
+    ];
+    for (permitted, excluded) in violations {
+        let err = check(name_constraints(permitted, excluded)).unwrap_err();
+        assert!(
+            matches!(err, X509Error::NameConstraintViolation(_)),
+            "{err}"
+        );
+    }
+    // A directoryName constraint is not evaluated here, so the CA is refused, not trusted blindly.
+    let directory: &[u8] = &org_name("x");
+    let err = check(name_constraints(&[(0xa4, directory)], &[])).unwrap_err();
+    assert_eq!(err, X509Error::UnsupportedNameConstraint);
+}

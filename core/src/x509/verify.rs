@@ -6,7 +6,7 @@
 use std::time::SystemTime;
 
 use super::authority::check_signing_cert;
-use super::cert::{ParsedCert, parse_certificate};
+use super::cert::{NameRules, ParsedCert, parse_certificate};
 use super::{CertDer, MAX_CHAIN_LEN, X509Error, asn1};
 use crate::keys::SigningKey;
 use crate::spiffe_id::{SpiffeId, TrustDomain};
@@ -59,6 +59,8 @@ where
         return Err(X509Error::UnhandledCriticalExtension(oid.clone()));
     }
     let mut search = PathSearch {
+        leaf_trust_domain: spiffe_id.trust_domain_name(),
+        leaf_dns_names: &leaf.dns_names,
         intermediates: &intermediates,
         roots: &roots,
         now,
@@ -149,6 +151,9 @@ enum Step {
 /// issuers are matched by exact subject/issuer name bytes; a candidate that fails a rule is
 /// skipped (another may fit) and its error kept to explain a failure.
 struct PathSearch<'s, 'c> {
+    /// The leaf's names, checked against every CA's name constraints.
+    leaf_trust_domain: &'s str,
+    leaf_dns_names: &'s [String],
     intermediates: &'s [ParsedCert<'c>],
     roots: &'s [ParsedCert<'c>],
     now: SystemTime,
@@ -219,6 +224,9 @@ impl PathSearch<'_, '_> {
         {
             return Err(X509Error::PathLenExceeded);
         }
+        if let Some(rules) = &issuer.name_constraints {
+            check_name_constraints(rules, self.leaf_trust_domain, self.leaf_dns_names)?;
+        }
         child.is_signed_by(issuer)
     }
 
@@ -227,6 +235,65 @@ impl PathSearch<'_, '_> {
             self.first_error = Some(error);
         }
     }
+}
+
+/// RFC 5280 §4.2.1.10 for the leaf's names. A URI constraint matches the URI's host (the trust
+/// domain): `example.org` exactly, `.example.org` any subdomain. A DNS constraint matches the
+/// name and its subdomains (`.example.org`: subdomains only). Comparison ignores ASCII case.
+fn check_name_constraints(
+    rules: &NameRules,
+    trust_domain: &str,
+    dns_names: &[String],
+) -> Result<(), X509Error> {
+    if rules.unsupported_type {
+        return Err(X509Error::UnsupportedNameConstraint);
+    }
+    let uri_matches = |constraint: &String| uri_host_matches(trust_domain, constraint);
+    let uri_permitted =
+        rules.permitted_uri_hosts.is_empty() || rules.permitted_uri_hosts.iter().any(uri_matches);
+    if !uri_permitted || rules.excluded_uri_hosts.iter().any(uri_matches) {
+        return Err(X509Error::NameConstraintViolation(format!(
+            "spiffe://{trust_domain}"
+        )));
+    }
+    for name in dns_names {
+        let dns_matches = |constraint: &String| dns_name_matches(name, constraint);
+        let permitted =
+            rules.permitted_dns.is_empty() || rules.permitted_dns.iter().any(dns_matches);
+        if !permitted || rules.excluded_dns.iter().any(dns_matches) {
+            return Err(X509Error::NameConstraintViolation(name.clone()));
+        }
+    }
+    Ok(())
+}
+
+fn uri_host_matches(host: &str, constraint: &str) -> bool {
+    if constraint.starts_with('.') {
+        ends_with_ignore_case(host, constraint)
+    } else {
+        host.eq_ignore_ascii_case(constraint)
+    }
+}
+
+fn dns_name_matches(name: &str, constraint: &str) -> bool {
+    if constraint.is_empty() {
+        return true;
+    }
+    if constraint.starts_with('.') {
+        return ends_with_ignore_case(name, constraint);
+    }
+    name.eq_ignore_ascii_case(constraint)
+        || (name.len() > constraint.len()
+            && ends_with_ignore_case(name, constraint)
+            && name.as_bytes().get(name.len() - constraint.len() - 1) == Some(&b'.'))
+}
+
+fn ends_with_ignore_case(value: &str, suffix: &str) -> bool {
+    value.len() >= suffix.len()
+        && value
+            .as_bytes()
+            .get(value.len() - suffix.len()..)
+            .is_some_and(|tail| tail.eq_ignore_ascii_case(suffix.as_bytes()))
 }
 
 /// An X.509-SVID received together with its private key (e.g. from the Workload API).
