@@ -204,9 +204,12 @@ pub(crate) fn svid_leaf_extensions(uri: &str) -> Vec<Vec<u8>> {
     ]
 }
 
-/// nameConstraints (critical) with `(tag, value)` bases: 0x86 URI, 0x82 DNS, 0xa4 directoryName.
-pub(crate) fn name_constraints(permitted: &[(u8, &[u8])], excluded: &[(u8, &[u8])]) -> Vec<u8> {
-    let subtrees = |bases: &[(u8, &[u8])]| -> Vec<u8> {
+/// GeneralSubtree bases as `(tag, value)`: 0x86 URI, 0x82 DNS, 0xa4 directoryName.
+pub(crate) type Bases<'a> = &'a [(u8, &'a [u8])];
+
+/// A critical nameConstraints extension.
+pub(crate) fn name_constraints(permitted: Bases<'_>, excluded: Bases<'_>) -> Vec<u8> {
+    let subtrees = |bases: Bases<'_>| -> Vec<u8> {
         bases
             .iter()
             .flat_map(|(tag, value)| asn1::sequence(&[&asn1::tlv(*tag, value)]))

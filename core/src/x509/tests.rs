@@ -935,7 +935,7 @@ fn uri_and_dns_name_constraints_are_enforced() {
         let leaf = sub.leaf(now(), &leaf_extensions);
         verify(&[leaf, sub.cert], &map)
     };
-    let ok: [(&[(u8, &[u8])], &[(u8, &[u8])]); 4] = [
+    let ok: [(Bases<'_>, Bases<'_>); 4] = [
         (&[(0x86, b"example.org")], &[]),
         (&[(0x86, b"EXAMPLE.org"), (0x82, b"svc.cluster.local")], &[]),
         (&[], &[(0x86, b"other.org"), (0x82, b"evil.example")]),
@@ -944,7 +944,7 @@ fn uri_and_dns_name_constraints_are_enforced() {
     for (permitted, excluded) in ok {
         check(name_constraints(permitted, excluded)).expect("within constraints");
     }
-    let violations: [(&[(u8, &[u8])], &[(u8, &[u8])]); 5] = [
+    let violations: [(Bases<'_>, Bases<'_>); 5] = [
         (&[(0x86, b"other.org")], &[]),
         (&[(0x86, b".example.org")], &[]),
         (&[], &[(0x86, b"example.org")]),
