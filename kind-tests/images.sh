@@ -11,7 +11,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 CARGO=${CARGO:-cargo}
 TARGET=x86_64-unknown-linux-gnu
-OUT=${WIMSEY_IMAGES_DIR:-$root/target/images}
+TARGET_DIR=${CARGO_TARGET_DIR:-$root/target}
+OUT=${WIMSEY_IMAGES_DIR:-$TARGET_DIR/images}
 REGISTRY=localhost/wimsey
 STATIC_RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols"
 D=${WIMSEY_CLUSTER_DIR:-/var/lib/wimsey-cluster}
@@ -46,10 +47,10 @@ build() {
 	log "cargo build wimsey-oci-image"
 	RUSTFLAGS="$STATIC_RUSTFLAGS" "$CARGO" build --release --target "$TARGET" -p wimsey-kind-tests \
 		--no-default-features --bin wimsey-oci-image
-	local tool=$root/target/$TARGET/release/wimsey-oci-image
+	local tool=$TARGET_DIR/$TARGET/release/wimsey-oci-image
 	rm -f "$OUT"/*.tar
 	while IFS='|' read -r name pkg bin oflags _; do
-		local exe=$root/target/$TARGET/release/$bin
+		local exe=$TARGET_DIR/$TARGET/release/$bin
 		if command -v readelf >/dev/null && readelf -l "$exe" | grep -q 'Requesting program interpreter'; then
 			echo "$exe is not static" >&2; exit 1
 		fi
