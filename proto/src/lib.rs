@@ -1,0 +1,36 @@
+//! wimsey-proto: gRPC messages, clients and servers generated at build time from the .proto files
+//! under `proto/` (compiled with protox, so no `protoc` is needed).
+//!
+//! - [`workload`]: the SPIFFE Workload API (`SpiffeWorkloadAPI`, no proto package), including the
+//!   WIT-SVID profile RPCs.
+//! - [`csi::v1`]: CSI v1 Identity and Node services (`csi.v1`).
+//! - [`pluginregistration`]: kubelet plugin registration v1 (`pluginregistration.Registration`).
+
+/// SPIFFE Workload API. The proto file has no package, so the gRPC paths are
+/// `/SpiffeWorkloadAPI/<Method>`.
+#[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+pub mod workload {
+    tonic::include_proto!("_");
+
+    /// The metadata key every Workload API request must carry, with the value [`SECURITY_HEADER_VALUE`].
+    pub const SECURITY_HEADER: &str = "workload.spiffe.io";
+    pub const SECURITY_HEADER_VALUE: &str = "true";
+}
+
+/// Container Storage Interface.
+pub mod csi {
+    /// CSI v1 (`csi.v1`): Identity and Node services.
+    #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+    pub mod v1 {
+        tonic::include_proto!("csi.v1");
+    }
+}
+
+/// kubelet plugin registration v1 (`pluginregistration`).
+#[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+pub mod pluginregistration {
+    tonic::include_proto!("pluginregistration");
+}
+
+#[cfg(test)]
+mod tests;
