@@ -4,6 +4,7 @@
 //! the current time in, so every rule is testable with fixed inputs.
 
 pub mod bundle;
+pub mod entries;
 pub mod jose;
 pub mod keys;
 pub mod rotation;
