@@ -1,0 +1,113 @@
+//! Every way a Workload API call can fail, and the gRPC status each one maps to
+//! (spiffe-specs §4.2 Appendix A and SPIRE's wording, which clients such as the `spiffe` crate
+//! match on).
+
+use tonic::{Code, Status};
+use wimsey_core::SpiffeIdError;
+use wimsey_core::bundle::BundleError;
+use wimsey_core::jose::jwt_svid::JwtSvidError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadApiError {
+    #[error("security header missing from request")]
+    MissingSecurityHeader,
+    #[error("workload identity is not available yet")]
+    NotReady,
+    #[error("no identity issued")]
+    NoIdentity,
+    /// A requested SPIFFE ID the pod is not entitled to. The message names no identity.
+    #[error("no identity issued for the requested SPIFFE ID")]
+    NotEntitled,
+    #[error("audience must be specified")]
+    MissingAudience,
+    #[error("svid must be specified")]
+    MissingSvid,
+    #[error("invalid requested SPIFFE ID: {0}")]
+    InvalidRequestedId(SpiffeIdError),
+    #[error("{0}")]
+    InvalidJwtSvid(JwtSvidError),
+    #[error("the WIT-SVID profile is not served to this workload")]
+    WitNotServed,
+    #[error("could not mint a JWT-SVID: {0}")]
+    MintFailed(String),
+    #[error("could not encode a bundle: {0}")]
+    Bundle(BundleError),
+    #[error("the Workload API server is shutting down")]
+    ShuttingDown,
+}
+
+impl WorkloadApiError {
+    /// A stable, low-cardinality label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            WorkloadApiError::MissingSecurityHeader => "missing_security_header",
+            WorkloadApiError::NotReady => "not_ready",
+            WorkloadApiError::NoIdentity => "no_identity",
+            WorkloadApiError::NotEntitled => "not_entitled",
+            WorkloadApiError::MissingAudience => "missing_audience",
+            WorkloadApiError::MissingSvid => "missing_svid",
+            WorkloadApiError::InvalidRequestedId(_) => "invalid_requested_id",
+            WorkloadApiError::InvalidJwtSvid(_) => "invalid_jwt_svid",
+            WorkloadApiError::WitNotServed => "wit_not_served",
+            WorkloadApiError::MintFailed(_) => "mint_failed",
+            WorkloadApiError::Bundle(_) => "bundle",
+            WorkloadApiError::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The gRPC code clients act on: InvalidArgument is not retried; Unavailable and
+    /// PermissionDenied are retried with backoff; Unimplemented is not retried.
+    pub fn code(&self) -> Code {
+        match self {
+            WorkloadApiError::MissingSecurityHeader
+            | WorkloadApiError::MissingAudience
+            | WorkloadApiError::MissingSvid
+            | WorkloadApiError::InvalidRequestedId(_)
+            | WorkloadApiError::InvalidJwtSvid(_) => Code::InvalidArgument,
+            WorkloadApiError::NoIdentity | WorkloadApiError::NotEntitled => Code::PermissionDenied,
+            WorkloadApiError::NotReady
+            | WorkloadApiError::MintFailed(_)
+            | WorkloadApiError::ShuttingDown => Code::Unavailable,
+            WorkloadApiError::WitNotServed => Code::Unimplemented,
+            WorkloadApiError::Bundle(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<WorkloadApiError> for Status {
+    fn from(error: WorkloadApiError) -> Self {
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_messages_match_the_spec_and_spire() {
+        let status = Status::from(WorkloadApiError::MissingSecurityHeader);
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(status.message(), "security header missing from request");
+        let status = Status::from(WorkloadApiError::NoIdentity);
+        assert_eq!(status.code(), Code::PermissionDenied);
+        assert_eq!(status.message(), "no identity issued");
+        assert!(
+            Status::from(WorkloadApiError::NotEntitled)
+                .message()
+                .contains("no identity issued")
+        );
+        assert_eq!(
+            Status::from(WorkloadApiError::NotReady).code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            Status::from(WorkloadApiError::WitNotServed).code(),
+            Code::Unimplemented
+        );
+        assert_eq!(
+            Status::from(WorkloadApiError::MissingAudience).message(),
+            "audience must be specified"
+        );
+    }
+}

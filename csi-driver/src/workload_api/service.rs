@@ -1,0 +1,289 @@
+//! The tonic `SpiffeWorkloadAPI` service for one pod.
+//!
+//! Streams render the full state from the current snapshot at once, then again on every change
+//! (bundle streams skip a message equal to the last one, as SPIRE does). A snapshot with no
+//! identity ends the stream with `PermissionDenied`, one not ready with `Unavailable`.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+use wimsey_proto::workload as pb;
+use wimsey_proto::workload::spiffe_workload_api_server::{
+    SpiffeWorkloadApi, SpiffeWorkloadApiServer,
+};
+
+use super::error::WorkloadApiError;
+use super::identity::{IdentitySnapshot, IssuedIdentities, PodIdentity};
+use super::responses;
+
+/// Responses buffered per stream before the sender waits for the client.
+const STREAM_BUFFER: usize = 2;
+
+/// The Workload API for one pod, over the identity source `P`.
+#[derive(Debug)]
+pub struct WorkloadApiService<P> {
+    identity: Arc<P>,
+    shutdown: CancellationToken,
+}
+
+impl<P: PodIdentity> WorkloadApiService<P> {
+    /// Open streams end with `Unavailable` when `shutdown` is cancelled, so a graceful server
+    /// shutdown does not wait for clients that never hang up.
+    pub fn new(identity: Arc<P>, shutdown: CancellationToken) -> Self {
+        Self { identity, shutdown }
+    }
+
+    /// The service ready to add to a tonic server.
+    pub fn into_server(self) -> SpiffeWorkloadApiServer<Self> {
+        SpiffeWorkloadApiServer::new(self)
+    }
+
+    fn issued_now<T>(
+        &self,
+        render: impl FnOnce(&IssuedIdentities) -> Result<T, WorkloadApiError>,
+    ) -> Result<T, WorkloadApiError> {
+        let snapshot = Arc::clone(&self.identity.current().borrow());
+        render(responses::issued(&snapshot)?)
+    }
+
+    fn stream<T>(
+        &self,
+        rpc: &'static str,
+        dedupe: Dedupe,
+        render: impl Fn(&IssuedIdentities) -> Result<T, WorkloadApiError> + Send + 'static,
+    ) -> ReceiverStream<Result<T, Status>>
+    where
+        T: PartialEq + Clone + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+        tokio::spawn(stream_updates(
+            rpc,
+            self.identity.current(),
+            self.shutdown.clone(),
+            tx,
+            dedupe,
+            move |snapshot: &IdentitySnapshot| render(responses::issued(snapshot)?),
+        ));
+        ReceiverStream::new(rx)
+    }
+}
+
+/// Whether a stream skips a response equal to the one it sent last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dedupe {
+    SkipUnchanged,
+    SendEvery,
+}
+
+/// Sends `render(snapshot)` now and after every change until the client goes away, rendering
+/// fails (the error is the stream's last message), the source closes, or shutdown.
+async fn stream_updates<T: PartialEq + Clone>(
+    rpc: &'static str,
+    mut snapshots: watch::Receiver<Arc<IdentitySnapshot>>,
+    shutdown: CancellationToken,
+    tx: mpsc::Sender<Result<T, Status>>,
+    dedupe: Dedupe,
+    render: impl Fn(&IdentitySnapshot) -> Result<T, WorkloadApiError>,
+) {
+    let mut last_sent: Option<T> = None;
+    loop {
+        let snapshot = Arc::clone(&snapshots.borrow_and_update());
+        match render(&snapshot) {
+            Ok(response) => {
+                let send = match dedupe {
+                    Dedupe::SendEvery => true,
+                    Dedupe::SkipUnchanged => {
+                        let changed = last_sent.as_ref() != Some(&response);
+                        if changed {
+                            last_sent = Some(response.clone());
+                        }
+                        changed
+                    }
+                };
+                if send && tx.send(Ok(response)).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                log_rpc_error(rpc, &error);
+                let _ = tx.send(Err(error.into())).await;
+                return;
+            }
+        }
+        tokio::select! {
+            changed = snapshots.changed() => {
+                if changed.is_err() {
+                    // The pod's identity source is gone (volume unpublished): let the client reconnect.
+                    let _ = tx.send(Err(WorkloadApiError::ShuttingDown.into())).await;
+                    return;
+                }
+            }
+            () = shutdown.cancelled() => {
+                let _ = tx.send(Err(WorkloadApiError::ShuttingDown.into())).await;
+                return;
+            }
+            () = tx.closed() => return,
+        }
+    }
+}
+
+/// The security header rule (Workload Endpoint §4, SPIRE's middleware): exactly one
+/// `workload.spiffe.io` value, and it is `true`.
+pub fn check_security_header(metadata: &MetadataMap) -> Result<(), WorkloadApiError> {
+    let mut values = metadata.get_all(pb::SECURITY_HEADER).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) if value.as_bytes() == pb::SECURITY_HEADER_VALUE.as_bytes() => Ok(()),
+        _ => Err(WorkloadApiError::MissingSecurityHeader),
+    }
+}
+
+fn log_rpc_error(rpc: &'static str, error: &WorkloadApiError) {
+    // Messages name no token and no key; core's errors clip untrusted input.
+    tracing::debug!(rpc, error = %error, label = error.label(), "workload API call failed");
+}
+
+fn rpc_result<T>(rpc: &'static str, result: Result<T, WorkloadApiError>) -> Result<T, Status> {
+    result.map_err(|error| {
+        log_rpc_error(rpc, &error);
+        error.into()
+    })
+}
+
+#[tonic::async_trait]
+impl<P: PodIdentity> SpiffeWorkloadApi for WorkloadApiService<P> {
+    type FetchX509SVIDStream = ReceiverStream<Result<pb::X509svidResponse, Status>>;
+    type FetchX509BundlesStream = ReceiverStream<Result<pb::X509BundlesResponse, Status>>;
+    type FetchJWTBundlesStream = ReceiverStream<Result<pb::JwtBundlesResponse, Status>>;
+    type FetchWITSVIDStream = ReceiverStream<Result<pb::WitsvidResponse, Status>>;
+    type FetchWITBundlesStream = ReceiverStream<Result<pb::WitBundlesResponse, Status>>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<pb::X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        const RPC: &str = "FetchX509SVID";
+        rpc_result(RPC, check_security_header(request.metadata()))?;
+        Ok(Response::new(self.stream(
+            RPC,
+            Dedupe::SendEvery,
+            responses::x509_svid_response,
+        )))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<pb::X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        const RPC: &str = "FetchX509Bundles";
+        rpc_result(RPC, check_security_header(request.metadata()))?;
+        Ok(Response::new(self.stream(
+            RPC,
+            Dedupe::SkipUnchanged,
+            |identities| Ok(responses::x509_bundles_response(identities)),
+        )))
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<pb::JwtsvidRequest>,
+    ) -> Result<Response<pb::JwtsvidResponse>, Status> {
+        const RPC: &str = "FetchJWTSVID";
+        rpc_result(RPC, check_security_header(request.metadata()))?;
+        let request = request.into_inner();
+        rpc_result(RPC, responses::check_audience(&request.audience))?;
+        let requested = rpc_result(RPC, responses::requested_spiffe_id(&request.spiffe_id))?;
+        let targets: Vec<(wimsey_core::SpiffeId, String)> = rpc_result(
+            RPC,
+            self.issued_now(|identities| {
+                Ok(responses::jwt_svid_targets(identities, requested.as_ref())?
+                    .into_iter()
+                    .map(|(id, hint)| (id.clone(), hint.to_owned()))
+                    .collect())
+            }),
+        )?;
+        let mut svids = Vec::with_capacity(targets.len());
+        for (spiffe_id, hint) in targets {
+            let token = rpc_result(
+                RPC,
+                self.identity
+                    .mint_jwt_svid(&spiffe_id, &request.audience)
+                    .await,
+            )?;
+            svids.push(pb::Jwtsvid {
+                spiffe_id: spiffe_id.into_string(),
+                svid: token.to_string(),
+                hint,
+            });
+        }
+        Ok(Response::new(pb::JwtsvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<pb::JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        const RPC: &str = "FetchJWTBundles";
+        rpc_result(RPC, check_security_header(request.metadata()))?;
+        Ok(Response::new(self.stream(
+            RPC,
+            Dedupe::SkipUnchanged,
+            responses::jwt_bundles_response,
+        )))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<pb::ValidateJwtsvidRequest>,
+    ) -> Result<Response<pb::ValidateJwtsvidResponse>, Status> {
+        const RPC: &str = "ValidateJWTSVID";
+        rpc_result(RPC, check_security_header(request.metadata()))?;
+        let request = request.into_inner();
+        let response = rpc_result(
+            RPC,
+            self.issued_now(|identities| {
+                responses::validate_jwt_svid_response(
+                    identities,
+                    &request.audience,
+                    &request.svid,
+                    SystemTime::now(),
+                )
+            }),
+        )?;
+        Ok(Response::new(response))
+    }
+
+    async fn fetch_witsvid(
+        &self,
+        request: Request<pb::WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        const RPC: &str = "FetchWITSVID";
+        rpc_result(RPC, check_security_header(request.metadata()))?;
+        let requested = rpc_result(
+            RPC,
+            responses::requested_spiffe_id(&request.get_ref().spiffe_id),
+        )?;
+        Ok(Response::new(self.stream(
+            RPC,
+            Dedupe::SendEvery,
+            move |identities| responses::wit_svid_response(identities, requested.as_ref()),
+        )))
+    }
+
+    async fn fetch_wit_bundles(
+        &self,
+        request: Request<pb::WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        const RPC: &str = "FetchWITBundles";
+        rpc_result(RPC, check_security_header(request.metadata()))?;
+        Ok(Response::new(self.stream(
+            RPC,
+            Dedupe::SkipUnchanged,
+            responses::wit_bundles_response,
+        )))
+    }
+}

@@ -1,0 +1,309 @@
+//! A real issuer for one test pod: core's `Authority` signs real X.509-SVIDs, a real ES256 key
+//! signs JWT-SVIDs and WIT-SVIDs. The pod's snapshot lives on a watch channel the test drives.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wimsey_core::bundle::TrustDomainBundle;
+use wimsey_core::jose::jwk::{PublicJwk, private_jwk_json};
+use wimsey_core::jose::jwt_svid::{JwtSvidClaims, mint_jwt_svid};
+use wimsey_core::jose::key_id;
+use wimsey_core::jose::wimse::{WitSvidClaims, mint_wit_svid};
+use wimsey_core::keys::{KeyAlgorithm, SigningKey};
+use wimsey_core::x509::{Authority, CaParams, SvidRequest};
+use wimsey_core::{SpiffeId, TrustDomain};
+use wimsey_csi::workload_api::socket::DEFAULT_SOCKET_MODE;
+use wimsey_csi::workload_api::{
+    IdentitySnapshot, IssuedIdentities, PodIdentity, SocketError, WitSvidEntry, WorkloadApiError,
+    X509SvidEntry, bind_unix_socket, serve_workload_api,
+};
+use zeroize::Zeroizing;
+
+pub const TRUST_DOMAIN: &str = "example.org";
+pub const FEDERATED_TRUST_DOMAIN: &str = "partner.example";
+pub const WEB: &str = "spiffe://example.org/ns/default/sa/web";
+pub const ADMIN: &str = "spiffe://example.org/ns/default/sa/admin";
+
+/// The trust domain's signing material: CA, JWT key, WIT key.
+pub struct Issuer {
+    pub trust_domain: TrustDomain,
+    pub ca: Authority,
+    pub jwt_key: SigningKey,
+    pub jwt_kid: String,
+    pub wit_key: SigningKey,
+    pub wit_kid: String,
+}
+
+impl Issuer {
+    pub fn new(trust_domain: &str) -> Self {
+        let trust_domain = TrustDomain::new(trust_domain).expect("trust domain");
+        let ca = Authority::generate_root(
+            &trust_domain,
+            KeyAlgorithm::EcdsaP256,
+            &CaParams::new("wimsey test", Duration::from_secs(86400)),
+            SystemTime::now(),
+        )
+        .expect("root CA");
+        let jwt_key = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("jwt key");
+        let wit_key = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("wit key");
+        Self {
+            jwt_kid: key_id(&jwt_key),
+            wit_kid: key_id(&wit_key),
+            trust_domain,
+            ca,
+            jwt_key,
+            wit_key,
+        }
+    }
+
+    pub fn bundle(&self) -> TrustDomainBundle {
+        let mut bundle = TrustDomainBundle::new(self.trust_domain.clone());
+        bundle.x509_authorities = self
+            .ca
+            .trust_bundle_roots()
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect();
+        bundle.jwt_authorities.insert(
+            self.jwt_kid.clone(),
+            PublicJwk::for_signing_key(&self.jwt_key),
+        );
+        bundle.wit_authorities.insert(
+            self.wit_kid.clone(),
+            PublicJwk::for_signing_key(&self.wit_key),
+        );
+        bundle
+    }
+
+    /// A fresh key pair and X.509-SVID for `id`.
+    pub fn x509_svid(&self, id: &str, hint: &str) -> X509SvidEntry {
+        let spiffe_id = SpiffeId::parse(id).expect("id");
+        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
+        let issued = self
+            .ca
+            .issue_for_public_key(
+                &key.public_key_spki_der(),
+                &SvidRequest {
+                    spiffe_id: &spiffe_id,
+                    dns_names: &[],
+                    ttl: Duration::from_secs(3600),
+                },
+                SystemTime::now(),
+            )
+            .expect("issue");
+        X509SvidEntry {
+            spiffe_id,
+            chain: issued.chain,
+            private_key_pkcs8: key.pkcs8_der(),
+            hint: hint.to_owned(),
+        }
+    }
+
+    /// A fresh workload key and WIT-SVID for `id`.
+    pub fn wit_svid(&self, id: &str) -> WitSvidEntry {
+        let spiffe_id = SpiffeId::parse(id).expect("id");
+        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
+        let now = SystemTime::now();
+        let token = mint_wit_svid(
+            &self.wit_key,
+            &self.wit_kid,
+            &WitSvidClaims {
+                spiffe_id: &spiffe_id,
+                workload_key: &PublicJwk::for_signing_key(&key),
+                issued_at: now,
+                expires_at: now + Duration::from_secs(3600),
+                jti: None,
+            },
+        )
+        .expect("mint WIT");
+        WitSvidEntry {
+            spiffe_id,
+            token: Zeroizing::new(token),
+            private_jwk: private_jwk_json(&key).expect("private JWK"),
+            hint: String::new(),
+        }
+    }
+}
+
+/// Our trust domain plus one federated trust domain.
+pub struct World {
+    pub issuer: Issuer,
+    pub partner: Issuer,
+}
+
+impl World {
+    pub fn new() -> Self {
+        Self {
+            issuer: Issuer::new(TRUST_DOMAIN),
+            partner: Issuer::new(FEDERATED_TRUST_DOMAIN),
+        }
+    }
+
+    /// A snapshot for a pod holding `ids` (default first), with WIT-SVIDs for each.
+    pub fn issued(&self, ids: &[(&str, &str)]) -> IdentitySnapshot {
+        let partner = self.partner.bundle();
+        IdentitySnapshot::Issued(IssuedIdentities {
+            bundle: self.issuer.bundle(),
+            federated_bundles: BTreeMap::from([(partner.trust_domain.clone(), partner)]),
+            x509_svids: ids
+                .iter()
+                .map(|(id, hint)| self.issuer.x509_svid(id, hint))
+                .collect(),
+            wit_svids: Some(ids.iter().map(|(id, _)| self.issuer.wit_svid(id)).collect()),
+        })
+    }
+}
+
+/// The in-memory identity source of one pod.
+pub struct TestPod {
+    snapshots: watch::Sender<Arc<IdentitySnapshot>>,
+    jwt_key: SigningKey,
+    jwt_kid: String,
+}
+
+impl TestPod {
+    pub fn new(issuer: &Issuer, initial: IdentitySnapshot) -> Self {
+        Self {
+            snapshots: watch::Sender::new(Arc::new(initial)),
+            jwt_key: SigningKey::from_pkcs8(KeyAlgorithm::EcdsaP256, &issuer.jwt_key.pkcs8_der())
+                .expect("copy jwt key"),
+            jwt_kid: issuer.jwt_kid.clone(),
+        }
+    }
+
+    pub fn publish(&self, snapshot: IdentitySnapshot) {
+        self.snapshots.send_replace(Arc::new(snapshot));
+    }
+}
+
+impl PodIdentity for TestPod {
+    fn current(&self) -> watch::Receiver<Arc<IdentitySnapshot>> {
+        self.snapshots.subscribe()
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+    ) -> Result<Zeroizing<String>, WorkloadApiError> {
+        let now = SystemTime::now();
+        let claims = JwtSvidClaims {
+            spiffe_id,
+            audience,
+            issued_at: now,
+            expires_at: now + Duration::from_secs(300),
+            jti: None,
+        };
+        mint_jwt_svid(&self.jwt_key, &self.jwt_kid, &claims)
+            .map(Zeroizing::new)
+            .map_err(|e| WorkloadApiError::MintFailed(e.to_string()))
+    }
+}
+
+/// A Workload API server for one pod on a real Unix socket in a temporary directory.
+pub struct Server {
+    pub pod: Arc<TestPod>,
+    pub socket: PathBuf,
+    pub shutdown: CancellationToken,
+    task: Option<JoinHandle<Result<(), SocketError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    pub async fn start(pod: TestPod) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("socket");
+        Self::start_at(pod, dir, socket).await
+    }
+
+    pub async fn start_at(pod: TestPod, dir: tempfile::TempDir, socket: PathBuf) -> Self {
+        let pod = Arc::new(pod);
+        let shutdown = CancellationToken::new();
+        // Bound before the server task starts, so clients can connect at once.
+        let listener = bind_unix_socket(&socket, DEFAULT_SOCKET_MODE).expect("bind");
+        let task = tokio::spawn(serve_workload_api(
+            listener,
+            Arc::clone(&pod),
+            shutdown.clone(),
+        ));
+        Self {
+            pod,
+            socket,
+            shutdown,
+            task: Some(task),
+            _dir: dir,
+        }
+    }
+
+    /// `unix:///...`, as `SPIFFE_ENDPOINT_SOCKET` would carry it.
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    /// Cancels and waits for the server to finish.
+    pub async fn stop(mut self) -> Result<(), SocketError> {
+        self.shutdown.cancel();
+        let task = self.task.take().expect("running");
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("server stops within 10s")
+            .expect("server task")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Waits until a socket bound by another task appears (it is renamed into place once bound).
+pub async fn wait_for_socket(path: &Path) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !path.exists() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "socket {} never appeared",
+            path.display()
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A plain tonic client of our generated stubs over the Unix socket: sends no headers unless told.
+pub async fn raw_client(
+    socket: &Path,
+) -> wimsey_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
+    tonic::transport::Channel,
+> {
+    let socket = socket.to_owned();
+    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect");
+    wimsey_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+}
+
+/// A request carrying the security header.
+pub fn with_header<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("workload.spiffe.io", "true".parse().expect("value"));
+    request
+}
