@@ -51,7 +51,7 @@ build() {
 	rm -f "$OUT"/*.tar
 	while IFS='|' read -r name pkg bin oflags _; do
 		local exe=$TARGET_DIR/$TARGET/release/$bin
-		if command -v readelf >/dev/null && readelf -l "$exe" | grep -q 'Requesting program interpreter'; then
+		if command -v readelf >/dev/null && readelf -l "$exe" | grep 'Requesting program interpreter' >/dev/null; then
 			echo "$exe is not static" >&2; exit 1
 		fi
 		# shellcheck disable=SC2086

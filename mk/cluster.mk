@@ -55,10 +55,11 @@ images-build:
 images-load:
 	kind-tests/images.sh load
 
-e2e: ## run the kind-tests suite against the cluster (brings it up when it is not)
-	@if ! $(CLUSTER_SH) status >/dev/null 2>&1; then $(MAKE) --no-print-directory cluster-up; \
-	else $(MAKE) --no-print-directory images; fi
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) WIMSEY_E2E=1 WIMSEY_IMAGE_TAG=$$(cat $(WIMSEY_IMAGES_DIR)/tag 2>/dev/null || kind-tests/images.sh tag) \
-		CLUSTER_LEVEL=$$(cat $(WIMSEY_CLUSTER_DIR)/level) $(CARGO) test -p wimsey-kind-tests --test control_plane --test node -- --show-output
+e2e: ## run the kind-tests suite against the cluster (brings it up or raises its level first; idempotent)
+	@$(MAKE) --no-print-directory cluster-up
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) WIMSEY_E2E=1 CLUSTER_PROVIDER=$$($(CLUSTER_SH) provider) \
+		CLUSTER_LEVEL=$$(cat $(WIMSEY_CLUSTER_DIR)/level) \
+		WIMSEY_IMAGE_TAG=$$(cat $(WIMSEY_IMAGES_DIR)/tag 2>/dev/null || kind-tests/images.sh tag) \
+		$(CARGO) test -p wimsey-kind-tests --test control_plane --test node -- --show-output
 
 TEST_TARGETS += e2e

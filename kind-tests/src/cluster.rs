@@ -101,7 +101,8 @@ impl Cluster {
     /// Connects with the given kubeconfig; the level comes from `CLUSTER_LEVEL`, or else from whether the
     /// cluster has a node.
     pub async fn from_kubeconfig(path: &Path) -> Result<Self> {
-        let kc = Kubeconfig::read_from(path).with_context(|| format!("reading kubeconfig {}", path.display()))?;
+        let kc = Kubeconfig::read_from(path)
+            .with_context(|| format!("reading kubeconfig {}", path.display()))?;
         let config = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
             .with_context(|| format!("kubeconfig {}", path.display()))?;
@@ -109,15 +110,27 @@ impl Cluster {
         let level = match std::env::var("CLUSTER_LEVEL") {
             Ok(l) if !l.is_empty() => Level::parse(&l)?,
             _ => {
-                let nodes = Api::<Node>::all(client.clone()).list(&ListParams::default().limit(1)).await?;
-                if nodes.items.is_empty() { Level::ControlPlane } else { Level::Node }
+                let nodes = Api::<Node>::all(client.clone())
+                    .list(&ListParams::default().limit(1))
+                    .await?;
+                if nodes.items.is_empty() {
+                    Level::ControlPlane
+                } else {
+                    Level::Node
+                }
             }
         };
         let provider = match std::env::var("CLUSTER_PROVIDER").as_deref() {
             Ok("kind") => Provider::Kind,
             _ => Provider::Local,
         };
-        Ok(Self { client, config, level, provider, kubeconfig: path.to_path_buf() })
+        Ok(Self {
+            client,
+            config,
+            level,
+            provider,
+            kubeconfig: path.to_path_buf(),
+        })
     }
 
     /// A client for this cluster.
@@ -149,14 +162,21 @@ impl Cluster {
         match self.provider {
             Provider::Local => {
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).with_context(|| format!("mkdir {}", dir.display()))?;
+                    std::fs::create_dir_all(dir)
+                        .with_context(|| format!("mkdir {}", dir.display()))?;
                 }
                 std::fs::write(path, contents).with_context(|| format!("write {}", path.display()))
             }
             Provider::Kind => {
                 use std::io::Write;
-                let node = format!("{}-control-plane", std::env::var("KIND_CLUSTER").unwrap_or_else(|_| "wimsey".into()));
-                let script = format!("mkdir -p \"$(dirname '{0}')\" && cat > '{0}'", path.display());
+                let node = format!(
+                    "{}-control-plane",
+                    std::env::var("KIND_CLUSTER").unwrap_or_else(|_| "wimsey".into())
+                );
+                let script = format!(
+                    "mkdir -p \"$(dirname '{0}')\" && cat > '{0}'",
+                    path.display()
+                );
                 let mut child = std::process::Command::new("docker")
                     .args(["exec", "-i", &node, "sh", "-c", &script])
                     .stdin(std::process::Stdio::piped())
@@ -179,7 +199,10 @@ impl Cluster {
                 let _ = std::fs::remove_dir_all(path);
             }
             Provider::Kind => {
-                let node = format!("{}-control-plane", std::env::var("KIND_CLUSTER").unwrap_or_else(|_| "wimsey".into()));
+                let node = format!(
+                    "{}-control-plane",
+                    std::env::var("KIND_CLUSTER").unwrap_or_else(|_| "wimsey".into())
+                );
                 let _ = std::process::Command::new("docker")
                     .args(["exec", &node, "rm", "-rf", &path.display().to_string()])
                     .status();

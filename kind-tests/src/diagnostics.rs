@@ -82,7 +82,11 @@ fn describe_pod(pod: &Pod) -> String {
     let mut out = String::new();
     let name = pod.metadata.name.as_deref().unwrap_or("?");
     let status = pod.status.clone().unwrap_or_default();
-    let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).unwrap_or("<unscheduled>");
+    let node = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .unwrap_or("<unscheduled>");
     let _ = writeln!(
         out,
         "pod {name}: phase={} node={node} ip={}",
@@ -99,13 +103,26 @@ fn describe_pod(pod: &Pod) -> String {
             c.message.unwrap_or_default()
         );
     }
-    let all = status.init_container_statuses.unwrap_or_default().into_iter().chain(status.container_statuses.unwrap_or_default());
+    let all = status
+        .init_container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .chain(status.container_statuses.unwrap_or_default());
     for cs in all {
         let state = cs.state.map(|s| {
             if let Some(w) = s.waiting {
-                format!("waiting {} {}", w.reason.unwrap_or_default(), w.message.unwrap_or_default())
+                format!(
+                    "waiting {} {}",
+                    w.reason.unwrap_or_default(),
+                    w.message.unwrap_or_default()
+                )
             } else if let Some(t) = s.terminated {
-                format!("terminated exit={} {} {}", t.exit_code, t.reason.unwrap_or_default(), t.message.unwrap_or_default())
+                format!(
+                    "terminated exit={} {} {}",
+                    t.exit_code,
+                    t.reason.unwrap_or_default(),
+                    t.message.unwrap_or_default()
+                )
             } else if s.running.is_some() {
                 "running".to_string()
             } else {
@@ -130,9 +147,16 @@ fn describe_pod(pod: &Pod) -> String {
 fn containers_with_logs(pod: &Pod) -> Vec<(String, bool)> {
     let status = pod.status.clone().unwrap_or_default();
     let mut v = Vec::new();
-    let all = status.init_container_statuses.unwrap_or_default().into_iter().chain(status.container_statuses.unwrap_or_default());
+    let all = status
+        .init_container_statuses
+        .unwrap_or_default()
+        .into_iter()
+        .chain(status.container_statuses.unwrap_or_default());
     for cs in all {
-        let started = cs.state.as_ref().is_some_and(|s| s.running.is_some() || s.terminated.is_some());
+        let started = cs
+            .state
+            .as_ref()
+            .is_some_and(|s| s.running.is_some() || s.terminated.is_some());
         if started {
             v.push((cs.name.clone(), false));
         }

@@ -23,8 +23,16 @@ impl ExecOutput {
 }
 
 /// Runs `command` in `container` (or the pod's only container) and collects its output.
-pub async fn exec(pods: &Api<Pod>, pod: &str, container: Option<&str>, command: &[&str]) -> Result<ExecOutput> {
-    let mut params = AttachParams::default().stdin(false).stdout(true).stderr(true);
+pub async fn exec(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: Option<&str>,
+    command: &[&str],
+) -> Result<ExecOutput> {
+    let mut params = AttachParams::default()
+        .stdin(false)
+        .stdout(true)
+        .stderr(true);
     if let Some(c) = container {
         params = params.container(c);
     }
@@ -49,10 +57,19 @@ pub async fn exec(pods: &Api<Pod>, pod: &str, container: Option<&str>, command: 
 }
 
 /// Like [`exec`], but a command that does not succeed is an error (with its stderr).
-pub async fn exec_ok(pods: &Api<Pod>, pod: &str, container: Option<&str>, command: &[&str]) -> Result<String> {
+pub async fn exec_ok(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: Option<&str>,
+    command: &[&str],
+) -> Result<String> {
     let out = exec(pods, pod, container, command).await?;
     if !out.success() {
-        bail!("{command:?} in pod {pod} failed: {:?}\nstderr: {}", out.status, out.stderr);
+        bail!(
+            "{command:?} in pod {pod} failed: {:?}\nstderr: {}",
+            out.status,
+            out.stderr
+        );
     }
     Ok(out.stdout)
 }

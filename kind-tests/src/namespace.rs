@@ -29,17 +29,27 @@ pub struct TestNamespace {
 
 impl std::fmt::Debug for TestNamespace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TestNamespace").field("name", &self.name).field("finished", &self.finished).finish()
+        f.debug_struct("TestNamespace")
+            .field("name", &self.name)
+            .field("finished", &self.finished)
+            .finish()
     }
 }
 
 fn unique_suffix() -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
     let mut n = nanos ^ (u128::from(std::process::id()) << 64);
     let mut s = String::new();
     for _ in 0..6 {
         let d = (n % 36) as u8;
-        s.push(if d < 10 { (b'0' + d) as char } else { (b'a' + d - 10) as char });
+        s.push(if d < 10 {
+            (b'0' + d) as char
+        } else {
+            (b'a' + d - 10) as char
+        });
         n /= 36;
     }
     s
@@ -64,7 +74,10 @@ impl TestNamespace {
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some(BTreeMap::from([(E2E_LABEL.to_string(), "true".to_string())])),
+                labels: Some(BTreeMap::from([(
+                    E2E_LABEL.to_string(),
+                    "true".to_string(),
+                )])),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()
@@ -73,11 +86,22 @@ impl TestNamespace {
             .create(&PostParams::default(), &ns)
             .await
             .with_context(|| format!("creating namespace {name}"))?;
-        let this = Self { name, client: client.clone(), config: cluster.config().clone(), finished: false };
+        let this = Self {
+            name,
+            client: client.clone(),
+            config: cluster.config().clone(),
+            finished: false,
+        };
         if cluster.level() == Level::Node {
             let sas: Api<ServiceAccount> = Api::namespaced(client, &this.name);
-            wait_for(&sas, "default", "the namespace's default ServiceAccount", Duration::from_secs(60), is_created())
-                .await?;
+            wait_for(
+                &sas,
+                "default",
+                "the namespace's default ServiceAccount",
+                Duration::from_secs(60),
+                is_created(),
+            )
+            .await?;
         }
         println!("test namespace: {}", this.name);
         Ok(this)
@@ -112,7 +136,10 @@ impl TestNamespace {
 }
 
 async fn delete_namespace(client: &Client, name: &str) -> Result<()> {
-    match Api::<Namespace>::all(client.clone()).delete(name, &DeleteParams::background()).await {
+    match Api::<Namespace>::all(client.clone())
+        .delete(name, &DeleteParams::background())
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
@@ -128,7 +155,9 @@ impl Drop for TestNamespace {
         // delete from a fresh thread with its own runtime and client.
         let (name, config) = (self.name.clone(), self.config.clone());
         let handle = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(async {
                 let client = Client::try_from(config)?;
                 eprintln!("{}", dump_namespace(&client, &name).await);
@@ -138,7 +167,10 @@ impl Drop for TestNamespace {
         match handle.join() {
             Ok(Ok(())) => {}
             Ok(Err(err)) => eprintln!("warning: deleting namespace {}: {err:#}", self.name),
-            Err(_) => eprintln!("warning: deleting namespace {}: cleanup thread panicked", self.name),
+            Err(_) => eprintln!(
+                "warning: deleting namespace {}: cleanup thread panicked",
+                self.name
+            ),
         }
     }
 }
@@ -151,7 +183,10 @@ mod tests {
     fn names_are_valid_dns_labels() {
         let s = unique_suffix();
         assert_eq!(s.len(), 6);
-        assert!(s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()));
+        assert!(
+            s.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        );
         assert_eq!(sanitize("Token_Review!"), "token-review");
         let long = sanitize(&"x".repeat(100));
         assert!(format!("e2e-{long}-{s}").len() <= 63);

@@ -28,10 +28,16 @@ impl LayerFile {
             return Err(format!("--add {spec:?}: want SRC:/ABS/DST[:MODE]"));
         };
         let mode = match parts.next() {
-            Some(m) => u32::from_str_radix(m, 8).map_err(|_| format!("--add {spec:?}: bad octal mode"))?,
+            Some(m) => {
+                u32::from_str_radix(m, 8).map_err(|_| format!("--add {spec:?}: bad octal mode"))?
+            }
             None => 0o755,
         };
-        Ok(Self { src: src.into(), dst: dst.to_string(), mode })
+        Ok(Self {
+            src: src.into(),
+            dst: dst.to_string(),
+            mode,
+        })
     }
 }
 
@@ -76,13 +82,19 @@ pub fn build_layer(files: &[LayerFile]) -> io::Result<Vec<u8>> {
     }
     let mut b = tar::Builder::new(Vec::new());
     for d in &dirs {
-        b.append(&header(d, 0, 0o755, tar::EntryType::Directory)?, io::empty())?;
+        b.append(
+            &header(d, 0, 0o755, tar::EntryType::Directory)?,
+            io::empty(),
+        )?;
     }
     for f in files {
         let data = std::fs::read(&f.src)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", f.src.display())))?;
         let path = f.dst.trim_start_matches('/');
-        b.append(&header(path, data.len() as u64, f.mode, tar::EntryType::Regular)?, data.as_slice())?;
+        b.append(
+            &header(path, data.len() as u64, f.mode, tar::EntryType::Regular)?,
+            data.as_slice(),
+        )?;
     }
     b.into_inner()
 }
@@ -133,7 +145,11 @@ impl ImageBlobs {
                 "size": layer.len(),
             }],
         }))?;
-        Ok(Self { layer, config, manifest })
+        Ok(Self {
+            layer,
+            config,
+            manifest,
+        })
     }
 
     pub fn manifest_digest(&self) -> String {
@@ -146,7 +162,11 @@ pub fn index_json(names: &[String], blobs: &ImageBlobs) -> io::Result<Vec<u8>> {
     let manifests: Vec<_> = names
         .iter()
         .map(|name| {
-            let tag = name.rsplit_once(':').map(|(_, t)| t).filter(|t| !t.contains('/')).unwrap_or("latest");
+            let tag = name
+                .rsplit_once(':')
+                .map(|(_, t)| t)
+                .filter(|t| !t.contains('/'))
+                .unwrap_or("latest");
             json!({
                 "mediaType": "application/vnd.oci.image.manifest.v1+json",
                 "digest": blobs.manifest_digest(),
@@ -159,7 +179,9 @@ pub fn index_json(names: &[String], blobs: &ImageBlobs) -> io::Result<Vec<u8>> {
             })
         })
         .collect();
-    Ok(serde_json::to_vec(&json!({ "schemaVersion": 2, "manifests": manifests }))?)
+    Ok(serde_json::to_vec(
+        &json!({ "schemaVersion": 2, "manifests": manifests }),
+    )?)
 }
 
 /// Writes the image-layout tar to `out` and returns the manifest digest.
@@ -171,14 +193,27 @@ pub fn write_image_layout_tar(spec: &ImageSpec, out: &Path) -> io::Result<String
         let file = std::fs::File::create(&tmp)?;
         let mut b = tar::Builder::new(io::BufWriter::new(file));
         let layout: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
-        let mut entries: Vec<(String, &[u8])> = vec![("oci-layout".into(), layout), ("index.json".into(), &index)];
-        b.append(&header("blobs/", 0, 0o755, tar::EntryType::Directory)?, io::empty())?;
-        b.append(&header("blobs/sha256/", 0, 0o755, tar::EntryType::Directory)?, io::empty())?;
+        let mut entries: Vec<(String, &[u8])> =
+            vec![("oci-layout".into(), layout), ("index.json".into(), &index)];
+        b.append(
+            &header("blobs/", 0, 0o755, tar::EntryType::Directory)?,
+            io::empty(),
+        )?;
+        b.append(
+            &header("blobs/sha256/", 0, 0o755, tar::EntryType::Directory)?,
+            io::empty(),
+        )?;
         for blob in [&blobs.layer, &blobs.config, &blobs.manifest] {
-            entries.push((format!("blobs/sha256/{}", sha256_hex(blob)), blob.as_slice()));
+            entries.push((
+                format!("blobs/sha256/{}", sha256_hex(blob)),
+                blob.as_slice(),
+            ));
         }
         for (path, data) in entries {
-            b.append(&header(&path, data.len() as u64, 0o644, tar::EntryType::Regular)?, data)?;
+            b.append(
+                &header(&path, data.len() as u64, 0o644, tar::EntryType::Regular)?,
+                data,
+            )?;
         }
         b.into_inner()?.flush()?;
     }
@@ -207,8 +242,15 @@ mod tests {
         let bin = dir.join("app");
         std::fs::write(&bin, b"#!not really\n").expect("write");
         let spec = ImageSpec {
-            names: vec!["localhost/wimsey/app:abc".into(), "localhost/wimsey/app:sandbox".into()],
-            files: vec![LayerFile { src: bin, dst: "/usr/bin/app".into(), mode: 0o755 }],
+            names: vec![
+                "localhost/wimsey/app:abc".into(),
+                "localhost/wimsey/app:sandbox".into(),
+            ],
+            files: vec![LayerFile {
+                src: bin,
+                dst: "/usr/bin/app".into(),
+                mode: 0o755,
+            }],
             entrypoint: vec!["/usr/bin/app".into()],
             user: Some("65535:65535".into()),
             ..ImageSpec::default()
@@ -231,12 +273,25 @@ mod tests {
             names.push(path);
         }
         assert!(names.contains(&"oci-layout".to_string()));
-        assert_eq!(names.iter().filter(|n| n.starts_with("blobs/sha256/") && n.len() > 20).count(), 3);
-        let index: serde_json::Value = serde_json::from_str(&index.expect("index.json")).expect("json");
+        assert_eq!(
+            names
+                .iter()
+                .filter(|n| n.starts_with("blobs/sha256/") && n.len() > 20)
+                .count(),
+            3
+        );
+        let index: serde_json::Value =
+            serde_json::from_str(&index.expect("index.json")).expect("json");
         let manifests = index["manifests"].as_array().expect("manifests");
         assert_eq!(manifests.len(), 2);
-        assert_eq!(manifests[1]["annotations"]["io.containerd.image.name"], "localhost/wimsey/app:sandbox");
-        assert_eq!(manifests[1]["annotations"]["org.opencontainers.image.ref.name"], "sandbox");
+        assert_eq!(
+            manifests[1]["annotations"]["io.containerd.image.name"],
+            "localhost/wimsey/app:sandbox"
+        );
+        assert_eq!(
+            manifests[1]["annotations"]["org.opencontainers.image.ref.name"],
+            "sandbox"
+        );
         assert_eq!(manifests[0]["digest"], a);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -13,7 +13,13 @@ use serde::de::DeserializeOwned;
 
 /// Waits (with a watch, not a poll) until the named object satisfies `cond`, and returns it. On timeout
 /// the error carries the object's last state.
-pub async fn wait_for<K>(api: &Api<K>, name: &str, what: &str, timeout: Duration, cond: impl Condition<K>) -> Result<K>
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    cond: impl Condition<K>,
+) -> Result<K>
 where
     K: Clone + Debug + Send + DeserializeOwned + kube::Resource + serde::Serialize + 'static,
 {
@@ -27,7 +33,9 @@ where
                 Ok(None) => "<absent>".to_string(),
                 Err(err) => format!("<get failed: {err}>"),
             };
-            Err(anyhow!("timed out after {timeout:?} waiting for {what} ({name}); last state:\n{last}"))
+            Err(anyhow!(
+                "timed out after {timeout:?} waiting for {what} ({name}); last state:\n{last}"
+            ))
         }
     }
 }
@@ -47,7 +55,9 @@ where
             Err(err) => format!("{err:#}"),
         };
         if Instant::now() >= deadline {
-            return Err(anyhow!("timed out after {timeout:?} waiting for {what}: {last}"));
+            return Err(anyhow!(
+                "timed out after {timeout:?} waiting for {what}: {last}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -67,7 +77,9 @@ pub fn deployment_ready() -> impl Condition<Deployment> {
     |d: Option<&Deployment>| {
         let Some(d) = d else { return false };
         let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-        let Some(s) = d.status.as_ref() else { return false };
+        let Some(s) = d.status.as_ref() else {
+            return false;
+        };
         s.observed_generation >= d.metadata.generation
             && s.updated_replicas.unwrap_or(0) == want
             && s.ready_replicas.unwrap_or(0) == want

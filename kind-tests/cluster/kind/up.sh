@@ -8,7 +8,7 @@ KC=${CLUSTER_KUBECONFIG:-$D/kubeconfig}
 NAME=${KIND_CLUSTER:-wimsey}
 KIND_NODE_IMAGE=${KIND_NODE_IMAGE:-kindest/node:v1.34.0}
 mkdir -p "$D" "$(dirname "$KC")"
-if ! kind get clusters 2>/dev/null | grep -qx "$NAME"; then
+if ! kind get clusters 2>/dev/null | grep -x "$NAME" >/dev/null; then
 	kind create cluster --name "$NAME" --image "$KIND_NODE_IMAGE" --config "$here/config.yaml" \
 		--kubeconfig "$KC" --wait 120s
 else

@@ -47,7 +47,8 @@ build_k8s() {
 	for b in "${want[@]}"; do
 		[ -x "$out/$b" ] || { ok=0; break; }
 	done
-	if [ $ok = 1 ] && "$out/kube-apiserver" --version 2>/dev/null | grep -qx "Kubernetes $K"; then
+	# (no `| grep -q` on version output: with pipefail, an early grep exit is a SIGPIPE failure)
+	if [ $ok = 1 ] && [ "$("$out/kube-apiserver" --version 2>/dev/null || true)" = "Kubernetes $K" ]; then
 		log "kubernetes $K: cached in $out"; return 0
 	fi
 	log "kubernetes $K: building (wrapper module in $src, staging modules at $S)"
@@ -84,7 +85,8 @@ build_k8s() {
 
 build_etcd() {
 	local E=$ETCD_VERSION out="$C/etcd-$ETCD_VERSION/bin" src="$C/etcd-$ETCD_VERSION/src"
-	if [ -x "$out/etcd" ] && [ -x "$out/etcdctl" ] && "$out/etcd" --version 2>/dev/null | grep -q "etcd Version: ${E#v}"; then
+	local have; have=$("$out/etcd" --version 2>/dev/null || true)
+	if [ -x "$out/etcdctl" ] && [[ $have == *"etcd Version: ${E#v}"* ]]; then
 		log "etcd $E: cached in $out"; return 0
 	fi
 	log "etcd $E: building"
@@ -98,14 +100,15 @@ build_etcd() {
 		"$GO" mod tidy
 		timed "etcd-$E" bash -c "'$GO' build -p '$GOBUILD_P' -trimpath -ldflags '-s -w -X go.etcd.io/etcd/api/v3/version.GitSHA=$E' -o '$out/etcd' go.etcd.io/etcd/server/v3 && '$GO' build -p '$GOBUILD_P' -trimpath -ldflags '-s -w' -o '$out/etcdctl' go.etcd.io/etcd/etcdctl/v3"
 	)
-	"$out/etcd" --version | head -1
+	have=$("$out/etcd" --version); echo "${have%%$'\n'*}"
 }
 
 # helm v3 and kubeconform have no replace/exclude: plain `go install` into the versioned dir.
 build_simple() {
 	local name=$1 pkg=$2 ver=$3 check=$4 ldflags=${5:-}
 	local out="$C/$name-$ver/bin"
-	if [ -x "$out/$name" ] && "$out/$name" $check 2>/dev/null | grep -q "${ver#v}"; then
+	local have; have=$("$out/$name" $check 2>/dev/null || true)
+	if [[ $have == *"${ver#v}"* ]]; then
 		log "$name $ver: cached in $out"; return 0
 	fi
 	log "$name $ver: building"

@@ -7,6 +7,7 @@
 
 # 1. kubelet first, so nothing restarts containers behind our back; then the control-plane controllers.
 stop_proc kubelet 30
+stop_proc kube-proxy
 stop_proc kube-scheduler
 stop_proc kube-controller-manager
 
@@ -51,7 +52,22 @@ rm -f /var/lib/cni/results/wimsey-* 2>/dev/null || true
 
 # 6. network
 ip link show "$BRIDGE" >/dev/null 2>&1 && ip link del "$BRIDGE"
-ip -4 addr show dev "$NODE_IF" | grep -q " $NODE_IP/32 " && ip addr del "$NODE_IP/32" dev "$NODE_IF"
+ip -4 addr show dev "$NODE_IF" | grep " $NODE_IP/32 " >/dev/null && ip addr del "$NODE_IP/32" dev "$NODE_IF"
+# kube-proxy's rules (KUBE-SERVICES, ...): removed by kube-proxy itself; then the chains kubelet made.
+if command -v iptables >/dev/null; then
+	[ -x "$K8S_BIN/kube-proxy" ] && { "$K8S_BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; }
+	for ipt in iptables ip6tables; do
+		command -v "$ipt" >/dev/null || continue
+		for chain in INPUT OUTPUT; do
+			while "$ipt" -D "$chain" -j KUBE-FIREWALL 2>/dev/null; do :; done
+		done
+		for table in filter nat mangle; do
+			for chain in KUBE-FIREWALL KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT; do
+				"$ipt" -t "$table" -F "$chain" 2>/dev/null && "$ipt" -t "$table" -X "$chain" 2>/dev/null || true
+			done
+		done
+	done
+fi
 if command -v iptables >/dev/null; then
 	while iptables -D FORWARD -j "$FW_CHAIN" 2>/dev/null; do :; done
 	iptables -F "$FW_CHAIN" 2>/dev/null || true

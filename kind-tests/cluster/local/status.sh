@@ -8,7 +8,7 @@ echo "kubeconfig: $KUBECONFIG_OUT"
 echo "versions:   kubernetes $K8S_VERSION, etcd $ETCD_VERSION (binaries in $C)"
 rc=0
 comps=(etcd kube-apiserver)
-[ "$level" = node ] && comps+=(containerd kube-controller-manager kube-scheduler kubelet)
+[ "$level" = node ] && comps+=(containerd kube-controller-manager kube-scheduler kubelet kube-proxy)
 for c in "${comps[@]}"; do
 	if pid_alive "$c"; then printf '  %-24s running (pid %s)\n' "$c" "$(cat "$RUN/$c.pid")"
 	else printf '  %-24s NOT running\n' "$c"; rc=1; fi

@@ -50,6 +50,7 @@ gen_cert admin wimsey-e2e-admin system:masters clientAuth
 gen_cert kcm system:kube-controller-manager "" clientAuth
 gen_cert scheduler system:kube-scheduler "" clientAuth
 gen_cert kubelet "system:node:$NODE_NAME" system:nodes clientAuth
+gen_cert kube-proxy system:kube-proxy "" clientAuth
 
 write_kubeconfig() { # FILE USER SERVER
 	cat >"$1" <<KC
@@ -74,7 +75,7 @@ KC
 API_LOCAL=https://127.0.0.1:$APISERVER_PORT
 mkdir -p "$(dirname "$KUBECONFIG_OUT")"
 write_kubeconfig "$KUBECONFIG_OUT" admin "$API_LOCAL"
-for u in kcm scheduler kubelet; do write_kubeconfig "$D/$u.kubeconfig" "$u" "$API_LOCAL"; done
+for u in kcm scheduler kubelet kube-proxy; do write_kubeconfig "$D/$u.kubeconfig" "$u" "$API_LOCAL"; done
 # kubelet talks to the API through the node address, as a kubelet on a real node does.
 write_kubeconfig "$D/kubelet.kubeconfig" kubelet "https://$NODE_IP:$APISERVER_PORT"
 
@@ -106,7 +107,12 @@ wait_until "kube-apiserver ready" 90 apiserver_ready || die "kube-apiserver not 
 log "kube-apiserver ready at $API_LOCAL ($(( $(date +%s) - t0 )) s)"
 
 if [ "$LEVEL" = control-plane ]; then
-	echo control-plane >"$D/level"
+	# asking for less than what runs keeps what runs
+	if [ "$(cat "$D/level" 2>/dev/null)" = node ] && pid_alive kubelet; then
+		log "a node is up already; keeping it"
+	else
+		echo control-plane >"$D/level"
+	fi
 	log "control plane up in $(( $(date +%s) - t0 )) s"
 	echo "KUBECONFIG=$KUBECONFIG_OUT"
 	exit 0
@@ -128,15 +134,16 @@ fi
 # CSI needs Bidirectional mount propagation on the kubelet dir: make every mount shared.
 mount --make-rshared /
 for ctl in hugetlb net_cls net_prio perf_event; do
-	if grep -qw "$ctl" /proc/cgroups && ! awk '$3 == "cgroup"' /proc/self/mounts | grep -qw "$ctl"; then
+	if grep -qw "$ctl" /proc/cgroups && ! awk '$3 == "cgroup"' /proc/self/mounts | grep -w "$ctl" >/dev/null; then
 		mkdir -p "/sys/fs/cgroup/$ctl"
 		mount -t cgroup -o "$ctl" cgroup "/sys/fs/cgroup/$ctl" || log "warning: cannot mount cgroup $ctl"
 	fi
 done
 # Remember the kernel settings kubelet and the bridge change, to restore them on cluster-down.
 if [ ! -s "$D/sysctl.saved" ]; then
-	for k in net.ipv4.ip_forward vm.overcommit_memory kernel.panic kernel.panic_on_oops; do
-		echo "$k=$(sysctl -n "$k")"
+	for k in net.ipv4.ip_forward vm.overcommit_memory kernel.panic kernel.panic_on_oops \
+		net.ipv4.conf.all.route_localnet net.bridge.bridge-nf-call-iptables; do
+		v=$(sysctl -n "$k" 2>/dev/null) && echo "$k=$v"
 	done >"$D/sysctl.saved"
 fi
 
@@ -195,7 +202,7 @@ start_proc containerd "$(command -v containerd)" --config "$D/containerd/config.
 wait_until "containerd" 30 ctr_ version || die "containerd not answering; see $D/logs/containerd.log"
 
 # 8. the pause image (sandbox_image above) must exist before kubelet runs a pod
-if ! ctr_ images ls -q | grep -qx localhost/wimsey/pause:sandbox; then
+if ! ctr_ images ls -q | grep -x localhost/wimsey/pause:sandbox >/dev/null; then
 	[ -n "${WIMSEY_IMAGES_DIR:-}" ] && [ -s "$WIMSEY_IMAGES_DIR/pause.tar" ] ||
 		die "no pause image: run 'make images' (make cluster-up does) or set WIMSEY_IMAGES_DIR"
 fi
@@ -245,12 +252,31 @@ start_proc kubelet "$K8S_BIN/kubelet" --config="$D/kubelet.yaml" --kubeconfig="$
 	--hostname-override="$NODE_NAME" --node-ip="$NODE_IP" --root-dir="$KUBELET_DIR" \
 	--cert-dir="$D/kubelet-pki" --v=1
 
+# kube-proxy (iptables mode) makes ClusterIP Services work, including `kubernetes` for in-cluster clients.
+# Every Service endpoint is on this machine (pods or the node address); NodePorts only on the node address.
+cat >"$D/kube-proxy.yaml" <<KPCFG
+apiVersion: kubeproxy.config.k8s.io/v1alpha1
+kind: KubeProxyConfiguration
+clientConnection: { kubeconfig: $D/kube-proxy.kubeconfig }
+mode: iptables
+clusterCIDR: $POD_CIDR
+hostnameOverride: $NODE_NAME
+bindAddress: $NODE_IP
+healthzBindAddress: 127.0.0.1:10256
+metricsBindAddress: 127.0.0.1:10249
+nodePortAddresses: ["$NODE_IP/32"]
+conntrack: { maxPerCore: 0 }
+KPCFG
+start_proc kube-proxy "$K8S_BIN/kube-proxy" --config="$D/kube-proxy.yaml" --v=1
+
 node_ready() {
 	[ "$(kubectl_ get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}')" = True ]
 }
 wait_until "node Ready" 120 node_ready || die "node $NODE_NAME not Ready; see $D/logs/kubelet.log"
 default_sa() { kubectl_ -n default get serviceaccount default; }
 wait_until "default service account" 60 default_sa || die "no default service account; see $D/logs/kube-controller-manager.log"
+kube_proxy_synced() { curl -sf http://127.0.0.1:10256/healthz; }
+wait_until "kube-proxy synced" 60 kube_proxy_synced || die "kube-proxy not healthy; see $D/logs/kube-proxy.log"
 echo node >"$D/level"
 log "node $NODE_NAME Ready; cluster up in $(( $(date +%s) - t0 )) s"
 echo "KUBECONFIG=$KUBECONFIG_OUT"

@@ -51,7 +51,8 @@ fn run() -> Result<(), String> {
     if spec.names.is_empty() {
         return Err("at least one --name is required".into());
     }
-    let digest = write_image_layout_tar(&spec, std::path::Path::new(&out)).map_err(|e| e.to_string())?;
+    let digest =
+        write_image_layout_tar(&spec, std::path::Path::new(&out)).map_err(|e| e.to_string())?;
     println!("{out}: {} ({digest})", spec.names.join(", "));
     Ok(())
 }

@@ -5,6 +5,8 @@
 //!   answer `200 ok`, `GET /` answers with the pod's hostname. Exits 0 on SIGTERM/SIGINT.
 //! - `wimsey-test-app cat FILE...`: prints the files (the image has no shell; tests exec this).
 //! - `wimsey-test-app ls DIR`: lists a directory, one name per line.
+//! - `wimsey-test-app get http://HOST:PORT/PATH`: an HTTP/1.0 GET; prints the body, fails on non-2xx.
+//! - `wimsey-test-app connect HOST:PORT`: a TCP connect (5 s timeout); exit 0 when it succeeds.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -19,12 +21,16 @@ fn main() -> ExitCode {
         None | Some("serve") | Some("--port") => serve(&args),
         Some("cat") => cat(&args[1..]),
         Some("ls") => ls(&args[1..]),
+        Some("get") => get(args.get(1).map(String::as_str).unwrap_or("")),
+        Some("connect") => connect(args.get(1).map(String::as_str).unwrap_or("")),
         Some("version") => {
             println!("wimsey-test-app {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
         Some(other) => {
-            eprintln!("wimsey-test-app: unknown command {other:?} (serve, cat, ls, version)");
+            eprintln!(
+                "wimsey-test-app: unknown command {other:?} (serve, cat, ls, get, connect, version)"
+            );
             ExitCode::from(2)
         }
     }
@@ -68,6 +74,71 @@ fn ls(dirs: &[String]) -> ExitCode {
             eprintln!("ls: {dir}: {err}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn dial(addr: &str) -> std::io::Result<TcpStream> {
+    use std::net::ToSocketAddrs;
+    let sa = addr
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no address"))?;
+    let s = TcpStream::connect_timeout(&sa, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+fn connect(addr: &str) -> ExitCode {
+    match dial(addr) {
+        Ok(_) => {
+            println!("connected to {addr}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("connect {addr}: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn get(url: &str) -> ExitCode {
+    let Some(rest) = url.strip_prefix("http://") else {
+        eprintln!("get: want http://HOST:PORT/PATH, got {url:?}");
+        return ExitCode::from(2);
+    };
+    let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let hostport = if hostport.contains(':') {
+        hostport.to_string()
+    } else {
+        format!("{hostport}:80")
+    };
+    let mut stream = match dial(&hostport) {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("get {url}: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut response = Vec::new();
+    if let Err(err) = write!(stream, "GET {path} HTTP/1.0\r\nHost: {hostport}\r\n\r\n")
+        .and_then(|()| stream.read_to_end(&mut response))
+    {
+        eprintln!("get {url}: {err}");
+        return ExitCode::FAILURE;
+    }
+    let text = String::from_utf8_lossy(&response);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    print!("{body}");
+    let ok = head
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|code| code.starts_with('2'));
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("get {url}: {}", head.lines().next().unwrap_or(""));
+        ExitCode::FAILURE
     }
 }
 
