@@ -1,0 +1,11 @@
+//! wimsey-operator: reconciles `ClusterSPIFFEID`, `ClusterStaticEntry` and
+//! `ClusterFederatedTrustDomain` (`spire.spiffe.io/v1alpha1`) into registration entries and
+//! federation relationships.
+//!
+//! This crate holds the Kubernetes edge: CRD types, configuration, and the conversion of API
+//! objects into the plain views that `wimsey_core::entries` renders.
+
+pub mod config;
+pub mod crd;
+pub mod crdgen;
+pub mod views;
