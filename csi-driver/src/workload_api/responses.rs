@@ -241,3 +241,109 @@ fn struct_value(value: &Value) -> prost_types::Value {
     };
     prost_types::Value { kind: Some(kind) }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use wimsey_core::x509::CertDer;
+    use zeroize::Zeroizing;
+
+    use super::*;
+    use crate::workload_api::identity::X509SvidEntry;
+
+    fn entry(id: &str, hint: &str) -> X509SvidEntry {
+        X509SvidEntry {
+            spiffe_id: SpiffeId::parse(id).expect("id"),
+            chain: vec![CertDer::new(vec![0x30, 0x00])],
+            private_key_pkcs8: Zeroizing::new(vec![1]),
+            hint: hint.to_owned(),
+        }
+    }
+
+    fn identities(svids: Vec<X509SvidEntry>) -> IssuedIdentities {
+        let own = TrustDomain::new("example.org").expect("td");
+        let partner = TrustDomain::new("partner.example").expect("td");
+        let mut partner_bundle = TrustDomainBundle::new(partner.clone());
+        partner_bundle.x509_authorities.push(vec![0x30, 0x01]);
+        IssuedIdentities {
+            bundle: TrustDomainBundle::new(own),
+            federated_bundles: BTreeMap::from([(partner, partner_bundle)]),
+            x509_svids: svids,
+            wit_svids: None,
+        }
+    }
+
+    #[test]
+    fn duplicate_hints_keep_the_first_svid_and_empty_hints_are_never_duplicates() {
+        let ids = identities(vec![
+            entry("spiffe://example.org/a", "internal"),
+            entry("spiffe://example.org/b", "internal"),
+            entry("spiffe://example.org/c", ""),
+            entry("spiffe://example.org/d", ""),
+        ]);
+        let response = x509_svid_response(&ids).expect("response");
+        let got: Vec<_> = response
+            .svids
+            .iter()
+            .map(|s| s.spiffe_id.as_str())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "spiffe://example.org/a",
+                "spiffe://example.org/c",
+                "spiffe://example.org/d"
+            ]
+        );
+        assert_eq!(
+            response.federated_bundles.get("spiffe://partner.example"),
+            Some(&vec![0x30, 0x01])
+        );
+        assert!(
+            !response
+                .federated_bundles
+                .contains_key("spiffe://example.org")
+        );
+    }
+
+    #[test]
+    fn no_svids_is_no_identity_and_an_unknown_requested_id_is_not_entitled() {
+        assert!(matches!(
+            x509_svid_response(&identities(vec![])),
+            Err(WorkloadApiError::NoIdentity)
+        ));
+        let ids = identities(vec![entry("spiffe://example.org/a", "")]);
+        let other = SpiffeId::parse("spiffe://example.org/b").expect("id");
+        assert!(matches!(
+            jwt_svid_targets(&ids, Some(&other)),
+            Err(WorkloadApiError::NotEntitled)
+        ));
+        assert!(matches!(
+            wit_svid_response(&ids, None),
+            Err(WorkloadApiError::WitNotServed)
+        ));
+        assert!(matches!(
+            requested_spiffe_id("not an id"),
+            Err(WorkloadApiError::InvalidRequestedId(_))
+        ));
+        assert!(requested_spiffe_id("").expect("empty").is_none());
+    }
+
+    #[test]
+    fn claims_become_struct_values() {
+        let claims: Map<String, Value> = serde_json::from_str(
+            r#"{"sub":"spiffe://example.org/a","exp":17,"aud":["x"],"nested":{"ok":true,"n":null}}"#,
+        )
+        .expect("json");
+        let s = claims_struct(&claims);
+        use prost_types::value::Kind;
+        assert_eq!(s.fields["exp"].kind, Some(Kind::NumberValue(17.0)));
+        assert!(matches!(&s.fields["aud"].kind, Some(Kind::ListValue(l)) if l.values.len() == 1));
+        let Some(Kind::StructValue(nested)) = &s.fields["nested"].kind else {
+            panic!("nested object")
+        };
+        assert_eq!(nested.fields["ok"].kind, Some(Kind::BoolValue(true)));
+        assert_eq!(nested.fields["n"].kind, Some(Kind::NullValue(0)));
+    }
+}
