@@ -93,6 +93,15 @@ wait_until() {
 	return 1
 }
 
+# write_if_changed FILE < content: replace FILE only when the content differs, atomically (kube-proxy exits
+# when its config file changes, and a truncate-then-write is a change).
+write_if_changed() {
+	local f=$1 tmp
+	tmp=$(mktemp "$f.XXXXXX")
+	cat >"$tmp"
+	if [ -f "$f" ] && cmp -s "$tmp" "$f"; then rm -f "$tmp"; else mv -f "$tmp" "$f"; fi
+}
+
 kubectl_() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_OUT" "$@"; }
 
 # Every mount point at or below one of the given directories, deepest first.

@@ -53,7 +53,7 @@ gen_cert kubelet "system:node:$NODE_NAME" system:nodes clientAuth
 gen_cert kube-proxy system:kube-proxy "" clientAuth
 
 write_kubeconfig() { # FILE USER SERVER
-	cat >"$1" <<KC
+	write_if_changed "$1" <<KC
 apiVersion: v1
 kind: Config
 clusters:
@@ -156,7 +156,7 @@ iptables -A "$FW_CHAIN" -d "$POD_CIDR" -j DROP
 iptables -C FORWARD -j "$FW_CHAIN" 2>/dev/null || iptables -I FORWARD 1 -j "$FW_CHAIN"
 
 mkdir -p "$D/cni/net.d" "$D/cni/ipam"
-cat >"$D/cni/net.d/10-wimsey.conflist" <<CNI
+write_if_changed "$D/cni/net.d/10-wimsey.conflist" <<CNI
 {
   "cniVersion": "0.4.0",
   "name": "wimsey",
@@ -174,7 +174,7 @@ CNI
 
 # 7. containerd (Debian's), with its own socket, root and state so it never meets another containerd.
 mkdir -p "$D/containerd" "$RUN/containerd"
-cat >"$D/containerd/config.toml" <<TOML
+write_if_changed "$D/containerd/config.toml" <<TOML
 version = 2
 root = "$D/containerd/root"
 state = "$RUN/containerd/state"
@@ -227,7 +227,7 @@ start_proc kube-scheduler "$K8S_BIN/kube-scheduler" \
 	--authorization-kubeconfig="$D/scheduler.kubeconfig" --bind-address=127.0.0.1 --leader-elect=false --v=1
 
 mkdir -p "$D/manifests" "$D/kubelet-pki" "$KUBELET_DIR"
-cat >"$D/kubelet.yaml" <<KCFG
+write_if_changed "$D/kubelet.yaml" <<KCFG
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 address: $NODE_IP
@@ -254,7 +254,7 @@ start_proc kubelet "$K8S_BIN/kubelet" --config="$D/kubelet.yaml" --kubeconfig="$
 
 # kube-proxy (iptables mode) makes ClusterIP Services work, including `kubernetes` for in-cluster clients.
 # Every Service endpoint is on this machine (pods or the node address); NodePorts only on the node address.
-cat >"$D/kube-proxy.yaml" <<KPCFG
+write_if_changed "$D/kube-proxy.yaml" <<KPCFG
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: { kubeconfig: $D/kube-proxy.kubeconfig }
