@@ -9,8 +9,8 @@ generate-crds: ## write crds/*.yaml from the operator's CRD types
 
 # Regenerates into a scratch directory and compares, so a dirty tree is never touched.
 verify-crds:
-	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
-	$(CARGO) run -q -p wimsey-operator -- crd --out-dir "$$tmp" >/dev/null; \
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp" "$$tmp.log"' EXIT; \
+	if ! $(CARGO) run -q -p wimsey-operator -- crd --out-dir "$$tmp" >"$$tmp.log" 2>&1; then cat "$$tmp.log" >&2; exit 1; fi; \
 	if ! diff -ru $(CRDS_DIR) "$$tmp"; then echo "crds/ is stale: run 'make generate'" >&2; exit 1; fi
 
 VERIFY_TARGETS += verify-crds
