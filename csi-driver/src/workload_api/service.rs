@@ -105,13 +105,13 @@ async fn stream_updates<T: PartialEq + Clone>(
                         changed
                     }
                 };
-                if send && tx.send(Ok(response)).await.is_err() {
+                if send && !deliver(&tx, Ok(response), &shutdown).await {
                     return;
                 }
             }
             Err(error) => {
                 log_rpc_error(rpc, &error);
-                let _ = tx.send(Err(error.into())).await;
+                deliver(&tx, Err(error.into()), &shutdown).await;
                 return;
             }
         }
@@ -119,16 +119,30 @@ async fn stream_updates<T: PartialEq + Clone>(
             changed = snapshots.changed() => {
                 if changed.is_err() {
                     // The pod's identity source is gone (volume unpublished): let the client reconnect.
-                    let _ = tx.send(Err(WorkloadApiError::ShuttingDown.into())).await;
+                    deliver(&tx, Err(WorkloadApiError::ShuttingDown.into()), &shutdown).await;
                     return;
                 }
             }
             () = shutdown.cancelled() => {
-                let _ = tx.send(Err(WorkloadApiError::ShuttingDown.into())).await;
+                // Best effort: a client that stopped reading must not hold up the shutdown.
+                let _ = tx.try_send(Err(WorkloadApiError::ShuttingDown.into()));
                 return;
             }
             () = tx.closed() => return,
         }
+    }
+}
+
+/// Sends one stream item; false when the client is gone or the server shuts down first (a
+/// client that stops reading must not hold up a graceful shutdown).
+async fn deliver<T>(
+    tx: &mpsc::Sender<Result<T, Status>>,
+    item: Result<T, Status>,
+    shutdown: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        sent = tx.send(item) => sent.is_ok(),
+        () = shutdown.cancelled() => false,
     }
 }
 

@@ -264,19 +264,6 @@ impl Drop for Server {
     }
 }
 
-/// Waits until a socket bound by another task appears (it is renamed into place once bound).
-pub async fn wait_for_socket(path: &Path) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !path.exists() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "socket {} never appeared",
-            path.display()
-        );
-        tokio::task::yield_now().await;
-    }
-}
-
 /// A plain tonic client of our generated stubs over the Unix socket: sends no headers unless told.
 pub async fn raw_client(
     socket: &Path,
