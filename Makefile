@@ -30,8 +30,9 @@ build: ## build every crate (debug)
 test: $(TEST_TARGETS) ## everything CI runs: unit, interop, cluster tests
 	@echo "make test: all test targets passed ($(TEST_TARGETS))"
 
-test-unit: ## Rust unit and in-process tests
-	$(CARGO) test --workspace --all-targets
+test-unit: ## Rust unit and in-process tests (the cluster suites run in e2e and test-operator-cp)
+	$(CARGO) test --workspace --all-targets --exclude wimsey-kind-tests
+	$(CARGO) test -p wimsey-kind-tests --lib --bins
 
 fmt: ## format the Rust code
 	$(CARGO) fmt --all
