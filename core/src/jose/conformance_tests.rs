@@ -6,8 +6,8 @@
 //! One deliberate deviation: JV-22 (accept a token without `kid`) fails under the default policy,
 //! exactly as go-spiffe and SPIRE do; it passes with `require_kid: false`.
 
+use crate::jose::test_support::{NOW, at};
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
@@ -19,12 +19,7 @@ use crate::bundle::TrustDomainBundle;
 use crate::keys::{KeyAlgorithm, SigningKey};
 use crate::spiffe_id::TrustDomain;
 
-const NOW: u64 = 1_800_000_000;
 const AUD: &str = "conformance";
-
-fn at(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
-}
 
 fn obj(value: Value) -> Map<String, Value> {
     match value {

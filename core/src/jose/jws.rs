@@ -408,15 +408,9 @@ pub(crate) mod test_signers {
 mod tests {
     use super::test_signers::TestKey;
     use super::*;
+    use crate::jose::test_support::obj;
     use crate::keys::KeyAlgorithm;
     use serde_json::json;
-
-    fn obj(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(m) => m,
-            _ => panic!("object expected"),
-        }
-    }
 
     fn b64json(value: &Value) -> String {
         b64url_encode(value.to_string().as_bytes())

@@ -315,29 +315,12 @@ mod tests {
     use crate::bundle::TrustDomainBundle;
     use crate::jose::jws::encode_compact;
     use crate::jose::jws::test_signers::TestKey;
+    use crate::jose::test_support::{NOW, at, id, obj};
     use crate::jose::{PublicJwk, b64url_encode};
     use crate::keys::KeyAlgorithm;
     use crate::spiffe_id::TrustDomain;
     use serde_json::json;
     use std::collections::BTreeMap;
-    use std::time::UNIX_EPOCH;
-
-    const NOW: u64 = 1_800_000_000;
-
-    fn at(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    fn obj(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(m) => m,
-            _ => panic!("object expected"),
-        }
-    }
-
-    fn id(s: &str) -> SpiffeId {
-        SpiffeId::parse(s).expect("spiffe id")
-    }
 
     struct Fixture {
         key: SigningKey,

@@ -13,6 +13,8 @@ pub mod wimse;
 
 #[cfg(test)]
 mod robustness_tests;
+#[cfg(test)]
+mod test_support;
 
 #[cfg(test)]
 mod conformance_tests;

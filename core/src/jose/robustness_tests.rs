@@ -3,6 +3,7 @@
 //! JSON inside it (re-encoded and re-signed), so the claim checks behind the signature see
 //! hostile input too.
 
+use crate::jose::test_support::NOW;
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
@@ -20,7 +21,6 @@ use crate::bundle::{
 use crate::keys::{KeyAlgorithm, SigningKey};
 use crate::spiffe_id::{SpiffeId, TrustDomain};
 
-const NOW: u64 = 1_800_000_000;
 const ROUNDS: usize = 2000;
 
 /// xorshift64*: deterministic, so a failure reproduces.

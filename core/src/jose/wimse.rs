@@ -683,29 +683,12 @@ mod tests {
     use crate::bundle::TrustDomainBundle;
     use crate::jose::jws::encode_compact;
     use crate::jose::jws::test_signers::TestKey;
+    use crate::jose::test_support::{NOW, at, id, obj};
     use crate::jose::{PublicKey, b64url_decode};
     use crate::keys::KeyAlgorithm;
     use serde_json::json;
     use std::cell::RefCell;
     use std::collections::{BTreeMap, HashSet};
-    use std::time::UNIX_EPOCH;
-
-    const NOW: u64 = 1_800_000_000;
-
-    fn at(secs: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_secs(secs)
-    }
-
-    fn obj(value: Value) -> Map<String, Value> {
-        match value {
-            Value::Object(m) => m,
-            _ => panic!("object expected"),
-        }
-    }
-
-    fn id(s: &str) -> SpiffeId {
-        SpiffeId::parse(s).expect("spiffe id")
-    }
 
     /// The draft's example WIT (`includes/wit.txt` of ietf-wg-wimse/draft-ietf-wimse-s2s-protocol
     /// at 1be2e3c), the public half of the authority key ("June 5") from the repository's example
