@@ -56,6 +56,30 @@ fn check(args: &[&str]) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// go-spiffe's verdict on an X.509-SVID (PEM chain and key files) against a PEM bundle file.
+fn check_x509(svid: &str, key: &str, bundle: &str) -> (bool, String) {
+    check(&[
+        "x509", "-td", TD, "-svid", svid, "-key", key, "-bundle", bundle,
+    ])
+}
+
+/// go-spiffe's verdict on a JWT-SVID file against a JWT bundle file, for `audience`.
+fn check_jwt(token: &str, bundle: &str, audience: &str) -> (bool, String) {
+    check(&[
+        "jwt",
+        "-td",
+        TD,
+        "-token",
+        token,
+        "-bundle",
+        bundle,
+        "-audience",
+        audience,
+    ])
+}
+
+const TD: &str = "interop.example.org";
+
 struct Fixture {
     dir: PathBuf,
     td: TrustDomain,
@@ -131,17 +155,7 @@ fn go_spiffe_accepts_x509_svid_from_self_signed_root() {
     let ca = f.root();
     let (svid, key) = f.issue(&ca);
     let [s, k, b] = f.write_x509(&svid, &key, ca.trust_bundle_roots());
-    let (ok, out) = check(&[
-        "x509",
-        "-td",
-        "interop.example.org",
-        "-svid",
-        &s,
-        "-key",
-        &k,
-        "-bundle",
-        &b,
-    ]);
+    let (ok, out) = check_x509(&s, &k, &b);
     assert!(ok, "go-spiffe rejected our SVID: {out}");
     assert!(
         out.contains("ok x509 spiffe://interop.example.org/ns/default/sa/web"),
@@ -165,17 +179,7 @@ fn go_spiffe_accepts_x509_svid_from_intermediate() {
     let (svid, key) = f.issue(&inter);
     assert_eq!(svid.chain.len(), 2, "leaf + intermediate on the wire");
     let [s, k, b] = f.write_x509(&svid, &key, root.trust_bundle_roots());
-    let (ok, out) = check(&[
-        "x509",
-        "-td",
-        "interop.example.org",
-        "-svid",
-        &s,
-        "-key",
-        &k,
-        "-bundle",
-        &b,
-    ]);
+    let (ok, out) = check_x509(&s, &k, &b);
     assert!(ok, "go-spiffe rejected our intermediate-signed SVID: {out}");
 }
 
@@ -185,17 +189,7 @@ fn go_spiffe_rejects_x509_svid_from_another_ca_or_with_the_wrong_key() {
     let (svid, key) = f.issue(&f.root());
     let stranger = f.root();
     let [s, k, b] = f.write_x509(&svid, &key, stranger.trust_bundle_roots());
-    let (ok, out) = check(&[
-        "x509",
-        "-td",
-        "interop.example.org",
-        "-svid",
-        &s,
-        "-key",
-        &k,
-        "-bundle",
-        &b,
-    ]);
+    let (ok, out) = check_x509(&s, &k, &b);
     assert!(
         !ok && out.contains("verify"),
         "an SVID from another CA must not verify: {out}"
@@ -207,17 +201,7 @@ fn go_spiffe_rejects_x509_svid_from_another_ca_or_with_the_wrong_key() {
             .expect("pem")
             .as_bytes(),
     );
-    let (ok, out) = check(&[
-        "x509",
-        "-td",
-        "interop.example.org",
-        "-svid",
-        &s,
-        "-key",
-        &k2,
-        "-bundle",
-        &b,
-    ]);
+    let (ok, out) = check_x509(&s, &k2, &b);
     assert!(
         !ok && out.contains("does not match"),
         "a key mismatch must be caught: {out}"
@@ -247,33 +231,13 @@ fn go_spiffe_accepts_jwt_svid_and_enforces_audience_and_expiry() {
     let (token, bundle) = jwt_fixture(&f, "spire-test", f.now);
     let t = f.write("token.jwt", &token);
     let b = f.write("jwks.json", bundle.to_jwt_bundle_json().expect("jwks"));
-    let (ok, out) = check(&[
-        "jwt",
-        "-td",
-        "interop.example.org",
-        "-token",
-        &t,
-        "-bundle",
-        &b,
-        "-audience",
-        "spire-test",
-    ]);
+    let (ok, out) = check_jwt(&t, &b, "spire-test");
     assert!(ok, "go-spiffe rejected our JWT-SVID: {out}");
     assert!(
         out.contains("ok jwt spiffe://interop.example.org/ns/default/sa/web"),
         "{out}"
     );
-    let (ok, out) = check(&[
-        "jwt",
-        "-td",
-        "interop.example.org",
-        "-token",
-        &t,
-        "-bundle",
-        &b,
-        "-audience",
-        "other",
-    ]);
+    let (ok, out) = check_jwt(&t, &b, "other");
     assert!(
         !ok && out.contains("audience"),
         "wrong audience must be refused: {out}"
@@ -281,17 +245,7 @@ fn go_spiffe_accepts_jwt_svid_and_enforces_audience_and_expiry() {
     let (expired, bundle2) = jwt_fixture(&f, "spire-test", f.now - Duration::from_secs(3600));
     let t2 = f.write("expired.jwt", &expired);
     let b2 = f.write("jwks2.json", bundle2.to_jwt_bundle_json().expect("jwks"));
-    let (ok, out) = check(&[
-        "jwt",
-        "-td",
-        "interop.example.org",
-        "-token",
-        &t2,
-        "-bundle",
-        &b2,
-        "-audience",
-        "spire-test",
-    ]);
+    let (ok, out) = check_jwt(&t2, &b2, "spire-test");
     assert!(
         !ok && out.contains("expired"),
         "expired token must be refused: {out}"
