@@ -2,4 +2,5 @@
 //! service per pod volume, fed by a [`workload_api::PodIdentity`] that supplies that pod's
 //! identities, served on a Unix socket that only that pod can reach.
 
+pub mod identity_source;
 pub mod workload_api;

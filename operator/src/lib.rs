@@ -8,4 +8,5 @@
 pub mod config;
 pub mod crd;
 pub mod crdgen;
+pub mod store;
 pub mod views;
