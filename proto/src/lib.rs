@@ -5,6 +5,7 @@
 //!   WIT-SVID profile RPCs.
 //! - [`csi::v1`]: CSI v1 Identity and Node services (`csi.v1`).
 //! - [`pluginregistration`]: kubelet plugin registration v1 (`pluginregistration.Registration`).
+//! - [`wimsey::node::v1`]: the wimsey node API between the CSI plugin and the operator.
 
 /// SPIFFE Workload API. The proto file has no package, so the gRPC paths are
 /// `/SpiffeWorkloadAPI/<Method>`.
@@ -30,6 +31,17 @@ pub mod csi {
 #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
 pub mod pluginregistration {
     tonic::include_proto!("pluginregistration");
+}
+
+/// wimsey's own APIs.
+pub mod wimsey {
+    /// The node API (`wimsey.node.v1`): node attestation and per-pod identities for the CSI plugin.
+    pub mod node {
+        #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+        pub mod v1 {
+            tonic::include_proto!("wimsey.node.v1");
+        }
+    }
 }
 
 #[cfg(test)]
