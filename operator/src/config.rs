@@ -287,12 +287,19 @@ impl Settings {
         Ok(settings)
     }
 
-    /// Reads the file named by `--config` (if any) and resolves.
-    pub fn from_flags(flags: ConfigFlags) -> Result<Self, ConfigError> {
+    /// Reads the file named by `--config` (if any) and resolves. When neither names a
+    /// clusterDomain, it is detected from `/etc/resolv.conf` (see
+    /// [`cluster_domain_from_resolv_conf`]), falling back to `cluster.local`.
+    pub fn from_flags(mut flags: ConfigFlags) -> Result<Self, ConfigError> {
         let file = match &flags.config {
             Some(path) => FileConfig::load(path)?,
             None => FileConfig::default(),
         };
+        if flags.cluster_domain.is_none() && file.cluster_domain.is_none() {
+            flags.cluster_domain = std::fs::read_to_string("/etc/resolv.conf")
+                .ok()
+                .and_then(|text| cluster_domain_from_resolv_conf(&text));
+        }
         Self::resolve(file, flags)
     }
 
@@ -310,9 +317,42 @@ impl Settings {
     }
 }
 
+/// The cluster domain as a pod's resolver sees it: kubelet writes a `search` line
+/// `<ns>.svc.<domain> svc.<domain> <domain>`, so the first search domain starting with `svc.`
+/// gives it. spire-controller-manager resolves the CNAME of `kubernetes.default.svc` instead,
+/// which needs cluster DNS.
+pub fn cluster_domain_from_resolv_conf(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("search"))
+        .filter(|rest| rest.starts_with(char::is_whitespace))
+        .flat_map(str::split_whitespace)
+        .find_map(|domain| domain.trim_end_matches('.').strip_prefix("svc."))
+        .filter(|domain| !domain.is_empty())
+        .map(str::to_owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_domain_from_the_resolver_search_line() {
+        let kubelet = "search shop.svc.corp.example svc.corp.example corp.example\nnameserver 10.96.0.10\noptions ndots:5\n";
+        assert_eq!(
+            cluster_domain_from_resolv_conf(kubelet).as_deref(),
+            Some("corp.example")
+        );
+        assert_eq!(
+            cluster_domain_from_resolv_conf("search svc.cluster.local.\n").as_deref(),
+            Some("cluster.local")
+        );
+        assert_eq!(
+            cluster_domain_from_resolv_conf("nameserver 1.1.1.1\nsearch example.com\n"),
+            None
+        );
+        assert_eq!(cluster_domain_from_resolv_conf("searchsvc.x\n"), None);
+        assert_eq!(cluster_domain_from_resolv_conf(""), None);
+    }
 
     fn flags() -> ConfigFlags {
         ConfigFlags {

@@ -5,8 +5,13 @@
 //! This crate holds the Kubernetes edge: CRD types, configuration, and the conversion of API
 //! objects into the plain views that `wimsey_core::entries` renders.
 
+pub mod admin;
 pub mod config;
 pub mod crd;
 pub mod crdgen;
+pub mod leader;
+pub mod reconcile;
+pub mod run;
+pub mod status;
 pub mod store;
 pub mod views;

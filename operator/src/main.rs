@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use wimsey_operator::admin::client::{entries_table, fetch_entries};
+use wimsey_operator::run::{RunOptions, run};
 
 #[derive(Debug, Parser)]
 #[command(name = "wimsey-operator", version, about = "wimsey operator")]
@@ -20,9 +22,31 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Run the operator.
+    Run(Box<RunOptions>),
+    /// Print the registration entries a running operator holds.
+    Entries {
+        /// The operator's admin server.
+        #[arg(
+            long,
+            env = "WIMSEY_ADMIN_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        admin_addr: String,
+        /// Only this pod (UID or namespace/name).
+        #[arg(long)]
+        pod: Option<String>,
+        /// Only pods on this node.
+        #[arg(long)]
+        node: Option<String>,
+        /// Print the JSON of /debug/entries instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd { out_dir: None } => {
@@ -32,6 +56,22 @@ fn main() -> anyhow::Result<()> {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
             for path in wimsey_operator::crdgen::write_crd_files(&dir)? {
                 eprintln!("wrote {path}");
+            }
+        }
+        Command::Run(options) => run(*options).await?,
+        Command::Entries {
+            admin_addr,
+            pod,
+            node,
+            json,
+        } => {
+            let entries = fetch_entries(&admin_addr, pod.as_deref(), node.as_deref())
+                .await
+                .with_context(|| format!("reading entries from {admin_addr}"))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&entries)?);
+            } else {
+                print!("{}", entries_table(&entries));
             }
         }
     }

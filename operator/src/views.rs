@@ -121,36 +121,119 @@ pub fn static_entry_view(resource: &ClusterStaticEntry) -> StaticEntryView {
     }
 }
 
-/// The pod fields templates commonly use. The full `.PodSpec` arrives with the reconciler.
+/// JSON names whose Go field name is not the JSON name with its first letter capitalized.
+const GO_FIELD_EXCEPTIONS: &[(&str, &str)] = &[
+    ("uid", "UID"),
+    ("apiVersion", "APIVersion"),
+    ("dnsPolicy", "DNSPolicy"),
+    ("dnsConfig", "DNSConfig"),
+    ("tty", "TTY"),
+    ("seLinuxOptions", "SELinuxOptions"),
+    ("seLinuxChangePolicy", "SELinuxChangePolicy"),
+    ("fsGroup", "FSGroup"),
+    ("fsGroupChangePolicy", "FSGroupChangePolicy"),
+    ("httpGet", "HTTPGet"),
+    ("httpHeaders", "HTTPHeaders"),
+    ("tcpSocket", "TCPSocket"),
+    ("grpc", "GRPC"),
+    ("hostIP", "HostIP"),
+    ("podIP", "PodIP"),
+    ("iscsi", "ISCSI"),
+    ("nfs", "NFS"),
+    ("rbd", "RBD"),
+    ("fc", "FC"),
+    ("csi", "CSI"),
+    ("cephfs", "CephFS"),
+    ("externalID", "DoNotUseExternalID"),
+];
+
+/// JSON fields (of PodSpec, NodeSpec and ObjectMeta trees) that are Go maps: their keys stay as
+/// written, and a missing key is `<no value>` rather than an error.
+const GO_MAP_FIELDS: &[&str] = &[
+    "labels",
+    "annotations",
+    "nodeSelector",
+    "overhead",
+    "limits",
+    "requests",
+    "volumeAttributes",
+    "options",
+];
+
+fn go_field_name(json_name: &str) -> String {
+    if let Some((_, go)) = GO_FIELD_EXCEPTIONS.iter().find(|(j, _)| *j == json_name) {
+        return (*go).to_owned();
+    }
+    let mut chars = json_name.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_uppercase().chain(chars).collect()
+    })
+}
+
+/// A Kubernetes object serialized to JSON, as Go's `text/template` sees the Go struct: objects
+/// are structs whose fields carry Go names (`serviceAccountName` -> `ServiceAccountName`, `uid`
+/// -> `UID`), except the fields that are Go maps, whose keys stay as they are.
+pub fn go_template_value(type_name: &str, json: &serde_json::Value) -> Value {
+    match json {
+        serde_json::Value::Null => Value::Nil,
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .map_or_else(|| Value::String(n.to_string()), Value::Int),
+        serde_json::Value::String(s) => Value::String(s.clone()),
+        serde_json::Value::Array(items) => Value::List(
+            items
+                .iter()
+                .map(|item| go_template_value("struct", item))
+                .collect(),
+        ),
+        serde_json::Value::Object(fields) => Value::Struct {
+            type_name: type_name.to_owned(),
+            fields: fields
+                .iter()
+                .map(|(name, value)| {
+                    let converted = match value {
+                        serde_json::Value::Object(map)
+                            if GO_MAP_FIELDS.contains(&name.as_str()) =>
+                        {
+                            Value::Map(
+                                map.iter()
+                                    .map(|(k, v)| (k.clone(), go_template_value("struct", v)))
+                                    .collect(),
+                            )
+                        }
+                        other => go_template_value("struct", other),
+                    };
+                    (go_field_name(name), converted)
+                })
+                .collect(),
+        },
+    }
+}
+
+/// The fields of a struct-shaped conversion (empty for anything else).
+fn go_fields<T: serde::Serialize>(type_name: &str, value: &T) -> BTreeMap<String, Value> {
+    match serde_json::to_value(value).map(|json| go_template_value(type_name, &json)) {
+        Ok(Value::Struct { fields, .. }) => fields,
+        _ => BTreeMap::new(),
+    }
+}
+
+/// `.PodMeta`/`.NodeMeta` fields. `managedFields` is bookkeeping no template needs, and
+/// `resourceVersion` changes on every status update, which would re-render the pod each time.
+fn meta_fields(meta: &ObjectMeta) -> BTreeMap<String, Value> {
+    let meta = ObjectMeta {
+        managed_fields: None,
+        resource_version: None,
+        ..meta.clone()
+    };
+    go_fields("*v1.ObjectMeta", &meta)
+}
+
+/// A pod as templates see it: `.PodMeta` is the whole ObjectMeta and `.PodSpec` the whole
+/// PodSpec, with Go field names.
 pub fn pod_view(pod: &Pod) -> PodView {
     let spec = pod.spec.as_ref();
-    let text = |value: Option<&String>| Value::from(value.cloned().unwrap_or_default());
-    let mut extra_spec = BTreeMap::new();
-    extra_spec.insert(
-        "Hostname".to_owned(),
-        text(spec.and_then(|s| s.hostname.as_ref())),
-    );
-    extra_spec.insert(
-        "Subdomain".to_owned(),
-        text(spec.and_then(|s| s.subdomain.as_ref())),
-    );
-    extra_spec.insert(
-        "SchedulerName".to_owned(),
-        text(spec.and_then(|s| s.scheduler_name.as_ref())),
-    );
-    extra_spec.insert(
-        "PriorityClassName".to_owned(),
-        text(spec.and_then(|s| s.priority_class_name.as_ref())),
-    );
-    let mut extra_meta = BTreeMap::new();
-    extra_meta.insert(
-        "GenerateName".to_owned(),
-        text(pod.metadata.generate_name.as_ref()),
-    );
-    extra_meta.insert(
-        "ResourceVersion".to_owned(),
-        text(pod.metadata.resource_version.as_ref()),
-    );
     PodView {
         name: pod.name_any(),
         namespace: pod.namespace().unwrap_or_default(),
@@ -161,29 +244,26 @@ pub fn pod_view(pod: &Pod) -> PodView {
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_else(|| "default".to_owned()),
         node_name: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
-        extra_meta,
-        extra_spec,
+        extra_meta: meta_fields(&pod.metadata),
+        extra_spec: spec
+            .map(|s| go_fields("*v1.PodSpec", s))
+            .unwrap_or_default(),
         service_dns_names: Vec::new(),
     }
 }
 
+/// A node as templates see it (`.NodeMeta`, `.NodeSpec`); the node's status is not template data.
 pub fn node_view(node: &Node) -> NodeView {
-    let spec = node.spec.as_ref();
-    let mut extra_spec = BTreeMap::new();
-    extra_spec.insert(
-        "PodCIDR".to_owned(),
-        Value::from(spec.and_then(|s| s.pod_cidr.clone()).unwrap_or_default()),
-    );
-    extra_spec.insert(
-        "ProviderID".to_owned(),
-        Value::from(spec.and_then(|s| s.provider_id.clone()).unwrap_or_default()),
-    );
     NodeView {
         name: node.name_any(),
         uid: node.uid().unwrap_or_default(),
         labels: string_map(&node.metadata.labels),
-        extra_meta: BTreeMap::new(),
-        extra_spec,
+        extra_meta: meta_fields(&node.metadata),
+        extra_spec: node
+            .spec
+            .as_ref()
+            .map(|s| go_fields("*v1.NodeSpec", s))
+            .unwrap_or_default(),
     }
 }
 
@@ -244,5 +324,121 @@ mod tests {
         assert_eq!(view.service_account, "default");
         assert_eq!(view.node_name, "");
         assert!(view.labels.is_empty());
+    }
+
+    fn render(view_source: &str, pod: &Pod, node: &Node) -> String {
+        use wimsey_core::entries::{RenderConfig, pod_template_data};
+        use wimsey_core::spiffe_id::TrustDomain;
+        use wimsey_core::template::Template;
+        let config = RenderConfig::new(
+            TrustDomain::new("example.org").unwrap(),
+            "c1",
+            "cluster.local",
+        );
+        let data = pod_template_data(&config, &pod_view(pod), &node_view(node));
+        Template::parse("t", view_source)
+            .unwrap()
+            .render(&data)
+            .unwrap()
+    }
+
+    fn sample() -> (Pod, Node) {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "shop", "uid": "u-1",
+                         "labels": {"app": "web"}, "resourceVersion": "77",
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-rs", "uid": "rs-1"}]},
+            "spec": {"serviceAccountName": "web-sa", "nodeName": "n1", "dnsPolicy": "ClusterFirst",
+                     "nodeSelector": {"disk": "ssd"},
+                     "containers": [{"name": "app", "image": "registry/app:1",
+                                     "resources": {"limits": {"cpu": "500m"}}}]}
+        })).unwrap();
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n1", "uid": "node-uid", "labels": {"zone": "a"}},
+            "spec": {"providerID": "aws:///eu-west-1a/i-123", "podCIDR": "10.0.0.0/24"}
+        }))
+        .unwrap();
+        (pod, node)
+    }
+
+    #[test]
+    fn pod_and_node_fields_have_go_names() {
+        let (pod, node) = sample();
+        assert_eq!(
+            render("{{ .PodSpec.ServiceAccountName }}", &pod, &node),
+            "web-sa"
+        );
+        assert_eq!(
+            render("{{ (index .PodSpec.Containers 0).Image }}", &pod, &node),
+            "registry/app:1"
+        );
+        assert_eq!(
+            render(
+                "{{ range .PodSpec.Containers }}{{ .Name }}{{ end }}",
+                &pod,
+                &node
+            ),
+            "app"
+        );
+        assert_eq!(
+            render("{{ .PodSpec.DNSPolicy }}", &pod, &node),
+            "ClusterFirst"
+        );
+        assert_eq!(render("{{ .PodMeta.Labels.app }}", &pod, &node), "web");
+        assert_eq!(
+            render("{{ (index .PodMeta.OwnerReferences 0).UID }}", &pod, &node),
+            "rs-1"
+        );
+        assert_eq!(
+            render("{{ .NodeSpec.ProviderID }}", &pod, &node),
+            "aws:///eu-west-1a/i-123"
+        );
+        assert_eq!(
+            render("{{ .NodeSpec.PodCIDR }}", &pod, &node),
+            "10.0.0.0/24"
+        );
+        assert_eq!(
+            render(
+                "{{ .NodeMeta.UID }}/{{ .NodeMeta.Labels.zone }}",
+                &pod,
+                &node
+            ),
+            "node-uid/a"
+        );
+    }
+
+    #[test]
+    fn go_maps_keep_their_keys_and_missing_keys_have_no_value() {
+        let (pod, node) = sample();
+        assert_eq!(
+            render("{{ .PodSpec.NodeSelector.disk }}", &pod, &node),
+            "ssd"
+        );
+        assert_eq!(
+            render(
+                "{{ (index .PodSpec.Containers 0).Resources.Limits.cpu }}",
+                &pod,
+                &node
+            ),
+            "500m"
+        );
+        assert_eq!(
+            render("{{ .PodMeta.Labels.missing }}", &pod, &node),
+            "<no value>"
+        );
+        // resourceVersion changes on every status update; it is left out so those do not re-render.
+        assert_eq!(render("{{ .PodMeta.ResourceVersion }}", &pod, &node), "");
+    }
+
+    #[test]
+    fn a_status_update_does_not_change_the_view() {
+        let (mut pod, node) = sample();
+        let before = pod_view(&pod);
+        pod.metadata.resource_version = Some("78".into());
+        pod.status = Some(Default::default());
+        assert_eq!(pod_view(&pod), before);
+        assert_eq!(
+            node_view(&node).extra_spec["ProviderID"],
+            Value::from("aws:///eu-west-1a/i-123")
+        );
     }
 }

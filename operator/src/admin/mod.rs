@@ -1,0 +1,142 @@
+//! The admin HTTP server: `/livez`, `/readyz` (after every cache synced), `/metrics`
+//! (Prometheus text) and `GET /debug/entries` (the entry store as JSON, `?pod=<uid or ns/name>`,
+//! `?node=<name>`), plus the client `wimsey-operator entries` uses.
+
+pub mod client;
+pub mod metrics;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{EntryStore, PodRecord, StoredEntry};
+pub use metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct AdminState {
+    pub store: EntryStore,
+    pub metrics: Arc<Metrics>,
+    pub ready: watch::Receiver<bool>,
+}
+
+/// `/debug/entries` filters.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct EntriesQuery {
+    /// A pod UID or `namespace/name`.
+    pub pod: Option<String>,
+    pub node: Option<String>,
+}
+
+pub fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/debug/entries", get(debug_entries))
+        .with_state(state)
+}
+
+/// Serves until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if *state.ready.borrow() {
+        (StatusCode::OK, "ok").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced").into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+async fn debug_entries(
+    State(state): State<AdminState>,
+    Query(query): Query<EntriesQuery>,
+) -> Response {
+    axum::Json(entries_json(&state.store, &query)).into_response()
+}
+
+fn entry_json(stored: &StoredEntry) -> Value {
+    let entry = &stored.entry;
+    json!({
+        "id": stored.id,
+        "spiffeID": entry.spiffe_id.as_str(),
+        "parentID": entry.parent_id.as_str(),
+        "selectors": entry.selectors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "x509SVIDTTLSeconds": entry.x509_svid_ttl.as_secs(),
+        "jwtSVIDTTLSeconds": entry.jwt_svid_ttl.as_secs(),
+        "federatesWith": entry.federates_with.iter().map(|td| td.name().to_owned()).collect::<Vec<_>>(),
+        "admin": entry.admin,
+        "downstream": entry.downstream,
+        "dnsNames": entry.dns_names,
+        "hint": entry.hint,
+        "storeSVID": entry.store_svid,
+        "owner": {"kind": stored.owner.kind.as_str(), "name": stored.owner.name},
+    })
+}
+
+fn pod_json(pod: &PodRecord) -> Value {
+    json!({
+        "uid": pod.uid,
+        "namespace": pod.namespace,
+        "name": pod.name,
+        "serviceAccount": pod.service_account,
+        "nodeName": pod.node_name,
+        "entries": pod.entries.iter().map(entry_json).collect::<Vec<_>>(),
+    })
+}
+
+/// The store as JSON: `{"pods": [...], "static": [...]}`. A filter narrows the pods and leaves
+/// out the static entries (they belong to no pod or node).
+pub fn entries_json(store: &EntryStore, query: &EntriesQuery) -> Value {
+    let pods: Vec<Value> = match (&query.pod, &query.node) {
+        (None, None) => store.all_pods().iter().map(|p| pod_json(p)).collect(),
+        (pod, node) => {
+            let candidates = match node {
+                Some(node) => store.pods_on_node(node),
+                None => store.all_pods(),
+            };
+            candidates
+                .iter()
+                .filter(|p| {
+                    pod.as_ref().is_none_or(|wanted| {
+                        p.uid == *wanted || format!("{}/{}", p.namespace, p.name) == *wanted
+                    })
+                })
+                .map(|p| pod_json(p))
+                .collect()
+        }
+    };
+    let statics: Vec<Value> = if query.pod.is_none() && query.node.is_none() {
+        store.static_entries().iter().map(entry_json).collect()
+    } else {
+        Vec::new()
+    };
+    json!({"pods": pods, "static": statics})
+}

@@ -1,0 +1,153 @@
+//! The trust domain's signing authority (embedded backend).
+//!
+//! The CA keys and the JWT/WIT signing keys live in one Secret (`wimsey-authority` in the
+//! operator's namespace), as a JSON document ([`state::StoredAuthority`]). The first replica to
+//! start creates it with `create`, so of two replicas starting together one wins and the other
+//! gets AlreadyExists and loads the winner's keys. Every replica watches the Secret and signs
+//! with what it holds. Rotation ([`state::rotate`], driven by `core::rotation`) is written back
+//! with a resourceVersion-guarded replace, so two replicas rotating at once cannot both win: the
+//! loser reloads. The bundle (X.509 roots, JWT and WIT keys) is also published as the ConfigMap
+//! `wimsey-bundle` (`bundle.pem`, `bundle.spiffe`) for consumers that do not speak SPIFFE.
+
+mod secret;
+pub mod state;
+
+use std::time::Duration;
+
+use wimsey_core::bundle::BundleError;
+use wimsey_core::keys::KeyError;
+use wimsey_core::rotation::RotationError;
+use wimsey_core::x509::X509Error;
+
+pub use secret::SigningAuthority;
+pub use state::{KeyKind, Lifetimes, SigningMaterial, StoredAuthority, TokenKey};
+
+/// The Secret key holding the authority's JSON state.
+pub const SECRET_DATA_KEY: &str = "authority.json";
+/// ConfigMap keys: the X.509 roots as PEM, and the SPIFFE bundle (JWKS with refresh hint).
+pub const BUNDLE_PEM_KEY: &str = "bundle.pem";
+pub const BUNDLE_SPIFFE_KEY: &str = "bundle.spiffe";
+/// Annotation on the bundle ConfigMap: the authority generation it was rendered from, so an
+/// older replica never overwrites a newer bundle.
+pub const GENERATION_ANNOTATION: &str = "wimsey.dev/authority-generation";
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    wimsey_core::entries::parse_go_duration(value).map_err(|reason| format!("{value:?}: {reason}"))
+}
+
+/// Authority settings, flattened into `wimsey-operator run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthorityArgs {
+    /// Namespace of the authority Secret and the bundle ConfigMap (the operator's own).
+    #[arg(long, env = "WIMSEY_NAMESPACE", default_value = "wimsey-system")]
+    pub authority_namespace: String,
+    /// Secret holding the CA and JWT/WIT signing keys.
+    #[arg(
+        long,
+        env = "WIMSEY_AUTHORITY_SECRET",
+        default_value = "wimsey-authority"
+    )]
+    pub authority_secret: String,
+    /// ConfigMap the trust bundle is published to.
+    #[arg(long, env = "WIMSEY_BUNDLE_CONFIGMAP", default_value = "wimsey-bundle")]
+    pub bundle_configmap: String,
+    /// Lifetime of a CA certificate; a CA key signs for the first half of it.
+    #[arg(long, env = "WIMSEY_CA_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub ca_ttl: Duration,
+    /// How long a JWT (and WIT) signing key signs before its successor takes over.
+    #[arg(long, env = "WIMSEY_JWT_KEY_TTL", default_value = "24h", value_parser = parse_duration)]
+    pub jwt_key_ttl: Duration,
+    /// How long a new key is in the bundle before it signs.
+    #[arg(long, env = "WIMSEY_KEY_PROPAGATION_DELAY", default_value = "1h", value_parser = parse_duration)]
+    pub key_propagation_delay: Duration,
+    /// Cap on X.509-SVID and WIT-SVID lifetimes (entries asking for more get this).
+    #[arg(long, env = "WIMSEY_MAX_X509_SVID_TTL", default_value = "12h", value_parser = parse_duration)]
+    pub max_x509_svid_ttl: Duration,
+    /// Cap on JWT-SVID lifetimes.
+    #[arg(long, env = "WIMSEY_MAX_JWT_SVID_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub max_jwt_svid_ttl: Duration,
+    /// Lifetime of node SVIDs issued by Attest; plugins re-attest before it ends.
+    #[arg(long, env = "WIMSEY_NODE_SVID_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub node_svid_ttl: Duration,
+    /// Lifetime of the operator's own serving X.509-SVID (renewed at half-life).
+    #[arg(long, env = "WIMSEY_SERVER_SVID_TTL", default_value = "1h", value_parser = parse_duration)]
+    pub server_svid_ttl: Duration,
+}
+
+impl AuthorityArgs {
+    pub fn lifetimes(&self) -> Lifetimes {
+        Lifetimes {
+            ca_ttl: self.ca_ttl,
+            jwt_key_ttl: self.jwt_key_ttl,
+            propagation_delay: self.key_propagation_delay,
+            max_x509_svid_ttl: self.max_x509_svid_ttl,
+            max_jwt_svid_ttl: self.max_jwt_svid_ttl,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthorityError {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the authority Secret has no {0:?} key")]
+    MissingData(&'static str),
+    #[error("the authority Secret holds invalid JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("the authority Secret holds an invalid {0}")]
+    Corrupt(&'static str),
+    #[error("the authority Secret is for trust domain {stored:?}, configured is {configured:?}")]
+    TrustDomainMismatch { stored: String, configured: String },
+    #[error("no active {0} key")]
+    NoActiveKey(&'static str),
+    #[error("invalid authority settings: {0}")]
+    Settings(&'static str),
+    #[error("{0}")]
+    X509(#[from] X509Error),
+    #[error("{0}")]
+    Key(#[from] KeyError),
+    #[error("{0}")]
+    Rotation(#[from] RotationError),
+    #[error("{0}")]
+    Bundle(#[from] BundleError),
+}
+
+impl AuthorityError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            AuthorityError::Kube(_) => "kube",
+            AuthorityError::MissingData(_) => "missing_data",
+            AuthorityError::Json(_) => "json",
+            AuthorityError::Corrupt(_) => "corrupt",
+            AuthorityError::TrustDomainMismatch { .. } => "trust_domain_mismatch",
+            AuthorityError::NoActiveKey(_) => "no_active_key",
+            AuthorityError::Settings(_) => "settings",
+            AuthorityError::X509(_) => "x509",
+            AuthorityError::Key(_) => "key",
+            AuthorityError::Rotation(_) => "rotation",
+            AuthorityError::Bundle(_) => "bundle",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        authority: AuthorityArgs,
+    }
+
+    #[test]
+    fn flags_parse_go_durations_and_default() {
+        let cli = Cli::try_parse_from(["x", "--ca-ttl", "2h", "--node-svid-ttl", "90s"]).unwrap();
+        assert_eq!(cli.authority.ca_ttl, Duration::from_secs(7200));
+        assert_eq!(cli.authority.node_svid_ttl, Duration::from_secs(90));
+        assert_eq!(cli.authority.authority_secret, "wimsey-authority");
+        assert!(Cli::try_parse_from(["x", "--ca-ttl", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,230 @@
+//! ClusterFederatedTrustDomains validated into the federation set: which foreign trust domains
+//! this cluster federates with, where their bundles are published, and the bundle to start from.
+//! Fetching bundles is the federation poller's job; this only validates.
+
+use std::collections::BTreeMap;
+
+use wimsey_core::bundle::TrustDomainBundle;
+use wimsey_core::entries::{RenderConfig, handles_class};
+use wimsey_core::spiffe_id::{SpiffeId, TrustDomain};
+
+use super::state::ResourceMeta;
+use crate::crd::{
+    BundleEndpointProfileType, ClusterFederatedTrustDomainSpec, ClusterFederatedTrustDomainStatus,
+};
+
+/// A ClusterFederatedTrustDomain as watched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FederationInput {
+    pub meta: ResourceMeta,
+    /// `metadata.creationTimestamp` (Unix seconds): the oldest resource wins a duplicate.
+    pub created: i64,
+    pub spec: ClusterFederatedTrustDomainSpec,
+    pub status: Option<ClusterFederatedTrustDomainStatus>,
+}
+
+/// How the bundle endpoint authenticates itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BundleEndpointProfile {
+    HttpsWeb,
+    HttpsSpiffe { endpoint_spiffe_id: SpiffeId },
+}
+
+/// One validated federation relationship.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FederatedTrustDomain {
+    /// The resource that declares it.
+    pub resource: String,
+    pub trust_domain: TrustDomain,
+    pub bundle_endpoint_url: url::Url,
+    pub profile: BundleEndpointProfile,
+    /// `trustDomainBundle`, when given: the bundle to trust until the first fetch.
+    pub initial_bundle: Option<TrustDomainBundle>,
+}
+
+/// The federation set, by trust domain name.
+pub type FederationSet = BTreeMap<String, FederatedTrustDomain>;
+
+/// What became of one ClusterFederatedTrustDomain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FederationOutcome {
+    Accepted,
+    Invalid {
+        field: &'static str,
+        reason: String,
+    },
+    /// An older resource declares the same trust domain.
+    Duplicate {
+        of: String,
+    },
+    NotOurs,
+}
+
+/// Validates one resource as spire-controller-manager's webhook does.
+pub fn validate_federation(
+    name: &str,
+    spec: &ClusterFederatedTrustDomainSpec,
+) -> Result<FederatedTrustDomain, (&'static str, String)> {
+    let trust_domain = TrustDomain::from_name_or_id(&spec.trust_domain)
+        .map_err(|e| ("trustDomain", e.to_string()))?;
+    let url = url::Url::parse(&spec.bundle_endpoint_url)
+        .map_err(|e| ("bundleEndpointURL", e.to_string()))?;
+    if url.scheme() != "https" {
+        return Err((
+            "bundleEndpointURL",
+            format!("scheme must be https, not {:?}", url.scheme()),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(("bundleEndpointURL", "host must not be empty".to_owned()));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(("bundleEndpointURL", "must not contain user info".to_owned()));
+    }
+    let endpoint_id = &spec.bundle_endpoint_profile.endpoint_spiffe_id;
+    let profile = match spec.bundle_endpoint_profile.profile_type {
+        BundleEndpointProfileType::HttpsWeb if endpoint_id.is_empty() => {
+            BundleEndpointProfile::HttpsWeb
+        }
+        BundleEndpointProfileType::HttpsWeb => {
+            return Err((
+                "bundleEndpointProfile.endpointSPIFFEID",
+                "must be empty for the https_web profile".to_owned(),
+            ));
+        }
+        BundleEndpointProfileType::HttpsSpiffe => BundleEndpointProfile::HttpsSpiffe {
+            endpoint_spiffe_id: SpiffeId::parse(endpoint_id)
+                .map_err(|e| ("bundleEndpointProfile.endpointSPIFFEID", e.to_string()))?,
+        },
+    };
+    let initial_bundle = if spec.trust_domain_bundle.is_empty() {
+        None
+    } else {
+        Some(
+            TrustDomainBundle::from_spiffe_jwks(
+                trust_domain.clone(),
+                spec.trust_domain_bundle.as_bytes(),
+            )
+            .map_err(|e| ("trustDomainBundle", e.to_string()))?,
+        )
+    };
+    Ok(FederatedTrustDomain {
+        resource: name.to_owned(),
+        trust_domain,
+        bundle_endpoint_url: url,
+        profile,
+        initial_bundle,
+    })
+}
+
+/// The federation set of this instance's class: valid resources, one per trust domain, the
+/// oldest (then lowest UID) winning.
+pub fn build_federation_set(
+    inputs: &[&FederationInput],
+    config: &RenderConfig,
+) -> (FederationSet, Vec<(String, FederationOutcome)>) {
+    let mut sorted: Vec<&&FederationInput> = inputs.iter().collect();
+    sorted.sort_by(|a, b| (a.created, &a.meta.uid).cmp(&(b.created, &b.meta.uid)));
+    let mut set = FederationSet::new();
+    let mut outcomes = Vec::new();
+    for input in sorted {
+        let name = input.meta.name.clone();
+        if !handles_class(config, &input.spec.class_name) {
+            outcomes.push((name, FederationOutcome::NotOurs));
+            continue;
+        }
+        let outcome = match validate_federation(&name, &input.spec) {
+            Err((field, reason)) => FederationOutcome::Invalid { field, reason },
+            Ok(relationship) => match set.get(relationship.trust_domain.name()) {
+                Some(existing) => FederationOutcome::Duplicate {
+                    of: existing.resource.clone(),
+                },
+                None => {
+                    set.insert(relationship.trust_domain.name().to_owned(), relationship);
+                    FederationOutcome::Accepted
+                }
+            },
+        };
+        outcomes.push((name, outcome));
+    }
+    (set, outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::BundleEndpointProfile as CrdProfile;
+
+    fn input(name: &str, created: i64, td: &str, url: &str) -> FederationInput {
+        FederationInput {
+            meta: ResourceMeta {
+                name: name.into(),
+                uid: format!("uid-{name}"),
+                generation: Some(1),
+            },
+            created,
+            spec: ClusterFederatedTrustDomainSpec {
+                trust_domain: td.into(),
+                bundle_endpoint_url: url.into(),
+                bundle_endpoint_profile: CrdProfile::default(),
+                ..ClusterFederatedTrustDomainSpec::default()
+            },
+            status: None,
+        }
+    }
+
+    #[test]
+    fn oldest_wins_duplicates_and_invalid_ones_are_reported() {
+        let config = RenderConfig::new(
+            TrustDomain::new("example.org").unwrap(),
+            "c",
+            "cluster.local",
+        );
+        let a = input("a", 20, "other.org", "https://other.org/bundle");
+        let b = input("b", 10, "other.org", "https://mirror.other.org/bundle");
+        let c = input("c", 5, "third.org", "http://third.org/bundle");
+        let (set, outcomes) = build_federation_set(&[&a, &b, &c], &config);
+        assert_eq!(set.len(), 1);
+        assert_eq!(set["other.org"].resource, "b");
+        assert_eq!(set["other.org"].profile, BundleEndpointProfile::HttpsWeb);
+        let outcome = |n: &str| {
+            outcomes
+                .iter()
+                .find(|(name, _)| name == n)
+                .unwrap()
+                .1
+                .clone()
+        };
+        assert_eq!(
+            outcome("a"),
+            FederationOutcome::Duplicate { of: "b".into() }
+        );
+        assert!(matches!(
+            outcome("c"),
+            FederationOutcome::Invalid {
+                field: "bundleEndpointURL",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn profile_rules() {
+        let mut spec = input("a", 1, "other.org", "https://other.org/").spec;
+        spec.bundle_endpoint_profile.endpoint_spiffe_id = "spiffe://other.org/server".into();
+        assert_eq!(
+            validate_federation("a", &spec).unwrap_err().0,
+            "bundleEndpointProfile.endpointSPIFFEID"
+        );
+        spec.bundle_endpoint_profile.profile_type = BundleEndpointProfileType::HttpsSpiffe;
+        assert!(matches!(
+            validate_federation("a", &spec).unwrap().profile,
+            BundleEndpointProfile::HttpsSpiffe { .. }
+        ));
+        spec.trust_domain_bundle = "not json".into();
+        assert_eq!(
+            validate_federation("a", &spec).unwrap_err().0,
+            "trustDomainBundle"
+        );
+    }
+}

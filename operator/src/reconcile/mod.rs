@@ -1,0 +1,20 @@
+//! The entry reconciler: watches ClusterSPIFFEIDs, ClusterStaticEntries,
+//! ClusterFederatedTrustDomains, Pods, Namespaces, Nodes and EndpointSlices into a
+//! [`ClusterState`], and renders the pods each change affects into the [`crate::store::EntryStore`].
+//!
+//! [`state`] and [`federation`] are plain logic; [`watch`] is the Kubernetes edge.
+
+pub mod federation;
+pub mod ids;
+pub mod state;
+pub mod watch;
+
+#[cfg(test)]
+mod tests;
+
+pub use federation::{FederatedTrustDomain, FederationSet};
+pub use ids::entry_id;
+pub use state::{
+    ClusterState, Dirty, PassReport, ResourceMeta, SliceInput, SpecInput, StaticInput,
+};
+pub use watch::{ReconcileError, Reconciler, ReconcilerHandle};

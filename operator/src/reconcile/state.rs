@@ -1,0 +1,793 @@
+//! The reconciler's world as plain values: every watched object as a view, the indexes that
+//! decide which pods a change touches, and the rendering of dirty pods into the entry store.
+//!
+//! Nothing here talks to the API server: the watch tasks feed it views, and the benchmark and
+//! the unit tests drive it directly.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use wimsey_core::entries::{
+    ClusterSpiffeIdView, CompiledSpec, EntryError, NamespaceSelection, NamespaceView, NodeView,
+    PodView, RenderConfig, SpecOutcome, StaticEntryView, handles_class, namespace_selection,
+    render_pod_entries, render_static_entry, resolve_conflicts, service_dns_names,
+};
+
+use super::federation::{FederationInput, FederationOutcome, FederationSet, build_federation_set};
+use super::ids::entry_id;
+use crate::crd::{
+    ClusterFederatedTrustDomainStatus, ClusterSPIFFEIDStatus, ClusterStaticEntryStatus,
+};
+use crate::store::{EntryStore, PodRecord, StoredEntry};
+
+/// Identity of a custom resource for status and events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResourceMeta {
+    pub name: String,
+    pub uid: String,
+    pub generation: Option<i64>,
+}
+
+/// A ClusterSPIFFEID as watched: its view (or why it has none) and its current status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpecInput {
+    pub meta: ResourceMeta,
+    pub class_name: String,
+    pub view: Result<ClusterSpiffeIdView, EntryError>,
+    pub status: Option<ClusterSPIFFEIDStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaticInput {
+    pub meta: ResourceMeta,
+    pub view: StaticEntryView,
+    pub status: Option<ClusterStaticEntryStatus>,
+}
+
+/// An EndpointSlice reduced to what autoPopulateDNSNames needs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SliceInput {
+    pub namespace: String,
+    pub name: String,
+    /// The `kubernetes.io/service-name` label; slices without one name no Service.
+    pub service: String,
+    /// Names of the pods its endpoints' targetRefs point at (in the slice's namespace).
+    pub pods: BTreeSet<String>,
+}
+
+/// What is waiting to be reconciled. Triggers are merged here, so a burst of events for one pod
+/// renders it once, and nothing is dropped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Dirty {
+    pub pods: HashSet<String>,
+    pub statics: bool,
+    pub federations: bool,
+    /// Only statuses need recomputing (a CR's observed status or generation changed).
+    pub status: bool,
+}
+
+impl Dirty {
+    pub fn is_empty(&self) -> bool {
+        self.pods.is_empty() && !self.statics && !self.federations && !self.status
+    }
+
+    /// Pods and resource sets waiting.
+    pub fn len(&self) -> usize {
+        self.pods.len() + usize::from(self.statics) + usize::from(self.federations)
+    }
+
+    pub fn merge(&mut self, other: Dirty) {
+        self.pods.extend(other.pods);
+        self.statics |= other.statics;
+        self.federations |= other.federations;
+        self.status |= other.status;
+    }
+}
+
+/// What one spec did to one pod, kept per pod so counters can be updated incrementally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Set,
+    Masked,
+    Failed,
+    /// Selected but not rendered (a fallback that did not apply, or an unscheduled pod).
+    SelectedOnly,
+}
+
+/// Running counters of one ClusterSPIFFEID over all pods.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecTally {
+    pub pods_selected: i64,
+    pub entries_to_set: i64,
+    pub entries_masked: i64,
+    pub render_failures: i64,
+    /// `namespace/pod` -> error, for status messages (bounded by the failing pods).
+    pub failures: BTreeMap<String, (String, &'static str)>,
+    /// `namespace/pod` -> the resource that masks it.
+    pub masked_by: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct SpecState {
+    pub(crate) input: SpecInput,
+    pub(crate) compiled: Result<CompiledSpec, EntryError>,
+}
+
+/// Result of validating one ClusterStaticEntry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StaticOutcome {
+    Set {
+        id: String,
+    },
+    Masked {
+        by: String,
+    },
+    Invalid(EntryError),
+    /// Another class's resource.
+    NotOurs,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct StaticState {
+    pub(crate) input: StaticInput,
+    pub(crate) outcome: Option<StaticOutcome>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct FederationState {
+    pub(crate) input: FederationInput,
+    pub(crate) outcome: Option<FederationOutcome>,
+}
+
+/// Counts of what the last passes did, for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PassReport {
+    pub pods_rendered: usize,
+    pub store_writes: usize,
+    /// Render failures of this pass, by error label.
+    pub render_failures: BTreeMap<&'static str, u64>,
+    pub statics_changed: bool,
+    pub federations_changed: bool,
+}
+
+/// One spec's outcome for one pod: the spec, the outcome, the failure (message, label) and the
+/// resource that masks the entry.
+type DetailedOutcome = (
+    Arc<str>,
+    Outcome,
+    Option<(String, &'static str)>,
+    Option<String>,
+);
+
+#[derive(Debug, Clone)]
+struct PodState {
+    view: PodView,
+    outcomes: Vec<(Arc<str>, Outcome)>,
+    /// Deleted from the cluster; removed from the store by the next pass.
+    deleted: bool,
+}
+
+/// Everything the reconciler knows about the cluster.
+#[derive(Debug)]
+pub struct ClusterState {
+    config: RenderConfig,
+    entry_id_prefix: String,
+    pods: HashMap<String, PodState>,
+    pod_uid_by_name: HashMap<(String, String), String>,
+    pods_by_namespace: HashMap<String, BTreeSet<String>>,
+    pods_by_node: HashMap<String, BTreeSet<String>>,
+    namespaces: BTreeMap<String, NamespaceView>,
+    nodes: HashMap<String, NodeView>,
+    pub(crate) specs: BTreeMap<String, SpecState>,
+    compiled: Vec<CompiledSpec>,
+    slices: HashMap<(String, String), SliceInput>,
+    /// (namespace, pod name) -> service -> number of slices naming the pod.
+    pod_services: HashMap<(String, String), BTreeMap<String, usize>>,
+    pub(crate) statics: BTreeMap<String, StaticState>,
+    pub(crate) federations: BTreeMap<String, FederationState>,
+    federation_set: Arc<FederationSet>,
+    tallies: HashMap<Arc<str>, SpecTally>,
+    dirty: Dirty,
+}
+
+fn pod_key(view: &PodView) -> String {
+    format!("{}/{}", view.namespace, view.name)
+}
+
+impl ClusterState {
+    pub fn new(config: RenderConfig, entry_id_prefix: &str) -> Self {
+        Self {
+            config,
+            entry_id_prefix: entry_id_prefix.to_owned(),
+            pods: HashMap::new(),
+            pod_uid_by_name: HashMap::new(),
+            pods_by_namespace: HashMap::new(),
+            pods_by_node: HashMap::new(),
+            namespaces: BTreeMap::new(),
+            nodes: HashMap::new(),
+            specs: BTreeMap::new(),
+            compiled: Vec::new(),
+            slices: HashMap::new(),
+            pod_services: HashMap::new(),
+            statics: BTreeMap::new(),
+            federations: BTreeMap::new(),
+            federation_set: Arc::default(),
+            tallies: HashMap::new(),
+            dirty: Dirty::default(),
+        }
+    }
+
+    pub fn config(&self) -> &RenderConfig {
+        &self.config
+    }
+
+    /// What is waiting to be reconciled.
+    pub fn pending(&self) -> &Dirty {
+        &self.dirty
+    }
+
+    pub fn pod_count(&self) -> usize {
+        self.pods.len()
+    }
+
+    pub fn federation_set(&self) -> Arc<FederationSet> {
+        self.federation_set.clone()
+    }
+
+    pub fn tally(&self, spec: &str) -> Option<&SpecTally> {
+        self.tallies.get(spec)
+    }
+
+    pub fn namespaces(&self) -> impl Iterator<Item = &NamespaceView> {
+        self.namespaces.values()
+    }
+
+    pub(crate) fn compiled_spec(&self, name: &str) -> Option<&CompiledSpec> {
+        self.specs.get(name).and_then(|s| s.compiled.as_ref().ok())
+    }
+
+    fn mark_namespace(&mut self, namespace: &str) {
+        if let Some(uids) = self.pods_by_namespace.get(namespace) {
+            self.dirty.pods.extend(uids.iter().cloned());
+        }
+    }
+
+    // ---- pods
+
+    /// A pod was added or changed. An unchanged view (a status-only update) renders nothing.
+    pub fn apply_pod(&mut self, mut view: PodView) {
+        view.service_dns_names = self.dns_names_for(&view.namespace, &view.name);
+        let uid = view.uid.clone();
+        if let Some(old) = self.pods.get(&uid)
+            && old.view == view
+            && !old.deleted
+        {
+            return;
+        }
+        let outcomes = match self.pods.remove(&uid) {
+            Some(old) => {
+                if !old.deleted {
+                    self.unindex_pod(&old.view);
+                }
+                old.outcomes
+            }
+            None => Vec::new(),
+        };
+        self.index_pod(&view);
+        self.pods.insert(
+            uid.clone(),
+            PodState {
+                view,
+                outcomes,
+                deleted: false,
+            },
+        );
+        self.dirty.pods.insert(uid);
+    }
+
+    pub fn delete_pod(&mut self, uid: &str) {
+        let Some(state) = self.pods.get(uid).filter(|s| !s.deleted) else {
+            return;
+        };
+        let view = state.view.clone();
+        self.unindex_pod(&view);
+        // Kept until the pass removes it from the store and the counters.
+        self.dirty.pods.insert(uid.to_owned());
+        if let Some(state) = self.pods.get_mut(uid) {
+            state.deleted = true;
+        }
+    }
+
+    fn index_pod(&mut self, view: &PodView) {
+        self.pod_uid_by_name.insert(
+            (view.namespace.clone(), view.name.clone()),
+            view.uid.clone(),
+        );
+        self.pods_by_namespace
+            .entry(view.namespace.clone())
+            .or_default()
+            .insert(view.uid.clone());
+        if !view.node_name.is_empty() {
+            self.pods_by_node
+                .entry(view.node_name.clone())
+                .or_default()
+                .insert(view.uid.clone());
+        }
+    }
+
+    fn unindex_pod(&mut self, view: &PodView) {
+        let name_key = (view.namespace.clone(), view.name.clone());
+        if self.pod_uid_by_name.get(&name_key) == Some(&view.uid) {
+            self.pod_uid_by_name.remove(&name_key);
+        }
+        remove_from_index(&mut self.pods_by_namespace, &view.namespace, &view.uid);
+        remove_from_index(&mut self.pods_by_node, &view.node_name, &view.uid);
+    }
+
+    // ---- namespaces and nodes
+
+    pub fn apply_namespace(&mut self, view: NamespaceView) {
+        if self.namespaces.get(&view.name) == Some(&view) {
+            return;
+        }
+        let name = view.name.clone();
+        self.namespaces.insert(name.clone(), view);
+        self.mark_namespace(&name);
+        self.dirty.status = true;
+    }
+
+    pub fn delete_namespace(&mut self, name: &str) {
+        if self.namespaces.remove(name).is_some() {
+            self.mark_namespace(name);
+            self.dirty.status = true;
+        }
+    }
+
+    pub fn apply_node(&mut self, view: NodeView) {
+        if self.nodes.get(&view.name) == Some(&view) {
+            return;
+        }
+        let name = view.name.clone();
+        self.nodes.insert(name.clone(), view);
+        self.mark_node(&name);
+    }
+
+    pub fn delete_node(&mut self, name: &str) {
+        if self.nodes.remove(name).is_some() {
+            self.mark_node(name);
+        }
+    }
+
+    fn mark_node(&mut self, name: &str) {
+        if let Some(uids) = self.pods_by_node.get(name) {
+            self.dirty.pods.extend(uids.iter().cloned());
+        }
+    }
+
+    // ---- ClusterSPIFFEIDs
+
+    /// A ClusterSPIFFEID was added or changed. When its spec changed, the pods in every namespace
+    /// the old or the new selector can match are re-rendered; a status-only change re-renders
+    /// nothing.
+    pub fn apply_spec(&mut self, input: SpecInput) {
+        let name = input.meta.name.clone();
+        if let Some(old) = self.specs.get_mut(&name)
+            && old.input.view == input.view
+            && old.input.class_name == input.class_name
+        {
+            old.input = input;
+            self.dirty.status = true;
+            return;
+        }
+        let compiled = input
+            .view
+            .clone()
+            .and_then(|view| CompiledSpec::compile(&view));
+        let old = self
+            .specs
+            .insert(name.clone(), SpecState { input, compiled });
+        self.spec_changed(&name, old.and_then(|s| s.compiled.ok()));
+    }
+
+    pub fn delete_spec(&mut self, name: &str) {
+        if let Some(old) = self.specs.remove(name) {
+            self.spec_changed(name, old.compiled.ok());
+        }
+    }
+
+    /// Marks the pods in every namespace the old or the new version of spec `name` can select,
+    /// and rebuilds the compiled list.
+    fn spec_changed(&mut self, name: &str, old: Option<CompiledSpec>) {
+        self.compiled = self
+            .specs
+            .values()
+            .filter_map(|s| s.compiled.clone().ok())
+            .collect();
+        self.dirty.status = true;
+        let new = self.compiled_spec(name).cloned();
+        let affected: Vec<&CompiledSpec> = old.iter().chain(new.iter()).collect();
+        let namespaces: Vec<String> = self
+            .namespaces
+            .values()
+            .filter(|ns| {
+                affected.iter().any(|spec| {
+                    handles_class(&self.config, &spec.class_name) && spec.selects_namespace(ns)
+                })
+            })
+            .map(|ns| ns.name.clone())
+            .collect();
+        for namespace in namespaces {
+            self.mark_namespace(&namespace);
+        }
+    }
+
+    // ---- EndpointSlices
+
+    pub fn apply_endpoint_slice(&mut self, slice: SliceInput) {
+        let key = (slice.namespace.clone(), slice.name.clone());
+        let old = self.slices.insert(key, slice.clone());
+        self.slice_changed(old, Some(slice));
+    }
+
+    pub fn delete_endpoint_slice(&mut self, namespace: &str, name: &str) {
+        let old = self.slices.remove(&(namespace.to_owned(), name.to_owned()));
+        self.slice_changed(old, None);
+    }
+
+    fn slice_changed(&mut self, old: Option<SliceInput>, new: Option<SliceInput>) {
+        if old == new {
+            return;
+        }
+        let mut touched: BTreeSet<(String, String)> = BTreeSet::new();
+        for (slice, delta) in [(old, -1i64), (new, 1)] {
+            let Some(slice) = slice else { continue };
+            if slice.service.is_empty() {
+                continue;
+            }
+            for pod in &slice.pods {
+                let key = (slice.namespace.clone(), pod.clone());
+                let services = self.pod_services.entry(key.clone()).or_default();
+                let count = services.entry(slice.service.clone()).or_default();
+                if delta > 0 {
+                    *count += 1;
+                } else {
+                    *count = count.saturating_sub(1);
+                    if *count == 0 {
+                        services.remove(&slice.service);
+                    }
+                }
+                if services.is_empty() {
+                    self.pod_services.remove(&key);
+                }
+                touched.insert(key);
+            }
+        }
+        for (namespace, name) in touched {
+            let names = self.dns_names_for(&namespace, &name);
+            let Some(uid) = self
+                .pod_uid_by_name
+                .get(&(namespace.clone(), name.clone()))
+                .cloned()
+            else {
+                continue;
+            };
+            if let Some(pod) = self.pods.get_mut(&uid)
+                && pod.view.service_dns_names != names
+            {
+                pod.view.service_dns_names = names;
+                self.dirty.pods.insert(uid);
+            }
+        }
+    }
+
+    /// The autoPopulateDNSNames names of a pod: four per Service that references it, by Service
+    /// name.
+    fn dns_names_for(&self, namespace: &str, pod: &str) -> Vec<String> {
+        self.pod_services
+            .get(&(namespace.to_owned(), pod.to_owned()))
+            .into_iter()
+            .flat_map(|services| services.keys())
+            .flat_map(|service| service_dns_names(service, namespace, &self.config.cluster_domain))
+            .collect()
+    }
+
+    // ---- ClusterStaticEntries and ClusterFederatedTrustDomains
+
+    pub fn apply_static(&mut self, input: StaticInput) {
+        let name = input.meta.name.clone();
+        if let Some(old) = self.statics.get_mut(&name)
+            && old.input.view == input.view
+        {
+            old.input = input;
+            self.dirty.status = true;
+            return;
+        }
+        self.statics.insert(
+            name,
+            StaticState {
+                input,
+                outcome: None,
+            },
+        );
+        self.dirty.statics = true;
+    }
+
+    pub fn delete_static(&mut self, name: &str) {
+        if self.statics.remove(name).is_some() {
+            self.dirty.statics = true;
+        }
+    }
+
+    pub fn apply_federation(&mut self, input: FederationInput) {
+        let name = input.meta.name.clone();
+        if let Some(old) = self.federations.get_mut(&name)
+            && old.input.spec == input.spec
+            && old.input.created == input.created
+        {
+            old.input = input;
+            self.dirty.status = true;
+            return;
+        }
+        self.federations.insert(
+            name,
+            FederationState {
+                input,
+                outcome: None,
+            },
+        );
+        self.dirty.federations = true;
+    }
+
+    pub fn delete_federation(&mut self, name: &str) {
+        if self.federations.remove(name).is_some() {
+            self.dirty.federations = true;
+        }
+    }
+
+    pub(crate) fn federation_status(
+        &self,
+        name: &str,
+    ) -> Option<(
+        &FederationInput,
+        Option<&FederationOutcome>,
+        Option<&ClusterFederatedTrustDomainStatus>,
+    )> {
+        self.federations
+            .get(name)
+            .map(|f| (&f.input, f.outcome.as_ref(), f.input.status.as_ref()))
+    }
+
+    // ---- the pass
+
+    /// Takes what is pending (for a caller that wants to see it), leaving nothing pending.
+    pub fn take_pending(&mut self) -> Dirty {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Reconciles everything pending into `store`.
+    pub fn reconcile(&mut self, store: &EntryStore) -> PassReport {
+        let dirty = self.take_pending();
+        self.reconcile_dirty(dirty, store)
+    }
+
+    /// Reconciles `dirty` into `store`: renders each dirty pod once, and the static entries and
+    /// the federation set when they changed.
+    pub fn reconcile_dirty(&mut self, dirty: Dirty, store: &EntryStore) -> PassReport {
+        let mut report = PassReport::default();
+        for uid in &dirty.pods {
+            report.pods_rendered += 1;
+            if self.render_pod(uid, store, &mut report) {
+                report.store_writes += 1;
+            }
+        }
+        if dirty.statics {
+            report.statics_changed = self.reconcile_statics(store);
+        }
+        if dirty.federations {
+            let inputs: Vec<&FederationInput> =
+                self.federations.values().map(|f| &f.input).collect();
+            let (set, outcomes) = build_federation_set(&inputs, &self.config);
+            for (name, outcome) in outcomes {
+                if let Some(state) = self.federations.get_mut(&name) {
+                    state.outcome = Some(outcome);
+                }
+            }
+            if *self.federation_set != set {
+                self.federation_set = Arc::new(set);
+                report.federations_changed = true;
+            }
+        }
+        report
+    }
+
+    /// Renders one pod and writes its entries; returns whether the store changed.
+    fn render_pod(&mut self, uid: &str, store: &EntryStore, report: &mut PassReport) -> bool {
+        let Some(state) = self.pods.get(uid) else {
+            return store.set_pod(uid, None);
+        };
+        let view = &state.view;
+        if state.deleted {
+            let key = pod_key(view);
+            let old = self
+                .pods
+                .remove(uid)
+                .map(|s| s.outcomes)
+                .unwrap_or_default();
+            self.retally(&key, &old, &[]);
+            return store.set_pod(uid, None);
+        }
+        let (record, outcomes) = match self.namespaces.get(&view.namespace) {
+            // Not seen yet: rendered again when the namespace arrives.
+            None => (None, Vec::new()),
+            Some(namespace) => {
+                let node = self.nodes.get(&view.node_name);
+                let rendered =
+                    render_pod_entries(view, node, namespace, &self.compiled, &self.config);
+                let entries: Vec<StoredEntry> = rendered
+                    .entries
+                    .into_iter()
+                    .map(|declared| StoredEntry {
+                        id: entry_id(&self.entry_id_prefix, &declared.entry.key()),
+                        entry: declared.entry,
+                        owner: declared.owner,
+                    })
+                    .collect();
+                let record = (!entries.is_empty()).then(|| PodRecord {
+                    uid: view.uid.clone(),
+                    namespace: view.namespace.clone(),
+                    name: view.name.clone(),
+                    service_account: view.service_account.clone(),
+                    node_name: view.node_name.clone(),
+                    entries,
+                });
+                let detailed: Vec<DetailedOutcome> = rendered
+                    .results
+                    .iter()
+                    .filter_map(|r| {
+                        let kind = outcome_kind(&r.outcome)?;
+                        let failure = match &r.outcome {
+                            SpecOutcome::Failed(e) => Some((e.to_string(), e.label())),
+                            _ => None,
+                        };
+                        let masked = match &r.outcome {
+                            SpecOutcome::Masked { by } => Some(by.to_string()),
+                            _ => None,
+                        };
+                        Some((Arc::from(r.spec.as_str()), kind, failure, masked))
+                    })
+                    .collect();
+                (record, detailed)
+            }
+        };
+        for (_, _, failure, _) in &outcomes {
+            if let Some((_, label)) = failure {
+                *report.render_failures.entry(label).or_default() += 1;
+            }
+        }
+        let key = pod_key(view);
+        let old = self
+            .pods
+            .get_mut(uid)
+            .map(|s| std::mem::take(&mut s.outcomes))
+            .unwrap_or_default();
+        self.retally(&key, &old, &outcomes);
+        if let Some(state) = self.pods.get_mut(uid) {
+            state.outcomes = outcomes
+                .iter()
+                .map(|(s, k, _, _)| (s.clone(), *k))
+                .collect();
+        }
+        store.set_pod(uid, record)
+    }
+
+    /// Moves one pod's contribution to the per-spec counters from `old` to `new`.
+    fn retally(&mut self, key: &str, old: &[(Arc<str>, Outcome)], new: &[DetailedOutcome]) {
+        for (spec, outcome) in old {
+            if let Some(tally) = self.tallies.get_mut(spec) {
+                count(tally, *outcome, -1);
+                tally.failures.remove(key);
+                tally.masked_by.remove(key);
+            }
+        }
+        for (spec, outcome, failure, masked) in new {
+            let tally = self.tallies.entry(spec.clone()).or_default();
+            count(tally, *outcome, 1);
+            if let Some(failure) = failure {
+                tally.failures.insert(key.to_owned(), failure.clone());
+            }
+            if let Some(by) = masked {
+                tally.masked_by.insert(key.to_owned(), by.clone());
+            }
+        }
+    }
+
+    fn reconcile_statics(&mut self, store: &EntryStore) -> bool {
+        let mut declared = Vec::new();
+        for (name, state) in &mut self.statics {
+            let view = &state.input.view;
+            if !handles_class(&self.config, &view.class_name) {
+                state.outcome = Some(StaticOutcome::NotOurs);
+                continue;
+            }
+            match render_static_entry(view) {
+                Ok(entry) => declared.push((name.clone(), entry)),
+                Err(error) => state.outcome = Some(StaticOutcome::Invalid(error)),
+            }
+        }
+        let resolved = resolve_conflicts(declared.iter().map(|(_, d)| d.clone()));
+        let mut stored = Vec::new();
+        for winner in resolved.entries {
+            let id = entry_id(&self.entry_id_prefix, &winner.entry.key());
+            if let Some(state) = self.statics.get_mut(&winner.owner.name) {
+                state.outcome = Some(StaticOutcome::Set { id: id.clone() });
+            }
+            stored.push(StoredEntry {
+                id,
+                entry: winner.entry,
+                owner: winner.owner,
+            });
+        }
+        for masked in resolved.masked {
+            if let Some(state) = self.statics.get_mut(&masked.owner.name) {
+                state.outcome = Some(StaticOutcome::Masked {
+                    by: masked.masked_by.to_string(),
+                });
+            }
+        }
+        store.set_static_entries(stored)
+    }
+
+    /// How a spec sees every known namespace: (selected, ignored).
+    pub fn namespace_counts(&self, spec: &CompiledSpec) -> (i64, i64) {
+        let mut selected = 0;
+        let mut ignored = 0;
+        for namespace in self.namespaces.values() {
+            match namespace_selection(spec, namespace, &self.config) {
+                NamespaceSelection::Selected => selected += 1,
+                NamespaceSelection::Ignored => ignored += 1,
+                NamespaceSelection::NotSelected => {}
+            }
+        }
+        (selected, ignored)
+    }
+
+    /// Masked and failed entries over all specs (for the entries-by-state metric).
+    pub fn masked_and_failed(&self) -> (i64, i64) {
+        self.tallies.values().fold((0, 0), |(m, f), t| {
+            (m + t.entries_masked, f + t.render_failures)
+        })
+    }
+}
+
+fn outcome_kind(outcome: &SpecOutcome) -> Option<Outcome> {
+    match outcome {
+        SpecOutcome::NamespaceNotSelected
+        | SpecOutcome::NamespaceIgnored
+        | SpecOutcome::PodNotSelected => None,
+        SpecOutcome::FallbackSkipped | SpecOutcome::Failed(EntryError::PodNotScheduled) => {
+            Some(Outcome::SelectedOnly)
+        }
+        SpecOutcome::Set => Some(Outcome::Set),
+        SpecOutcome::Masked { .. } => Some(Outcome::Masked),
+        SpecOutcome::Failed(_) => Some(Outcome::Failed),
+    }
+}
+
+fn count(tally: &mut SpecTally, outcome: Outcome, delta: i64) {
+    tally.pods_selected += delta;
+    match outcome {
+        Outcome::Set => tally.entries_to_set += delta,
+        Outcome::Masked => tally.entries_masked += delta,
+        Outcome::Failed => tally.render_failures += delta,
+        Outcome::SelectedOnly => {}
+    }
+}
+
+fn remove_from_index(index: &mut HashMap<String, BTreeSet<String>>, key: &str, uid: &str) {
+    if let Some(uids) = index.get_mut(key) {
+        uids.remove(uid);
+        if uids.is_empty() {
+            index.remove(key);
+        }
+    }
+}
