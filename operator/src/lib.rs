@@ -6,6 +6,7 @@
 //! objects into the plain views that `wimsey_core::entries` renders.
 
 pub mod admin;
+pub mod authority;
 pub mod config;
 pub mod crd;
 pub mod crdgen;
