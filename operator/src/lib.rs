@@ -11,6 +11,7 @@ pub mod config;
 pub mod crd;
 pub mod crdgen;
 pub mod leader;
+pub mod nodeapi;
 pub mod reconcile;
 pub mod run;
 pub mod status;

@@ -1,0 +1,341 @@
+//! The node API (`wimsey.node.v1.Node`): how CSI plugins get identities for their pods.
+//!
+//! One TLS port. `Attest` needs no client certificate: the plugin proves itself with its projected
+//! service-account token (audience `wimsey-node`), which TokenReview must accept as the wimsey-csi
+//! service account bound to a pod running on the claimed node; it gets a short-lived node SVID
+//! `spiffe://<td>/spire/agent/wimsey/<cluster>/<node>`. Every other RPC needs that SVID as client
+//! certificate (mutual TLS) and serves only pods that the entry store places on that node, after
+//! TokenReview (audience `wimsey`, verdicts cached by token hash until expiry) confirms the
+//! pod's own token names the pod. State is the authority Secret and the entry store, so any
+//! replica can serve.
+
+mod service;
+mod tls;
+pub mod verdict;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, Status};
+use wimsey_core::TrustDomain;
+use wimsey_core::bundle::TrustDomainBundle;
+use wimsey_proto::wimsey::node::v1::node_server::NodeServer;
+
+use crate::authority::SigningAuthority;
+use crate::config::Settings;
+use crate::store::EntryStore;
+pub use tls::NodeIdentity;
+use verdict::{ReviewedToken, reviewed_token, verdict_valid_until};
+
+/// The longest a TokenReview verdict is reused.
+const MAX_VERDICT_CACHE: Duration = Duration::from_secs(300);
+/// Cached verdicts beyond this many trigger a sweep of expired ones.
+const VERDICT_CACHE_SWEEP: usize = 4096;
+
+/// Federated bundles to pass on to pods whose entries federate with them, by trust domain.
+pub type FederatedBundles = Arc<BTreeMap<TrustDomain, TrustDomainBundle>>;
+
+/// Node API settings, flattened into `wimsey-operator run`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeApiArgs {
+    /// Address the node API (gRPC over TLS) listens on.
+    #[arg(long, env = "WIMSEY_NODE_API_ADDR", default_value = "0.0.0.0:8443")]
+    pub node_api_addr: SocketAddr,
+    /// The CSI plugin's service account (in the operator's namespace); only it may attest nodes.
+    #[arg(long, env = "WIMSEY_CSI_SERVICE_ACCOUNT", default_value = "wimsey-csi")]
+    pub csi_service_account: String,
+    /// Audience of the plugin's own token (node attestation).
+    #[arg(
+        long,
+        env = "WIMSEY_NODE_TOKEN_AUDIENCE",
+        default_value = "wimsey-node"
+    )]
+    pub node_token_audience: String,
+    /// Audience of pod tokens (CSI tokenRequests).
+    #[arg(long, env = "WIMSEY_POD_TOKEN_AUDIENCE", default_value = "wimsey")]
+    pub pod_token_audience: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeApiError {
+    #[error("missing or invalid {0}")]
+    InvalidArgument(&'static str),
+    #[error("invalid CSR for entry {entry}: {reason}")]
+    InvalidCsr { entry: String, reason: String },
+    #[error("invalid public_jwk: {0}")]
+    InvalidJwk(String),
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("no identity issued")]
+    NoIdentity,
+    #[error("entry {0} is not an entry of this pod")]
+    UnknownEntry(String),
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl NodeApiError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            NodeApiError::InvalidArgument(_) => "invalid_argument",
+            NodeApiError::InvalidCsr { .. } => "invalid_csr",
+            NodeApiError::InvalidJwk(_) => "invalid_jwk",
+            NodeApiError::Unauthenticated(_) => "unauthenticated",
+            NodeApiError::PermissionDenied(_) => "permission_denied",
+            NodeApiError::NoIdentity => "no_identity",
+            NodeApiError::UnknownEntry(_) => "unknown_entry",
+            NodeApiError::Kube(_) => "kube",
+            NodeApiError::Internal(_) => "internal",
+        }
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            NodeApiError::InvalidArgument(_)
+            | NodeApiError::InvalidCsr { .. }
+            | NodeApiError::InvalidJwk(_) => Code::InvalidArgument,
+            NodeApiError::Unauthenticated(_) => Code::Unauthenticated,
+            NodeApiError::PermissionDenied(_) | NodeApiError::NoIdentity => Code::PermissionDenied,
+            NodeApiError::UnknownEntry(_) => Code::NotFound,
+            NodeApiError::Kube(_) => Code::Unavailable,
+            NodeApiError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<NodeApiError> for Status {
+    fn from(error: NodeApiError) -> Self {
+        match error.code() {
+            Code::Internal | Code::Unavailable => {
+                tracing::warn!(%error, label = error.label(), "node API call failed")
+            }
+            _ => tracing::debug!(%error, label = error.label(), "node API call refused"),
+        }
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+pub(crate) struct State {
+    authority: SigningAuthority,
+    store: EntryStore,
+    settings: Settings,
+    args: NodeApiArgs,
+    plugin_pods: Api<Pod>,
+    reviews: Api<TokenReview>,
+    /// sha256(audience, token) -> verdict and until when it holds. Never keyed by the token.
+    verdicts: Mutex<HashMap<String, (ReviewedToken, SystemTime)>>,
+    federated: watch::Receiver<FederatedBundles>,
+    verifier: Arc<tls::NodeCertVerifier>,
+}
+
+/// The node API server. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeApi {
+    state: Arc<State>,
+}
+
+impl std::fmt::Debug for NodeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeApi")
+            .field("args", &self.state.args)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeApi {
+    /// `federated` supplies federated bundles (an empty map if there is no federation).
+    pub fn new(
+        client: Client,
+        authority: SigningAuthority,
+        store: EntryStore,
+        settings: Settings,
+        args: NodeApiArgs,
+        federated: watch::Receiver<FederatedBundles>,
+    ) -> Self {
+        let namespace = authority.args().authority_namespace.clone();
+        let verifier = Arc::new(tls::NodeCertVerifier::new(
+            authority.subscribe(),
+            settings.cluster_name.clone(),
+        ));
+        Self {
+            state: Arc::new(State {
+                plugin_pods: Api::namespaced(client.clone(), &namespace),
+                reviews: Api::all(client),
+                authority,
+                store,
+                settings,
+                args,
+                verdicts: Mutex::new(HashMap::new()),
+                federated,
+                verifier,
+            }),
+        }
+    }
+
+    /// Binds `--node-api-addr` and serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), NodeApiError> {
+        let listener = TcpListener::bind(self.state.args.node_api_addr)
+            .await
+            .map_err(|e| {
+                NodeApiError::Internal(format!("binding {}: {e}", self.state.args.node_api_addr))
+            })?;
+        self.serve(listener, shutdown).await
+    }
+
+    /// Serves on `listener` until `shutdown`: TLS handshakes, then gRPC.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), NodeApiError> {
+        let serving = Arc::new(tls::ServingCert::new());
+        let mut material = self.state.authority.subscribe();
+        let ttl = self.state.authority.args().server_svid_ttl;
+        let mut renew_at = serving.renew(&material.borrow_and_update(), ttl)?;
+        {
+            let serving = serving.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                loop {
+                    let wait = renew_at
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                        changed = material.changed() => if changed.is_err() { return },
+                    }
+                    let current = material.borrow_and_update().clone();
+                    match serving.renew(&current, ttl) {
+                        Ok(next) => renew_at = next,
+                        Err(error) => {
+                            tracing::error!(%error, "renewing the node API serving certificate");
+                            renew_at = SystemTime::now() + Duration::from_secs(5);
+                        }
+                    }
+                }
+            });
+        }
+        let mut config = rustls::ServerConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| NodeApiError::Internal(e.to_string()))?
+            .with_client_cert_verifier(self.state.verifier.clone())
+            .with_cert_resolver(serving);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let (connections, incoming) =
+            tokio::sync::mpsc::channel::<Result<tls::NodeConn, std::io::Error>>(64);
+        let verifier = self.state.verifier.clone();
+        let node_ttl = self.state.authority.args().node_svid_ttl;
+        let accept_shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                let accepted = tokio::select! {
+                    () = accept_shutdown.cancelled() => return,
+                    accepted = listener.accept() => accepted,
+                };
+                let (tcp, peer) = match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        tracing::warn!(%error, "accepting a node API connection");
+                        continue;
+                    }
+                };
+                let acceptor = acceptor.clone();
+                let connections = connections.clone();
+                let verifier = verifier.clone();
+                // Handshakes run on their own task so a slow peer cannot hold up others.
+                tokio::spawn(async move {
+                    let handshake =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    let tls = match handshake {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%error, %peer, "node API TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    let now = SystemTime::now();
+                    let node = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| verifier.node_of(chain, now).ok())
+                        .map(|node_name| NodeIdentity {
+                            node_name,
+                            valid_until: now + node_ttl,
+                        });
+                    let _ = connections
+                        .send(Ok(tls::NodeConn { inner: tls, node }))
+                        .await;
+                });
+            }
+        });
+        let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming).boxed();
+        tonic::transport::Server::builder()
+            .add_service(NodeServer::new(self))
+            .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+            .await
+            .map_err(|e| NodeApiError::Internal(e.to_string()))
+    }
+}
+
+impl State {
+    /// TokenReview for `token` and `audience`, with cached verdicts.
+    async fn review(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<(ReviewedToken, SystemTime), NodeApiError> {
+        let key = wimsey_core::jose::sha256_b64url(format!("{audience}\n{token}").as_bytes());
+        let now = SystemTime::now();
+        if let Some((review, until)) = self.verdicts().get(&key)
+            && *until > now
+        {
+            return Ok((review.clone(), *until));
+        }
+        let request = TokenReview {
+            spec: TokenReviewSpec {
+                token: Some(token.to_owned()),
+                audiences: Some(vec![audience.to_owned()]),
+            },
+            ..TokenReview::default()
+        };
+        let response = self
+            .reviews
+            .create(&PostParams::default(), &request)
+            .await?;
+        let status = response.status.ok_or(NodeApiError::Unauthenticated(
+            "TokenReview returned no status",
+        ))?;
+        let review = reviewed_token(&status, audience)?;
+        let until = verdict_valid_until(token, now, MAX_VERDICT_CACHE);
+        let mut verdicts = self.verdicts();
+        if verdicts.len() >= VERDICT_CACHE_SWEEP {
+            verdicts.retain(|_, (_, until)| *until > now);
+        }
+        verdicts.insert(key, (review.clone(), until));
+        Ok((review, until))
+    }
+
+    fn verdicts(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ReviewedToken, SystemTime)>> {
+        // Entries are inserted whole; a poisoned map is still consistent.
+        self.verdicts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

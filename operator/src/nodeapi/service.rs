@@ -1,0 +1,481 @@
+//! The `wimsey.node.v1.Node` gRPC handlers.
+
+use std::collections::BTreeSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::Stream;
+use k8s_openapi::api::core::v1::Pod;
+use tonic::{Request, Response, Status};
+use wimsey_core::SpiffeId;
+use wimsey_core::jose::PublicJwk;
+use wimsey_core::jose::jwt_svid::{JwtSvidClaims, mint_jwt_svid};
+use wimsey_core::jose::unix_seconds;
+use wimsey_core::jose::wimse::{WitSvidClaims, mint_wit_svid};
+use wimsey_core::x509::{SvidRequest, verify_csr};
+use wimsey_proto::wimsey::node::v1::node_server::Node;
+use wimsey_proto::wimsey::node::v1::{
+    AttestRequest, AttestResponse, Bundles, MintJwtSvidRequest, MintJwtSvidResponse,
+    MintWitSvidRequest, MintWitSvidResponse, PodEntry, PodRef, PodUpdate, SignX509SvidsRequest,
+    SignX509SvidsResponse, TrustBundle, WatchPodRequest, X509Svid,
+};
+
+use super::verdict::{PluginPod, check_node_attestation, check_pod_token, node_id};
+use super::{NodeApi, NodeApiError, NodeIdentity, State};
+use crate::authority::SigningMaterial;
+use crate::store::PodRecord;
+
+type PodUpdates = Pin<Box<dyn Stream<Item = Result<PodUpdate, Status>> + Send>>;
+
+/// A pod call that passed every check.
+struct AuthorizedPod {
+    record: Arc<PodRecord>,
+    /// Until when the node credential and the pod token verdict both hold.
+    valid_until: SystemTime,
+}
+
+fn ttl_or(requested: Duration, default: Duration, max: Duration) -> Duration {
+    let ttl = if requested.is_zero() {
+        default
+    } else {
+        requested
+    };
+    ttl.min(max)
+}
+
+impl State {
+    fn caller_node<T>(&self, request: &Request<T>) -> Result<NodeIdentity, NodeApiError> {
+        let node = request
+            .extensions()
+            .get::<Option<NodeIdentity>>()
+            .cloned()
+            .flatten()
+            .ok_or(NodeApiError::Unauthenticated(
+                "this call needs a node SVID as client certificate",
+            ))?;
+        if node.valid_until <= SystemTime::now() {
+            return Err(NodeApiError::Unauthenticated(
+                "the node SVID of this connection has expired",
+            ));
+        }
+        Ok(node)
+    }
+
+    /// The checks every pod call makes: the pod is in the entry store on the caller's node, and
+    /// the pod's own token (TokenReview) names that pod and its service account.
+    async fn authorize_pod(
+        &self,
+        node: &NodeIdentity,
+        pod: Option<&PodRef>,
+    ) -> Result<AuthorizedPod, NodeApiError> {
+        let pod = pod.ok_or(NodeApiError::InvalidArgument("pod"))?;
+        if pod.pod_uid.is_empty() {
+            return Err(NodeApiError::InvalidArgument("pod.pod_uid"));
+        }
+        if pod.pod_token.is_empty() {
+            return Err(NodeApiError::InvalidArgument("pod.pod_token"));
+        }
+        let record = self.pod_on_node(&pod.pod_uid, &node.node_name)?;
+        let (review, verdict_until) = self
+            .review(&pod.pod_token, &self.args.pod_token_audience)
+            .await?;
+        check_pod_token(
+            &review,
+            &record.uid,
+            &record.namespace,
+            &record.service_account,
+        )?;
+        Ok(AuthorizedPod {
+            record,
+            valid_until: verdict_until.min(node.valid_until),
+        })
+    }
+
+    fn pod_on_node(&self, uid: &str, node: &str) -> Result<Arc<PodRecord>, NodeApiError> {
+        let record = self
+            .store
+            .pod(uid)
+            .ok_or_else(|| NodeApiError::PermissionDenied(format!("pod {uid} is not known")))?;
+        if record.node_name != node {
+            return Err(NodeApiError::PermissionDenied(format!(
+                "pod {uid} is not scheduled on node {node}"
+            )));
+        }
+        Ok(record)
+    }
+
+    /// Our bundle, and the federated bundles `record`'s entries federate with (none for `None`).
+    fn bundles(
+        &self,
+        material: &SigningMaterial,
+        record: Option<&PodRecord>,
+    ) -> Result<Bundles, NodeApiError> {
+        let own = TrustBundle {
+            trust_domain: material.bundle.trust_domain.name().to_owned(),
+            spiffe_bundle: material
+                .bundle
+                .to_spiffe_jwks()
+                .map_err(|e| NodeApiError::Internal(e.to_string()))?
+                .into_bytes(),
+        };
+        let wanted: BTreeSet<_> = record
+            .iter()
+            .flat_map(|r| r.entries.iter())
+            .flat_map(|e| e.entry.federates_with.iter())
+            .collect();
+        let federated = self.federated.borrow().clone();
+        let federated = wanted
+            .into_iter()
+            .filter_map(|td| federated.get(td))
+            .map(|bundle| {
+                Ok(TrustBundle {
+                    trust_domain: bundle.trust_domain.name().to_owned(),
+                    spiffe_bundle: bundle
+                        .to_spiffe_jwks()
+                        .map_err(|e| NodeApiError::Internal(e.to_string()))?
+                        .into_bytes(),
+                })
+            })
+            .collect::<Result<_, NodeApiError>>()?;
+        Ok(Bundles {
+            own: Some(own),
+            federated,
+        })
+    }
+
+    fn pod_update(&self, record: &PodRecord) -> Result<PodUpdate, NodeApiError> {
+        let material = self.authority.current();
+        let entries = record
+            .entries
+            .iter()
+            .map(|stored| PodEntry {
+                entry_id: stored.id.clone(),
+                spiffe_id: stored.entry.spiffe_id.as_str().to_owned(),
+                dns_names: stored.entry.dns_names.clone(),
+                hint: stored.entry.hint.clone(),
+                x509_svid_ttl_seconds: i64::try_from(stored.entry.x509_svid_ttl.as_secs())
+                    .unwrap_or(i64::MAX),
+                jwt_svid_ttl_seconds: i64::try_from(stored.entry.jwt_svid_ttl.as_secs())
+                    .unwrap_or(i64::MAX),
+                federates_with: stored
+                    .entry
+                    .federates_with
+                    .iter()
+                    .map(|td| td.name().to_owned())
+                    .collect(),
+            })
+            .collect();
+        Ok(PodUpdate {
+            entries,
+            bundles: Some(self.bundles(&material, Some(record))?),
+        })
+    }
+
+    /// The pod's entry for `spiffe_id`, or PermissionDenied.
+    fn entry_for<'r>(
+        record: &'r PodRecord,
+        spiffe_id: &str,
+    ) -> Result<&'r crate::store::StoredEntry, NodeApiError> {
+        if record.entries.is_empty() {
+            return Err(NodeApiError::NoIdentity);
+        }
+        let id =
+            SpiffeId::parse(spiffe_id).map_err(|_| NodeApiError::InvalidArgument("spiffe_id"))?;
+        record
+            .entries
+            .iter()
+            .find(|e| e.entry.spiffe_id == id)
+            .ok_or_else(|| {
+                NodeApiError::PermissionDenied(
+                    "no identity issued for the requested SPIFFE ID".into(),
+                )
+            })
+    }
+}
+
+#[tonic::async_trait]
+impl Node for NodeApi {
+    async fn attest(
+        &self,
+        request: Request<AttestRequest>,
+    ) -> Result<Response<AttestResponse>, Status> {
+        let state = &self.state;
+        let request = request.into_inner();
+        if request.token.is_empty() {
+            return Err(NodeApiError::InvalidArgument("token").into());
+        }
+        if request.node_name.is_empty() {
+            return Err(NodeApiError::InvalidArgument("node_name").into());
+        }
+        if request.csr.is_empty() {
+            return Err(NodeApiError::InvalidArgument("csr").into());
+        }
+        let material = state.authority.current();
+        let id = node_id(
+            &material.bundle.trust_domain,
+            &state.settings.cluster_name,
+            &request.node_name,
+        )?;
+        let csr = verify_csr(&request.csr).map_err(|e| NodeApiError::InvalidCsr {
+            entry: "node".into(),
+            reason: e.to_string(),
+        })?;
+        let (review, _) = state
+            .review(&request.token, &state.args.node_token_audience)
+            .await?;
+        let pod = state
+            .plugin_pods
+            .get_opt(&review.pod_name)
+            .await
+            .map_err(NodeApiError::Kube)?
+            .map(|pod: Pod| PluginPod {
+                uid: pod.metadata.uid.unwrap_or_default(),
+                service_account: pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.service_account_name.clone())
+                    .unwrap_or_default(),
+                node_name: pod.spec.and_then(|s| s.node_name).unwrap_or_default(),
+            });
+        check_node_attestation(
+            &review,
+            pod.as_ref(),
+            &state.authority.args().authority_namespace,
+            &state.args.csi_service_account,
+            &request.node_name,
+        )?;
+        let svid = material
+            .ca
+            .issue_for_verified_csr(
+                &csr,
+                &SvidRequest {
+                    spiffe_id: &id,
+                    dns_names: &[],
+                    ttl: state.authority.args().node_svid_ttl,
+                },
+                SystemTime::now(),
+            )
+            .map_err(|e| NodeApiError::Internal(e.to_string()))?;
+        tracing::info!(node = %request.node_name, "node attested");
+        Ok(Response::new(AttestResponse {
+            spiffe_id: id.as_str().to_owned(),
+            svid_chain: svid.chain.iter().map(|c| c.as_bytes().to_vec()).collect(),
+            expires_at: unix_seconds(svid.not_after),
+            bundles: Some(state.bundles(&material, None)?),
+        }))
+    }
+
+    async fn sign_x509_svids(
+        &self,
+        request: Request<SignX509SvidsRequest>,
+    ) -> Result<Response<SignX509SvidsResponse>, Status> {
+        let state = &self.state;
+        let node = state.caller_node(&request)?;
+        let request = request.into_inner();
+        let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
+        if pod.record.entries.is_empty() {
+            return Err(NodeApiError::NoIdentity.into());
+        }
+        if request.csrs.is_empty() {
+            return Err(NodeApiError::InvalidArgument("csrs").into());
+        }
+        let material = state.authority.current();
+        let max = state.authority.args().max_x509_svid_ttl;
+        let now = SystemTime::now();
+        let mut svids = Vec::with_capacity(request.csrs.len());
+        for csr in &request.csrs {
+            let stored = pod
+                .record
+                .entries
+                .iter()
+                .find(|e| e.id == csr.entry_id)
+                .ok_or_else(|| NodeApiError::UnknownEntry(csr.entry_id.clone()))?;
+            let verified = verify_csr(&csr.csr).map_err(|e| NodeApiError::InvalidCsr {
+                entry: csr.entry_id.clone(),
+                reason: e.to_string(),
+            })?;
+            let ttl = ttl_or(
+                stored.entry.x509_svid_ttl,
+                state.settings.default_x509_svid_ttl,
+                max,
+            );
+            let svid = material
+                .ca
+                .issue_for_verified_csr(
+                    &verified,
+                    &SvidRequest {
+                        spiffe_id: &stored.entry.spiffe_id,
+                        dns_names: &stored.entry.dns_names,
+                        ttl,
+                    },
+                    now,
+                )
+                .map_err(|e| NodeApiError::Internal(e.to_string()))?;
+            svids.push(X509Svid {
+                entry_id: stored.id.clone(),
+                spiffe_id: stored.entry.spiffe_id.as_str().to_owned(),
+                chain: svid.chain.iter().map(|c| c.as_bytes().to_vec()).collect(),
+                expires_at: unix_seconds(svid.not_after),
+                hint: stored.entry.hint.clone(),
+            });
+        }
+        Ok(Response::new(SignX509SvidsResponse {
+            svids,
+            bundles: Some(state.bundles(&material, Some(&pod.record))?),
+        }))
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        request: Request<MintJwtSvidRequest>,
+    ) -> Result<Response<MintJwtSvidResponse>, Status> {
+        let state = &self.state;
+        let node = state.caller_node(&request)?;
+        let request = request.into_inner();
+        if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
+            return Err(NodeApiError::InvalidArgument("audience").into());
+        }
+        let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
+        let stored = State::entry_for(&pod.record, &request.spiffe_id)?;
+        let material = state.authority.current();
+        let ttl = ttl_or(
+            stored.entry.jwt_svid_ttl,
+            state.settings.default_jwt_svid_ttl,
+            state.authority.args().max_jwt_svid_ttl,
+        );
+        let now = SystemTime::now();
+        let token = mint_jwt_svid(
+            &material.jwt.key,
+            &material.jwt.kid,
+            &JwtSvidClaims {
+                spiffe_id: &stored.entry.spiffe_id,
+                audience: &request.audience,
+                issued_at: now,
+                expires_at: now + ttl,
+                jti: None,
+            },
+        )
+        .map_err(|e| NodeApiError::Internal(e.to_string()))?;
+        Ok(Response::new(MintJwtSvidResponse {
+            token,
+            expires_at: unix_seconds(now + ttl),
+        }))
+    }
+
+    async fn mint_wit_svid(
+        &self,
+        request: Request<MintWitSvidRequest>,
+    ) -> Result<Response<MintWitSvidResponse>, Status> {
+        let state = &self.state;
+        let node = state.caller_node(&request)?;
+        let request = request.into_inner();
+        let workload_key = PublicJwk::from_json(&request.public_jwk)
+            .map_err(|e| NodeApiError::InvalidJwk(e.to_string()))?;
+        let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
+        let stored = State::entry_for(&pod.record, &request.spiffe_id)?;
+        let material = state.authority.current();
+        let ttl = ttl_or(
+            stored.entry.x509_svid_ttl,
+            state.settings.default_x509_svid_ttl,
+            state.authority.args().max_x509_svid_ttl,
+        );
+        let now = SystemTime::now();
+        let token = mint_wit_svid(
+            &material.wit.key,
+            &material.wit.kid,
+            &WitSvidClaims {
+                spiffe_id: &stored.entry.spiffe_id,
+                workload_key: &workload_key,
+                issued_at: now,
+                expires_at: now + ttl,
+                jti: None,
+            },
+        )
+        .map_err(|e| NodeApiError::InvalidJwk(e.to_string()))?;
+        Ok(Response::new(MintWitSvidResponse {
+            token,
+            expires_at: unix_seconds(now + ttl),
+        }))
+    }
+
+    type WatchPodStream = PodUpdates;
+
+    async fn watch_pod(
+        &self,
+        request: Request<WatchPodRequest>,
+    ) -> Result<Response<PodUpdates>, Status> {
+        let state = self.state.clone();
+        let node = state.caller_node(&request)?;
+        let request = request.into_inner();
+        let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
+        let uid = pod.record.uid.clone();
+        let mut store_changes = state.store.subscribe();
+        let mut material_changes = state.authority.subscribe();
+        let mut federated_changes = state.federated.clone();
+        let (updates, receiver) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut last: Option<PodUpdate> = None;
+            // Without a federation source the channel is closed: it then never changes.
+            let mut federated_open = true;
+            loop {
+                // Re-check on every round: the pod may have moved, gone, or the credentials lapsed.
+                let record = match state.pod_on_node(&uid, &node.node_name) {
+                    Ok(record) => record,
+                    Err(error) => {
+                        let _ = updates.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                let update = match state.pod_update(&record) {
+                    Ok(update) => update,
+                    Err(error) => {
+                        let _ = updates.send(Err(error.into())).await;
+                        return;
+                    }
+                };
+                if last.as_ref() != Some(&update) {
+                    if updates.send(Ok(update.clone())).await.is_err() {
+                        return;
+                    }
+                    last = Some(update);
+                }
+                let expiry = pod
+                    .valid_until
+                    .duration_since(SystemTime::now())
+                    .unwrap_or_default();
+                tokio::select! {
+                    () = updates.closed() => return,
+                    () = tokio::time::sleep(expiry) => {
+                        let _ = updates
+                            .send(Err(NodeApiError::Unauthenticated("the pod token or node SVID expired; reconnect").into()))
+                            .await;
+                        return;
+                    }
+                    changed = store_changes.changed() => if changed.is_err() { return },
+                    changed = material_changes.changed() => if changed.is_err() { return },
+                    changed = federated_changes.changed(), if federated_open => federated_open = changed.is_ok(),
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(receiver),
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_ttl_defaults_and_is_capped() {
+        let h = Duration::from_secs(3600);
+        assert_eq!(ttl_or(Duration::ZERO, h, 2 * h), h);
+        assert_eq!(ttl_or(3 * h, h, 2 * h), 2 * h);
+        assert_eq!(
+            ttl_or(Duration::from_secs(60), h, 2 * h),
+            Duration::from_secs(60)
+        );
+    }
+}

@@ -1,0 +1,245 @@
+//! TLS for the node API: the operator's rotating serving SVID, and client certificates checked
+//! as X.509-SVIDs against our current bundle (optional, because Attest comes before a node has
+//! a certificate).
+
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+use wimsey_core::keys::{KeyAlgorithm, SigningKey};
+use wimsey_core::x509::{SvidRequest, verify_svid};
+
+use super::NodeApiError;
+use super::verdict::{node_from_id, operator_id};
+use crate::authority::SigningMaterial;
+
+pub(super) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The node a connection authenticated as, and until when: the handshake time plus the node SVID
+/// lifetime bounds the certificate's remaining validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub node_name: String,
+    pub valid_until: SystemTime,
+}
+
+/// Verifies client certificates as node SVIDs of our trust domain and cluster.
+#[derive(Debug)]
+pub(super) struct NodeCertVerifier {
+    material: watch::Receiver<Arc<SigningMaterial>>,
+    cluster: String,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl NodeCertVerifier {
+    pub(super) fn new(material: watch::Receiver<Arc<SigningMaterial>>, cluster: String) -> Self {
+        Self {
+            material,
+            cluster,
+            algorithms: provider().signature_verification_algorithms,
+        }
+    }
+
+    /// The node named by a verified chain (leaf first).
+    pub(super) fn node_of(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: SystemTime,
+    ) -> Result<String, NodeApiError> {
+        let material = self.material.borrow().clone();
+        let roots = &material.bundle.x509_authorities;
+        let trust_domain = &material.bundle.trust_domain;
+        let verified = verify_svid(
+            chain,
+            |td| (td == trust_domain).then_some(roots.as_slice()),
+            now,
+        )
+        .map_err(|_| {
+            NodeApiError::Unauthenticated("the client certificate is not a valid node SVID")
+        })?;
+        node_from_id(trust_domain, &self.cluster, &verified.spiffe_id).ok_or(
+            NodeApiError::Unauthenticated("the client certificate is not a node SVID"),
+        )
+    }
+}
+
+impl ClientCertVerifier for NodeCertVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    // Attest is called without a certificate; the other RPCs check for one.
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(end_entity.clone());
+        chain.extend(intermediates.iter().cloned());
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        self.node_of(&chain, now)
+            .map(|_| ClientCertVerified::assertion())
+            .map_err(|_| {
+                rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::ApplicationVerificationFailure,
+                )
+            })
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// The operator's serving certificate: an X.509-SVID for `spiffe://<td>/wimsey/operator`,
+/// reissued at half-life and whenever the CA changes.
+#[derive(Debug)]
+pub(super) struct ServingCert {
+    current: RwLock<Option<(Arc<CertifiedKey>, SystemTime)>>,
+}
+
+impl ServingCert {
+    pub(super) fn new() -> Self {
+        Self {
+            current: RwLock::new(None),
+        }
+    }
+
+    /// Issues a fresh serving SVID; returns when it should be renewed.
+    pub(super) fn renew(
+        &self,
+        material: &SigningMaterial,
+        ttl: Duration,
+    ) -> Result<SystemTime, NodeApiError> {
+        let now = SystemTime::now();
+        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)
+            .map_err(|e| NodeApiError::Internal(e.to_string()))?;
+        let id = operator_id(&material.bundle.trust_domain)?;
+        let svid = material
+            .ca
+            .issue_for_public_key(
+                &key.public_key_spki_der(),
+                &SvidRequest {
+                    spiffe_id: &id,
+                    dns_names: &[],
+                    ttl,
+                },
+                now,
+            )
+            .map_err(|e| NodeApiError::Internal(e.to_string()))?;
+        let pkcs8 = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
+        let signing_key = provider()
+            .key_provider
+            .load_private_key(pkcs8)
+            .map_err(|e| NodeApiError::Internal(e.to_string()))?;
+        let certs = svid
+            .chain
+            .iter()
+            .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
+            .collect();
+        let lifetime = svid.not_after.duration_since(now).unwrap_or_default();
+        let renew_at = now + lifetime / 2;
+        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
+        *current = Some((
+            Arc::new(CertifiedKey::new(certs, signing_key)),
+            svid.not_after,
+        ));
+        Ok(renew_at)
+    }
+}
+
+impl ResolvesServerCert for ServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map(|(key, _)| key.clone())
+    }
+}
+
+/// One accepted TLS connection, carrying the node it authenticated as (if any) into every
+/// request's extensions.
+pub(super) struct NodeConn {
+    pub(super) inner: TlsStream<TcpStream>,
+    pub(super) node: Option<NodeIdentity>,
+}
+
+impl Connected for NodeConn {
+    type ConnectInfo = Option<NodeIdentity>;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.node.clone()
+    }
+}
+
+impl AsyncRead for NodeConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for NodeConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
