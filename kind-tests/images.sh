@@ -5,6 +5,7 @@
 #   images.sh load    -> ctr import (local provider) or kind load image-archive (kind provider)
 # The image list comes from make (IMAGES in mk/cluster.mk) as IMAGE_SPECS, one per line:
 #   name|cargo package|binary|extra wimsey-oci-image flags|extra cargo flags
+# and Go programs as GO_IMAGE_SPECS (GO_IMAGES in mk/cluster.mk): name|source dir|binary|extra flags
 # Images are named localhost/wimsey/<name>:<git short sha>[-dirty].
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,6 +58,15 @@ build() {
 		# shellcheck disable=SC2086
 		"$tool" --out "$OUT/$name.tar" --name "$REGISTRY/$name:$tag" --add "$exe:/$bin" --entrypoint "/$bin" $oflags
 	done < <(specs)
+	# Go programs (GO_IMAGE_SPECS, one per line: name|source dir|binary|extra wimsey-oci-image flags),
+	# built static with CGO_ENABLED=0 and packed the same way.
+	while IFS='|' read -r name dir bin oflags; do
+		local exe=$TARGET_DIR/go-images/$bin
+		log "go build (static) $dir -> $bin"
+		(cd "$dir" && CGO_ENABLED=0 "${GO:-go}" build -trimpath -ldflags='-s -w' -o "$exe" .)
+		# shellcheck disable=SC2086
+		"$tool" --out "$OUT/$name.tar" --name "$REGISTRY/$name:$tag" --add "$exe:/$bin" --entrypoint "/$bin" $oflags
+	done < <(printf '%s\n' "${GO_IMAGE_SPECS:-}" | sed 's/^[[:space:]]*//; /^$/d')
 	echo "$tag" >"$OUT/tag"
 	log "images tagged $tag in $OUT"
 }

@@ -18,6 +18,8 @@ IMAGES += pause=wimsey-kind-tests:wimsey-pause test-app=wimsey-kind-tests:wimsey
 # the pause image doubles as containerd's sandbox image (localhost/wimsey/pause:sandbox)
 IMAGE_OPTS_pause := --user 65535:65535 --name localhost/wimsey/pause:sandbox
 IMAGE_OPTS_test-app := --user 65532:65532
+IMAGES += operator=wimsey-operator:wimsey-operator
+IMAGE_OPTS_operator := --user 65532:65532
 # the image binaries build without the kube/tokio test helpers
 IMAGE_CARGO_FLAGS_wimsey-kind-tests := --no-default-features
 
@@ -29,6 +31,15 @@ $(call image_name,$(1))|$(call image_pkg,$(1))|$(call image_bin,$(1))|$(IMAGE_OP
 
 endef
 export IMAGE_SPECS = $(foreach i,$(IMAGES),$(call image_spec,$(i)))
+
+# Go programs as images: name=source-dir:binary (static, CGO_ENABLED=0), flags in IMAGE_OPTS_<name>.
+GO_IMAGES += spiffe-probe=kind-tests/clients/spiffe-probe:spiffe-probe
+IMAGE_OPTS_spiffe-probe := --user 65532:65532
+define go_image_spec
+$(call image_name,$(1))|$(call image_pkg,$(1))|$(call image_bin,$(1))|$(IMAGE_OPTS_$(call image_name,$(1)))
+
+endef
+export GO_IMAGE_SPECS = $(foreach i,$(GO_IMAGES),$(call go_image_spec,$(i)))
 
 CLUSTER_SH := kind-tests/cluster/cluster.sh
 

@@ -143,6 +143,11 @@ impl Cluster {
         &self.config
     }
 
+    /// The kubeconfig this connection was made from (for kubectl).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
     pub fn level(&self) -> Level {
         self.level
     }

@@ -4,7 +4,7 @@
 //! - with the default `cluster` feature: [`cluster`] (find the cluster from `KUBECONFIG`, its level, our
 //!   image names), [`namespace`] (a temporary namespace per test, dumped on failure and deleted),
 //!   [`wait`] (wait for a condition with a timeout), [`diagnostics`] (pod status, events and logs) and
-//!   [`exec`] (run a command in a pod).
+//!   [`exec`] (run a command in a pod), and [`wimsey`] (install wimsey from `crds/` and `config/`).
 
 pub mod oci;
 
@@ -18,6 +18,8 @@ pub mod exec;
 pub mod namespace;
 #[cfg(feature = "cluster")]
 pub mod wait;
+#[cfg(feature = "cluster")]
+pub mod wimsey;
 
 #[cfg(feature = "cluster")]
 pub use cluster::{Cluster, Level};
