@@ -4,3 +4,4 @@
 
 pub mod identity_source;
 pub mod workload_api;
+pub mod csi;

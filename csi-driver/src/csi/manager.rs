@@ -1,0 +1,440 @@
+//! The volume manager: turns validated publish/unpublish requests into mounts, per-pod sockets
+//! and file writers, keeps a record of every volume, and brings them all back after a restart.
+//!
+//! Nothing here waits on the network: publishing attaches the pod to the [`IdentitySource`]
+//! (which fills the identity in the background) and returns.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::Mutex;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+use wimsey_core::jose::jws::CompactJws;
+use zeroize::Zeroizing;
+
+use super::error::CsiError;
+use super::files::{render_files, write_atomically};
+use super::mounts;
+use super::records::{RecordStore, VolumeRecord};
+use super::request::{FilesConfig, PublishSpec, VolumeMode};
+use crate::identity_source::IdentitySource;
+use crate::workload_api::{IdentitySnapshot, PodIdentity, bind_unix_socket, serve_workload_api};
+
+/// The socket's name inside the per-volume directory (`SPIFFE_ENDPOINT_SOCKET=unix:///<mount>/socket`).
+pub const SOCKET_NAME: &str = "socket";
+/// Anyone inside the pod may connect: the socket is reachable only through that pod's mount.
+const POD_SOCKET_MODE: u32 = 0o666;
+
+/// Where the manager keeps its state and what it mounts.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// `<state_dir>/volumes/<volume id>/` (sockets) and `<state_dir>/records/` (records).
+    pub state_dir: PathBuf,
+    /// Source directory for `spire-agent` volumes; `None` refuses that mode.
+    pub spire_agent_socket_dir: Option<PathBuf>,
+    /// tmpfs size for `files` volumes (mount option `size=`).
+    pub files_tmpfs_size: String,
+}
+
+struct ActiveVolume {
+    record: VolumeRecord,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Publishes and unpublishes volumes for pods, with identities from `S`.
+pub struct VolumeManager<S: IdentitySource> {
+    source: Arc<S>,
+    config: ManagerConfig,
+    records: RecordStore,
+    volumes_dir: PathBuf,
+    // One lock for all volumes: each operation is a few local syscalls, and it makes concurrent
+    // calls for the same volume trivially safe.
+    volumes: Mutex<BTreeMap<String, ActiveVolume>>,
+    shutdown: CancellationToken,
+}
+
+impl<S: IdentitySource> std::fmt::Debug for VolumeManager<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VolumeManager")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: IdentitySource> VolumeManager<S> {
+    /// Opens the state directory. Call [`VolumeManager::restore`] to bring recorded volumes back.
+    pub fn new(source: Arc<S>, config: ManagerConfig) -> Result<Self, CsiError> {
+        let records = RecordStore::open(config.state_dir.join("records"))?;
+        let volumes_dir = config.state_dir.join("volumes");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&volumes_dir)
+            .map_err(CsiError::io("create", &volumes_dir))?;
+        Ok(Self {
+            source,
+            config,
+            records,
+            volumes_dir,
+            volumes: Mutex::new(BTreeMap::new()),
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    /// The per-volume directory of a `workload-api` volume.
+    pub fn volume_dir(&self, volume_id: &str) -> PathBuf {
+        self.volumes_dir.join(volume_id)
+    }
+
+    /// Re-activates every recorded volume: re-attaches its pod, re-serves its socket or resumes
+    /// writing its files, and re-mounts a target that lost its mount. Returns how many came back;
+    /// a volume that fails is logged and its record kept for kubelet's next call.
+    pub async fn restore(&self) -> Result<usize, CsiError> {
+        let mut restored = 0;
+        for (path, record) in self.records.load_all()? {
+            let record = match record {
+                Ok(record) => record,
+                Err(error) => {
+                    warn!(path = %path.display(), error = %error, "skipping unreadable volume record");
+                    continue;
+                }
+            };
+            let spec = PublishSpec {
+                volume_id: record.volume_id.clone(),
+                target: record.target_path.clone(),
+                mode: record.mode,
+                pod: record.pod_info(),
+                attributes: record.attributes.clone(),
+                fs_group: record.fs_group,
+            };
+            let mut volumes = self.volumes.lock().await;
+            match self.activate(&spec) {
+                Ok(active) => {
+                    volumes.insert(spec.volume_id.clone(), active);
+                    restored += 1;
+                }
+                Err(error) => {
+                    warn!(volume_id = %spec.volume_id, error = %error, label = error.label(), "could not restore volume");
+                }
+            }
+        }
+        Ok(restored)
+    }
+
+    /// NodePublishVolume for a validated request. Idempotent: the same volume at the same
+    /// target with the same arguments is OK (and refreshes the pod's token).
+    pub async fn publish(&self, spec: PublishSpec) -> Result<(), CsiError> {
+        let mut volumes = self.volumes.lock().await;
+        if let Some(existing) = volumes.get(&spec.volume_id) {
+            let wanted = VolumeRecord::from_spec(&spec);
+            if existing.record.target_path != wanted.target_path {
+                return Err(CsiError::FailedPrecondition(format!(
+                    "volume_id {} is already published at {}",
+                    spec.volume_id,
+                    existing.record.target_path.display()
+                )));
+            }
+            if existing.record != wanted {
+                return Err(CsiError::AlreadyExists(format!(
+                    "volume_id {} is already published at {} with different volume_context or capability",
+                    spec.volume_id,
+                    spec.target.display()
+                )));
+            }
+            // A republish (requiresRepublish) brings a fresh pod token.
+            if let Some(pod) = spec.pod.clone().filter(|p| p.token.is_some()) {
+                drop(self.source.attach(pod));
+            }
+            if !mounts::is_mount_point(&spec.target)? {
+                self.mount(&spec)?;
+            }
+            return Ok(());
+        }
+        self.records.write(&VolumeRecord::from_spec(&spec))?;
+        match self.activate(&spec) {
+            Ok(active) => {
+                volumes.insert(spec.volume_id.clone(), active);
+                info!(volume_id = %spec.volume_id, mode = spec.mode.as_str(), target = %spec.target.display(), "published");
+                Ok(())
+            }
+            Err(error) => {
+                // kubelet may never call unpublish after a failed publish: undo everything.
+                let _ = self.teardown(&spec.volume_id, &spec.target);
+                if let Some(pod) = &spec.pod
+                    && !pod_in_use(&volumes, &pod.uid)
+                {
+                    self.source.detach(&pod.uid);
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// NodeUnpublishVolume: stops serving, unmounts, removes the target, the per-volume state and
+    /// the record. Idempotent: an unknown volume or a missing target is OK.
+    pub async fn unpublish(&self, volume_id: &str, target: &Path) -> Result<(), CsiError> {
+        let mut volumes = self.volumes.lock().await;
+        let active = volumes.remove(volume_id);
+        if let Some(active) = &active {
+            active.stop.cancel();
+        }
+        self.teardown(volume_id, target)?;
+        if let Some(active) = active {
+            if let Some(pod) = &active.record.pod
+                && !pod_in_use(&volumes, &pod.uid)
+            {
+                self.source.detach(&pod.uid);
+            }
+            if let Some(task) = active.task {
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            }
+            info!(volume_id, target = %target.display(), "unpublished");
+        }
+        Ok(())
+    }
+
+    /// Unmounts and removes the target, the per-volume directory and the record.
+    fn teardown(&self, volume_id: &str, target: &Path) -> Result<(), CsiError> {
+        mounts::unmount_all(target)?;
+        match fs::remove_dir(target) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(CsiError::io("remove", target)(e));
+            }
+            _ => {}
+        }
+        let volume_dir = self.volume_dir(volume_id);
+        match fs::remove_dir_all(&volume_dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                return Err(CsiError::io("remove", &volume_dir)(e));
+            }
+            _ => {}
+        }
+        self.records.remove(volume_id)
+    }
+
+    /// The recorded target of a published volume.
+    pub async fn target_of(&self, volume_id: &str) -> Option<PathBuf> {
+        let volumes = self.volumes.lock().await;
+        volumes.get(volume_id).map(|v| v.record.target_path.clone())
+    }
+
+    /// Stops every socket server and file writer. Mounts, sockets' directories and records stay,
+    /// so the next plugin process picks every volume up again.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        let mut volumes = self.volumes.lock().await;
+        for active in volumes.values_mut() {
+            if let Some(task) = active.task.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            }
+        }
+    }
+
+    /// Sets a volume up: target directory, the mode's server or writer, the mount.
+    fn activate(&self, spec: &PublishSpec) -> Result<ActiveVolume, CsiError> {
+        let stop = self.shutdown.child_token();
+        let task = self.start(spec, &stop).inspect_err(|_| stop.cancel())?;
+        Ok(ActiveVolume {
+            record: VolumeRecord::from_spec(spec),
+            stop,
+            task,
+        })
+    }
+
+    fn start(
+        &self,
+        spec: &PublishSpec,
+        stop: &CancellationToken,
+    ) -> Result<Option<JoinHandle<()>>, CsiError> {
+        create_target(&spec.target)?;
+        let task = match spec.mode {
+            VolumeMode::WorkloadApi => {
+                let dir = self.volume_dir(&spec.volume_id);
+                fs::DirBuilder::new()
+                    .mode(0o755)
+                    .recursive(true)
+                    .create(&dir)
+                    .map_err(CsiError::io("create", &dir))?;
+                let listener = bind_unix_socket(&dir.join(SOCKET_NAME), POD_SOCKET_MODE)?;
+                let pod = Arc::new(self.attach(spec)?);
+                let volume_id = spec.volume_id.clone();
+                let stop = stop.clone();
+                Some(tokio::spawn(async move {
+                    if let Err(error) = serve_workload_api(listener, pod, stop).await {
+                        warn!(volume_id, error = %error, label = error.label(), "Workload API server ended");
+                    }
+                }))
+            }
+            VolumeMode::Files => {
+                let config = FilesConfig::from_attributes(&spec.attributes, spec.fs_group)?;
+                if !mounts::is_mount_point(&spec.target)? {
+                    self.mount(spec)?;
+                }
+                let pod = self.attach(spec)?;
+                let target = spec.target.clone();
+                let volume_id = spec.volume_id.clone();
+                let stop = stop.clone();
+                Some(tokio::spawn(async move {
+                    run_files_writer(volume_id, pod, target, config, stop).await;
+                }))
+            }
+            VolumeMode::SpireAgent => None,
+        };
+        // On error the caller cancels `stop`, which ends the task spawned above.
+        if spec.mode != VolumeMode::Files && !mounts::is_mount_point(&spec.target)? {
+            self.mount(spec)?;
+        }
+        Ok(task)
+    }
+
+    fn attach(&self, spec: &PublishSpec) -> Result<S::Pod, CsiError> {
+        let pod = spec.pod.clone().ok_or_else(|| {
+            CsiError::invalid(format!(
+                "mode {} needs the pod's info in volume_context",
+                spec.mode.as_str()
+            ))
+        })?;
+        Ok(self.source.attach(pod))
+    }
+
+    fn mount(&self, spec: &PublishSpec) -> Result<(), CsiError> {
+        match spec.mode {
+            VolumeMode::WorkloadApi => {
+                mounts::bind_mount_readonly(&self.volume_dir(&spec.volume_id), &spec.target)
+            }
+            VolumeMode::SpireAgent => {
+                let source = self.config.spire_agent_socket_dir.as_ref().ok_or_else(|| {
+                    CsiError::FailedPrecondition(
+                        "mode spire-agent: this plugin was started without --spire-agent-socket-dir"
+                            .to_owned(),
+                    )
+                })?;
+                mounts::bind_mount_readonly(source, &spec.target)
+            }
+            VolumeMode::Files => {
+                let mut options = format!("size={}", self.config.files_tmpfs_size);
+                match spec.fs_group {
+                    Some(gid) => options.push_str(&format!(",mode=0750,gid={gid}")),
+                    None => options.push_str(",mode=0755"),
+                }
+                mounts::mount_tmpfs(&spec.target, &options)
+            }
+        }
+    }
+}
+
+fn pod_in_use(volumes: &BTreeMap<String, ActiveVolume>, pod_uid: &str) -> bool {
+    volumes
+        .values()
+        .any(|v| v.record.pod.as_ref().is_some_and(|p| p.uid == pod_uid))
+}
+
+fn create_target(target: &Path) -> Result<(), CsiError> {
+    match fs::DirBuilder::new().mode(0o750).create(target) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            Err(CsiError::io("create", target)(e))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Backoff after a failed write: 1 s doubling to 30 s, with up to 25% jitter.
+fn backoff(failures: u32) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30));
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or_default();
+    base + base.mul_f64(f64::from(nanos % 250) / 1000.0)
+}
+
+/// Rewrites the volume's files on every snapshot change; JWT-SVIDs are re-minted at half their
+/// remaining lifetime. Ends when `stop` is cancelled.
+async fn run_files_writer<P: PodIdentity>(
+    volume_id: String,
+    pod: P,
+    target: PathBuf,
+    config: FilesConfig,
+    stop: CancellationToken,
+) {
+    let mut snapshots = pod.current();
+    let mut failures = 0u32;
+    loop {
+        let snapshot = Arc::clone(&snapshots.borrow_and_update());
+        let result = match &*snapshot {
+            IdentitySnapshot::NotReady => Ok(None),
+            IdentitySnapshot::NoIdentity => {
+                write_atomically(&target, &[], config.fs_group).map(|()| None)
+            }
+            IdentitySnapshot::Issued(identities) => {
+                write_issued(&pod, &target, &config, identities).await
+            }
+        };
+        let wake_after = match result {
+            Ok(refresh) => {
+                failures = 0;
+                refresh
+            }
+            Err(error) => {
+                warn!(volume_id, error = %error, label = error.label(), "writing volume files failed; retrying");
+                failures = failures.saturating_add(1);
+                Some(backoff(failures))
+            }
+        };
+        let sleep = tokio::time::sleep(wake_after.unwrap_or(Duration::from_secs(86400 * 365)));
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = snapshots.changed() => if changed.is_err() { return },
+            () = sleep => {}
+        }
+    }
+}
+
+/// Writes the files for `identities`; returns when the JWT-SVIDs need re-minting.
+async fn write_issued<P: PodIdentity>(
+    pod: &P,
+    target: &Path,
+    config: &FilesConfig,
+    identities: &crate::workload_api::IssuedIdentities,
+) -> Result<Option<Duration>, CsiError> {
+    let mut jwts = Vec::new();
+    let mut refresh: Option<Duration> = None;
+    if let Some(default) = identities.x509_svids.first() {
+        for audience in &config.jwt_audiences {
+            let token = pod
+                .mint_jwt_svid(&default.spiffe_id, std::slice::from_ref(audience))
+                .await
+                .map_err(|e| CsiError::MintJwt(e.to_string()))?;
+            let half_life = jwt_half_life(&token);
+            refresh = Some(refresh.map_or(half_life, |r| r.min(half_life)));
+            jwts.push((audience.clone(), Zeroizing::clone(&token)));
+        }
+    }
+    let files = render_files(config, identities, &jwts)?;
+    write_atomically(target, &files, config.fs_group)?;
+    Ok(refresh)
+}
+
+/// Half of the remaining lifetime of a JWT (at least a second); a token we cannot read is
+/// re-minted in a minute.
+fn jwt_half_life(token: &str) -> Duration {
+    let exp = CompactJws::parse(token)
+        .ok()
+        .and_then(|jws| jws.claims().get("exp").and_then(serde_json::Value::as_u64));
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    match exp {
+        Some(exp) => Duration::from_secs(exp.saturating_sub(now) / 2).max(Duration::from_secs(1)),
+        None => Duration::from_secs(60),
+    }
+}

@@ -1,0 +1,186 @@
+//! Volume records: one JSON file per published volume under `<state dir>/records/`, written
+//! atomically, so a restarted plugin knows every volume to re-serve. Tokens are never recorded.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::CsiError;
+use super::request::{PublishSpec, VolumeMode};
+use crate::identity_source::PodInfo;
+
+/// What the plugin remembers about a published volume.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeRecord {
+    pub volume_id: String,
+    pub target_path: PathBuf,
+    pub mode: VolumeMode,
+    pub pod: Option<RecordedPod>,
+    pub attributes: BTreeMap<String, String>,
+    pub fs_group: Option<u32>,
+}
+
+/// The pod of a volume, without its token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordedPod {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub service_account: String,
+}
+
+impl VolumeRecord {
+    pub fn from_spec(spec: &PublishSpec) -> Self {
+        Self {
+            volume_id: spec.volume_id.clone(),
+            target_path: spec.target.clone(),
+            mode: spec.mode,
+            pod: spec.pod.as_ref().map(|pod| RecordedPod {
+                uid: pod.uid.clone(),
+                namespace: pod.namespace.clone(),
+                name: pod.name.clone(),
+                service_account: pod.service_account.clone(),
+            }),
+            attributes: spec.attributes.clone(),
+            fs_group: spec.fs_group,
+        }
+    }
+
+    /// The pod to re-attach after a restart; the token comes with kubelet's next republish.
+    pub fn pod_info(&self) -> Option<PodInfo> {
+        self.pod.as_ref().map(|pod| PodInfo {
+            uid: pod.uid.clone(),
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            service_account: pod.service_account.clone(),
+            token: None,
+        })
+    }
+}
+
+/// A record file and what reading it gave.
+pub type LoadedRecord = (PathBuf, Result<VolumeRecord, CsiError>);
+
+/// The directory of volume records.
+#[derive(Debug, Clone)]
+pub struct RecordStore {
+    dir: PathBuf,
+}
+
+impl RecordStore {
+    /// Opens (creating, mode 0700) the record directory.
+    pub fn open(dir: PathBuf) -> Result<Self, CsiError> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(CsiError::io("create", &dir))?;
+        Ok(Self { dir })
+    }
+
+    fn path(&self, volume_id: &str) -> PathBuf {
+        self.dir.join(format!("{volume_id}.json"))
+    }
+
+    /// Writes the record: a temp file, fsync, rename over the old one.
+    pub fn write(&self, record: &VolumeRecord) -> Result<(), CsiError> {
+        let path = self.path(&record.volume_id);
+        let json = serde_json::to_vec_pretty(record).map_err(|source| CsiError::Record {
+            path: path.clone(),
+            source,
+        })?;
+        let staged = self.dir.join(format!(".{}.json.tmp", record.volume_id));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staged)
+            .map_err(CsiError::io("create", &staged))?;
+        file.write_all(&json)
+            .and_then(|()| file.sync_all())
+            .map_err(CsiError::io("write", &staged))?;
+        fs::rename(&staged, &path).map_err(CsiError::io("rename into", &path))
+    }
+
+    /// Removes the record; a missing one is fine.
+    pub fn remove(&self, volume_id: &str) -> Result<(), CsiError> {
+        let path = self.path(volume_id);
+        match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(CsiError::io("remove", &path)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Every record, each with its parse result (a bad file is reported, not fatal).
+    pub fn load_all(&self) -> Result<Vec<LoadedRecord>, CsiError> {
+        let entries = fs::read_dir(&self.dir).map_err(CsiError::io("list", &self.dir))?;
+        let mut records = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(CsiError::io("list", &self.dir))?.path();
+            let is_record = path.extension().is_some_and(|e| e == "json")
+                && !path
+                    .file_name()
+                    .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."));
+            if is_record {
+                let record = read_record(&path);
+                records.push((path, record));
+            }
+        }
+        records.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(records)
+    }
+}
+
+fn read_record(path: &Path) -> Result<VolumeRecord, CsiError> {
+    let bytes = fs::read(path).map_err(CsiError::io("read", path))?;
+    serde_json::from_slice(&bytes).map_err(|source| CsiError::Record {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str) -> VolumeRecord {
+        VolumeRecord {
+            volume_id: id.into(),
+            target_path: "/t".into(),
+            mode: VolumeMode::Files,
+            pod: Some(RecordedPod {
+                uid: "u".into(),
+                namespace: "n".into(),
+                name: "p".into(),
+                service_account: "s".into(),
+            }),
+            attributes: BTreeMap::from([("mode".into(), "files".into())]),
+            fs_group: Some(7),
+        }
+    }
+
+    #[test]
+    fn round_trips_and_removes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RecordStore::open(dir.path().join("records")).expect("open");
+        store.write(&record("b")).expect("write");
+        store.write(&record("a")).expect("write");
+        std::fs::write(dir.path().join("records/c.json"), "{").expect("bad file");
+        let loaded = store.load_all().expect("load");
+        assert_eq!(loaded.len(), 3);
+        assert_eq!(loaded[0].1.as_ref().expect("a"), &record("a"));
+        assert!(matches!(loaded[2].1, Err(CsiError::Record { .. })));
+        store.remove("a").expect("remove");
+        store.remove("a").expect("remove twice");
+        assert_eq!(store.load_all().expect("load").len(), 2);
+        let json = std::fs::read_to_string(dir.path().join("records/b.json")).expect("read");
+        assert!(json.contains("\"mode\": \"files\""), "{json}");
+    }
+}
