@@ -20,5 +20,6 @@ VERIFY_TARGETS += verify-crds
 test-operator-cp:
 	@$(CLUSTER_SH) status >/dev/null 2>&1 || $(MAKE) --no-print-directory cluster-up
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test -p wimsey-operator --features control-plane-tests --test control_plane -- --show-output
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test -p wimsey-operator --features control-plane-tests --test identity -- --show-output
 
 TEST_TARGETS += test-operator-cp

@@ -3,5 +3,6 @@
 //! identities, served on a Unix socket that only that pod can reach.
 
 pub mod identity_source;
+pub mod node_client;
 pub mod workload_api;
 pub mod csi;

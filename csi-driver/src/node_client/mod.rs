@@ -1,0 +1,339 @@
+//! The operator's node API, from the plugin's side: an [`IdentitySource`].
+//!
+//! The plugin attests with its projected service-account token (audience `wimsey-node`) and a
+//! CSR for a node key generated here, over TLS that checks the operator's SVID against the
+//! mounted bundle file; it re-attests at half the node SVID's life. Each attached pod gets a task
+//! that watches the pod's entries (WatchPod), generates a P-256 key per entry locally, sends only
+//! CSRs, renews at half-life with jittered backoff, and publishes [`IdentitySnapshot`]s.
+
+mod pod;
+pub mod schedule;
+mod tls;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::transport::Channel;
+use wimsey_core::bundle::{TrustDomainBundle, parse_x509_authorities_pem};
+use wimsey_core::keys::{KeyAlgorithm, SigningKey};
+use wimsey_core::x509::build_csr;
+use wimsey_core::{SpiffeId, TrustDomain};
+use wimsey_proto::wimsey::node::v1::node_client::NodeClient as NodeGrpc;
+use wimsey_proto::wimsey::node::v1::{AttestRequest, Bundles};
+use zeroize::Zeroizing;
+
+use crate::identity_source::{IdentitySource, PodInfo};
+pub use pod::NodePod;
+
+/// Where the plugin's own token and the bootstrap bundle are mounted by default.
+pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/wimsey/token";
+pub const DEFAULT_BUNDLE_PATH: &str = "/var/run/wimsey/bundle/bundle.pem";
+
+/// How to reach and trust the operator.
+#[derive(Debug, Clone)]
+pub struct NodeClientConfig {
+    /// `host:port` of the node API.
+    pub endpoint: String,
+    /// This node's name (the plugin pod's `spec.nodeName`).
+    pub node_name: String,
+    pub trust_domain: TrustDomain,
+    /// The operator's SVID ID; `spiffe://<td>/wimsey/operator` by default.
+    pub server_id: SpiffeId,
+    /// The plugin's projected token for audience `wimsey-node`.
+    pub token_path: PathBuf,
+    /// PEM X.509 roots to trust the operator with before the first attestation.
+    pub bundle_path: PathBuf,
+}
+
+impl NodeClientConfig {
+    pub fn new(
+        endpoint: String,
+        node_name: String,
+        trust_domain: TrustDomain,
+    ) -> Result<Self, NodeClientError> {
+        let server_id = trust_domain
+            .id_from_path("/wimsey/operator")
+            .map_err(|e| NodeClientError::InvalidResponse(format!("operator ID: {e}")))?;
+        Ok(Self {
+            endpoint,
+            node_name,
+            trust_domain,
+            server_id,
+            token_path: PathBuf::from(DEFAULT_TOKEN_PATH),
+            bundle_path: PathBuf::from(DEFAULT_BUNDLE_PATH),
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeClientError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid node API endpoint {0:?} (want host:port)")]
+    Endpoint(String),
+    #[error("TLS setup: {0}")]
+    Tls(String),
+    #[error("node API: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("invalid response from the node API: {0}")]
+    InvalidResponse(String),
+    #[error("{0}")]
+    Key(#[from] wimsey_core::keys::KeyError),
+    #[error("{0}")]
+    X509(#[from] wimsey_core::x509::X509Error),
+    #[error("{0}")]
+    Bundle(#[from] wimsey_core::bundle::BundleError),
+}
+
+impl NodeClientError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            NodeClientError::Read { .. } => "read",
+            NodeClientError::Endpoint(_) => "endpoint",
+            NodeClientError::Tls(_) => "tls",
+            NodeClientError::Status(_) => "status",
+            NodeClientError::InvalidResponse(_) => "invalid_response",
+            NodeClientError::Key(_) => "key",
+            NodeClientError::X509(_) => "x509",
+            NodeClientError::Bundle(_) => "bundle",
+        }
+    }
+
+    /// The pod is not entitled (no entries, not on this node): the pod has no identity.
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, NodeClientError::Status(s) if s.code() == tonic::Code::PermissionDenied)
+    }
+}
+
+/// One node attestation: the node SVID's ID and lifetime, and the mTLS channel presenting it.
+#[derive(Debug, Clone)]
+pub struct NodeSession {
+    pub spiffe_id: String,
+    pub expires_at: SystemTime,
+    renew_at: SystemTime,
+    channel: Channel,
+}
+
+impl NodeSession {
+    /// A gRPC client on the mTLS channel.
+    pub fn grpc(&self) -> NodeGrpc<Channel> {
+        NodeGrpc::new(self.channel.clone())
+    }
+}
+
+struct Inner {
+    config: NodeClientConfig,
+    roots: tls::SharedRoots,
+    session: tokio::sync::Mutex<Option<NodeSession>>,
+    pods: Mutex<HashMap<String, NodePod>>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The node API client; implements [`IdentitySource`]. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeClient {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for NodeClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeClient")
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeClient {
+    /// Reads the bootstrap bundle. Must be called inside a tokio runtime; pod tasks run there.
+    pub fn new(config: NodeClientConfig) -> Result<Self, NodeClientError> {
+        let pem = std::fs::read_to_string(&config.bundle_path).map_err(|source| {
+            NodeClientError::Read {
+                path: config.bundle_path.display().to_string(),
+                source,
+            }
+        })?;
+        let roots = parse_x509_authorities_pem(&pem)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                roots: Arc::new(std::sync::RwLock::new(roots)),
+                session: tokio::sync::Mutex::new(None),
+                pods: Mutex::new(HashMap::new()),
+                runtime: tokio::runtime::Handle::current(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &NodeClientConfig {
+        &self.inner.config
+    }
+
+    /// The mTLS channel, attesting first if there is no node SVID or it is past half-life.
+    pub(crate) async fn channel(&self) -> Result<Channel, NodeClientError> {
+        let mut session = self.inner.session.lock().await;
+        if let Some(current) = session.as_ref()
+            && SystemTime::now() < current.renew_at
+        {
+            return Ok(current.channel.clone());
+        }
+        let fresh = self.attest().await?;
+        let channel = fresh.channel.clone();
+        *session = Some(fresh);
+        Ok(channel)
+    }
+
+    /// Attests once (reading the token file) and returns the new node credential.
+    pub async fn attest(&self) -> Result<NodeSession, NodeClientError> {
+        let config = &self.inner.config;
+        // A projected token is a few KiB on a tmpfs: a blocking read is fine.
+        let token = std::fs::read_to_string(&config.token_path).map_err(|source| {
+            NodeClientError::Read {
+                path: config.token_path.display().to_string(),
+                source,
+            }
+        })?;
+        let token = Zeroizing::new(token.trim().to_owned());
+        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)?;
+        // The server takes only the key from the CSR; the ID here just describes the request.
+        let placeholder = config
+            .trust_domain
+            .id_from_path("/wimsey/node")
+            .map_err(|e| NodeClientError::InvalidResponse(e.to_string()))?;
+        let csr = build_csr(&key, &placeholder, &[])?;
+        let issued_at = SystemTime::now();
+        let response = self
+            .server_auth_only()?
+            .attest(AttestRequest {
+                token: token.to_string(),
+                node_name: config.node_name.clone(),
+                csr,
+            })
+            .await?
+            .into_inner();
+        if response.svid_chain.is_empty() {
+            return Err(NodeClientError::InvalidResponse(
+                "empty node SVID chain".into(),
+            ));
+        }
+        if let Some(bundles) = &response.bundles {
+            self.update_roots(bundles)?;
+        }
+        let expires_at = unix_time(response.expires_at);
+        tracing::info!(node = %config.node_name, id = %response.spiffe_id, "node attested");
+        let cert = tls::ClientCert {
+            chain: response.svid_chain,
+            key_pkcs8: key.pkcs8_der(),
+        };
+        let channel = tls::channel(
+            &config.endpoint,
+            self.inner.roots.clone(),
+            &config.trust_domain,
+            &config.server_id,
+            Some(&cert),
+        )?;
+        Ok(NodeSession {
+            spiffe_id: response.spiffe_id,
+            expires_at,
+            renew_at: schedule::renew_at(issued_at, expires_at),
+            channel,
+        })
+    }
+
+    /// A client over TLS that authenticates the server only: enough for Attest, refused for
+    /// everything else.
+    pub fn server_auth_only(&self) -> Result<NodeGrpc<Channel>, NodeClientError> {
+        let config = &self.inner.config;
+        let channel = tls::channel(
+            &config.endpoint,
+            self.inner.roots.clone(),
+            &config.trust_domain,
+            &config.server_id,
+            None,
+        )?;
+        Ok(NodeGrpc::new(channel))
+    }
+
+    /// Parses the bundles of a response and trusts the new X.509 roots of our trust domain.
+    pub(crate) fn update_roots(&self, bundles: &Bundles) -> Result<ParsedBundles, NodeClientError> {
+        let parsed = parse_bundles(&self.inner.config.trust_domain, bundles)?;
+        let mut roots = self.inner.roots.write().unwrap_or_else(|e| e.into_inner());
+        if !parsed.own.x509_authorities.is_empty() {
+            *roots = parsed.own.x509_authorities.clone();
+        }
+        Ok(parsed)
+    }
+
+    /// Forgets the node SVID so the next call re-attests (after the server refused it).
+    pub(crate) async fn reset_session(&self) {
+        *self.inner.session.lock().await = None;
+    }
+}
+
+/// Our bundle and the federated ones, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ParsedBundles {
+    pub(crate) own: TrustDomainBundle,
+    pub(crate) federated: std::collections::BTreeMap<TrustDomain, TrustDomainBundle>,
+}
+
+fn parse_bundles(
+    trust_domain: &TrustDomain,
+    bundles: &Bundles,
+) -> Result<ParsedBundles, NodeClientError> {
+    let own = bundles
+        .own
+        .as_ref()
+        .ok_or_else(|| NodeClientError::InvalidResponse("no bundle".into()))?;
+    if own.trust_domain != trust_domain.name() {
+        return Err(NodeClientError::InvalidResponse(format!(
+            "bundle for trust domain {:?}, expected {}",
+            own.trust_domain, trust_domain
+        )));
+    }
+    let own = TrustDomainBundle::from_spiffe_jwks(trust_domain.clone(), &own.spiffe_bundle)?;
+    let mut federated = std::collections::BTreeMap::new();
+    for bundle in &bundles.federated {
+        let td = TrustDomain::new(&bundle.trust_domain).map_err(|e| {
+            NodeClientError::InvalidResponse(format!("federated trust domain: {e}"))
+        })?;
+        let parsed = TrustDomainBundle::from_spiffe_jwks(td.clone(), &bundle.spiffe_bundle)?;
+        federated.insert(td, parsed);
+    }
+    Ok(ParsedBundles { own, federated })
+}
+
+fn unix_time(seconds: i64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(seconds).unwrap_or_default())
+}
+
+impl IdentitySource for NodeClient {
+    type Pod = NodePod;
+
+    fn attach(&self, pod: PodInfo) -> NodePod {
+        let mut pods = self.inner.pods.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(existing) = pods.get(&pod.uid) {
+            existing.refresh_token(pod.token);
+            return existing.clone();
+        }
+        let handle = NodePod::start(self.clone(), pod, &self.inner.runtime);
+        pods.insert(handle.uid().to_owned(), handle.clone());
+        handle
+    }
+
+    fn detach(&self, pod_uid: &str) {
+        let removed = self
+            .inner
+            .pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pod_uid);
+        if let Some(pod) = removed {
+            pod.stop();
+        }
+    }
+}

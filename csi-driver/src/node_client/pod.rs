@@ -1,0 +1,367 @@
+//! One attached pod: a task that follows the pod's entries, keeps its SVIDs fresh, and publishes
+//! snapshots; and the handle the Workload API server reads.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wimsey_core::SpiffeId;
+use wimsey_core::jose::{PublicJwk, private_jwk_json};
+use wimsey_core::keys::{KeyAlgorithm, SigningKey};
+use wimsey_core::x509::{CertDer, build_csr};
+use wimsey_proto::wimsey::node::v1::node_client::NodeClient as NodeGrpc;
+use wimsey_proto::wimsey::node::v1::{
+    EntryCsr, MintJwtSvidRequest, MintWitSvidRequest, PodEntry, PodRef, SignX509SvidsRequest,
+    WatchPodRequest,
+};
+use zeroize::Zeroizing;
+
+use super::schedule::{backoff, jitter, renew_at};
+use super::{NodeClient, NodeClientError, ParsedBundles, unix_time};
+use crate::identity_source::PodInfo;
+use crate::workload_api::{
+    IdentitySnapshot, IssuedIdentities, PodIdentity, WitSvidEntry, WorkloadApiError, X509SvidEntry,
+};
+
+const RETRY_BASE: Duration = Duration::from_millis(500);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+struct Shared {
+    uid: String,
+    token: watch::Sender<Option<Zeroizing<String>>>,
+    snapshot: watch::Sender<Arc<IdentitySnapshot>>,
+    client: NodeClient,
+    stop: CancellationToken,
+}
+
+/// The identities of one attached pod. Cheap to clone.
+#[derive(Clone)]
+pub struct NodePod {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NodePod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodePod")
+            .field("uid", &self.shared.uid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodePod {
+    pub(super) fn start(
+        client: NodeClient,
+        pod: PodInfo,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
+        let (token, _) = watch::channel(pod.token);
+        let (snapshot, _) = watch::channel(Arc::new(IdentitySnapshot::NotReady));
+        let shared = Arc::new(Shared {
+            uid: pod.uid,
+            token,
+            snapshot,
+            client,
+            stop: CancellationToken::new(),
+        });
+        runtime.spawn(follow(shared.clone()));
+        Self { shared }
+    }
+
+    pub fn uid(&self) -> &str {
+        &self.shared.uid
+    }
+
+    /// kubelet republished the volume with a fresh token.
+    pub(super) fn refresh_token(&self, token: Option<Zeroizing<String>>) {
+        if token.is_some() {
+            self.shared.token.send_replace(token);
+        }
+    }
+
+    pub(super) fn stop(&self) {
+        self.shared.stop.cancel();
+    }
+}
+
+impl PodIdentity for NodePod {
+    fn current(&self) -> watch::Receiver<Arc<IdentitySnapshot>> {
+        self.shared.snapshot.subscribe()
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+    ) -> Result<Zeroizing<String>, WorkloadApiError> {
+        let pod = self.shared.pod_ref().ok_or(WorkloadApiError::NotReady)?;
+        let channel = self
+            .shared
+            .client
+            .channel()
+            .await
+            .map_err(|e| WorkloadApiError::MintFailed(e.to_string()))?;
+        let response = NodeGrpc::new(channel)
+            .mint_jwt_svid(MintJwtSvidRequest {
+                pod: Some(pod),
+                spiffe_id: spiffe_id.as_str().to_owned(),
+                audience: audience.to_vec(),
+            })
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::PermissionDenied => WorkloadApiError::NotEntitled,
+                _ => WorkloadApiError::MintFailed(status.message().to_owned()),
+            })?;
+        Ok(Zeroizing::new(response.into_inner().token))
+    }
+}
+
+impl Shared {
+    fn pod_ref(&self) -> Option<PodRef> {
+        self.token.borrow().as_ref().map(|token| PodRef {
+            pod_uid: self.uid.clone(),
+            pod_token: token.to_string(),
+        })
+    }
+
+    fn publish(&self, snapshot: IdentitySnapshot) {
+        self.snapshot.send_replace(Arc::new(snapshot));
+    }
+}
+
+/// Why a watch round ended.
+enum RoundEnd {
+    Stopped,
+    /// Reconnect after this attempt's backoff.
+    Retry,
+}
+
+/// The pod task: watch, sign, renew; reconnect with jittered backoff on failure.
+async fn follow(shared: Arc<Shared>) {
+    let mut attempt = 0u32;
+    loop {
+        match watch_round(&shared, &mut attempt).await {
+            RoundEnd::Stopped => return,
+            RoundEnd::Retry => {
+                let wait = backoff(attempt, RETRY_BASE, RETRY_MAX, jitter());
+                attempt = attempt.saturating_add(1);
+                let mut token = shared.token.subscribe();
+                tokio::select! {
+                    () = shared.stop.cancelled() => return,
+                    () = tokio::time::sleep(wait) => {}
+                    // A fresh token is worth trying at once.
+                    _ = token.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+async fn watch_round(shared: &Shared, attempt: &mut u32) -> RoundEnd {
+    let Some(pod) = shared.pod_ref() else {
+        // No token yet (kubelet sends it with the next publish).
+        return RoundEnd::Retry;
+    };
+    let channel = match shared.client.channel().await {
+        Ok(channel) => channel,
+        Err(error) => {
+            tracing::warn!(%error, label = error.label(), pod = %shared.uid, "node API unavailable");
+            return RoundEnd::Retry;
+        }
+    };
+    let mut grpc = NodeGrpc::new(channel);
+    let mut updates = match grpc.watch_pod(WatchPodRequest { pod: Some(pod) }).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return on_status(shared, status).await,
+    };
+    let mut entries: Vec<PodEntry> = Vec::new();
+    let mut bundles: Option<ParsedBundles> = None;
+    let mut renew: Option<SystemTime> = None;
+    let mut sign_attempt = 0u32;
+    loop {
+        let sleep = renew
+            .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
+            .unwrap_or(Duration::MAX);
+        tokio::select! {
+            () = shared.stop.cancelled() => return RoundEnd::Stopped,
+            next = updates.next() => match next {
+                None => return RoundEnd::Retry,
+                Some(Err(status)) => return on_status(shared, status).await,
+                Some(Ok(update)) => {
+                    *attempt = 0;
+                    let parsed = match update.bundles.as_ref().map(|b| shared.client.update_roots(b)) {
+                        Some(Ok(parsed)) => parsed,
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, pod = %shared.uid, "bad bundle in pod update");
+                            return RoundEnd::Retry;
+                        }
+                        None => return RoundEnd::Retry,
+                    };
+                    if update.entries.is_empty() {
+                        entries.clear();
+                        renew = None;
+                        shared.publish(IdentitySnapshot::NoIdentity);
+                        bundles = Some(parsed);
+                        continue;
+                    }
+                    let entries_changed = update.entries != entries;
+                    entries = update.entries;
+                    bundles = Some(parsed);
+                    if !entries_changed && renew.is_some() {
+                        // Only the bundles changed: keep the SVIDs, send the new trust.
+                        republish_bundles(shared, bundles.as_ref());
+                        continue;
+                    }
+                    renew = Some(SystemTime::now());
+                }
+            },
+            () = tokio::time::sleep(sleep) => {}
+        }
+        if renew.is_some_and(|at| at <= SystemTime::now()) {
+            match issue(shared, &mut grpc, &entries).await {
+                Ok((issued, expires_at, issued_at)) => {
+                    sign_attempt = 0;
+                    renew = Some(renew_at(issued_at, expires_at));
+                    let Some(bundles) = bundles.clone() else {
+                        continue;
+                    };
+                    shared.publish(IdentitySnapshot::Issued(IssuedIdentities {
+                        bundle: bundles.own,
+                        federated_bundles: bundles.federated,
+                        x509_svids: issued.0,
+                        wit_svids: issued.1,
+                    }));
+                }
+                Err(error) if error.is_permission_denied() => {
+                    shared.publish(IdentitySnapshot::NoIdentity);
+                    return RoundEnd::Retry;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, label = error.label(), pod = %shared.uid, "renewing SVIDs");
+                    renew = Some(
+                        SystemTime::now() + backoff(sign_attempt, RETRY_BASE, RETRY_MAX, jitter()),
+                    );
+                    sign_attempt = sign_attempt.saturating_add(1);
+                }
+            }
+        }
+    }
+}
+
+async fn on_status(shared: &Shared, status: tonic::Status) -> RoundEnd {
+    match status.code() {
+        tonic::Code::PermissionDenied => shared.publish(IdentitySnapshot::NoIdentity),
+        // The node SVID was refused or expired: attest again.
+        tonic::Code::Unauthenticated => shared.client.reset_session().await,
+        _ => {}
+    }
+    tracing::debug!(code = ?status.code(), message = status.message(), pod = %shared.uid, "pod watch ended");
+    RoundEnd::Retry
+}
+
+fn republish_bundles(shared: &Shared, bundles: Option<&ParsedBundles>) {
+    let Some(bundles) = bundles else { return };
+    let current = shared.snapshot.borrow().clone();
+    if let IdentitySnapshot::Issued(issued) = current.as_ref() {
+        let mut issued = issued.clone();
+        issued.bundle = bundles.own.clone();
+        issued.federated_bundles = bundles.federated.clone();
+        shared.publish(IdentitySnapshot::Issued(issued));
+    }
+}
+
+type Issued = (Vec<X509SvidEntry>, Option<Vec<WitSvidEntry>>);
+
+/// Generates a key per entry, has the CSRs signed, and mints a WIT-SVID per entry. Returns the
+/// identities, the earliest expiry and when the request was made.
+async fn issue(
+    shared: &Shared,
+    grpc: &mut NodeGrpc<tonic::transport::Channel>,
+    entries: &[PodEntry],
+) -> Result<(Issued, SystemTime, SystemTime), NodeClientError> {
+    let pod = shared
+        .pod_ref()
+        .ok_or_else(|| NodeClientError::InvalidResponse("no pod token".into()))?;
+    let issued_at = SystemTime::now();
+    let mut keys = Vec::with_capacity(entries.len());
+    let mut csrs = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let id = SpiffeId::parse(&entry.spiffe_id)
+            .map_err(|e| NodeClientError::InvalidResponse(format!("entry SPIFFE ID: {e}")))?;
+        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)?;
+        csrs.push(EntryCsr {
+            entry_id: entry.entry_id.clone(),
+            csr: build_csr(&key, &id, &entry.dns_names)?,
+        });
+        keys.push((entry.entry_id.clone(), key));
+    }
+    let response = grpc
+        .sign_x509_svids(SignX509SvidsRequest {
+            pod: Some(pod.clone()),
+            csrs,
+        })
+        .await?
+        .into_inner();
+    let mut x509 = Vec::with_capacity(entries.len());
+    let mut expires_at: Option<SystemTime> = None;
+    for (entry_id, key) in &keys {
+        let svid = response
+            .svids
+            .iter()
+            .find(|s| &s.entry_id == entry_id)
+            .ok_or_else(|| {
+                NodeClientError::InvalidResponse(format!("no SVID for entry {entry_id}"))
+            })?;
+        let spiffe_id = SpiffeId::parse(&svid.spiffe_id)
+            .map_err(|e| NodeClientError::InvalidResponse(format!("SVID SPIFFE ID: {e}")))?;
+        let expiry = unix_time(svid.expires_at);
+        expires_at = Some(expires_at.map_or(expiry, |e| e.min(expiry)));
+        x509.push(X509SvidEntry {
+            spiffe_id,
+            chain: svid.chain.iter().cloned().map(CertDer::new).collect(),
+            private_key_pkcs8: key.pkcs8_der(),
+            hint: svid.hint.clone(),
+        });
+    }
+    let wit = mint_wits(grpc, &pod, &x509).await;
+    let expires_at =
+        expires_at.ok_or_else(|| NodeClientError::InvalidResponse("no SVIDs".into()))?;
+    Ok(((x509, wit), expires_at, issued_at))
+}
+
+/// One WIT-SVID per identity, each for its own fresh key. WIT-SVIDs are optional (incubating):
+/// if the operator cannot mint them the pod is served without the WIT profile.
+async fn mint_wits(
+    grpc: &mut NodeGrpc<tonic::transport::Channel>,
+    pod: &PodRef,
+    identities: &[X509SvidEntry],
+) -> Option<Vec<WitSvidEntry>> {
+    let mut wits = Vec::with_capacity(identities.len());
+    for identity in identities {
+        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).ok()?;
+        let public =
+            serde_json::Value::Object(PublicJwk::for_signing_key(&key).to_json_map()).to_string();
+        let response = grpc
+            .mint_wit_svid(MintWitSvidRequest {
+                pod: Some(pod.clone()),
+                spiffe_id: identity.spiffe_id.as_str().to_owned(),
+                public_jwk: public,
+            })
+            .await;
+        let token = match response {
+            Ok(response) => response.into_inner().token,
+            Err(status) => {
+                tracing::debug!(code = ?status.code(), "WIT-SVID not minted");
+                return None;
+            }
+        };
+        wits.push(WitSvidEntry {
+            spiffe_id: identity.spiffe_id.clone(),
+            token: Zeroizing::new(token),
+            private_jwk: private_jwk_json(&key).ok()?,
+            hint: identity.hint.clone(),
+        });
+    }
+    Some(wits)
+}

@@ -1,0 +1,150 @@
+//! TLS to the operator's node API: the server must present an X.509-SVID for the configured
+//! operator ID, checked against the bundle we currently trust (first the mounted bundle file,
+//! later the bundles the operator sends). The client certificate is the node SVID.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::TokioIo;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use tonic::transport::{Channel, Endpoint};
+use wimsey_core::x509::verify_svid;
+use wimsey_core::{SpiffeId, TrustDomain};
+use zeroize::Zeroizing;
+
+use super::NodeClientError;
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The X.509 roots of our trust domain, replaced whenever a newer bundle arrives.
+pub(super) type SharedRoots = Arc<RwLock<Vec<Vec<u8>>>>;
+
+#[derive(Debug)]
+struct OperatorVerifier {
+    roots: SharedRoots,
+    trust_domain: TrustDomain,
+    server_id: SpiffeId,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for OperatorVerifier {
+    // The operator is identified by its SPIFFE ID, not by a host name.
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(end_entity.clone());
+        chain.extend(intermediates.iter().cloned());
+        let roots = self.roots.read().unwrap_or_else(|e| e.into_inner());
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        let verified = verify_svid(
+            &chain,
+            |td| (*td == self.trust_domain).then_some(roots.as_slice()),
+            now,
+        )
+        .map_err(|e| rustls::Error::General(format!("node API server certificate: {e}")))?;
+        if verified.spiffe_id != self.server_id {
+            return Err(rustls::Error::General(format!(
+                "node API server is {}, expected {}",
+                verified.spiffe_id, self.server_id
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// A client certificate: DER chain (leaf first) and PKCS#8 key.
+pub(super) struct ClientCert {
+    pub(super) chain: Vec<Vec<u8>>,
+    pub(super) key_pkcs8: Zeroizing<Vec<u8>>,
+}
+
+/// A lazily connecting gRPC channel to `endpoint` (`host:port`) over TLS, verifying the server
+/// as `server_id` and presenting `client_cert` when given.
+pub(super) fn channel(
+    endpoint: &str,
+    roots: SharedRoots,
+    trust_domain: &TrustDomain,
+    server_id: &SpiffeId,
+    client_cert: Option<&ClientCert>,
+) -> Result<Channel, NodeClientError> {
+    let provider = provider();
+    let verifier = OperatorVerifier {
+        roots,
+        trust_domain: trust_domain.clone(),
+        server_id: server_id.clone(),
+        algorithms: provider.signature_verification_algorithms,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| NodeClientError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier));
+    let mut config = match client_cert {
+        Some(cert) => builder
+            .with_client_auth_cert(
+                cert.chain
+                    .iter()
+                    .map(|c| CertificateDer::from(c.clone()))
+                    .collect(),
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(cert.key_pkcs8.to_vec())),
+            )
+            .map_err(|e| NodeClientError::Tls(e.to_string()))?,
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let host = endpoint
+        .rsplit_once(':')
+        .map_or(endpoint, |(host, _)| host)
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let server_name = ServerName::try_from(host.to_owned())
+        .map_err(|_| NodeClientError::Endpoint(endpoint.to_owned()))?;
+    let address = endpoint.to_owned();
+    let uri = Endpoint::from_shared(format!("http://{endpoint}"))
+        .map_err(|_| NodeClientError::Endpoint(endpoint.to_owned()))?
+        .connect_timeout(Duration::from_secs(10));
+    Ok(uri.connect_with_connector_lazy(tower::service_fn(move |_| {
+        let connector = connector.clone();
+        let server_name = server_name.clone();
+        let address = address.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&address).await?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    })))
+}

@@ -1,0 +1,704 @@
+//! The authority and the node API against a real API server (`$KUBECONFIG`): Secret creation
+//! race, bundle ConfigMap, node attestation through TokenReview with real pod-bound tokens from
+//! the TokenRequest API, every per-pod security check, and the CSI plugin's node API client end
+//! to end. gRPC runs over a real TCP loopback socket with real TLS.
+//!
+//! Run by `make test-operator-cp`, which brings a cluster up first. Each test works in its own
+//! namespace and creates its own Node objects (no kubelet behind them: the pods only need to
+//! exist with `spec.nodeName` set), and deletes them at the end.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, ServiceAccount};
+use kube::api::{DeleteParams, PostParams};
+use kube::{Api, Client};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wimsey_core::bundle::{TrustDomainBundle, parse_x509_authorities_pem};
+use wimsey_core::entries::{Entry, EntryOwner, OwnerKind, Selector};
+use wimsey_core::jose::jwt_svid::{JwtSvidValidation, validate_jwt_svid};
+use wimsey_core::keys::{KeyAlgorithm, SigningKey};
+use wimsey_core::x509::{build_csr, verify_svid};
+use wimsey_core::{SpiffeId, TrustDomain};
+use wimsey_csi::identity_source::{IdentitySource, PodInfo};
+use wimsey_csi::node_client::{NodeClient, NodeClientConfig, NodeClientError};
+use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity};
+use wimsey_operator::authority::{
+    AuthorityArgs, BUNDLE_PEM_KEY, BUNDLE_SPIFFE_KEY, SigningAuthority,
+};
+use wimsey_operator::config::{ConfigFlags, Settings};
+use wimsey_operator::nodeapi::{FederatedBundles, NodeApi, NodeApiArgs};
+use wimsey_operator::store::{EntryStore, PodRecord, StoredEntry};
+use wimsey_proto::wimsey::node::v1::{
+    EntryCsr, MintJwtSvidRequest, MintWitSvidRequest, PodRef, SignX509SvidsRequest, WatchPodRequest,
+};
+use zeroize::Zeroizing;
+
+const TRUST_DOMAIN: &str = "identity-test.example";
+const CLUSTER: &str = "cp";
+const WAIT: Duration = Duration::from_secs(30);
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A namespace and Node objects of one test, deleted on drop (best effort).
+struct Fixture {
+    client: Client,
+    namespace: String,
+    nodes: Vec<String>,
+}
+
+impl Fixture {
+    async fn new(label: &str) -> Self {
+        let client = Client::try_default()
+            .await
+            .expect("a cluster (KUBECONFIG); make test-operator-cp brings one up");
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let namespace = format!("wimsey-id-{label}-{}-{n}", std::process::id());
+        let ns: Namespace =
+            serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap();
+        Self {
+            client,
+            namespace,
+            nodes: Vec::new(),
+        }
+    }
+
+    async fn node(&mut self, suffix: &str) -> String {
+        let name = format!("{}-{suffix}", self.namespace);
+        let node: Node = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        Api::<Node>::all(self.client.clone())
+            .create(&PostParams::default(), &node)
+            .await
+            .unwrap();
+        self.nodes.push(name.clone());
+        name
+    }
+
+    async fn service_account(&self, name: &str) {
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        Api::<ServiceAccount>::namespaced(self.client.clone(), &self.namespace)
+            .create(&PostParams::default(), &sa)
+            .await
+            .unwrap();
+    }
+
+    /// A pod object bound to `node`; returns its UID.
+    async fn pod(&self, name: &str, service_account: &str, node: &str) -> String {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {
+                "serviceAccountName": service_account,
+                "nodeName": node,
+                "automountServiceAccountToken": false,
+                "containers": [{"name": "c", "image": "localhost/wimsey/pause:none"}],
+            }
+        }))
+        .unwrap();
+        let created = Api::<Pod>::namespaced(self.client.clone(), &self.namespace)
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+        created.metadata.uid.unwrap()
+    }
+
+    /// A token from the TokenRequest API for `audience`, bound to pod `pod` (`uid`).
+    async fn token(&self, service_account: &str, audience: &str, pod: &str, uid: &str) -> String {
+        let request = json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": [audience],
+                "expirationSeconds": 600,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid},
+            }
+        });
+        let response: TokenRequest =
+            Api::<ServiceAccount>::namespaced(self.client.clone(), &self.namespace)
+                .create_subresource("token", service_account, &PostParams::default(), &request)
+                .await
+                .unwrap();
+        response.status.unwrap().token
+    }
+
+    fn authority_args(&self) -> AuthorityArgs {
+        AuthorityArgs {
+            authority_namespace: self.namespace.clone(),
+            authority_secret: "wimsey-authority".into(),
+            bundle_configmap: "wimsey-bundle".into(),
+            ca_ttl: Duration::from_secs(24 * 3600),
+            jwt_key_ttl: Duration::from_secs(24 * 3600),
+            key_propagation_delay: Duration::from_secs(3600),
+            max_x509_svid_ttl: Duration::from_secs(12 * 3600),
+            max_jwt_svid_ttl: Duration::from_secs(3600),
+            node_svid_ttl: Duration::from_secs(3600),
+            server_svid_ttl: Duration::from_secs(3600),
+        }
+    }
+
+    async fn cleanup(self) {
+        for node in &self.nodes {
+            let _ = Api::<Node>::all(self.client.clone())
+                .delete(node, &DeleteParams::default())
+                .await;
+        }
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.namespace, &DeleteParams::default())
+            .await;
+    }
+}
+
+fn trust_domain() -> TrustDomain {
+    TrustDomain::new(TRUST_DOMAIN).unwrap()
+}
+
+fn settings() -> Settings {
+    Settings::from_flags(ConfigFlags {
+        trust_domain: Some(TRUST_DOMAIN.into()),
+        cluster_name: Some(CLUSTER.into()),
+        cluster_domain: Some("cluster.local".into()),
+        ..ConfigFlags::default()
+    })
+    .unwrap()
+}
+
+fn entry(spiffe_id: &str, dns: &[&str]) -> StoredEntry {
+    let id = SpiffeId::parse(spiffe_id).unwrap();
+    StoredEntry {
+        id: format!("e-{}", id.path().replace('/', "-")),
+        entry: Entry {
+            spiffe_id: id,
+            parent_id: SpiffeId::parse(&format!("spiffe://{TRUST_DOMAIN}/spire/agent/x")).unwrap(),
+            selectors: vec![Selector::new("k8s", "ns:x")],
+            x509_svid_ttl: Duration::ZERO,
+            jwt_svid_ttl: Duration::ZERO,
+            federates_with: Vec::new(),
+            admin: false,
+            downstream: false,
+            dns_names: dns.iter().map(|d| (*d).to_owned()).collect(),
+            hint: String::new(),
+            store_svid: false,
+        },
+        owner: EntryOwner {
+            kind: OwnerKind::ClusterSpiffeId,
+            name: "test".into(),
+            uid: "u".into(),
+            creation_timestamp: 0,
+            deletion_timestamp: None,
+        },
+    }
+}
+
+fn record(
+    uid: &str,
+    namespace: &str,
+    name: &str,
+    sa: &str,
+    node: &str,
+    entries: Vec<StoredEntry>,
+) -> PodRecord {
+    PodRecord {
+        uid: uid.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        service_account: sa.into(),
+        node_name: node.into(),
+        entries,
+    }
+}
+
+/// A running node API on 127.0.0.1 and what a plugin needs to reach it.
+struct Server {
+    authority: SigningAuthority,
+    endpoint: String,
+    bundle_file: tempfile::NamedTempFile,
+    shutdown: CancellationToken,
+    _federated: watch::Sender<FederatedBundles>,
+}
+
+async fn start_server(fixture: &Fixture, store: &EntryStore) -> Server {
+    let shutdown = CancellationToken::new();
+    let authority = SigningAuthority::start(
+        fixture.client.clone(),
+        trust_domain(),
+        fixture.authority_args(),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+    let (federated, federated_rx) = watch::channel(FederatedBundles::default());
+    let api = NodeApi::new(
+        fixture.client.clone(),
+        authority.clone(),
+        store.clone(),
+        settings(),
+        NodeApiArgs {
+            node_api_addr: "127.0.0.1:0".parse().unwrap(),
+            csi_service_account: "wimsey-csi".into(),
+            node_token_audience: "wimsey-node".into(),
+            pod_token_audience: "wimsey".into(),
+        },
+        federated_rx,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    tokio::spawn(api.serve(listener, shutdown.clone()));
+    // The plugin's bootstrap trust: the PEM the wimsey-bundle ConfigMap carries.
+    let bundle_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        bundle_file.path(),
+        authority.current().bundle.x509_authorities_pem(),
+    )
+    .unwrap();
+    Server {
+        authority,
+        endpoint,
+        bundle_file,
+        shutdown,
+        _federated: federated,
+    }
+}
+
+/// A node API client for `node` holding `token` as its own projected token.
+fn plugin(server: &Server, node: &str, token: &str) -> (NodeClient, tempfile::NamedTempFile) {
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), token).unwrap();
+    let mut config =
+        NodeClientConfig::new(server.endpoint.clone(), node.into(), trust_domain()).unwrap();
+    config.token_path = token_file.path().to_owned();
+    config.bundle_path = server.bundle_file.path().to_owned();
+    (NodeClient::new(config).unwrap(), token_file)
+}
+
+fn code_of(error: NodeClientError) -> tonic::Code {
+    match error {
+        NodeClientError::Status(status) => status.code(),
+        other => panic!("expected a gRPC status, got {other}"),
+    }
+}
+
+fn csr_for(id: &str) -> Vec<u8> {
+    let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    build_csr(&key, &SpiffeId::parse(id).unwrap(), &[]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authority_secret_is_created_once_and_the_bundle_is_published() {
+    let fixture = Fixture::new("authority").await;
+    // Two replicas starting at the same moment.
+    let (a, b) = tokio::join!(
+        SigningAuthority::load(
+            fixture.client.clone(),
+            trust_domain(),
+            fixture.authority_args()
+        ),
+        SigningAuthority::load(
+            fixture.client.clone(),
+            trust_domain(),
+            fixture.authority_args()
+        ),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (ca_a, ca_b) = (a.current(), b.current());
+    assert_eq!(
+        ca_a.ca.certificate(),
+        ca_b.ca.certificate(),
+        "one CA for the trust domain"
+    );
+    assert_eq!(ca_a.jwt.kid, ca_b.jwt.kid);
+
+    let secrets = Api::<Secret>::namespaced(fixture.client.clone(), &fixture.namespace);
+    let listed = secrets.list(&Default::default()).await.unwrap();
+    let authority_secrets: Vec<_> = listed
+        .items
+        .iter()
+        .filter(|s| s.metadata.name.as_deref() == Some("wimsey-authority"))
+        .collect();
+    assert_eq!(authority_secrets.len(), 1);
+
+    let cm = Api::<ConfigMap>::namespaced(fixture.client.clone(), &fixture.namespace)
+        .get("wimsey-bundle")
+        .await
+        .unwrap();
+    let data: BTreeMap<String, String> = cm.data.unwrap();
+    let roots = parse_x509_authorities_pem(&data[BUNDLE_PEM_KEY]).unwrap();
+    assert_eq!(roots, vec![ca_a.ca.certificate().as_bytes().to_vec()]);
+    let bundle =
+        TrustDomainBundle::from_spiffe_jwks(trust_domain(), data[BUNDLE_SPIFFE_KEY].as_bytes())
+            .unwrap();
+    assert_eq!(bundle.x509_authorities, roots);
+    assert!(bundle.jwt_authorities.contains_key(&ca_a.jwt.kid));
+    assert!(bundle.wit_authorities.contains_key(&ca_a.wit.kid));
+    assert_eq!(bundle.refresh_hint_seconds, Some(900));
+    assert_eq!(bundle.sequence_number, Some(ca_a.generation));
+
+    // A third replica later loads the same keys.
+    let c = SigningAuthority::load(
+        fixture.client.clone(),
+        trust_domain(),
+        fixture.authority_args(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(c.current().ca.certificate(), ca_a.ca.certificate());
+    fixture.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_api_enforces_node_pod_and_token_checks() {
+    let mut fixture = Fixture::new("nodeapi").await;
+    let ns = fixture.namespace.clone();
+    let node_a = fixture.node("a").await;
+    let node_b = fixture.node("b").await;
+    for sa in ["wimsey-csi", "intruder", "app"] {
+        fixture.service_account(sa).await;
+    }
+    let csi_a = fixture.pod("csi-a", "wimsey-csi", &node_a).await;
+    let intruder_a = fixture.pod("intruder-a", "intruder", &node_a).await;
+    let app_a = fixture.pod("app-a", "app", &node_a).await;
+    let app_b = fixture.pod("app-b", "app", &node_b).await;
+
+    let store = EntryStore::new();
+    let app_id = format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/app");
+    let app_entry = entry(&app_id, &["app.example.internal"]);
+    store.set_pod(
+        &app_a,
+        Some(record(
+            &app_a,
+            &ns,
+            "app-a",
+            "app",
+            &node_a,
+            vec![app_entry.clone()],
+        )),
+    );
+    store.set_pod(
+        &app_b,
+        Some(record(
+            &app_b,
+            &ns,
+            "app-b",
+            "app",
+            &node_b,
+            vec![app_entry.clone()],
+        )),
+    );
+    let server = start_server(&fixture, &store).await;
+
+    // Attestation: the right SA, pod and node.
+    let csi_token = fixture
+        .token("wimsey-csi", "wimsey-node", "csi-a", &csi_a)
+        .await;
+    let (plugin_a, _t) = plugin(&server, &node_a, &csi_token);
+    let session = plugin_a.attest().await.unwrap();
+    assert_eq!(
+        session.spiffe_id,
+        format!("spiffe://{TRUST_DOMAIN}/spire/agent/wimsey/{CLUSTER}/{node_a}")
+    );
+    assert!(session.expires_at > SystemTime::now());
+
+    // Refused: another service account, a token for another audience, a pod on another node.
+    let intruder_token = fixture
+        .token("intruder", "wimsey-node", "intruder-a", &intruder_a)
+        .await;
+    let (intruder, _t) = plugin(&server, &node_a, &intruder_token);
+    assert_eq!(
+        code_of(intruder.attest().await.unwrap_err()),
+        tonic::Code::PermissionDenied
+    );
+    let wrong_audience = fixture.token("wimsey-csi", "wimsey", "csi-a", &csi_a).await;
+    let (wrong, _t) = plugin(&server, &node_a, &wrong_audience);
+    assert_eq!(
+        code_of(wrong.attest().await.unwrap_err()),
+        tonic::Code::Unauthenticated
+    );
+    let (elsewhere, _t) = plugin(&server, &node_b, &csi_token);
+    assert_eq!(
+        code_of(elsewhere.attest().await.unwrap_err()),
+        tonic::Code::PermissionDenied
+    );
+
+    // Signing for a pod on node A with node A's credential and the pod's own token.
+    let app_a_token = fixture.token("app", "wimsey", "app-a", &app_a).await;
+    let pod_a = PodRef {
+        pod_uid: app_a.clone(),
+        pod_token: app_a_token.clone(),
+    };
+    let sign = |pod: PodRef| SignX509SvidsRequest {
+        pod: Some(pod),
+        csrs: vec![EntryCsr {
+            entry_id: app_entry.id.clone(),
+            csr: csr_for(&app_id),
+        }],
+    };
+    let mut grpc = session.grpc();
+    let signed = grpc
+        .sign_x509_svids(sign(pod_a.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(signed.svids.len(), 1);
+    let material = server.authority.current();
+    let roots = &material.bundle.x509_authorities;
+    let verified = verify_svid(
+        &signed.svids[0].chain,
+        |td| (*td == trust_domain()).then_some(roots.as_slice()),
+        SystemTime::now(),
+    )
+    .unwrap();
+    assert_eq!(verified.spiffe_id.as_str(), app_id);
+    assert_eq!(verified.dns_names, vec!["app.example.internal".to_owned()]);
+
+    // Node A's credential for a pod on node B: refused even with that pod's valid token.
+    let app_b_token = fixture.token("app", "wimsey", "app-b", &app_b).await;
+    let status = grpc
+        .sign_x509_svids(sign(PodRef {
+            pod_uid: app_b.clone(),
+            pod_token: app_b_token,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // A forged pod UID: the pod on node A, but the token of another pod.
+    let intruder_pod_token = fixture
+        .token("intruder", "wimsey", "intruder-a", &intruder_a)
+        .await;
+    let status = grpc
+        .sign_x509_svids(sign(PodRef {
+            pod_uid: app_a.clone(),
+            pod_token: intruder_pod_token,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // A UID the store does not know.
+    let status = grpc
+        .sign_x509_svids(sign(PodRef {
+            pod_uid: "00000000-0000-0000-0000-000000000000".into(),
+            pod_token: app_a_token.clone(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // The pod's token for another audience.
+    let node_audience = fixture.token("app", "wimsey-node", "app-a", &app_a).await;
+    let status = grpc
+        .sign_x509_svids(sign(PodRef {
+            pod_uid: app_a.clone(),
+            pod_token: node_audience,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+
+    // Without a node SVID only Attest is served.
+    let status = plugin_a
+        .server_auth_only()
+        .unwrap()
+        .sign_x509_svids(sign(pod_a.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+
+    // JWT-SVID and WIT-SVID for the pod's identity; another identity is refused.
+    let jwt = grpc
+        .mint_jwt_svid(MintJwtSvidRequest {
+            pod: Some(pod_a.clone()),
+            spiffe_id: app_id.clone(),
+            audience: vec!["svc".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let validated = validate_jwt_svid(
+        &jwt.token,
+        "svc",
+        &material.bundle,
+        SystemTime::now(),
+        &JwtSvidValidation::default(),
+    );
+    assert_eq!(validated.unwrap().spiffe_id.as_str(), app_id);
+    let status = grpc
+        .mint_jwt_svid(MintJwtSvidRequest {
+            pod: Some(pod_a.clone()),
+            spiffe_id: format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/other"),
+            audience: vec!["svc".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    let workload_key = SigningKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let public = serde_json::Value::Object(
+        wimsey_core::jose::PublicJwk::for_signing_key(&workload_key).to_json_map(),
+    )
+    .to_string();
+    let wit = grpc
+        .mint_wit_svid(MintWitSvidRequest {
+            pod: Some(pod_a.clone()),
+            spiffe_id: app_id.clone(),
+            public_jwk: public,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(wit.token.split('.').count(), 3);
+
+    // The watch stream sends the pod's entries and bundle, and follows changes.
+    let mut updates = grpc
+        .watch_pod(WatchPodRequest {
+            pod: Some(pod_a.clone()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let first = updates.message().await.unwrap().unwrap();
+    assert_eq!(first.entries.len(), 1);
+    assert_eq!(first.entries[0].spiffe_id, app_id);
+    assert_eq!(
+        first.bundles.unwrap().own.unwrap().trust_domain,
+        TRUST_DOMAIN
+    );
+    store.set_pod(
+        &app_a,
+        Some(record(&app_a, &ns, "app-a", "app", &node_a, Vec::new())),
+    );
+    let second = tokio::time::timeout(WAIT, updates.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(second.entries.is_empty());
+    // The pod moves to node B: node A's stream ends with PermissionDenied.
+    store.set_pod(
+        &app_a,
+        Some(record(&app_a, &ns, "app-a", "app", &node_b, Vec::new())),
+    );
+    let ended = tokio::time::timeout(WAIT, updates.message())
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(ended.code(), tonic::Code::PermissionDenied);
+
+    server.shutdown.cancel();
+    fixture.cleanup().await;
+}
+
+async fn wait_for(
+    snapshots: &mut watch::Receiver<Arc<IdentitySnapshot>>,
+    what: &str,
+    done: impl Fn(&IdentitySnapshot) -> bool,
+) -> Arc<IdentitySnapshot> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let current = snapshots.borrow_and_update().clone();
+            if done(&current) {
+                return current;
+            }
+            snapshots.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!(
+            "timed out waiting for {what}; last: {:?}",
+            snapshots.borrow()
+        )
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_client_keeps_a_pod_issued_and_follows_entry_removal() {
+    let mut fixture = Fixture::new("client").await;
+    let ns = fixture.namespace.clone();
+    let node = fixture.node("a").await;
+    fixture.service_account("wimsey-csi").await;
+    fixture.service_account("app").await;
+    let csi = fixture.pod("csi", "wimsey-csi", &node).await;
+    let app = fixture.pod("app", "app", &node).await;
+    let store = EntryStore::new();
+    let app_id = format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/app");
+    store.set_pod(
+        &app,
+        Some(record(
+            &app,
+            &ns,
+            "app",
+            "app",
+            &node,
+            vec![entry(&app_id, &[])],
+        )),
+    );
+    let server = start_server(&fixture, &store).await;
+
+    let csi_token = fixture
+        .token("wimsey-csi", "wimsey-node", "csi", &csi)
+        .await;
+    let (source, _t) = plugin(&server, &node, &csi_token);
+    let pod_token = fixture.token("app", "wimsey", "app", &app).await;
+    let handle = source.attach(PodInfo {
+        uid: app.clone(),
+        namespace: ns.clone(),
+        name: "app".into(),
+        service_account: "app".into(),
+        token: Some(Zeroizing::new(pod_token)),
+    });
+    let mut snapshots = handle.current();
+    let issued = wait_for(&mut snapshots, "an issued SVID", |s| {
+        matches!(s, IdentitySnapshot::Issued(_))
+    })
+    .await;
+    let IdentitySnapshot::Issued(issued) = issued.as_ref() else {
+        unreachable!()
+    };
+    assert_eq!(issued.x509_svids.len(), 1);
+    let svid = &issued.x509_svids[0];
+    assert_eq!(svid.spiffe_id.as_str(), app_id);
+    let roots = &issued.bundle.x509_authorities;
+    let verified = verify_svid(
+        &svid.chain,
+        |td| (*td == trust_domain()).then_some(roots.as_slice()),
+        SystemTime::now(),
+    )
+    .unwrap();
+    assert_eq!(verified.spiffe_id.as_str(), app_id);
+    // The key the plugin generated matches the certificate.
+    wimsey_core::x509::parse_svid_with_key(
+        &wimsey_core::x509::concat_der(&svid.chain),
+        &svid.private_key_pkcs8,
+    )
+    .unwrap();
+    assert_eq!(issued.wit_svids.as_ref().map(Vec::len), Some(1));
+
+    let jwt = handle
+        .mint_jwt_svid(&SpiffeId::parse(&app_id).unwrap(), &["svc".to_owned()])
+        .await
+        .unwrap();
+    assert_eq!(jwt.split('.').count(), 3);
+
+    // Entries removed: the pod has no identity.
+    store.set_pod(
+        &app,
+        Some(record(&app, &ns, "app", "app", &node, Vec::new())),
+    );
+    wait_for(&mut snapshots, "NoIdentity", |s| {
+        matches!(s, IdentitySnapshot::NoIdentity)
+    })
+    .await;
+
+    source.detach(&app);
+    server.shutdown.cancel();
+    fixture.cleanup().await;
+}
