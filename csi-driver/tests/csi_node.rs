@@ -1,0 +1,688 @@
+//! The CSI node plugin over a real Unix socket, with real bind mounts and tmpfs (the tests run as
+//! root), real SVIDs from core's Authority, and the `spiffe` crate fetching through the target.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use spiffe::WorkloadApiClient;
+use support::{TRUST_DOMAIN, TestPod, World};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint, Uri};
+use wimsey_core::SpiffeId;
+use wimsey_core::x509::parse_svid_with_key;
+use wimsey_core::x509::pem::{decode_certificates, decode_private_key};
+use wimsey_csi::csi::mounts::is_mount_point;
+use wimsey_csi::csi::{
+    ManagerConfig, RegistrationService, SOCKET_NAME, VolumeManager, registration_socket, serve_csi,
+    serve_registration,
+};
+use wimsey_csi::identity_source::{IdentitySource, PodInfo};
+use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity, WorkloadApiError, bind_unix_socket};
+use wimsey_proto::csi::v1 as csi;
+use wimsey_proto::csi::v1::identity_client::IdentityClient;
+use wimsey_proto::csi::v1::node_client::NodeClient;
+use wimsey_proto::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
+use wimsey_proto::pluginregistration as reg;
+use zeroize::Zeroizing;
+
+/// A pod handle of the test source (shared, so the test can rotate it).
+#[derive(Clone)]
+struct SharedPod(Arc<TestPod>);
+
+impl PodIdentity for SharedPod {
+    fn current(&self) -> watch::Receiver<Arc<IdentitySnapshot>> {
+        self.0.current()
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+    ) -> Result<Zeroizing<String>, WorkloadApiError> {
+        self.0.mint_jwt_svid(spiffe_id, audience).await
+    }
+}
+
+/// Issues `spiffe://example.org/ns/<ns>/sa/<sa>` to every attached pod, from a real CA.
+struct TestSource {
+    world: World,
+    pods: Mutex<HashMap<String, Arc<TestPod>>>,
+    tokens: Mutex<Vec<Option<String>>>,
+    detached: Mutex<Vec<String>>,
+}
+
+impl TestSource {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            world: World::new(),
+            pods: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(Vec::new()),
+            detached: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn pod(&self, uid: &str) -> Arc<TestPod> {
+        Arc::clone(self.pods.lock().expect("lock").get(uid).expect("attached"))
+    }
+
+    fn rotate(&self, uid: &str, id: &str) {
+        self.pod(uid).publish(self.world.issued(&[(id, "")]));
+    }
+}
+
+impl IdentitySource for TestSource {
+    type Pod = SharedPod;
+
+    fn attach(&self, pod: PodInfo) -> SharedPod {
+        self.tokens
+            .lock()
+            .expect("lock")
+            .push(pod.token.as_ref().map(|t| t.to_string()));
+        let id = format!(
+            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
+            pod.namespace, pod.service_account
+        );
+        let mut pods = self.pods.lock().expect("lock");
+        let handle = pods.entry(pod.uid.clone()).or_insert_with(|| {
+            Arc::new(TestPod::new(
+                &self.world.issuer,
+                self.world.issued(&[(id.as_str(), "")]),
+            ))
+        });
+        SharedPod(Arc::clone(handle))
+    }
+
+    fn detach(&self, pod_uid: &str) {
+        self.pods.lock().expect("lock").remove(pod_uid);
+        self.detached.lock().expect("lock").push(pod_uid.to_owned());
+    }
+}
+
+/// The plugin (volume manager + CSI server) on a socket in `dir`, state under `dir/state`.
+struct Plugin {
+    manager: Arc<VolumeManager<TestSource>>,
+    socket: PathBuf,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Plugin {
+    async fn start(source: Arc<TestSource>, dir: &Path, spire_dir: Option<PathBuf>) -> Self {
+        let manager = Arc::new(
+            VolumeManager::new(
+                source,
+                ManagerConfig {
+                    state_dir: dir.join("state"),
+                    spire_agent_socket_dir: spire_dir,
+                    files_tmpfs_size: "1m".into(),
+                },
+            )
+            .expect("manager"),
+        );
+        manager.restore().await.expect("restore");
+        let socket = dir.join("csi.sock");
+        let listener = bind_unix_socket(&socket, 0o600).expect("bind");
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(serve_csi(
+            listener,
+            Arc::clone(&manager),
+            "node-1".into(),
+            shutdown.clone(),
+        ));
+        Self {
+            manager,
+            socket,
+            shutdown,
+            task,
+        }
+    }
+
+    async fn node(&self) -> NodeClient<Channel> {
+        NodeClient::new(channel(&self.socket).await)
+    }
+
+    /// Stops like SIGTERM does: servers end, mounts and records stay.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("join").expect("server");
+        self.manager.shutdown().await;
+    }
+}
+
+async fn channel(socket: &Path) -> Channel {
+    let socket = socket.to_owned();
+    Endpoint::try_from("http://localhost")
+        .expect("endpoint")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect")
+}
+
+fn capability() -> csi::VolumeCapability {
+    csi::VolumeCapability {
+        access_type: Some(AccessType::Mount(MountVolume::default())),
+        access_mode: Some(AccessMode {
+            mode: access_mode::Mode::SingleNodeWriter as i32,
+        }),
+    }
+}
+
+fn publish_request(
+    volume_id: &str,
+    target: &Path,
+    uid: &str,
+    attributes: &[(&str, &str)],
+) -> csi::NodePublishVolumeRequest {
+    let mut context: HashMap<String, String> = [
+        ("csi.storage.k8s.io/pod.name", "web-0"),
+        ("csi.storage.k8s.io/pod.namespace", "default"),
+        ("csi.storage.k8s.io/pod.uid", uid),
+        ("csi.storage.k8s.io/serviceAccount.name", "web"),
+        ("csi.storage.k8s.io/ephemeral", "true"),
+        (
+            "csi.storage.k8s.io/serviceAccount.tokens",
+            r#"{"wimsey":{"token":"pod-token-1","expirationTimestamp":"2030-01-01T00:00:00Z"}}"#,
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    context.extend(
+        attributes
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+    );
+    csi::NodePublishVolumeRequest {
+        volume_id: volume_id.into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(capability()),
+        readonly: true,
+        volume_context: context,
+        ..Default::default()
+    }
+}
+
+fn unpublish_request(volume_id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
+    csi::NodeUnpublishVolumeRequest {
+        volume_id: volume_id.into(),
+        target_path: target.display().to_string(),
+    }
+}
+
+const WEB_ID: &str = "spiffe://example.org/ns/default/sa/web";
+
+async fn fetch_svid_id(socket: &Path) -> String {
+    let client = WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
+        .await
+        .expect("connect spiffe client");
+    let svid = client.fetch_x509_svid().await.expect("svid");
+    svid.spiffe_id().to_string()
+}
+
+/// Polls `check` until it returns Some or the deadline passes.
+async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_invalid(
+    result: Result<tonic::Response<impl std::fmt::Debug>, tonic::Status>,
+    field: &str,
+) {
+    let status = result.expect_err("must fail");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains(field),
+        "message {:?} should name {field}",
+        status.message()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_and_node_info() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin = Plugin::start(TestSource::new(), dir.path(), None).await;
+    let mut identity = IdentityClient::new(channel(&plugin.socket).await);
+    let info = identity
+        .get_plugin_info(csi::GetPluginInfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.name, "csi.wimsey.dev");
+    assert!(!info.vendor_version.is_empty());
+    let caps = identity
+        .get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {})
+        .await
+        .expect("caps")
+        .into_inner();
+    assert!(caps.capabilities.is_empty(), "node-only: no controller");
+    let probe = identity
+        .probe(csi::ProbeRequest {})
+        .await
+        .expect("probe")
+        .into_inner();
+    assert_eq!(probe.ready, Some(true));
+
+    let mut node = plugin.node().await;
+    let info = node
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .expect("node info")
+        .into_inner();
+    assert_eq!(info.node_id, "node-1");
+    let stage = node
+        .node_stage_volume(csi::NodeStageVolumeRequest::default())
+        .await
+        .expect_err("no staging");
+    assert_eq!(stage.code(), Code::Unimplemented);
+    plugin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_invalid_argument_naming_the_field() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin = Plugin::start(TestSource::new(), dir.path(), None).await;
+    let mut node = plugin.node().await;
+    let target = dir.path().join("target");
+    let good = publish_request("vol-1", &target, "uid-1", &[]);
+
+    let mut r = good.clone();
+    r.volume_id.clear();
+    assert_invalid(node.node_publish_volume(r).await, "volume_id");
+    let mut r = good.clone();
+    r.target_path.clear();
+    assert_invalid(node.node_publish_volume(r).await, "target_path");
+    let mut r = good.clone();
+    r.volume_capability = None;
+    assert_invalid(node.node_publish_volume(r).await, "volume_capability");
+    let mut r = good.clone();
+    r.volume_capability = Some(csi::VolumeCapability {
+        access_type: Some(AccessType::Block(Default::default())),
+        ..capability()
+    });
+    assert_invalid(node.node_publish_volume(r).await, "block");
+    let mut r = good.clone();
+    r.readonly = false;
+    assert_invalid(node.node_publish_volume(r).await, "readonly");
+    let r = publish_request("vol-1", &target, "uid-1", &[("mode", "sockets")]);
+    assert_invalid(node.node_publish_volume(r).await, "mode");
+    assert_invalid(
+        node.node_unpublish_volume(unpublish_request("", &target))
+            .await,
+        "volume_id",
+    );
+    assert_invalid(
+        node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+            volume_id: "vol-1".into(),
+            target_path: String::new(),
+        })
+        .await,
+        "target_path",
+    );
+    assert!(!target.exists(), "nothing created for a rejected request");
+    plugin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_api_volume_is_served_through_a_read_only_bind_mount() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = TestSource::new();
+    let plugin = Plugin::start(Arc::clone(&source), dir.path(), None).await;
+    let mut node = plugin.node().await;
+    let target = dir.path().join("pod/mount");
+    std::fs::create_dir_all(dir.path().join("pod")).expect("parent");
+
+    let request = publish_request("vol-wl", &target, "uid-wl", &[]);
+    node.node_publish_volume(request.clone())
+        .await
+        .expect("publish");
+    assert!(is_mount_point(&target).expect("mountinfo"));
+    assert_eq!(fetch_svid_id(&target.join(SOCKET_NAME)).await, WEB_ID);
+    let write = std::fs::write(target.join("x"), b"x").expect_err("read-only mount");
+    assert_eq!(write.raw_os_error(), Some(30), "EROFS: {write}");
+    assert_eq!(
+        source
+            .tokens
+            .lock()
+            .expect("lock")
+            .first()
+            .cloned()
+            .flatten()
+            .as_deref(),
+        Some("pod-token-1")
+    );
+
+    // Idempotent: same again is OK and mounts nothing more.
+    node.node_publish_volume(request.clone())
+        .await
+        .expect("republish");
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let target_str = target.display().to_string();
+    assert_eq!(
+        mountinfo
+            .lines()
+            .filter(|l| l.split(' ').nth(4) == Some(target_str.as_str()))
+            .count(),
+        1,
+        "one mount after two publishes"
+    );
+    let other_mode = publish_request("vol-wl", &target, "uid-wl", &[("mode", "files")]);
+    let status = node
+        .node_publish_volume(other_mode)
+        .await
+        .expect_err("changed");
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    let other_target = publish_request("vol-wl", &dir.path().join("pod/other"), "uid-wl", &[]);
+    let status = node
+        .node_publish_volume(other_target)
+        .await
+        .expect_err("moved");
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+
+    // Stats report a healthy mount; unknown volumes are NotFound.
+    let stats = node
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: "vol-wl".into(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    assert_eq!(stats.volume_condition.map(|c| c.abnormal), Some(false));
+    let missing = node
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: "nope".into(),
+            volume_path: "some/path".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("unknown volume");
+    assert_eq!(missing.code(), Code::NotFound);
+
+    let records = dir.path().join("state/records/vol-wl.json");
+    let record = std::fs::read_to_string(&records).expect("record");
+    assert!(
+        record.contains("uid-wl") && !record.contains("pod-token-1"),
+        "{record}"
+    );
+
+    node.node_unpublish_volume(unpublish_request("vol-wl", &target))
+        .await
+        .expect("unpublish");
+    assert!(!target.exists(), "target removed");
+    assert!(!records.exists(), "record removed");
+    assert!(!dir.path().join("state/volumes/vol-wl").exists());
+    assert_eq!(
+        *source.detached.lock().expect("lock"),
+        vec!["uid-wl".to_owned()]
+    );
+    node.node_unpublish_volume(unpublish_request("vol-wl", &target))
+        .await
+        .expect("unpublish again is OK");
+    plugin.stop().await;
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_volume_holds_matching_svid_and_key_and_swaps_atomically() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = TestSource::new();
+    let plugin = Plugin::start(Arc::clone(&source), dir.path(), None).await;
+    let mut node = plugin.node().await;
+    let target = dir.path().join("files");
+    let mut request = publish_request(
+        "vol-files",
+        &target,
+        "uid-files",
+        &[
+            ("mode", "files"),
+            ("fsGroup", "4321"),
+            ("jwtAudiences", "api.example.org, https://b.example"),
+            ("wit", "true"),
+        ],
+    );
+    request.readonly = false;
+    node.node_publish_volume(request).await.expect("publish");
+    assert!(is_mount_point(&target).expect("mountinfo"));
+
+    let svid_path = target.join("svid.pem");
+    let first = eventually("svid.pem", || std::fs::read_to_string(&svid_path).ok()).await;
+    let key_pem = read(&target.join("svid_key.pem"));
+    let chain = decode_certificates(&first).expect("chain");
+    let key = decode_private_key(&key_pem).expect("key");
+    let der: Vec<u8> = chain.iter().flat_map(|c| c.as_bytes().to_vec()).collect();
+    let svid = parse_svid_with_key(&der, &key).expect("leaf matches key");
+    assert_eq!(svid.spiffe_id.as_str(), WEB_ID);
+
+    let bundle = read(&target.join("bundle.pem"));
+    let roots = decode_certificates(&bundle).expect("bundle");
+    assert_eq!(
+        roots
+            .iter()
+            .map(|c| c.as_bytes().to_vec())
+            .collect::<Vec<_>>(),
+        source.world.issuer.bundle().x509_authorities
+    );
+    assert!(!read(&target.join("federated/partner.example.pem")).is_empty());
+    assert_eq!(
+        read(&target.join("jwt-api.example.org.token"))
+            .split('.')
+            .count(),
+        3
+    );
+    assert!(target.join("jwt-https___b.example.token").exists());
+    assert_eq!(read(&target.join("wit.jwt")).split('.').count(), 3);
+    assert!(read(&target.join("wit_key.jwk")).contains("\"d\""));
+
+    let key_meta = std::fs::metadata(target.join("svid_key.pem")).expect("meta");
+    assert_eq!(key_meta.permissions().mode() & 0o777, 0o640);
+    assert_eq!(key_meta.gid(), 4321);
+    let bundle_meta = std::fs::metadata(target.join("bundle.pem")).expect("meta");
+    assert_eq!(bundle_meta.permissions().mode() & 0o777, 0o644);
+
+    // A rotation rewrites the whole set behind a new `..data`.
+    let data_before = std::fs::read_link(target.join("..data")).expect("..data");
+    source.rotate("uid-files", "spiffe://example.org/ns/default/sa/rotated");
+    let rotated = eventually("rotated svid.pem", || {
+        std::fs::read_to_string(&svid_path)
+            .ok()
+            .filter(|pem| *pem != first)
+    })
+    .await;
+    let key_pem = read(&target.join("svid_key.pem"));
+    let chain = decode_certificates(&rotated).expect("chain");
+    let der: Vec<u8> = chain.iter().flat_map(|c| c.as_bytes().to_vec()).collect();
+    let svid = parse_svid_with_key(&der, &decode_private_key(&key_pem).expect("key"))
+        .expect("rotated leaf matches rotated key");
+    assert_eq!(
+        svid.spiffe_id.as_str(),
+        "spiffe://example.org/ns/default/sa/rotated"
+    );
+    assert_ne!(
+        std::fs::read_link(target.join("..data")).expect("..data"),
+        data_before
+    );
+    let generations = std::fs::read_dir(&target)
+        .expect("list")
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name().to_string_lossy().starts_with("..")
+                && e.file_type().is_ok_and(|t| t.is_dir())
+        })
+        .count();
+    assert_eq!(generations, 1, "old generation removed");
+
+    node.node_unpublish_volume(unpublish_request("vol-files", &target))
+        .await
+        .expect("unpublish");
+    assert!(!target.exists());
+    plugin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spire_agent_volume_bind_mounts_the_agent_socket_dir() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent_dir = dir.path().join("agent-sockets");
+    std::fs::create_dir(&agent_dir).expect("agent dir");
+    std::fs::write(agent_dir.join("marker"), "agent").expect("marker");
+    let plugin = Plugin::start(TestSource::new(), dir.path(), Some(agent_dir)).await;
+    let mut node = plugin.node().await;
+    let target = dir.path().join("spire");
+    let request = csi::NodePublishVolumeRequest {
+        volume_id: "vol-spire".into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(capability()),
+        readonly: true,
+        volume_context: HashMap::from([
+            ("mode".to_owned(), "spire-agent".to_owned()),
+            ("csi.storage.k8s.io/ephemeral".to_owned(), "true".to_owned()),
+        ]),
+        ..Default::default()
+    };
+    node.node_publish_volume(request).await.expect("publish");
+    assert_eq!(read(&target.join("marker")), "agent");
+    assert!(std::fs::write(target.join("y"), "y").is_err(), "read-only");
+    node.node_unpublish_volume(unpublish_request("vol-spire", &target))
+        .await
+        .expect("unpublish");
+    assert!(!target.exists());
+    plugin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_plugin_serves_every_recorded_volume_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = TestSource::new();
+    let target = dir.path().join("restart-target");
+    let files_target = dir.path().join("restart-files");
+    {
+        let plugin = Plugin::start(Arc::clone(&source), dir.path(), None).await;
+        let mut node = plugin.node().await;
+        node.node_publish_volume(publish_request("vol-r", &target, "uid-r", &[]))
+            .await
+            .expect("publish");
+        node.node_publish_volume(publish_request(
+            "vol-rf",
+            &files_target,
+            "uid-rf",
+            &[("mode", "files")],
+        ))
+        .await
+        .expect("publish files");
+        assert_eq!(fetch_svid_id(&target.join(SOCKET_NAME)).await, WEB_ID);
+        plugin.stop().await;
+    }
+    // Down: the mount stays, nobody answers on the socket.
+    assert!(is_mount_point(&target).expect("mountinfo"));
+    assert!(
+        UnixStream::connect(target.join(SOCKET_NAME)).await.is_err(),
+        "nobody serves while the plugin is down"
+    );
+
+    let plugin = Plugin::start(Arc::clone(&source), dir.path(), None).await;
+    assert_eq!(
+        fetch_svid_id(&target.join(SOCKET_NAME)).await,
+        WEB_ID,
+        "served again through the same bind mount"
+    );
+    // The files writer is back too: a rotation reaches the existing tmpfs.
+    let before = eventually("files written", || {
+        std::fs::read_to_string(files_target.join("svid.pem")).ok()
+    })
+    .await;
+    source.rotate("uid-rf", "spiffe://example.org/ns/default/sa/after-restart");
+    eventually("files rewritten after restart", || {
+        std::fs::read_to_string(files_target.join("svid.pem"))
+            .ok()
+            .filter(|pem| *pem != before)
+    })
+    .await;
+    let mut node = plugin.node().await;
+    for (id, t) in [("vol-r", &target), ("vol-rf", &files_target)] {
+        node.node_unpublish_volume(unpublish_request(id, t))
+            .await
+            .expect("unpublish");
+        assert!(!t.exists());
+    }
+    plugin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registration_get_info_names_the_driver_and_endpoint() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = registration_socket(dir.path());
+    assert_eq!(
+        path.file_name().and_then(|n| n.to_str()),
+        Some("csi.wimsey.dev-reg.sock")
+    );
+    let listener = bind_unix_socket(&path, 0o600).expect("bind");
+    let failed = CancellationToken::new();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve_registration(
+        listener,
+        RegistrationService::new(
+            "/var/lib/kubelet/plugins/csi.wimsey.dev/csi.sock".into(),
+            failed.clone(),
+        ),
+        shutdown.clone(),
+    ));
+    let mut client = reg::registration_client::RegistrationClient::new(channel(&path).await);
+    let info = client
+        .get_info(reg::InfoRequest {})
+        .await
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.r#type, "CSIPlugin");
+    assert_eq!(info.name, "csi.wimsey.dev");
+    assert_eq!(
+        info.endpoint,
+        "/var/lib/kubelet/plugins/csi.wimsey.dev/csi.sock"
+    );
+    assert_eq!(info.supported_versions, vec!["1.0.0".to_owned()]);
+
+    client
+        .notify_registration_status(reg::RegistrationStatus {
+            plugin_registered: true,
+            error: String::new(),
+        })
+        .await
+        .expect("notify ok");
+    assert!(!failed.is_cancelled());
+    client
+        .notify_registration_status(reg::RegistrationStatus {
+            plugin_registered: false,
+            error: "version not supported".into(),
+        })
+        .await
+        .expect("notify failure");
+    assert!(failed.is_cancelled(), "a refused registration is signalled");
+    shutdown.cancel();
+    task.await.expect("join").expect("server");
+}
