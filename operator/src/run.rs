@@ -12,8 +12,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, AdminState, Metrics};
+use crate::authority::{AuthorityArgs, SigningAuthority};
 use crate::config::{ConfigFlags, Settings};
 use crate::leader::{LeaseSettings, run_leader_election};
+use crate::nodeapi::{FederatedBundles, NodeApi, NodeApiArgs};
 use crate::reconcile::{FederationSet, ReconcileError, Reconciler};
 use crate::status::{DesiredStatus, StatusWriter};
 use crate::store::EntryStore;
@@ -39,6 +41,10 @@ pub struct RunOptions {
     pub admin_addr: SocketAddr,
     #[arg(long, env = "WIMSEY_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
+    #[command(flatten)]
+    pub authority: AuthorityArgs,
+    #[command(flatten)]
+    pub node_api: NodeApiArgs,
 }
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`).
@@ -190,6 +196,29 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     // Identity services (the authority and the node API) are spawned here, with `client`,
     // `settings`, `options.namespace`, `store` and `shutdown`.
+    let mut authority_args = options.authority;
+    authority_args.authority_namespace = options.namespace.clone();
+    let authority = SigningAuthority::start(
+        client.clone(),
+        settings.trust_domain.clone(),
+        authority_args,
+        shutdown.clone(),
+    )
+    .await
+    .context("starting the authority")?;
+    // No federated bundle source yet: pods get only their own trust domain's bundle.
+    let (_federated_bundles, federated) = watch::channel(FederatedBundles::default());
+    let node_api_addr = options.node_api.node_api_addr;
+    let node_api = NodeApi::new(
+        client.clone(),
+        authority,
+        store.clone(),
+        settings.clone(),
+        options.node_api,
+        federated,
+    );
+    tracing::info!(addr = %node_api_addr, "node API listening");
+    let node_api = tokio::spawn(node_api.run(shutdown.clone()));
 
     let listener = tokio::net::TcpListener::bind(options.admin_addr)
         .await
@@ -213,5 +242,9 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .await
         .context("admin server task")?
         .context("admin server")?;
+    node_api
+        .await
+        .context("node API task")?
+        .context("node API")?;
     Ok(())
 }

@@ -38,8 +38,9 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
 /// Authority settings, flattened into `wimsey-operator run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct AuthorityArgs {
-    /// Namespace of the authority Secret and the bundle ConfigMap (the operator's own).
-    #[arg(long, env = "WIMSEY_NAMESPACE", default_value = "wimsey-system")]
+    /// Namespace of the authority Secret and the bundle ConfigMap: the operator's own, which
+    /// `run` takes from its `--namespace`.
+    #[arg(skip)]
     pub authority_namespace: String,
     /// Secret holding the CA and JWT/WIT signing keys.
     #[arg(
