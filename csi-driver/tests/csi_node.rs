@@ -529,15 +529,19 @@ async fn files_volume_holds_matching_svid_and_key_and_swaps_atomically() {
         std::fs::read_link(target.join("..data")).expect("..data"),
         data_before
     );
-    let generations = std::fs::read_dir(&target)
-        .expect("list")
-        .filter_map(Result::ok)
-        .filter(|e| {
-            e.file_name().to_string_lossy().starts_with("..")
-                && e.file_type().is_ok_and(|t| t.is_dir())
-        })
-        .count();
-    assert_eq!(generations, 1, "old generation removed");
+    // The writer removes the old generation right after the swap.
+    eventually("old generation removed", || {
+        let generations = std::fs::read_dir(&target)
+            .expect("list")
+            .filter_map(Result::ok)
+            .filter(|e| {
+                e.file_name().to_string_lossy().starts_with("..")
+                    && e.file_type().is_ok_and(|t| t.is_dir())
+            })
+            .count();
+        (generations == 1).then_some(())
+    })
+    .await;
 
     node.node_unpublish_volume(unpublish_request("vol-files", &target))
         .await
