@@ -30,8 +30,10 @@ use wimsey_core::{SpiffeId, TrustDomain};
 use wimsey_csi::identity_source::{IdentitySource, PodInfo};
 use wimsey_csi::node_client::{NodeClient, NodeClientConfig, NodeClientError};
 use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity};
+use wimsey_operator::authority::state::StoredPhase;
 use wimsey_operator::authority::{
-    AuthorityArgs, BUNDLE_PEM_KEY, BUNDLE_SPIFFE_KEY, SigningAuthority,
+    AuthorityArgs, BUNDLE_PEM_KEY, BUNDLE_SPIFFE_KEY, KeyKind, SECRET_DATA_KEY, SigningAuthority,
+    SigningMaterial, StoredAuthority,
 };
 use wimsey_operator::config::{ConfigFlags, Settings};
 use wimsey_operator::nodeapi::{FederatedBundles, NodeApi, NodeApiArgs};
@@ -274,8 +276,7 @@ async fn start_server(fixture: &Fixture, store: &EntryStore) -> Server {
 fn plugin(server: &Server, node: &str, token: &str) -> (NodeClient, tempfile::NamedTempFile) {
     let token_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(token_file.path(), token).unwrap();
-    let mut config =
-        NodeClientConfig::new(server.endpoint.clone(), node.into(), trust_domain()).unwrap();
+    let mut config = NodeClientConfig::new(&server.endpoint, node.into(), trust_domain()).unwrap();
     config.token_path = token_file.path().to_owned();
     config.bundle_path = server.bundle_file.path().to_owned();
     (NodeClient::new(config).unwrap(), token_file)
@@ -700,5 +701,121 @@ async fn plugin_client_keeps_a_pod_issued_and_follows_entry_removal() {
 
     source.detach(&app);
     server.shutdown.cancel();
+    fixture.cleanup().await;
+}
+
+async fn wait_material(
+    changes: &mut watch::Receiver<Arc<SigningMaterial>>,
+    what: &str,
+    done: impl Fn(&SigningMaterial) -> bool,
+) -> Arc<SigningMaterial> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let current = changes.borrow_and_update().clone();
+            if done(&current) {
+                return current;
+            }
+            changes.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_rotate_keys_together_through_the_secret() {
+    let fixture = Fixture::new("rotation").await;
+    let args = AuthorityArgs {
+        ca_ttl: Duration::from_secs(8),
+        jwt_key_ttl: Duration::from_secs(4),
+        key_propagation_delay: Duration::from_secs(1),
+        max_x509_svid_ttl: Duration::from_secs(2),
+        max_jwt_svid_ttl: Duration::from_secs(1),
+        ..fixture.authority_args()
+    };
+    let shutdown = CancellationToken::new();
+    let (a, b) = tokio::join!(
+        SigningAuthority::start(
+            fixture.client.clone(),
+            trust_domain(),
+            args.clone(),
+            shutdown.clone()
+        ),
+        SigningAuthority::start(
+            fixture.client.clone(),
+            trust_domain(),
+            args.clone(),
+            shutdown.clone()
+        ),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let first_ca = a.current().ca.certificate().clone();
+    let first_jwt = a.current().jwt.kid.clone();
+    assert_eq!(b.current().ca.certificate(), &first_ca);
+
+    // Both replicas run their rotation loops; the CA rotates after half its 8 s lifetime.
+    let rotated = wait_material(&mut a.subscribe(), "a CA rotation on replica a", |m| {
+        m.ca.certificate() != &first_ca
+    })
+    .await;
+    assert_ne!(
+        rotated.jwt.kid, first_jwt,
+        "the JWT key rotated first (4 s)"
+    );
+    // The new CA was published before it signs, so the bundle holds it with its predecessor
+    // until the predecessor's SVIDs have expired.
+    assert!(
+        rotated
+            .bundle
+            .x509_authorities
+            .contains(&rotated.ca.certificate().as_bytes().to_vec())
+    );
+    let on_b = wait_material(&mut b.subscribe(), "replica b to catch up", |m| {
+        m.generation >= rotated.generation
+    })
+    .await;
+    let on_a = a.current();
+    if on_b.generation == on_a.generation {
+        assert_eq!(on_b.ca.certificate(), on_a.ca.certificate());
+        assert_eq!(on_b.jwt.kid, on_a.jwt.kid);
+    }
+
+    // The Secret never holds more than one active key of a kind, whoever wrote last.
+    let secret = Api::<Secret>::namespaced(fixture.client.clone(), &fixture.namespace)
+        .get("wimsey-authority")
+        .await
+        .unwrap();
+    let stored: StoredAuthority =
+        serde_json::from_slice(&secret.data.unwrap()[SECRET_DATA_KEY].0).unwrap();
+    for kind in KeyKind::ALL {
+        let active = stored
+            .keys(kind)
+            .iter()
+            .filter(|k| k.phase == StoredPhase::Active)
+            .count();
+        assert_eq!(active, 1, "{kind:?}");
+    }
+    assert!(stored.generation >= rotated.generation);
+
+    // The bundle ConfigMap follows (written by whichever replica rotated).
+    let config_maps = Api::<ConfigMap>::namespaced(fixture.client.clone(), &fixture.namespace);
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let cm = config_maps.get("wimsey-bundle").await.unwrap();
+            let pem = cm
+                .data
+                .unwrap_or_default()
+                .remove(BUNDLE_PEM_KEY)
+                .unwrap_or_default();
+            let roots = parse_x509_authorities_pem(&pem).unwrap();
+            if roots.contains(&rotated.ca.certificate().as_bytes().to_vec()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("the bundle ConfigMap shows the rotated CA");
+    shutdown.cancel();
     fixture.cleanup().await;
 }

@@ -48,22 +48,42 @@ pub struct NodeClientConfig {
 }
 
 impl NodeClientConfig {
+    /// `endpoint` is `host:port`; an `https://` prefix (as a Service URL is often written) is
+    /// accepted and dropped.
     pub fn new(
-        endpoint: String,
+        endpoint: impl AsRef<str>,
         node_name: String,
         trust_domain: TrustDomain,
     ) -> Result<Self, NodeClientError> {
         let server_id = trust_domain
             .id_from_path("/wimsey/operator")
-            .map_err(|e| NodeClientError::InvalidResponse(format!("operator ID: {e}")))?;
+            .map_err(|e| NodeClientError::Config(format!("operator ID: {e}")))?;
         Ok(Self {
-            endpoint,
+            endpoint: normalize_endpoint(endpoint.as_ref())?,
             node_name,
             trust_domain,
             server_id,
             token_path: PathBuf::from(DEFAULT_TOKEN_PATH),
             bundle_path: PathBuf::from(DEFAULT_BUNDLE_PATH),
         })
+    }
+}
+
+/// `host:port` from `host:port`, `https://host:port` or `https://host:port/`.
+pub fn normalize_endpoint(endpoint: &str) -> Result<String, NodeClientError> {
+    let bare = endpoint
+        .strip_prefix("https://")
+        .unwrap_or(endpoint)
+        .trim_end_matches('/');
+    let valid = bare
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        && !bare.contains('/')
+        && !bare.contains("://");
+    if valid {
+        Ok(bare.to_owned())
+    } else {
+        Err(NodeClientError::Endpoint(endpoint.to_owned()))
     }
 }
 
@@ -76,6 +96,8 @@ pub enum NodeClientError {
     },
     #[error("invalid node API endpoint {0:?} (want host:port)")]
     Endpoint(String),
+    #[error("invalid node API client settings: {0}")]
+    Config(String),
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("node API: {0}")]
@@ -95,6 +117,7 @@ impl NodeClientError {
         match self {
             NodeClientError::Read { .. } => "read",
             NodeClientError::Endpoint(_) => "endpoint",
+            NodeClientError::Config(_) => "config",
             NodeClientError::Tls(_) => "tls",
             NodeClientError::Status(_) => "status",
             NodeClientError::InvalidResponse(_) => "invalid_response",
@@ -334,6 +357,37 @@ impl IdentitySource for NodeClient {
             .remove(pod_uid);
         if let Some(pod) = removed {
             pod.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_accept_host_port_and_https_urls() {
+        assert_eq!(
+            normalize_endpoint("10.0.0.1:8443").unwrap(),
+            "10.0.0.1:8443"
+        );
+        assert_eq!(
+            normalize_endpoint("https://10.0.0.1:8443").unwrap(),
+            "10.0.0.1:8443"
+        );
+        assert_eq!(
+            normalize_endpoint("https://op.svc:8443/").unwrap(),
+            "op.svc:8443"
+        );
+        assert_eq!(normalize_endpoint("[::1]:8443").unwrap(), "[::1]:8443");
+        for bad in [
+            "10.0.0.1",
+            "http://x:1",
+            "https://x:1/path",
+            ":8443",
+            "x:port",
+        ] {
+            assert!(normalize_endpoint(bad).is_err(), "{bad}");
         }
     }
 }

@@ -241,7 +241,6 @@ impl NodeApi {
         let (connections, incoming) =
             tokio::sync::mpsc::channel::<Result<tls::NodeConn, std::io::Error>>(64);
         let verifier = self.state.verifier.clone();
-        let node_ttl = self.state.authority.args().node_svid_ttl;
         let accept_shutdown = shutdown.clone();
         tokio::spawn(async move {
             loop {
@@ -271,16 +270,11 @@ impl NodeApi {
                         }
                         Err(_) => return,
                     };
-                    let now = SystemTime::now();
                     let node = tls
                         .get_ref()
                         .1
                         .peer_certificates()
-                        .and_then(|chain| verifier.node_of(chain, now).ok())
-                        .map(|node_name| NodeIdentity {
-                            node_name,
-                            valid_until: now + node_ttl,
-                        });
+                        .and_then(|chain| verifier.identity_of(chain, SystemTime::now()).ok());
                     let _ = connections
                         .send(Ok(tls::NodeConn { inner: tls, node }))
                         .await;

@@ -30,8 +30,7 @@ pub(super) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// The node a connection authenticated as, and until when: the handshake time plus the node SVID
-/// lifetime bounds the certificate's remaining validity.
+/// The node a connection authenticated as, and until when (the node SVID's notAfter).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeIdentity {
     pub node_name: String,
@@ -55,6 +54,25 @@ impl NodeCertVerifier {
         }
     }
 
+    /// The node a client chain (leaf first) authenticates, and until when.
+    pub(super) fn identity_of(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: SystemTime,
+    ) -> Result<NodeIdentity, NodeApiError> {
+        let node_name = self.node_of(chain, now)?;
+        let leaf = chain
+            .first()
+            .ok_or(NodeApiError::Unauthenticated("no client certificate"))?;
+        let valid_until = not_after(leaf).ok_or(NodeApiError::Unauthenticated(
+            "the client certificate has no readable notAfter",
+        ))?;
+        Ok(NodeIdentity {
+            node_name,
+            valid_until,
+        })
+    }
+
     /// The node named by a verified chain (leaf first).
     pub(super) fn node_of(
         &self,
@@ -76,6 +94,12 @@ impl NodeCertVerifier {
             NodeApiError::Unauthenticated("the client certificate is not a node SVID"),
         )
     }
+}
+
+fn not_after(der: &[u8]) -> Option<SystemTime> {
+    use der::Decode;
+    let cert = x509_cert::Certificate::from_der(der).ok()?;
+    Some(cert.tbs_certificate.validity.not_after.to_system_time())
 }
 
 impl ClientCertVerifier for NodeCertVerifier {
