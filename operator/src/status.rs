@@ -57,6 +57,8 @@ pub struct DesiredStatus {
     pub status: Value,
     /// The status the API server holds (from the watch), if any.
     pub observed: Option<Value>,
+    /// The resourceVersion the observed status was read at.
+    pub observed_version: Option<String>,
 }
 
 impl DesiredStatus {
@@ -175,6 +177,7 @@ pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
                 stats,
             }),
             observed: input.status.as_ref().map(to_json),
+            observed_version: input.meta.resource_version.clone(),
         });
     }
     for (name, entry) in &state.statics {
@@ -226,6 +229,7 @@ pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
             uid: entry.input.meta.uid.clone(),
             status: to_json(&status),
             observed: entry.input.status.as_ref().map(to_json),
+            observed_version: entry.input.meta.resource_version.clone(),
         });
     }
     for name in state.federations.keys() {
@@ -269,6 +273,7 @@ pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
                 observed_generation: generation,
             }),
             observed: observed.map(to_json),
+            observed_version: input.meta.resource_version.clone(),
         });
     }
     out
@@ -327,9 +332,9 @@ pub struct StatusWriter {
     client: Client,
     recorder: Recorder,
     metrics: Arc<Metrics>,
-    /// What we applied, and the observed status at that time: until the watch shows something
-    /// else, the write is not repeated.
-    applied: HashMap<(CrKind, String), (Value, Option<Value>)>,
+    /// What we applied, and the resourceVersion observed at that time: until the watch shows a
+    /// newer version, the write is not repeated.
+    applied: HashMap<(CrKind, String), (Value, Option<String>)>,
 }
 
 impl std::fmt::Debug for StatusWriter {
@@ -388,7 +393,7 @@ impl StatusWriter {
             };
             if self.applied.get(&key).is_some_and(|(applied, observed)| {
                 without_timestamps(applied) == without_timestamps(&status)
-                    && observed == &desired.observed
+                    && observed == &desired.observed_version
             }) {
                 continue;
             }
@@ -400,7 +405,8 @@ impl StatusWriter {
                     {
                         self.publish_event(desired, reason, message).await;
                     }
-                    self.applied.insert(key, (status, desired.observed.clone()));
+                    self.applied
+                        .insert(key, (status, desired.observed_version.clone()));
                 }
                 Err(error) => {
                     ok = false;

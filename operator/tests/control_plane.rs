@@ -20,6 +20,9 @@ use serde_json::Value;
 use wimsey_operator::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
 
 const FIELD_MANAGER: &str = "wimsey-operator-test";
+
+/// The SCM samples have fixed (cluster-scoped) names: tests that apply them take turns.
+static SAMPLES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn repo_path(relative: &str) -> PathBuf {
@@ -94,6 +97,7 @@ async fn install_crds(client: &Client) {
 
 #[tokio::test]
 async fn crds_install_and_admission_accepts_scm_samples_and_rejects_invalid_ones() {
+    let _samples = SAMPLES.lock().await;
     let client = client().await;
     install_crds(&client).await;
 
@@ -156,4 +160,713 @@ async fn crds_install_and_admission_accepts_scm_samples_and_rejects_invalid_ones
         api.delete(&name, &DeleteParams::default()).await.unwrap();
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reconciler in-process against the real API server. Each test uses its own namespaces,
+// Node, Lease and className, so tests and other users of the cluster do not collide.
+
+mod reconciler {
+    use std::collections::BTreeMap;
+    use std::future::Future;
+    use std::time::{Duration, Instant};
+
+    use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+    use k8s_openapi::api::events::v1::Event as K8sEvent;
+    use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+    use kube::{Api, Client, ResourceExt};
+    use serde_json::{Value, json};
+    use tokio_util::sync::CancellationToken;
+    use wimsey_operator::config::{ConfigFlags, FileConfig, Settings};
+    use wimsey_operator::crd::{ClusterSPIFFEID, ClusterStaticEntry};
+    use wimsey_operator::leader::LeaseSettings;
+    use wimsey_operator::run::Controller;
+    use wimsey_operator::status::{FIELD_MANAGER as OPERATOR_MANAGER, status_to_write};
+    use wimsey_operator::store::EntryStore;
+
+    use super::{FIELD_MANAGER, SAMPLES, api_for, client, install_crds, load_text, repo_path};
+
+    const SYNC: Duration = Duration::from_secs(60);
+    const SAMPLES_IDENTITY: &str = "wimsey-cp-samples-test";
+
+    /// Polls `check` until it returns Some or `deadline` passes.
+    async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
+        let start = Instant::now();
+        loop {
+            if let Some(value) = check().await {
+                return value;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "timed out after {deadline:?} waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn settings(trust_domain: &str, class: Option<&str>) -> Settings {
+        Settings::resolve(
+            FileConfig::default(),
+            ConfigFlags {
+                trust_domain: Some(trust_domain.into()),
+                cluster_name: Some("cp".into()),
+                cluster_domain: Some("cluster.local".into()),
+                class_name: class.map(Into::into),
+                entry_id_prefix: Some("cp".into()),
+                ..ConfigFlags::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn start(
+        client: &Client,
+        settings: Settings,
+        lease_ns: &str,
+        lease: &str,
+        identity: &str,
+    ) -> Controller {
+        let mut lease_settings = LeaseSettings::new(lease_ns, identity);
+        lease_settings.name = lease.into();
+        // Logs (RUST_LOG) show up with --show-output when a test fails.
+        wimsey_operator::run::init_logging(wimsey_operator::run::LogFormat::Plain);
+        Controller::start(
+            client.clone(),
+            settings,
+            lease_settings,
+            EntryStore::new(),
+            CancellationToken::new(),
+        )
+        .unwrap()
+    }
+
+    async fn wait_ready(controller: &Controller) {
+        let mut ready = controller.ready.clone();
+        tokio::time::timeout(SYNC, ready.wait_for(|r| *r))
+            .await
+            .expect("caches synced")
+            .unwrap();
+    }
+
+    /// A namespace, a Node and pods bound to it (no kubelet runs them: the API objects are
+    /// what the reconciler reads).
+    struct Fixture {
+        client: Client,
+        namespaces: Vec<String>,
+        node: String,
+        node_uid: String,
+        pods: Vec<(String, String)>,
+    }
+
+    impl Fixture {
+        async fn new(client: &Client, node: &str) -> Self {
+            let nodes: Api<Node> = Api::all(client.clone());
+            let _ = nodes.delete(node, &DeleteParams::default()).await;
+            wait_for("old node gone", SYNC, || async {
+                nodes.get_opt(node).await.unwrap().is_none().then_some(())
+            })
+            .await;
+            let created = nodes
+                .create(
+                    &PostParams::default(),
+                    &serde_json::from_value(json!({
+                        "metadata": {"name": node, "labels": {"wimsey.dev/test": "control-plane"}},
+                        "spec": {"providerID": format!("test:///{node}")}
+                    }))
+                    .unwrap(),
+                )
+                .await
+                .unwrap();
+            Self {
+                client: client.clone(),
+                namespaces: Vec::new(),
+                node: node.into(),
+                node_uid: created.uid().unwrap(),
+                pods: Vec::new(),
+            }
+        }
+
+        /// Creates namespace `name`, first removing what a failed earlier run left behind (its
+        /// pods are force-deleted: no kubelet runs them to confirm a graceful deletion).
+        async fn namespace(&mut self, name: &str, labels: Value) {
+            let api: Api<Namespace> = Api::all(self.client.clone());
+            if api.get_opt(name).await.unwrap().is_some() {
+                let pods: Api<Pod> = Api::namespaced(self.client.clone(), name);
+                let _ = pods
+                    .delete_collection(&force_delete(), &ListParams::default())
+                    .await;
+                let _ = api.delete(name, &DeleteParams::default()).await;
+            }
+            wait_for("old namespace gone", SYNC, || async {
+                api.get_opt(name).await.unwrap().is_none().then_some(())
+            })
+            .await;
+            api.create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}}))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+            self.namespaces.push(name.into());
+        }
+
+        /// Creates a pod on the fixture's node; returns its UID. Retries while the namespace's
+        /// default ServiceAccount does not exist yet (ServiceAccount admission).
+        async fn pod(&mut self, namespace: &str, name: &str, labels: Value) -> String {
+            let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+            let pod: Pod = serde_json::from_value(json!({
+                "metadata": {"name": name, "labels": labels},
+                "spec": {
+                    "nodeName": self.node,
+                    "automountServiceAccountToken": false,
+                    "containers": [{"name": "app", "image": "registry.k8s.io/pause:3.10"}]
+                }
+            }))
+            .unwrap();
+            let created = wait_for("pod created", SYNC, || async {
+                match api.create(&PostParams::default(), &pod).await {
+                    Ok(created) => Some(created),
+                    Err(kube::Error::Api(status)) if status.message.contains("serviceaccount") => {
+                        None
+                    }
+                    Err(other) => panic!("creating pod {namespace}/{name}: {other}"),
+                }
+            })
+            .await;
+            self.pods.push((namespace.into(), name.into()));
+            created.uid().unwrap()
+        }
+
+        async fn cleanup(self) {
+            let now = force_delete();
+            for (namespace, name) in &self.pods {
+                let _ = Api::<Pod>::namespaced(self.client.clone(), namespace)
+                    .delete(name, &now)
+                    .await;
+            }
+            for namespace in &self.namespaces {
+                let _ = Api::<Namespace>::all(self.client.clone())
+                    .delete(namespace, &DeleteParams::default())
+                    .await;
+            }
+            let _ = Api::<Node>::all(self.client.clone())
+                .delete(&self.node, &DeleteParams::default())
+                .await;
+        }
+    }
+
+    fn force_delete() -> DeleteParams {
+        DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        }
+    }
+
+    async fn apply_cr(client: &Client, manifest: Value) -> Api<DynamicObject> {
+        let object: DynamicObject = serde_json::from_value(manifest.clone()).unwrap();
+        let api = api_for(client, &manifest);
+        api.patch(
+            &object.name_any(),
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&object),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("applying {}: {e}", object.name_any()));
+        api
+    }
+
+    async fn apply_fixture(client: &Client, file: &str) -> (Api<DynamicObject>, String) {
+        let manifest: Value =
+            serde_saphyr::from_str(&load_text(&repo_path(&format!("tests/fixtures/{file}"))))
+                .unwrap();
+        let name = manifest["metadata"]["name"].as_str().unwrap().to_owned();
+        (apply_cr(client, manifest).await, name)
+    }
+
+    /// The Ready condition once it exists and describes the current generation.
+    async fn ready_condition(
+        api: &Api<DynamicObject>,
+        name: &str,
+    ) -> Option<(Value, DynamicObject)> {
+        let object = api.get(name).await.ok()?;
+        let generation = object.metadata.generation?;
+        let status = object.data.get("status")?;
+        if status["observedGeneration"] != generation {
+            return None;
+        }
+        let ready = status["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == "Ready")?
+            .clone();
+        Some((ready, object))
+    }
+
+    async fn delete_all(items: &[(Api<DynamicObject>, String)]) {
+        for (api, name) in items {
+            let _ = api.delete(name, &DeleteParams::default()).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn scm_samples_become_entries_statuses_and_events() {
+        let _samples = SAMPLES.lock().await;
+        let client = client().await;
+        install_crds(&client).await;
+        let mut fixture = Fixture::new(&client, "wimsey-cp-samples-node").await;
+        fixture
+            .namespace("wimsey-cp-backend", json!({"backend": "true"}))
+            .await;
+        fixture.namespace("wimsey-cp-greeter", json!({})).await;
+        let bank = fixture
+            .pod("wimsey-cp-backend", "bank", json!({"banking": "true"}))
+            .await;
+        let greeter = fixture
+            .pod(
+                "wimsey-cp-greeter",
+                "greeter",
+                json!({"app": "greeter-server"}),
+            )
+            .await;
+
+        // Classless and in the docs sample's trust domain: the classless samples are ours.
+        let controller = start(
+            &client,
+            settings("domain.test", None),
+            "wimsey-cp-backend",
+            "wimsey-cp-samples",
+            SAMPLES_IDENTITY,
+        );
+        let mut applied = Vec::new();
+        for file in [
+            "clusterspiffeid-docs.yaml",
+            "clusterspiffeid-demo-greeter.yaml",
+            "clusterstaticentry-docs.yaml",
+            "clusterfederatedtrustdomain-demo.yaml",
+        ] {
+            applied.push(apply_fixture(&client, file).await);
+        }
+        wait_ready(&controller).await;
+        let store = controller.store.clone();
+
+        let record = wait_for("bank's entry", SYNC, || async {
+            store.pod(&bank).filter(|r| !r.entries.is_empty())
+        })
+        .await;
+        assert_eq!(record.entries.len(), 1, "{record:?}");
+        let entry = &record.entries[0];
+        assert!(entry.id.starts_with("cp."), "{}", entry.id);
+        assert_eq!(
+            entry.entry.spiffe_id.as_str(),
+            "spiffe://domain.test/ns/wimsey-cp-backend/sa/default"
+        );
+        assert_eq!(
+            entry.entry.parent_id.as_str(),
+            format!(
+                "spiffe://domain.test/spire/agent/k8s_psat/cp/{}",
+                fixture.node_uid
+            )
+        );
+        assert_eq!(
+            entry.entry.selectors[0].to_string(),
+            format!("k8s:pod-uid:{bank}")
+        );
+        assert_eq!(
+            entry.entry.dns_names,
+            ["bank.wimsey-cp-backend.cluster.local"]
+        );
+        assert_eq!(record.node_name, "wimsey-cp-samples-node");
+        assert_eq!(store.pods_on_node("wimsey-cp-samples-node").len(), 2);
+
+        let record = wait_for("greeter's entry", SYNC, || async {
+            store.pod(&greeter).filter(|r| !r.entries.is_empty())
+        })
+        .await;
+        let entry = &record.entries[0];
+        assert_eq!(
+            entry.entry.spiffe_id.as_str(),
+            "spiffe://domain.test/ns/wimsey-cp-greeter/sa/default"
+        );
+        assert_eq!(entry.entry.federates_with[0].name(), "cluster2.demo");
+
+        wait_for("static entry", SYNC, || async {
+            store
+                .static_entries()
+                .iter()
+                .any(|e| e.entry.spiffe_id.as_str() == "spiffe://domain.test/vm-workload")
+                .then_some(())
+        })
+        .await;
+
+        // Statuses: server-side applied by our field manager, for the current generation, with
+        // SCM's counters.
+        let (docs_api, docs) = &applied[0];
+        let (ready, object) = wait_for("backend-workloads status", SYNC, || async {
+            ready_condition(docs_api, docs)
+                .await
+                .filter(|(_, o)| o.data["status"]["stats"]["entriesToSet"] == 1)
+        })
+        .await;
+        assert_eq!(ready["status"], "True", "{ready}");
+        assert_eq!(ready["reason"], "Reconciled");
+        let stats = &object.data["status"]["stats"];
+        assert_eq!(stats["podsSelected"], 1, "{stats}");
+        assert_eq!(stats["namespacesSelected"], 1, "{stats}");
+        assert_eq!(stats["podEntryRenderFailures"], 0);
+        assert!(
+            object
+                .metadata
+                .managed_fields
+                .iter()
+                .flatten()
+                .any(|m| m.manager.as_deref() == Some(OPERATOR_MANAGER)
+                    && m.subresource.as_deref() == Some("status")
+                    && m.operation.as_deref() == Some("Apply")),
+            "{:?}",
+            object.metadata.managed_fields
+        );
+        let (static_api, static_name) = &applied[2];
+        let (ready, object) = wait_for("vm-workload status", SYNC, || {
+            ready_condition(static_api, static_name)
+        })
+        .await;
+        assert_eq!(ready["status"], "True");
+        assert_eq!(object.data["status"]["set"], true);
+        // The demo's trustDomainBundle holds a certificate with Go's zero time (year 1) as
+        // notBefore, which wimsey_core::bundle does not parse yet: the resource says so instead
+        // of failing silently, and stays out of the federation set.
+        let (cftd_api, cftd) = &applied[3];
+        let (ready, _) =
+            wait_for("cluster2 status", SYNC, || ready_condition(cftd_api, cftd)).await;
+        assert_eq!(ready["status"], "False", "{ready}");
+        assert_eq!(ready["reason"], "InvalidSpec", "{ready}");
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("trustDomainBundle"),
+            "{ready}"
+        );
+        assert!(!controller.federation.borrow().contains_key("cluster2.demo"));
+
+        controller.stop().await;
+        delete_all(&applied).await;
+        fixture.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn invalid_cluster_spiffeids_show_ready_false_within_2_s_with_one_event() {
+        const CLASS: &str = "wimsey-cp-invalid";
+        let client = client().await;
+        install_crds(&client).await;
+        let mut fixture = Fixture::new(&client, "wimsey-cp-invalid-node").await;
+        fixture
+            .namespace("wimsey-cp-invalid", json!({"wimsey-cp": "invalid"}))
+            .await;
+        let pod = fixture.pod("wimsey-cp-invalid", "one", json!({})).await;
+        let controller = start(
+            &client,
+            settings("example.org", Some(CLASS)),
+            "wimsey-cp-invalid",
+            "wimsey-cp-invalid",
+            "wimsey-cp-invalid-test",
+        );
+        wait_ready(&controller).await;
+        let mut leader = controller.leader.clone();
+        tokio::time::timeout(SYNC, leader.wait_for(|l| *l))
+            .await
+            .unwrap()
+            .unwrap();
+        let mut applied = Vec::new();
+        // Invalid resources show Ready=False with a clear message within 2 s, and one Event.
+        let invalid = [
+            (
+                "wimsey-cp-unparsable",
+                "spiffe://example.org/{{ .PodMeta.Name",
+                "InvalidTemplate",
+                "spiffeIDTemplate",
+            ),
+            (
+                "wimsey-cp-outside",
+                "spiffe://elsewhere.test/{{ .PodMeta.Name }}",
+                "RenderFailed",
+                "elsewhere.test",
+            ),
+        ];
+        for (name, template, reason, message) in invalid {
+            let api = api_for(&client, &json!({"kind": "ClusterSPIFFEID"}));
+            // A leftover of an earlier run would already carry the condition.
+            let _ = api.delete(name, &DeleteParams::default()).await;
+            wait_for("leftover gone", SYNC, || async {
+                api.get_opt(name).await.unwrap().is_none().then_some(())
+            })
+            .await;
+            let api = apply_cr(
+                &client,
+                json!({
+                    "apiVersion": "spire.spiffe.io/v1alpha1",
+                    "kind": "ClusterSPIFFEID",
+                    "metadata": {"name": name},
+                    "spec": {"className": CLASS, "spiffeIDTemplate": template, "namespaceSelector": {"matchLabels": {"wimsey-cp": "invalid"}}}
+                }),
+            )
+            .await;
+            applied.push((api.clone(), name.to_owned()));
+            let (ready, object) = wait_for(
+                &format!("{name} Ready=False"),
+                Duration::from_secs(2),
+                || ready_condition(&api, name),
+            )
+            .await;
+            let uid = object.uid().unwrap();
+            assert_eq!(ready["status"], "False", "{ready}");
+            assert_eq!(ready["reason"], reason, "{ready}");
+            assert!(
+                ready["message"].as_str().unwrap().contains(message),
+                "{ready}"
+            );
+            let events: Api<K8sEvent> = Api::namespaced(client.clone(), "default");
+            let matching = wait_for(&format!("{name} event"), SYNC, || async {
+                let list = events.list(&ListParams::default()).await.unwrap();
+                let found: Vec<K8sEvent> = list
+                    .items
+                    .into_iter()
+                    .filter(|e| {
+                        e.regarding.as_ref().and_then(|r| r.uid.as_deref()) == Some(uid.as_str())
+                            // Another wimsey-operator deployed in the shared cluster may
+                            // report on the same classless resource.
+                            && e.reporting_instance.as_deref() == Some("wimsey-cp-invalid-test")
+                    })
+                    .collect();
+                (!found.is_empty()).then_some(found)
+            })
+            .await;
+            assert_eq!(
+                matching.len(),
+                1,
+                "one event per transition, not per pod or pass: {matching:?}"
+            );
+            assert_eq!(matching[0].reason.as_deref(), Some(reason));
+            assert_eq!(matching[0].type_.as_deref(), Some("Warning"));
+        }
+        // The failing specs render nothing.
+        assert!(controller.store.pod(&pod).is_none());
+        controller.stop().await;
+        delete_all(&applied).await;
+        fixture.cleanup().await;
+    }
+
+    fn class_spec(name: &str, class: &str, namespace_label: &str) -> Value {
+        json!({
+            "apiVersion": "spire.spiffe.io/v1alpha1",
+            "kind": "ClusterSPIFFEID",
+            "metadata": {"name": name},
+            "spec": {
+                "className": class,
+                "spiffeIDTemplate": "spiffe://example.org/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}/{{ .PodMeta.Name }}",
+                "namespaceSelector": {"matchLabels": {"wimsey-cp": namespace_label}},
+                "workloadSelectorTemplates": ["k8s:ns:{{ .PodMeta.Namespace }}"]
+            }
+        })
+    }
+
+    fn entries_of(store: &EntryStore) -> BTreeMap<String, Vec<(String, String)>> {
+        store
+            .all_pods()
+            .iter()
+            .map(|p| {
+                (
+                    p.uid.clone(),
+                    p.entries
+                        .iter()
+                        .map(|e| (e.id.clone(), e.entry.spiffe_id.to_string()))
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_restart_gives_the_same_entries_and_writes_no_status() {
+        let client = client().await;
+        install_crds(&client).await;
+        let class = "wimsey-cp-restart";
+        let mut fixture = Fixture::new(&client, "wimsey-cp-restart-node").await;
+        fixture
+            .namespace("wimsey-cp-restart", json!({"wimsey-cp": "restart"}))
+            .await;
+        let one = fixture.pod("wimsey-cp-restart", "one", json!({})).await;
+        let two = fixture.pod("wimsey-cp-restart", "two", json!({})).await;
+        let spec_api = apply_cr(&client, class_spec("wimsey-cp-restart", class, "restart")).await;
+        let static_api = apply_cr(
+            &client,
+            json!({
+                "apiVersion": "spire.spiffe.io/v1alpha1",
+                "kind": "ClusterStaticEntry",
+                "metadata": {"name": "wimsey-cp-restart"},
+                "spec": {"className": class, "spiffeID": "spiffe://example.org/vm", "parentID": "spiffe://example.org/spire/server", "selectors": ["unix:uid:0"]}
+            }),
+        )
+        .await;
+
+        let a = start(
+            &client,
+            settings("example.org", Some(class)),
+            "wimsey-cp-restart",
+            "wimsey-cp-restart",
+            "a",
+        );
+        wait_ready(&a).await;
+        let (_, spec_object) = wait_for("status from A", SYNC, || async {
+            ready_condition(&spec_api, "wimsey-cp-restart")
+                .await
+                .filter(|(_, o)| o.data["status"]["stats"]["entriesToSet"] == 2)
+        })
+        .await;
+        let (_, static_object) = wait_for("static status from A", SYNC, || {
+            ready_condition(&static_api, "wimsey-cp-restart")
+        })
+        .await;
+        let before = entries_of(&a.store);
+        assert!(
+            before.contains_key(&one) && before.contains_key(&two),
+            "{before:?}"
+        );
+        let statics_before = a.store.static_entries();
+        a.stop().await;
+
+        let b = start(
+            &client,
+            settings("example.org", Some(class)),
+            "wimsey-cp-restart",
+            "wimsey-cp-restart",
+            "b",
+        );
+        wait_ready(&b).await;
+        assert_eq!(
+            entries_of(&b.store),
+            before,
+            "a restart must not churn entry IDs"
+        );
+        assert_eq!(b.store.static_entries(), statics_before);
+        let mut leader = b.leader.clone();
+        tokio::time::timeout(SYNC, leader.wait_for(|l| *l))
+            .await
+            .unwrap()
+            .unwrap();
+        // B computed every status and found nothing to write...
+        let mut statuses = b.statuses.clone();
+        let desired = tokio::time::timeout(SYNC, statuses.wait_for(|s| s.len() == 2))
+            .await
+            .unwrap()
+            .unwrap()
+            .clone();
+        for status in desired.iter() {
+            assert_eq!(
+                status_to_write(
+                    &status.status,
+                    status.observed.as_ref(),
+                    k8s_openapi::jiff::Timestamp::now()
+                ),
+                None,
+                "{status:?}"
+            );
+        }
+        // ...so the resources keep their resourceVersion while B leads.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            let spec_now = spec_api.get("wimsey-cp-restart").await.unwrap();
+            let static_now = static_api.get("wimsey-cp-restart").await.unwrap();
+            assert_eq!(
+                spec_now.metadata.resource_version,
+                spec_object.metadata.resource_version
+            );
+            assert_eq!(
+                static_now.metadata.resource_version,
+                static_object.metadata.resource_version
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        b.stop().await;
+        let _ = Api::<ClusterSPIFFEID>::all(client.clone())
+            .delete("wimsey-cp-restart", &DeleteParams::default())
+            .await;
+        let _ = Api::<ClusterStaticEntry>::all(client.clone())
+            .delete("wimsey-cp-restart", &DeleteParams::default())
+            .await;
+        fixture.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn a_standby_takes_over_within_15_s_when_the_leader_dies() {
+        let client = client().await;
+        install_crds(&client).await;
+        let class = "wimsey-cp-failover";
+        let mut fixture = Fixture::new(&client, "wimsey-cp-failover-node").await;
+        fixture
+            .namespace("wimsey-cp-failover", json!({"wimsey-cp": "failover"}))
+            .await;
+        fixture.pod("wimsey-cp-failover", "one", json!({})).await;
+        let spec_api = apply_cr(&client, class_spec("wimsey-cp-failover", class, "failover")).await;
+
+        let a = start(
+            &client,
+            settings("example.org", Some(class)),
+            "wimsey-cp-failover",
+            "wimsey-cp-failover",
+            "a",
+        );
+        let mut a_leader = a.leader.clone();
+        tokio::time::timeout(SYNC, a_leader.wait_for(|l| *l))
+            .await
+            .unwrap()
+            .unwrap();
+        let b = start(
+            &client,
+            settings("example.org", Some(class)),
+            "wimsey-cp-failover",
+            "wimsey-cp-failover",
+            "b",
+        );
+        wait_ready(&b).await;
+        assert!(!*b.leader.borrow(), "only one leader");
+        let (_, before) = wait_for("status from A", SYNC, || {
+            ready_condition(&spec_api, "wimsey-cp-failover")
+        })
+        .await;
+
+        // The leader dies without releasing the Lease.
+        a.abort();
+        let died = Instant::now();
+        let mut b_leader = b.leader.clone();
+        tokio::time::timeout(Duration::from_secs(15), b_leader.wait_for(|l| *l))
+            .await
+            .expect("the standby leads within 15 s")
+            .unwrap();
+        let took = died.elapsed();
+        println!("failover took {took:?}");
+
+        // B writes status: a spec change shows up with the new generation.
+        let mut changed = class_spec("wimsey-cp-failover", class, "failover");
+        changed["spec"]["hint"] = json!("after-failover");
+        apply_cr(&client, changed).await;
+        let generation = before.metadata.generation.unwrap() + 1;
+        let (ready, _) = wait_for("status from B", SYNC, || async {
+            ready_condition(&spec_api, "wimsey-cp-failover")
+                .await
+                .filter(|(_, o)| o.metadata.generation == Some(generation))
+        })
+        .await;
+        assert_eq!(ready["status"], "True", "{ready}");
+        b.stop().await;
+        let _ = Api::<ClusterSPIFFEID>::all(client.clone())
+            .delete("wimsey-cp-failover", &DeleteParams::default())
+            .await;
+        fixture.cleanup().await;
+    }
 }

@@ -26,6 +26,8 @@ pub struct ResourceMeta {
     pub name: String,
     pub uid: String,
     pub generation: Option<i64>,
+    /// `metadata.resourceVersion`: tells a new write from an old one with the same content.
+    pub resource_version: Option<String>,
 }
 
 /// A ClusterSPIFFEID as watched: its view (or why it has none) and its current status.

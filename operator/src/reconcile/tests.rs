@@ -50,6 +50,7 @@ fn spec(
             name: name.into(),
             uid: format!("uid-{name}"),
             generation: Some(1),
+            resource_version: None,
         },
         class_name: String::new(),
         view: Ok(ClusterSpiffeIdView {
@@ -354,6 +355,7 @@ fn static_entries_oldest_wins() {
             name: name.into(),
             uid: format!("uid-{name}"),
             generation: Some(1),
+            resource_version: None,
         },
         view: StaticEntryView {
             name: name.into(),

@@ -86,6 +86,7 @@ fn meta_of<K: Resource>(resource: &K) -> ResourceMeta {
         name: meta.name.clone().unwrap_or_default(),
         uid: meta.uid.clone().unwrap_or_default(),
         generation: meta.generation,
+        resource_version: meta.resource_version.clone(),
     }
 }
 
