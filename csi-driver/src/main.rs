@@ -10,12 +10,16 @@ use clap::{Parser, ValueEnum};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
+use wimsey_core::TrustDomain;
 use wimsey_csi::csi::no_identity::NoIdentitySource;
 use wimsey_csi::csi::{
     DRIVER_NAME, ManagerConfig, RegistrationService, VolumeManager, registration_socket, serve_csi,
     serve_registration,
 };
 use wimsey_csi::identity_source::IdentitySource;
+use wimsey_csi::node_client::{
+    DEFAULT_BUNDLE_PATH, DEFAULT_TOKEN_PATH, NodeClient, NodeClientConfig,
+};
 use wimsey_csi::workload_api::bind_unix_socket;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -56,6 +60,19 @@ struct Args {
     files_tmpfs_size: String,
     #[arg(long, env = "WIMSEY_LOG_FORMAT", value_enum, default_value = "plain")]
     log_format: LogFormat,
+    /// The operator's node API, `host:port` or `https://host:port`. Without it the
+    /// plugin issues no identities and only `spire-agent` volumes are useful.
+    #[arg(long, env = "WIMSEY_NODE_API_ADDR")]
+    node_api_addr: Option<String>,
+    /// The trust domain (required with --node-api-addr).
+    #[arg(long, env = "WIMSEY_TRUST_DOMAIN")]
+    trust_domain: Option<String>,
+    /// The plugin's projected service-account token for audience `wimsey-node`.
+    #[arg(long, env = "WIMSEY_NODE_TOKEN_PATH", default_value = DEFAULT_TOKEN_PATH)]
+    node_token_path: PathBuf,
+    /// PEM trust bundle to verify the node API's certificate with.
+    #[arg(long, env = "WIMSEY_BUNDLE_PATH", default_value = DEFAULT_BUNDLE_PATH)]
+    bundle_path: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -93,10 +110,24 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    warn!(
-        "no node API configured: workload-api and files volumes get no identity; spire-agent volumes work"
-    );
-    run_with_source(Arc::new(NoIdentitySource::default()), args).await
+    let Some(addr) = args.node_api_addr.clone() else {
+        warn!(
+            "no --node-api-addr: workload-api and files volumes get no identity; spire-agent volumes work"
+        );
+        return run_with_source(Arc::new(NoIdentitySource::default()), args).await;
+    };
+    let trust_domain = args
+        .trust_domain
+        .as_deref()
+        .context("--trust-domain (WIMSEY_TRUST_DOMAIN) is required with --node-api-addr")?;
+    let trust_domain = TrustDomain::new(trust_domain).context("--trust-domain")?;
+    let mut config = NodeClientConfig::new(&addr, args.node_id.clone(), trust_domain)
+        .context("node API client configuration")?;
+    config.token_path = args.node_token_path.clone();
+    config.bundle_path = args.bundle_path.clone();
+    let client = NodeClient::new(config).context("starting the node API client")?;
+    info!(node_api = %addr, "identities from the operator's node API");
+    run_with_source(Arc::new(client), args).await
 }
 
 async fn run_with_source<S: IdentitySource>(source: Arc<S>, args: Args) -> anyhow::Result<()> {

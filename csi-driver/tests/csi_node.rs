@@ -690,3 +690,37 @@ async fn registration_get_info_names_the_driver_and_endpoint() {
     shutdown.cancel();
     task.await.expect("join").expect("server");
 }
+
+/// Publishing never waits on the identity source: even a debug build on a busy test machine stays
+/// well under the release targets' order of magnitude (p99 < 5 ms workload-api, < 20 ms files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_latency_stays_local() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let plugin = Plugin::start(TestSource::new(), dir.path(), None).await;
+    let mut node = plugin.node().await;
+    for mode in ["workload-api", "files"] {
+        let mut samples = Vec::new();
+        for i in 0..50 {
+            let target = dir.path().join(format!("lat-{mode}-{i}"));
+            let mut request = publish_request(
+                &format!("lat-{mode}-{i}"),
+                &target,
+                &format!("uid-lat-{mode}-{i}"),
+                &[("mode", mode)],
+            );
+            request.readonly = true;
+            let start = Instant::now();
+            node.node_publish_volume(request).await.expect("publish");
+            samples.push(start.elapsed());
+            node.node_unpublish_volume(unpublish_request(&format!("lat-{mode}-{i}"), &target))
+                .await
+                .expect("unpublish");
+        }
+        samples.sort();
+        let p50 = samples[samples.len() / 2];
+        let p99 = samples[samples.len() * 99 / 100];
+        println!("NodePublishVolume {mode}: p50 {p50:?} p99 {p99:?} (debug build, 50 samples)");
+        assert!(p99 < Duration::from_millis(100), "{mode} p99 {p99:?}");
+    }
+    plugin.stop().await;
+}

@@ -186,15 +186,22 @@ impl<S: IdentitySource> VolumeManager<S> {
         if let Some(active) = &active {
             active.stop.cancel();
         }
+        // The files writer must be done with the tmpfs before it can be unmounted.
+        let active = match active {
+            Some(mut active) => {
+                if let Some(task) = active.task.take() {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                }
+                Some(active)
+            }
+            None => None,
+        };
         self.teardown(volume_id, target)?;
         if let Some(active) = active {
             if let Some(pod) = &active.record.pod
                 && !pod_in_use(&volumes, &pod.uid)
             {
                 self.source.detach(&pod.uid);
-            }
-            if let Some(task) = active.task {
-                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
             }
             info!(volume_id, target = %target.display(), "unpublished");
         }
@@ -374,9 +381,11 @@ async fn run_files_writer<P: PodIdentity>(
             IdentitySnapshot::NoIdentity => {
                 write_atomically(&target, &[], config.fs_group).map(|()| None)
             }
-            IdentitySnapshot::Issued(identities) => {
-                write_issued(&pod, &target, &config, identities).await
-            }
+            IdentitySnapshot::Issued(identities) => tokio::select! {
+                // Minting JWT-SVIDs may wait on the network; unpublish must not.
+                () = stop.cancelled() => return,
+                written = write_issued(&pod, &target, &config, identities) => written,
+            },
         };
         let wake_after = match result {
             Ok(refresh) => {

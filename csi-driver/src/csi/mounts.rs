@@ -96,6 +96,11 @@ pub fn unmount_all(target: &Path) -> Result<(), CsiError> {
         }
         match umount2(target, MntFlags::empty()) {
             Ok(()) | Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => {}
+            // Something on the host still has a file open: detach now, the kernel frees the
+            // mount when the last user goes, and the pod is gone already.
+            Err(nix::errno::Errno::EBUSY) => {
+                umount2(target, MntFlags::MNT_DETACH).map_err(CsiError::mount("detach", target))?
+            }
             Err(e) => return Err(CsiError::mount("unmount", target)(e)),
         }
     }

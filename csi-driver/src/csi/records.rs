@@ -86,7 +86,7 @@ impl RecordStore {
         self.dir.join(format!("{volume_id}.json"))
     }
 
-    /// Writes the record: a temp file, fsync, rename over the old one.
+    /// Writes the record: a temp file renamed over the old one.
     pub fn write(&self, record: &VolumeRecord) -> Result<(), CsiError> {
         let path = self.path(&record.volume_id);
         let json = serde_json::to_vec_pretty(record).map_err(|source| CsiError::Record {
@@ -101,8 +101,10 @@ impl RecordStore {
             .mode(0o600)
             .open(&staged)
             .map_err(CsiError::io("create", &staged))?;
+        // No fsync: records must survive a plugin restart, not a node crash (which takes the
+        // mounts with it, and kubelet publishes again after a reboot); fsync would cost the
+        // publish path milliseconds.
         file.write_all(&json)
-            .and_then(|()| file.sync_all())
             .map_err(CsiError::io("write", &staged))?;
         fs::rename(&staged, &path).map_err(CsiError::io("rename into", &path))
     }
