@@ -230,11 +230,15 @@ struct Server {
 }
 
 async fn start_server(fixture: &Fixture, store: &EntryStore) -> Server {
+    start_server_with(fixture, store, fixture.authority_args()).await
+}
+
+async fn start_server_with(fixture: &Fixture, store: &EntryStore, args: AuthorityArgs) -> Server {
     let shutdown = CancellationToken::new();
     let authority = SigningAuthority::start(
         fixture.client.clone(),
         trust_domain(),
-        fixture.authority_args(),
+        args,
         shutdown.clone(),
     )
     .await
@@ -817,5 +821,79 @@ async fn replicas_rotate_keys_together_through_the_secret() {
     .await
     .expect("the bundle ConfigMap shows the rotated CA");
     shutdown.cancel();
+    fixture.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_client_renews_at_half_life_and_reattests_when_the_node_svid_ends() {
+    let mut fixture = Fixture::new("renew").await;
+    let ns = fixture.namespace.clone();
+    let node = fixture.node("a").await;
+    fixture.service_account("wimsey-csi").await;
+    fixture.service_account("app").await;
+    let csi = fixture.pod("csi", "wimsey-csi", &node).await;
+    let app = fixture.pod("app", "app", &node).await;
+    let store = EntryStore::new();
+    let app_id = format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/app");
+    let mut short = entry(&app_id, &[]);
+    short.entry.x509_svid_ttl = Duration::from_secs(4);
+    store.set_pod(
+        &app,
+        Some(record(&app, &ns, "app", "app", &node, vec![short])),
+    );
+    let args = AuthorityArgs {
+        node_svid_ttl: Duration::from_secs(4),
+        ..fixture.authority_args()
+    };
+    let server = start_server_with(&fixture, &store, args).await;
+    let csi_token = fixture
+        .token("wimsey-csi", "wimsey-node", "csi", &csi)
+        .await;
+    let (source, _t) = plugin(&server, &node, &csi_token);
+    let pod_token = fixture.token("app", "wimsey", "app", &app).await;
+    let handle = source.attach(PodInfo {
+        uid: app.clone(),
+        namespace: ns.clone(),
+        name: "app".into(),
+        service_account: "app".into(),
+        token: Some(Zeroizing::new(pod_token)),
+    });
+    let mut snapshots = handle.current();
+    let leaf = |s: &IdentitySnapshot| match s {
+        IdentitySnapshot::Issued(issued) => Some(issued.x509_svids[0].chain[0].clone()),
+        _ => None,
+    };
+    let first = wait_for(&mut snapshots, "the first SVID", |s| leaf(s).is_some()).await;
+    let first_leaf = leaf(&first).unwrap();
+    let started = std::time::Instant::now();
+    // Renewed at half of its 4 s life.
+    let second = wait_for(&mut snapshots, "a renewed SVID", |s| {
+        leaf(s).is_some_and(|l| l != first_leaf)
+    })
+    .await;
+    let second_leaf = leaf(&second).unwrap();
+    // Past the first node SVID's end the server refuses its connection; SVIDs keep coming only
+    // because the client attested again.
+    let after_node_expiry = wait_for(
+        &mut snapshots,
+        "an SVID issued after the node SVID ended",
+        |s| {
+            started.elapsed() > Duration::from_secs(5)
+                && leaf(s).is_some_and(|l| l != first_leaf && l != second_leaf)
+        },
+    )
+    .await;
+    let IdentitySnapshot::Issued(issued) = after_node_expiry.as_ref() else {
+        unreachable!()
+    };
+    let roots = &issued.bundle.x509_authorities;
+    verify_svid(
+        &issued.x509_svids[0].chain,
+        |td| (*td == trust_domain()).then_some(roots.as_slice()),
+        SystemTime::now(),
+    )
+    .unwrap();
+    source.detach(&app);
+    server.shutdown.cancel();
     fixture.cleanup().await;
 }

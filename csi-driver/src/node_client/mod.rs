@@ -290,11 +290,6 @@ impl NodeClient {
         }
         Ok(parsed)
     }
-
-    /// Forgets the node SVID so the next call re-attests (after the server refused it).
-    pub(crate) async fn reset_session(&self) {
-        *self.inner.session.lock().await = None;
-    }
 }
 
 /// Our bundle and the federated ones, parsed.

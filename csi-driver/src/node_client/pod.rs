@@ -237,6 +237,12 @@ async fn watch_round(shared: &Shared, attempt: &mut u32) -> RoundEnd {
                     shared.publish(IdentitySnapshot::NoIdentity);
                     return RoundEnd::Retry;
                 }
+                // The connection's node SVID ended: reconnect (attesting again) at once.
+                Err(NodeClientError::Status(status))
+                    if status.code() == tonic::Code::Unauthenticated =>
+                {
+                    return RoundEnd::Retry;
+                }
                 Err(error) => {
                     tracing::warn!(%error, label = error.label(), pod = %shared.uid, "renewing SVIDs");
                     renew = Some(
@@ -250,11 +256,10 @@ async fn watch_round(shared: &Shared, attempt: &mut u32) -> RoundEnd {
 }
 
 async fn on_status(shared: &Shared, status: tonic::Status) -> RoundEnd {
-    match status.code() {
-        tonic::Code::PermissionDenied => shared.publish(IdentitySnapshot::NoIdentity),
-        // The node SVID was refused or expired: attest again.
-        tonic::Code::Unauthenticated => shared.client.reset_session().await,
-        _ => {}
+    // Unauthenticated needs nothing special: an expired node SVID is past its renewal time, so
+    // the next round attests again; an expired pod token is replaced by kubelet's republish.
+    if status.code() == tonic::Code::PermissionDenied {
+        shared.publish(IdentitySnapshot::NoIdentity);
     }
     tracing::debug!(code = ?status.code(), message = status.message(), pod = %shared.uid, "pod watch ended");
     RoundEnd::Retry

@@ -408,8 +408,12 @@ impl Node for NodeApi {
         let state = self.state.clone();
         let node = state.caller_node(&request)?;
         let request = request.into_inner();
-        let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
-        let uid = pod.record.uid.clone();
+        let pod_ref = request.pod.ok_or(NodeApiError::InvalidArgument("pod"))?;
+        let mut valid_until = state
+            .authorize_pod(&node, Some(&pod_ref))
+            .await?
+            .valid_until;
+        let uid = pod_ref.pod_uid.clone();
         let mut store_changes = state.store.subscribe();
         let mut material_changes = state.authority.subscribe();
         let mut federated_changes = state.federated.clone();
@@ -440,17 +444,26 @@ impl Node for NodeApi {
                     }
                     last = Some(update);
                 }
-                let expiry = pod
-                    .valid_until
+                let expiry = valid_until
                     .duration_since(SystemTime::now())
                     .unwrap_or_default();
                 tokio::select! {
                     () = updates.closed() => return,
                     () = tokio::time::sleep(expiry) => {
-                        let _ = updates
-                            .send(Err(NodeApiError::Unauthenticated("the pod token or node SVID expired; reconnect").into()))
-                            .await;
-                        return;
+                        // The node SVID ended (the client re-attests and reconnects), or the
+                        // cached token verdict did: review the pod token again.
+                        let renewed = if SystemTime::now() >= node.valid_until {
+                            Err(NodeApiError::Unauthenticated("the node SVID of this connection has expired"))
+                        } else {
+                            state.authorize_pod(&node, Some(&pod_ref)).await
+                        };
+                        match renewed {
+                            Ok(pod) => valid_until = pod.valid_until,
+                            Err(error) => {
+                                let _ = updates.send(Err(error.into())).await;
+                                return;
+                            }
+                        }
                     }
                     changed = store_changes.changed() => if changed.is_err() { return },
                     changed = material_changes.changed() => if changed.is_err() { return },
