@@ -469,7 +469,9 @@ async fn files_volume_holds_matching_svid_and_key_and_swaps_atomically() {
         ],
     );
     request.readonly = false;
-    node.node_publish_volume(request).await.expect("publish");
+    node.node_publish_volume(request.clone())
+        .await
+        .expect("publish");
     assert!(is_mount_point(&target).expect("mountinfo"));
 
     let svid_path = target.join("svid.pem");
@@ -540,6 +542,18 @@ async fn files_volume_holds_matching_svid_and_key_and_swaps_atomically() {
             })
             .count();
         (generations == 1).then_some(())
+    })
+    .await;
+
+    // Republish after the mount vanished: a fresh tmpfs, filled at once.
+    nix::mount::umount2(&target, nix::mount::MntFlags::MNT_DETACH).expect("unmount by hand");
+    assert!(!is_mount_point(&target).expect("mountinfo"));
+    node.node_publish_volume(request.clone())
+        .await
+        .expect("republish remounts");
+    assert!(is_mount_point(&target).expect("mountinfo"));
+    eventually("files rewritten into the new tmpfs", || {
+        std::fs::read_to_string(&svid_path).ok()
     })
     .await;
 

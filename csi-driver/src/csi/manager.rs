@@ -154,7 +154,16 @@ impl<S: IdentitySource> VolumeManager<S> {
                 drop(self.source.attach(pod));
             }
             if !mounts::is_mount_point(&spec.target)? {
-                self.mount(&spec)?;
+                // The mount went away under us (e.g. unmounted by hand): set the volume up
+                // again, so a fresh tmpfs is filled at once rather than at the next rotation.
+                if let Some(mut stale) = volumes.remove(&spec.volume_id) {
+                    stale.stop.cancel();
+                    if let Some(task) = stale.task.take() {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+                    }
+                }
+                let active = self.activate(&spec)?;
+                volumes.insert(spec.volume_id.clone(), active);
             }
             return Ok(());
         }
