@@ -738,3 +738,90 @@ async fn publish_latency_stays_local() {
     }
     plugin.stop().await;
 }
+
+/// One gRPC call the way kubelet's registration client makes it: raw HTTP/2 whose `:authority`
+/// is the socket path. Returns the response message, or the RST_STREAM error code.
+async fn call_with_path_authority(socket: &Path, path: &str) -> Result<Vec<u8>, u32> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = UnixStream::connect(socket).await.expect("connect");
+    let head = |len: usize, kind: u8, flags: u8, id: u32| {
+        let l = u32::try_from(len).expect("len").to_be_bytes();
+        let i = id.to_be_bytes();
+        vec![l[1], l[2], l[3], kind, flags, i[0], i[1], i[2], i[3]]
+    };
+    let authority = socket.display().to_string();
+    let block = fluke_hpack::Encoder::new().encode([
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
+        (b":path", path.as_bytes()),
+        (b":authority", authority.as_bytes()),
+        (b"content-type", b"application/grpc"),
+        (b"te", b"trailers"),
+    ]);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(head(0, 4, 0, 0));
+    out.extend(head(block.len(), 1, 0x4, 1));
+    out.extend(&block);
+    out.extend(head(5, 0, 0x1, 1));
+    out.extend([0, 0, 0, 0, 0]);
+    stream.write_all(&out).await.expect("write");
+    let read = async {
+        loop {
+            let mut h = [0u8; 9];
+            stream.read_exact(&mut h).await.expect("frame head");
+            let len = usize::from(h[0]) << 16 | usize::from(h[1]) << 8 | usize::from(h[2]);
+            let mut payload = vec![0u8; len];
+            stream
+                .read_exact(&mut payload)
+                .await
+                .expect("frame payload");
+            match h[3] {
+                // DATA: one gRPC message (5-byte prefix).
+                0 if payload.len() >= 5 => return Ok(payload[5..].to_vec()),
+                3 => {
+                    return Err(u32::from_be_bytes(payload[..4].try_into().expect("code")));
+                }
+                4 if h[4] & 1 == 0 => {
+                    stream
+                        .write_all(&head(0, 4, 1, 0))
+                        .await
+                        .expect("settings ack");
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("answer within 10s")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_style_path_authority_is_accepted_by_the_registration_socket() {
+    use prost::Message;
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A plain tonic server (our CSI socket) resets such a stream: PROTOCOL_ERROR (1).
+    let plugin = Plugin::start(TestSource::new(), dir.path(), None).await;
+    assert_eq!(
+        call_with_path_authority(&plugin.socket, "/csi.v1.Identity/GetPluginInfo").await,
+        Err(1)
+    );
+    plugin.stop().await;
+
+    let path = registration_socket(dir.path());
+    let listener = bind_unix_socket(&path, 0o600).expect("bind");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(serve_registration(
+        listener,
+        RegistrationService::new("/plugin/csi.sock".into(), CancellationToken::new()),
+        shutdown.clone(),
+    ));
+    let reply = call_with_path_authority(&path, "/pluginregistration.Registration/GetInfo")
+        .await
+        .expect("GetInfo answered");
+    let info = reg::PluginInfo::decode(reply.as_slice()).expect("PluginInfo");
+    assert_eq!(info.name, "csi.wimsey.dev");
+    assert_eq!(info.endpoint, "/plugin/csi.sock");
+    shutdown.cancel();
+    task.await.expect("join").expect("server");
+}

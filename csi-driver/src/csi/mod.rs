@@ -7,9 +7,11 @@
 //! - [`records`]: per-volume JSON records so a restarted plugin serves every volume again.
 //! - [`mounts`]: bind/tmpfs mounts and mount-point detection.
 //! - [`services`]: the tonic Identity and Node services; [`serve_csi`] runs them on a socket.
-//! - [`registration`]: `pluginregistration.Registration` for kubelet.
+//! - [`registration`]: `pluginregistration.Registration` for kubelet, behind [`authority`]'s
+//!   rewrite of the socket-path `:authority` kubelet sends.
 //! - [`no_identity`]: the source used when no node API is configured (spire-agent-only nodes).
 
+pub mod authority;
 pub mod error;
 pub mod files;
 pub mod manager;
