@@ -174,13 +174,7 @@ impl std::fmt::Debug for NodeClient {
 impl NodeClient {
     /// Reads the bootstrap bundle. Must be called inside a tokio runtime; pod tasks run there.
     pub fn new(config: NodeClientConfig) -> Result<Self, NodeClientError> {
-        let pem = std::fs::read_to_string(&config.bundle_path).map_err(|source| {
-            NodeClientError::Read {
-                path: config.bundle_path.display().to_string(),
-                source,
-            }
-        })?;
-        let roots = parse_x509_authorities_pem(&pem)?;
+        let roots = read_bundle_file(&config)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -221,6 +215,7 @@ impl NodeClient {
             }
         })?;
         let token = Zeroizing::new(token.trim().to_owned());
+        self.merge_bundle_file();
         let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)?;
         // The server takes only the key from the CSR; the ID here just describes the request.
         let placeholder = config
@@ -265,6 +260,22 @@ impl NodeClient {
             renew_at: schedule::renew_at(issued_at, expires_at),
             channel,
         })
+    }
+
+    /// Adds the roots of the (kubelet-refreshed) bundle file to those learned from the operator,
+    /// so a plugin that missed a CA rotation while disconnected can still reach the operator.
+    fn merge_bundle_file(&self) {
+        match read_bundle_file(&self.inner.config) {
+            Ok(from_file) => {
+                let mut roots = self.inner.roots.write().unwrap_or_else(|e| e.into_inner());
+                for root in from_file {
+                    if !roots.contains(&root) {
+                        roots.push(root);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "re-reading the bundle file"),
+        }
     }
 
     /// A client over TLS that authenticates the server only: enough for Attest, refused for
@@ -323,6 +334,15 @@ fn parse_bundles(
         federated.insert(td, parsed);
     }
     Ok(ParsedBundles { own, federated })
+}
+
+fn read_bundle_file(config: &NodeClientConfig) -> Result<Vec<Vec<u8>>, NodeClientError> {
+    let pem =
+        std::fs::read_to_string(&config.bundle_path).map_err(|source| NodeClientError::Read {
+            path: config.bundle_path.display().to_string(),
+            source,
+        })?;
+    Ok(parse_x509_authorities_pem(&pem)?)
 }
 
 fn unix_time(seconds: i64) -> SystemTime {

@@ -21,7 +21,9 @@ use wimsey_proto::wimsey::node::v1::{
     SignX509SvidsResponse, TrustBundle, WatchPodRequest, X509Svid,
 };
 
-use super::verdict::{PluginPod, check_node_attestation, check_pod_token, node_id};
+use super::verdict::{
+    PluginPod, check_node_attestation, check_plugin_account, check_pod_token, node_id,
+};
 use super::{NodeApi, NodeApiError, NodeIdentity, State};
 use crate::authority::SigningMaterial;
 use crate::store::PodRecord;
@@ -224,6 +226,12 @@ impl Node for NodeApi {
         let (review, _) = state
             .review(&request.token, &state.args.node_token_audience)
             .await?;
+        // Refused before looking any pod up: only the plugin's own pods are worth a GET.
+        check_plugin_account(
+            &review,
+            &state.authority.args().authority_namespace,
+            &state.args.csi_service_account,
+        )?;
         let pod = state
             .plugin_pods
             .get_opt(&review.pod_name)

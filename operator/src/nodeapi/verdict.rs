@@ -111,6 +111,22 @@ pub struct PluginPod {
     pub node_name: String,
 }
 
+/// Only the CSI plugin's service account in the operator's namespace may attest nodes.
+pub fn check_plugin_account(
+    review: &ReviewedToken,
+    expected_namespace: &str,
+    expected_service_account: &str,
+) -> Result<(), NodeApiError> {
+    if review.namespace != expected_namespace || review.service_account != expected_service_account
+    {
+        return Err(NodeApiError::PermissionDenied(format!(
+            "service account {}/{} may not attest nodes",
+            review.namespace, review.service_account
+        )));
+    }
+    Ok(())
+}
+
 /// Node attestation: the token is the CSI plugin's service account in the operator's namespace,
 /// its pod exists with that UID and service account, and runs on the claimed node.
 pub fn check_node_attestation(
@@ -120,13 +136,7 @@ pub fn check_node_attestation(
     expected_service_account: &str,
     claimed_node: &str,
 ) -> Result<(), NodeApiError> {
-    if review.namespace != expected_namespace || review.service_account != expected_service_account
-    {
-        return Err(NodeApiError::PermissionDenied(format!(
-            "service account {}/{} may not attest nodes",
-            review.namespace, review.service_account
-        )));
-    }
+    check_plugin_account(review, expected_namespace, expected_service_account)?;
     let pod = pod.ok_or_else(|| {
         NodeApiError::PermissionDenied(format!(
             "the token's pod {} does not exist",
