@@ -741,7 +741,11 @@ async fn publish_latency_stays_local() {
 
 /// One gRPC call the way kubelet's registration client makes it: raw HTTP/2 whose `:authority`
 /// is the socket path. Returns the response message, or the RST_STREAM error code.
-async fn call_with_path_authority(socket: &Path, path: &str) -> Result<Vec<u8>, u32> {
+async fn call_with_path_authority(
+    socket: &Path,
+    path: &str,
+    extra_headers: &[(&str, &str)],
+) -> Result<Vec<u8>, u32> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = UnixStream::connect(socket).await.expect("connect");
     let head = |len: usize, kind: u8, flags: u8, id: u32| {
@@ -750,14 +754,20 @@ async fn call_with_path_authority(socket: &Path, path: &str) -> Result<Vec<u8>, 
         vec![l[1], l[2], l[3], kind, flags, i[0], i[1], i[2], i[3]]
     };
     let authority = socket.display().to_string();
-    let block = fluke_hpack::Encoder::new().encode([
-        (&b":method"[..], &b"POST"[..]),
+    let mut headers: Vec<(&[u8], &[u8])> = vec![
+        (b":method", b"POST"),
         (b":scheme", b"http"),
         (b":path", path.as_bytes()),
         (b":authority", authority.as_bytes()),
         (b"content-type", b"application/grpc"),
         (b"te", b"trailers"),
-    ]);
+    ];
+    headers.extend(
+        extra_headers
+            .iter()
+            .map(|(n, v)| (n.as_bytes(), v.as_bytes())),
+    );
+    let block = fluke_hpack::Encoder::new().encode(headers);
     let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     out.extend(head(0, 4, 0, 0));
     out.extend(head(block.len(), 1, 0x4, 1));
@@ -797,17 +807,38 @@ async fn call_with_path_authority(socket: &Path, path: &str) -> Result<Vec<u8>, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubelet_style_path_authority_is_accepted_by_the_registration_socket() {
+async fn path_authority_is_accepted_on_every_socket() {
     use prost::Message;
     let dir = tempfile::tempdir().expect("tempdir");
-    // A plain tonic server (our CSI socket) resets such a stream: PROTOCOL_ERROR (1).
     let plugin = Plugin::start(TestSource::new(), dir.path(), None).await;
-    assert_eq!(
-        call_with_path_authority(&plugin.socket, "/csi.v1.Identity/GetPluginInfo").await,
-        Err(1)
-    );
+    // CSI socket (csc-style clients).
+    let reply = call_with_path_authority(&plugin.socket, "/csi.v1.Identity/GetPluginInfo", &[])
+        .await
+        .expect("GetPluginInfo answered");
+    let info = csi::GetPluginInfoResponse::decode(reply.as_slice()).expect("decode");
+    assert_eq!(info.name, "csi.wimsey.dev");
+
+    // A pod's Workload API socket (gRPC C-core clients such as py-spiffe).
+    let target = dir.path().join("wl");
+    let mut node = plugin.node().await;
+    node.node_publish_volume(publish_request("vol-auth", &target, "uid-auth", &[]))
+        .await
+        .expect("publish");
+    let reply = call_with_path_authority(
+        &target.join(SOCKET_NAME),
+        "/SpiffeWorkloadAPI/FetchX509SVID",
+        &[("workload.spiffe.io", "true")],
+    )
+    .await
+    .expect("FetchX509SVID answered");
+    let svids = wimsey_proto::workload::X509svidResponse::decode(reply.as_slice()).expect("decode");
+    assert_eq!(svids.svids[0].spiffe_id, WEB_ID);
+    node.node_unpublish_volume(unpublish_request("vol-auth", &target))
+        .await
+        .expect("unpublish");
     plugin.stop().await;
 
+    // The registration socket (kubelet's registration client).
     let path = registration_socket(dir.path());
     let listener = bind_unix_socket(&path, 0o600).expect("bind");
     let shutdown = CancellationToken::new();
@@ -816,7 +847,7 @@ async fn kubelet_style_path_authority_is_accepted_by_the_registration_socket() {
         RegistrationService::new("/plugin/csi.sock".into(), CancellationToken::new()),
         shutdown.clone(),
     ));
-    let reply = call_with_path_authority(&path, "/pluginregistration.Registration/GetInfo")
+    let reply = call_with_path_authority(&path, "/pluginregistration.Registration/GetInfo", &[])
         .await
         .expect("GetInfo answered");
     let info = reg::PluginInfo::decode(reply.as_slice()).expect("PluginInfo");

@@ -1,16 +1,81 @@
-//! A front for a local gRPC server that rewrites each request's `:authority` to `localhost`.
+//! A front for our Unix-socket gRPC servers that rewrites each request's `:authority` to
+//! `localhost`.
 //!
-//! kubelet's plugin-registration client dials the socket path without a `unix://` scheme, so
-//! grpc-go sends the path (`/var/lib/kubelet/plugins_registry/...`) as `:authority`. The h2
-//! server under tonic rejects that as a malformed authority (RST_STREAM PROTOCOL_ERROR), and
-//! kubelet never registers the plugin (kubernetes#112597 fixed only the CSI client side).
-//! This front re-encodes the client's header blocks with a valid authority and passes every other
-//! frame through untouched; responses are copied back verbatim.
+//! Several real clients send something that is not a valid URI authority over a Unix socket:
+//! kubelet's plugin-registration client sends the socket path (grpc-go dialled without a
+//! `unix://` scheme; kubernetes#112597 fixed only kubelet's CSI client), gRPC C-core (Python,
+//! hence py-spiffe) sends the percent-encoded path. The h2 server under tonic rejects both with
+//! RST_STREAM PROTOCOL_ERROR, so kubelet would never register the plugin and py-spiffe could not
+//! fetch an SVID. This front re-encodes the client's header blocks with a valid authority and
+//! passes every other frame through untouched; responses are copied back verbatim.
 
 use std::io;
 
 use fluke_hpack::{Decoder, Encoder};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Buffer of the in-memory pipe between the front and the tonic server.
+const PIPE_BUFFER: usize = 64 * 1024;
+
+/// Accepts connections on `listener` until `shutdown` and hands tonic one in-memory stream per
+/// connection, fed through the authority rewrite. Use as
+/// `serve_with_incoming_shutdown(local_authority_incoming(listener, token), ...)`.
+pub fn local_authority_incoming(
+    listener: UnixListener,
+    shutdown: CancellationToken,
+) -> ReceiverStream<io::Result<DuplexStream>> {
+    let (connections, incoming) = mpsc::channel(8);
+    tokio::spawn(async move {
+        loop {
+            let client = tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = connections.closed() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok((client, _)) => client,
+                    Err(e) => {
+                        warn!(error = %e, "accepting a connection");
+                        continue;
+                    }
+                },
+            };
+            let (front, server_side) = tokio::io::duplex(PIPE_BUFFER);
+            if connections.send(Ok(server_side)).await.is_err() {
+                return;
+            }
+            tokio::spawn(relay(client, front));
+        }
+    });
+    ReceiverStream::new(incoming)
+}
+
+/// Client frames go through the rewrite; responses are copied back as they are. When the server
+/// closes, the client sees EOF at once.
+async fn relay(client: UnixStream, server: DuplexStream) {
+    let (client_read, mut client_write) = client.into_split();
+    let (mut server_read, server_write) = tokio::io::split(server);
+    let requests = rewrite_client_frames(client_read, server_write);
+    let responses = async move {
+        let copied = tokio::io::copy(&mut server_read, &mut client_write).await;
+        let _ = client_write.shutdown().await;
+        copied
+    };
+    tokio::pin!(requests, responses);
+    tokio::select! {
+        requests_ended = &mut requests => match requests_ended {
+            // The client hung up; let the server finish what it is sending.
+            Ok(()) => {
+                let _ = responses.await;
+            }
+            Err(e) => debug!(error = %e, "dropping a connection with malformed HTTP/2"),
+        },
+        _ = &mut responses => {}
+    }
+}
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const FRAME_HEADERS: u8 = 0x1;

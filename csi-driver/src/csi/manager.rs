@@ -19,13 +19,14 @@ use tracing::{info, warn};
 use wimsey_core::jose::jws::CompactJws;
 use zeroize::Zeroizing;
 
+use super::authority::local_authority_incoming;
 use super::error::CsiError;
 use super::files::{render_files, write_atomically};
 use super::mounts;
 use super::records::{RecordStore, VolumeRecord};
 use super::request::{FilesConfig, PublishSpec, VolumeMode};
 use crate::identity_source::IdentitySource;
-use crate::workload_api::{IdentitySnapshot, PodIdentity, bind_unix_socket, serve_workload_api};
+use crate::workload_api::{IdentitySnapshot, PodIdentity, WorkloadApiService, bind_unix_socket};
 
 /// The socket's name inside the per-volume directory (`SPIFFE_ENDPOINT_SOCKET=unix:///<mount>/socket`).
 pub const SOCKET_NAME: &str = "socket";
@@ -284,8 +285,18 @@ impl<S: IdentitySource> VolumeManager<S> {
                 let volume_id = spec.volume_id.clone();
                 let stop = stop.clone();
                 Some(tokio::spawn(async move {
-                    if let Err(error) = serve_workload_api(listener, pod, stop).await {
-                        warn!(volume_id, error = %error, label = error.label(), "Workload API server ended");
+                    // Behind the authority front: gRPC C-core clients (py-spiffe) send the
+                    // socket path as :authority, which tonic alone rejects.
+                    let service = WorkloadApiService::new(pod, stop.clone());
+                    let served = tonic::transport::Server::builder()
+                        .add_service(service.into_server())
+                        .serve_with_incoming_shutdown(
+                            local_authority_incoming(listener, stop.clone()),
+                            stop.cancelled_owned(),
+                        )
+                        .await;
+                    if let Err(error) = served {
+                        warn!(volume_id, error = %error, "Workload API server ended");
                     }
                 }))
             }

@@ -25,7 +25,6 @@ pub mod services;
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use error::CsiError;
@@ -36,7 +35,8 @@ pub use services::{DRIVER_NAME, IdentityService, NodeService};
 
 use crate::identity_source::IdentitySource;
 
-/// Serves CSI Identity and Node on `listener` until `shutdown`.
+/// Serves CSI Identity and Node on `listener` until `shutdown` (behind the authority front, so
+/// clients such as csc that send the socket path as `:authority` work too).
 pub async fn serve_csi<S: IdentitySource>(
     listener: UnixListener,
     manager: Arc<VolumeManager<S>>,
@@ -47,7 +47,7 @@ pub async fn serve_csi<S: IdentitySource>(
         .add_service(IdentityService.into_server())
         .add_service(NodeService::new(manager, node_id).into_server())
         .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener),
+            authority::local_authority_incoming(listener, shutdown.clone()),
             shutdown.cancelled_owned(),
         )
         .await

@@ -3,19 +3,14 @@
 
 use std::path::{Path, PathBuf};
 
-use std::io;
-
-use tokio::io::DuplexStream;
-use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::{error, info, warn};
+use tracing::{error, info};
 use wimsey_proto::pluginregistration as pb;
 use wimsey_proto::pluginregistration::registration_server::{Registration, RegistrationServer};
 
-use super::authority::rewrite_client_frames;
+use super::authority::local_authority_incoming;
 use super::services::DRIVER_NAME;
 
 /// The plugin type kubelet's plugin watcher routes to its CSI handler.
@@ -74,51 +69,18 @@ impl Registration for RegistrationService {
     }
 }
 
-/// Serves the registration service on `listener` until `shutdown`. Each connection goes through
-/// the [`authority`](super::authority) front, so kubelet's socket-path `:authority` is accepted.
+/// Serves the registration service on `listener` until `shutdown`, behind the
+/// [`authority`](super::authority) front (kubelet sends the socket path as `:authority`).
 pub async fn serve_registration(
     listener: UnixListener,
     service: RegistrationService,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let (connections, incoming) = mpsc::channel::<io::Result<DuplexStream>>(8);
-    let accepting = shutdown.clone();
-    let acceptor = tokio::spawn(async move {
-        loop {
-            let client = tokio::select! {
-                () = accepting.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((client, _)) => client,
-                    Err(e) => {
-                        warn!(error = %e, "accepting a registration connection");
-                        continue;
-                    }
-                },
-            };
-            let (front, server_side) = tokio::io::duplex(64 * 1024);
-            if connections.send(Ok(server_side)).await.is_err() {
-                return;
-            }
-            tokio::spawn(relay(client, front));
-        }
-    });
-    let served = tonic::transport::Server::builder()
+    tonic::transport::Server::builder()
         .add_service(service.into_server())
-        .serve_with_incoming_shutdown(ReceiverStream::new(incoming), shutdown.cancelled_owned())
-        .await;
-    acceptor.abort();
-    served
-}
-
-/// Client frames go through the authority rewrite; responses are copied back as they are.
-async fn relay(client: UnixStream, server: DuplexStream) {
-    let (client_read, mut client_write) = client.into_split();
-    let (mut server_read, server_write) = tokio::io::split(server);
-    let (requests, _) = tokio::join!(
-        rewrite_client_frames(client_read, server_write),
-        tokio::io::copy(&mut server_read, &mut client_write),
-    );
-    if let Err(e) = requests {
-        warn!(error = %e, "registration connection dropped");
-    }
+        .serve_with_incoming_shutdown(
+            local_authority_incoming(listener, shutdown.clone()),
+            shutdown.cancelled_owned(),
+        )
+        .await
 }
