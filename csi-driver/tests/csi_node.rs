@@ -22,6 +22,7 @@ use wimsey_core::SpiffeId;
 use wimsey_core::x509::parse_svid_with_key;
 use wimsey_core::x509::pem::{decode_certificates, decode_private_key};
 use wimsey_csi::csi::mounts::is_mount_point;
+use wimsey_csi::csi::records::{RecordStore, VolumeRecord};
 use wimsey_csi::csi::{
     ManagerConfig, RegistrationService, SOCKET_NAME, VolumeManager, registration_socket, serve_csi,
     serve_registration,
@@ -624,7 +625,25 @@ async fn a_restarted_plugin_serves_every_recorded_volume_again() {
         "nobody serves while the plugin is down"
     );
 
+    // A record whose pod went away meanwhile (its volume directory is gone) is dropped.
+    let gone = VolumeRecord {
+        volume_id: "vol-gone".into(),
+        target_path: dir.path().join("deleted-pod/mount"),
+        mode: wimsey_csi::csi::VolumeMode::WorkloadApi,
+        pod: None,
+        attributes: Default::default(),
+        fs_group: None,
+    };
+    RecordStore::open(dir.path().join("state/records"))
+        .expect("records")
+        .write(&gone)
+        .expect("write");
+
     let plugin = Plugin::start(Arc::clone(&source), dir.path(), None).await;
+    assert!(
+        !dir.path().join("state/records/vol-gone.json").exists(),
+        "record of a gone pod dropped"
+    );
     assert_eq!(
         fetch_svid_id(&target.join(SOCKET_NAME)).await,
         WEB_ID,

@@ -108,6 +108,19 @@ impl<S: IdentitySource> VolumeManager<S> {
                     continue;
                 }
             };
+            // kubelet creates the target's parent for the pod and removes it with the pod: if it is
+            // gone, the pod went away while we were down and no unpublish will come.
+            if record
+                .target_path
+                .parent()
+                .is_some_and(|parent| !parent.exists())
+            {
+                info!(volume_id = %record.volume_id, target = %record.target_path.display(), "pod gone while the plugin was down; dropping its volume");
+                if let Err(error) = self.teardown(&record.volume_id, &record.target_path) {
+                    warn!(volume_id = %record.volume_id, error = %error, label = error.label(), "could not drop the volume of a gone pod");
+                }
+                continue;
+            }
             let spec = PublishSpec {
                 volume_id: record.volume_id.clone(),
                 target: record.target_path.clone(),
