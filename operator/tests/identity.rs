@@ -226,6 +226,7 @@ struct Server {
     endpoint: String,
     bundle_file: tempfile::NamedTempFile,
     shutdown: CancellationToken,
+    serving: tokio::task::JoinHandle<Result<(), wimsey_operator::nodeapi::NodeApiError>>,
     _federated: watch::Sender<FederatedBundles>,
 }
 
@@ -259,7 +260,7 @@ async fn start_server_with(fixture: &Fixture, store: &EntryStore, args: Authorit
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = listener.local_addr().unwrap().to_string();
-    tokio::spawn(api.serve(listener, shutdown.clone()));
+    let serving = tokio::spawn(api.serve(listener, shutdown.clone()));
     // The plugin's bootstrap trust: the PEM the wimsey-bundle ConfigMap carries.
     let bundle_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
@@ -272,6 +273,7 @@ async fn start_server_with(fixture: &Fixture, store: &EntryStore, args: Authorit
         endpoint,
         bundle_file,
         shutdown,
+        serving,
         _federated: federated,
     }
 }
@@ -703,8 +705,14 @@ async fn plugin_client_keeps_a_pod_issued_and_follows_entry_removal() {
     })
     .await;
 
-    source.detach(&app);
+    // Shutdown completes although the plugin still holds its WatchPod stream open.
     server.shutdown.cancel();
+    tokio::time::timeout(WAIT, server.serving)
+        .await
+        .expect("the node API stops with a watch open")
+        .unwrap()
+        .unwrap();
+    source.detach(&app);
     fixture.cleanup().await;
 }
 

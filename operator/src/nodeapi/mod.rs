@@ -80,6 +80,8 @@ pub enum NodeApiError {
     PermissionDenied(String),
     #[error("no identity issued")]
     NoIdentity,
+    #[error("the operator is shutting down; reconnect")]
+    ShuttingDown,
     #[error("entry {0} is not an entry of this pod")]
     UnknownEntry(String),
     #[error("kubernetes API: {0}")]
@@ -97,6 +99,7 @@ impl NodeApiError {
             NodeApiError::Unauthenticated(_) => "unauthenticated",
             NodeApiError::PermissionDenied(_) => "permission_denied",
             NodeApiError::NoIdentity => "no_identity",
+            NodeApiError::ShuttingDown => "shutting_down",
             NodeApiError::UnknownEntry(_) => "unknown_entry",
             NodeApiError::Kube(_) => "kube",
             NodeApiError::Internal(_) => "internal",
@@ -111,7 +114,7 @@ impl NodeApiError {
             NodeApiError::Unauthenticated(_) => Code::Unauthenticated,
             NodeApiError::PermissionDenied(_) | NodeApiError::NoIdentity => Code::PermissionDenied,
             NodeApiError::UnknownEntry(_) => Code::NotFound,
-            NodeApiError::Kube(_) => Code::Unavailable,
+            NodeApiError::Kube(_) | NodeApiError::ShuttingDown => Code::Unavailable,
             NodeApiError::Internal(_) => Code::Internal,
         }
     }
@@ -140,6 +143,8 @@ pub(crate) struct State {
     verdicts: Mutex<HashMap<String, (ReviewedToken, SystemTime)>>,
     federated: watch::Receiver<FederatedBundles>,
     verifier: Arc<tls::NodeCertVerifier>,
+    /// Cancelled when serving stops, so open WatchPod streams end and shutdown can complete.
+    stopping: CancellationToken,
 }
 
 /// The node API server. Cheap to clone.
@@ -182,6 +187,7 @@ impl NodeApi {
                 verdicts: Mutex::new(HashMap::new()),
                 federated,
                 verifier,
+                stopping: CancellationToken::new(),
             }),
         }
     }
@@ -202,6 +208,14 @@ impl NodeApi {
         listener: TcpListener,
         shutdown: CancellationToken,
     ) -> Result<(), NodeApiError> {
+        {
+            let stopping = self.state.stopping.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                shutdown.cancelled().await;
+                stopping.cancel();
+            });
+        }
         let serving = Arc::new(tls::ServingCert::new());
         let mut material = self.state.authority.subscribe();
         let ttl = self.state.authority.args().server_svid_ttl;

@@ -457,6 +457,10 @@ impl Node for NodeApi {
                     .unwrap_or_default();
                 tokio::select! {
                     () = updates.closed() => return,
+                    () = state.stopping.cancelled() => {
+                        let _ = updates.send(Err(NodeApiError::ShuttingDown.into())).await;
+                        return;
+                    }
                     () = tokio::time::sleep(expiry) => {
                         // The node SVID ended (the client re-attests and reconnects), or the
                         // cached token verdict did: review the pod token again.
