@@ -15,7 +15,7 @@ use crate::admin::{self, AdminState, Metrics};
 use crate::authority::{AuthorityArgs, SigningAuthority};
 use crate::config::{ConfigFlags, Settings};
 use crate::leader::{LeaseSettings, run_leader_election};
-use crate::nodeapi::{FederatedBundles, NodeApi, NodeApiArgs};
+use crate::nodeapi::{self, NodeApi, NodeApiArgs};
 use crate::reconcile::{FederationSet, ReconcileError, Reconciler};
 use crate::status::{DesiredStatus, StatusWriter};
 use crate::store::EntryStore;
@@ -206,8 +206,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     )
     .await
     .context("starting the authority")?;
-    // No federated bundle source yet: pods get only their own trust domain's bundle.
-    let (_federated_bundles, federated) = watch::channel(FederatedBundles::default());
+    // Federated bundles come from the ClusterFederatedTrustDomains' trustDomainBundle fields.
+    let mut federation = controller.federation.clone();
+    let (federated_bundles, federated) =
+        watch::channel(nodeapi::federated_bundles(&federation.borrow_and_update()));
+    tokio::spawn(async move {
+        while federation.changed().await.is_ok() {
+            let bundles = nodeapi::federated_bundles(&federation.borrow_and_update());
+            federated_bundles.send_if_modified(|current| {
+                let changed = *current != bundles;
+                *current = bundles;
+                changed
+            });
+        }
+    });
     let node_api_addr = options.node_api.node_api_addr;
     let node_api = NodeApi::new(
         client.clone(),

@@ -227,7 +227,7 @@ struct Server {
     bundle_file: tempfile::NamedTempFile,
     shutdown: CancellationToken,
     serving: tokio::task::JoinHandle<Result<(), wimsey_operator::nodeapi::NodeApiError>>,
-    _federated: watch::Sender<FederatedBundles>,
+    federated: watch::Sender<FederatedBundles>,
 }
 
 async fn start_server(fixture: &Fixture, store: &EntryStore) -> Server {
@@ -274,7 +274,7 @@ async fn start_server_with(fixture: &Fixture, store: &EntryStore, args: Authorit
         bundle_file,
         shutdown,
         serving,
-        _federated: federated,
+        federated,
     }
 }
 
@@ -637,18 +637,28 @@ async fn plugin_client_keeps_a_pod_issued_and_follows_entry_removal() {
     let app = fixture.pod("app", "app", &node).await;
     let store = EntryStore::new();
     let app_id = format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/app");
+    let mut federating = entry(&app_id, &[]);
+    federating.entry.federates_with = vec![TrustDomain::new("federated.example").unwrap()];
     store.set_pod(
         &app,
-        Some(record(
-            &app,
-            &ns,
-            "app",
-            "app",
-            &node,
-            vec![entry(&app_id, &[])],
-        )),
+        Some(record(&app, &ns, "app", "app", &node, vec![federating])),
     );
     let server = start_server(&fixture, &store).await;
+    // A federated trust domain's bundle (any CA will do: only its delivery is checked).
+    let other = TrustDomain::new("federated.example").unwrap();
+    let other_ca = wimsey_core::x509::Authority::generate_root(
+        &other,
+        KeyAlgorithm::EcdsaP256,
+        &wimsey_core::x509::CaParams::new("other", Duration::from_secs(3600)),
+        SystemTime::now(),
+    )
+    .unwrap();
+    let mut other_bundle = TrustDomainBundle::new(other.clone());
+    other_bundle.x509_authorities = vec![other_ca.certificate().as_bytes().to_vec()];
+    server.federated.send_replace(Arc::new(BTreeMap::from([(
+        other.clone(),
+        other_bundle.clone(),
+    )])));
 
     let csi_token = fixture
         .token("wimsey-csi", "wimsey-node", "csi", &csi)
@@ -688,6 +698,14 @@ async fn plugin_client_keeps_a_pod_issued_and_follows_entry_removal() {
     )
     .unwrap();
     assert_eq!(issued.wit_svids.as_ref().map(Vec::len), Some(1));
+    // The entry federates with federated.example: its bundle reaches the pod.
+    assert_eq!(
+        issued
+            .federated_bundles
+            .get(&other)
+            .map(|b| &b.x509_authorities),
+        Some(&other_bundle.x509_authorities)
+    );
 
     let jwt = handle
         .mint_jwt_svid(&SpiffeId::parse(&app_id).unwrap(), &["svc".to_owned()])

@@ -45,6 +45,21 @@ const VERDICT_CACHE_SWEEP: usize = 4096;
 /// Federated bundles to pass on to pods whose entries federate with them, by trust domain.
 pub type FederatedBundles = Arc<BTreeMap<TrustDomain, TrustDomainBundle>>;
 
+/// The federated bundles known from the federation set: each relationship's `trustDomainBundle`
+/// (no bundle endpoint is polled yet).
+pub fn federated_bundles(set: &crate::reconcile::FederationSet) -> FederatedBundles {
+    Arc::new(
+        set.values()
+            .filter_map(|federation| {
+                federation
+                    .initial_bundle
+                    .clone()
+                    .map(|bundle| (federation.trust_domain.clone(), bundle))
+            })
+            .collect(),
+    )
+}
+
 /// Node API settings, flattened into `wimsey-operator run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct NodeApiArgs {
