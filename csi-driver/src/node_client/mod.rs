@@ -380,6 +380,40 @@ impl IdentitySource for NodeClient {
 mod tests {
     use super::*;
 
+    fn bundle(td: &str) -> wimsey_proto::wimsey::node::v1::TrustBundle {
+        let bundle = TrustDomainBundle::new(TrustDomain::new(td).unwrap());
+        wimsey_proto::wimsey::node::v1::TrustBundle {
+            trust_domain: td.to_owned(),
+            spiffe_bundle: bundle.to_spiffe_jwks().unwrap().into_bytes(),
+        }
+    }
+
+    #[test]
+    fn bundles_must_be_for_our_trust_domain() {
+        let ours = TrustDomain::new("example.org").unwrap();
+        let good = Bundles {
+            own: Some(bundle("example.org")),
+            federated: vec![bundle("other.org")],
+        };
+        let parsed = parse_bundles(&ours, &good).unwrap();
+        assert_eq!(parsed.own.trust_domain, ours);
+        assert!(
+            parsed
+                .federated
+                .contains_key(&TrustDomain::new("other.org").unwrap())
+        );
+        let foreign = Bundles {
+            own: Some(bundle("evil.org")),
+            federated: Vec::new(),
+        };
+        assert!(parse_bundles(&ours, &foreign).is_err());
+        let missing = Bundles {
+            own: None,
+            federated: Vec::new(),
+        };
+        assert!(parse_bundles(&ours, &missing).is_err());
+    }
+
     #[test]
     fn endpoints_accept_host_port_and_https_urls() {
         assert_eq!(
