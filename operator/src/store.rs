@@ -74,31 +74,26 @@ impl EntryStore {
     /// Replaces everything known about pod `uid`: `None` removes it. Returns whether anything
     /// changed (an identical record is not a change and does not wake subscribers).
     pub fn set_pod(&self, uid: &str, record: Option<PodRecord>) -> bool {
+        self.set_pods([(uid.to_owned(), record)]) > 0
+    }
+
+    /// [`EntryStore::set_pod`] for many pods under one lock, with one revision bump (so
+    /// subscribers wake once per reconcile pass, not once per pod). Returns how many changed.
+    pub fn set_pods(
+        &self,
+        records: impl IntoIterator<Item = (String, Option<PodRecord>)>,
+    ) -> usize {
         let mut state = self.write();
-        let old = state.pods.get(uid).cloned();
-        if old.as_deref() == record.as_ref() {
-            return false;
-        }
-        if let Some(old) = &old {
-            remove_from_node(&mut state.by_node, &old.node_name, uid);
-        }
-        match record {
-            Some(record) => {
-                if !record.node_name.is_empty() {
-                    state
-                        .by_node
-                        .entry(record.node_name.clone())
-                        .or_default()
-                        .insert(uid.to_owned());
-                }
-                state.pods.insert(uid.to_owned(), Arc::new(record));
-            }
-            None => {
-                state.pods.remove(uid);
+        let mut changed = 0;
+        for (uid, record) in records {
+            if replace_pod(&mut state, &uid, record) {
+                changed += 1;
             }
         }
-        self.bump(state);
-        true
+        if changed > 0 {
+            self.bump(state);
+        }
+        changed
     }
 
     /// Replaces the whole set of static entries. Returns whether anything changed.
@@ -174,6 +169,32 @@ impl EntryStore {
     }
 }
 
+fn replace_pod(state: &mut StoreState, uid: &str, record: Option<PodRecord>) -> bool {
+    let old = state.pods.get(uid);
+    if old.map(|o| &**o) == record.as_ref() {
+        return false;
+    }
+    if let Some(old) = state.pods.get(uid).cloned() {
+        remove_from_node(&mut state.by_node, &old.node_name, uid);
+    }
+    match record {
+        Some(record) => {
+            if !record.node_name.is_empty() {
+                state
+                    .by_node
+                    .entry(record.node_name.clone())
+                    .or_default()
+                    .insert(uid.to_owned());
+            }
+            state.pods.insert(uid.to_owned(), Arc::new(record));
+        }
+        None => {
+            state.pods.remove(uid);
+        }
+    }
+    true
+}
+
 fn remove_from_node(by_node: &mut HashMap<String, BTreeSet<String>>, node: &str, uid: &str) {
     if let Some(uids) = by_node.get_mut(node) {
         uids.remove(uid);
@@ -223,5 +244,23 @@ mod tests {
         assert!(!changes.has_changed().unwrap());
         assert_eq!(store.revision(), 1);
         assert!(!store.set_pod("missing", None));
+    }
+
+    #[test]
+    fn a_batch_is_one_revision() {
+        let store = EntryStore::new();
+        let changed = store.set_pods([
+            ("a".to_owned(), Some(record("a", "n1"))),
+            ("b".to_owned(), Some(record("b", "n1"))),
+            ("c".to_owned(), None),
+        ]);
+        assert_eq!(changed, 2);
+        assert_eq!(store.revision(), 1);
+        assert_eq!(store.pods_on_node("n1").len(), 2);
+        assert_eq!(
+            store.set_pods([("a".to_owned(), Some(record("a", "n1")))]),
+            0
+        );
+        assert_eq!(store.revision(), 1);
     }
 }

@@ -576,12 +576,13 @@ impl ClusterState {
     /// the federation set when they changed.
     pub fn reconcile_dirty(&mut self, dirty: Dirty, store: &EntryStore) -> PassReport {
         let mut report = PassReport::default();
-        for uid in &dirty.pods {
+        let mut writes = Vec::with_capacity(dirty.pods.len());
+        for uid in dirty.pods {
             report.pods_rendered += 1;
-            if self.render_pod(uid, store, &mut report) {
-                report.store_writes += 1;
-            }
+            let record = self.render_pod(&uid, &mut report);
+            writes.push((uid, record));
         }
+        report.store_writes = store.set_pods(writes);
         if dirty.statics {
             report.statics_changed = self.reconcile_statics(store);
         }
@@ -602,11 +603,9 @@ impl ClusterState {
         report
     }
 
-    /// Renders one pod and writes its entries; returns whether the store changed.
-    fn render_pod(&mut self, uid: &str, store: &EntryStore, report: &mut PassReport) -> bool {
-        let Some(state) = self.pods.get(uid) else {
-            return store.set_pod(uid, None);
-        };
+    /// Renders one pod: the record to store (`None`: the pod has no entries or is gone).
+    fn render_pod(&mut self, uid: &str, report: &mut PassReport) -> Option<PodRecord> {
+        let state = self.pods.get(uid)?;
         let view = &state.view;
         if state.deleted {
             let key = pod_key(view);
@@ -616,7 +615,7 @@ impl ClusterState {
                 .map(|s| s.outcomes)
                 .unwrap_or_default();
             self.retally(&key, &old, &[]);
-            return store.set_pod(uid, None);
+            return None;
         }
         let (record, outcomes) = match self.namespaces.get(&view.namespace) {
             // Not seen yet: rendered again when the namespace arrives.
@@ -655,7 +654,12 @@ impl ClusterState {
                             SpecOutcome::Masked { by } => Some(by.to_string()),
                             _ => None,
                         };
-                        Some((Arc::from(r.spec.as_str()), kind, failure, masked))
+                        // The tally's key, so a pod's outcomes share one allocation per spec.
+                        let spec = self
+                            .tallies
+                            .get_key_value(r.spec.as_str())
+                            .map_or_else(|| Arc::from(r.spec.as_str()), |(k, _)| k.clone());
+                        Some((spec, kind, failure, masked))
                     })
                     .collect();
                 (record, detailed)
@@ -679,7 +683,7 @@ impl ClusterState {
                 .map(|(s, k, _, _)| (s.clone(), *k))
                 .collect();
         }
-        store.set_pod(uid, record)
+        record
     }
 
     /// Moves one pod's contribution to the per-spec counters from `old` to `new`.
