@@ -172,6 +172,7 @@ mod reconciler {
     use std::time::{Duration, Instant};
 
     use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
     use k8s_openapi::api::events::v1::Event as K8sEvent;
     use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
     use kube::{Api, Client, ResourceExt};
@@ -658,6 +659,74 @@ mod reconciler {
         assert!(controller.store.pod(&pod).is_none());
         controller.stop().await;
         delete_all(&applied).await;
+        fixture.cleanup().await;
+    }
+
+    #[tokio::test]
+    async fn endpoint_slices_give_auto_populated_dns_names() {
+        const CLASS: &str = "wimsey-cp-dns";
+        let client = client().await;
+        install_crds(&client).await;
+        let mut fixture = Fixture::new(&client, "wimsey-cp-dns-node").await;
+        let namespace = "wimsey-cp-dns";
+        fixture
+            .namespace(namespace, json!({"wimsey-cp": "dns"}))
+            .await;
+        let pod = fixture.pod(namespace, "one", json!({})).await;
+        let mut spec = class_spec("wimsey-cp-dns", CLASS, "dns");
+        spec["spec"]["autoPopulateDNSNames"] = json!(true);
+        let spec_api = apply_cr(&client, spec).await;
+        let controller = start(
+            &client,
+            settings("example.org", Some(CLASS)),
+            namespace,
+            "wimsey-cp-dns",
+            "wimsey-cp-dns-test",
+        );
+        wait_ready(&controller).await;
+        let store = controller.store.clone();
+        wait_for("entry without DNS names", SYNC, || async {
+            store.pod(&pod).filter(|r| r.entries.len() == 1)
+        })
+        .await;
+
+        // What the EndpointSlice controller writes for a Service "web" selecting the pod (no
+        // kubelet runs it, so the slice is written here).
+        let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), namespace);
+        let slice: EndpointSlice = serde_json::from_value(json!({
+            "metadata": {"name": "web-x1", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.10"], "targetRef": {"kind": "Pod", "name": "one", "namespace": namespace}}],
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]
+        }))
+        .unwrap();
+        slices.create(&PostParams::default(), &slice).await.unwrap();
+        let expected = [
+            "web".to_owned(),
+            format!("web.{namespace}"),
+            format!("web.{namespace}.svc"),
+            format!("web.{namespace}.svc.cluster.local"),
+        ];
+        wait_for("service DNS names", SYNC, || async {
+            store
+                .pod(&pod)
+                .filter(|r| r.entries[0].entry.dns_names == expected)
+        })
+        .await;
+        slices
+            .delete("web-x1", &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for("DNS names removed with the slice", SYNC, || async {
+            store
+                .pod(&pod)
+                .filter(|r| r.entries[0].entry.dns_names.is_empty())
+        })
+        .await;
+        controller.stop().await;
+        let _ = spec_api
+            .delete("wimsey-cp-dns", &DeleteParams::default())
+            .await;
         fixture.cleanup().await;
     }
 
