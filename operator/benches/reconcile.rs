@@ -113,7 +113,12 @@ fn pod(index: usize, pods_per_namespace: usize, version: u32) -> PodView {
             ("app", format!("app{}", index % 20)),
             (
                 "tier",
-                if index.is_multiple_of(2) { "web" } else { "worker" }.to_owned(),
+                if index.is_multiple_of(2) {
+                    "web"
+                } else {
+                    "worker"
+                }
+                .to_owned(),
             ),
             ("pod-template-hash", format!("{:x}", version)),
         ]),
@@ -157,7 +162,10 @@ fn run_size(pods: usize) {
             name: format!("ns-{n}"),
             labels: labels(&[
                 ("team", format!("t{}", n % 10)),
-                ("env", if n.is_multiple_of(2) { "prod" } else { "dev" }.to_owned()),
+                (
+                    "env",
+                    if n.is_multiple_of(2) { "prod" } else { "dev" }.to_owned(),
+                ),
             ]),
         });
     }

@@ -19,7 +19,8 @@ fn stored(id: &str, spiffe_id: &str, uid: &str) -> StoredEntry {
         id: id.into(),
         entry: Entry {
             spiffe_id: SpiffeId::parse(spiffe_id).unwrap(),
-            parent_id: SpiffeId::parse("spiffe://example.org/spire/agent/k8s_psat/c/node-uid").unwrap(),
+            parent_id: SpiffeId::parse("spiffe://example.org/spire/agent/k8s_psat/c/node-uid")
+                .unwrap(),
             selectors: vec![Selector::new("k8s", &format!("pod-uid:{uid}"))],
             x509_svid_ttl: Duration::ZERO,
             jwt_svid_ttl: Duration::ZERO,
@@ -47,7 +48,11 @@ fn record(uid: &str, name: &str, node: &str) -> PodRecord {
         name: name.into(),
         service_account: "web".into(),
         node_name: node.into(),
-        entries: vec![stored(&format!("wimsey.{uid}"), &format!("spiffe://example.org/shop/{name}"), uid)],
+        entries: vec![stored(
+            &format!("wimsey.{uid}"),
+            &format!("spiffe://example.org/shop/{name}"),
+            uid,
+        )],
     }
 }
 
@@ -80,12 +85,20 @@ async fn probes_metrics_and_entries_over_http() {
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(serve(
         listener,
-        AdminState { store, metrics, ready },
+        AdminState {
+            store,
+            metrics,
+            ready,
+        },
         shutdown.clone(),
     ));
 
     assert_eq!(get(addr, "/livez").await.0, 200);
-    assert_eq!(get(addr, "/readyz").await.0, 503, "not ready before the caches sync");
+    assert_eq!(
+        get(addr, "/readyz").await.0,
+        503,
+        "not ready before the caches sync"
+    );
     ready_tx.send_replace(true);
     assert_eq!(get(addr, "/readyz").await.0, 200);
 
@@ -103,20 +116,31 @@ async fn probes_metrics_and_entries_over_http() {
     let admin = format!("http://{addr}");
     let all = fetch_entries(&admin, None, None).await.unwrap();
     assert_eq!(all["pods"].as_array().unwrap().len(), 2);
-    let by_name = fetch_entries(&admin, Some("shop/web-2"), None).await.unwrap();
+    let by_name = fetch_entries(&admin, Some("shop/web-2"), None)
+        .await
+        .unwrap();
     assert_eq!(by_name["pods"][0]["uid"], "u2");
-    assert_eq!(by_name["pods"][0]["entries"][0]["selectors"][0], "k8s:pod-uid:u2");
+    assert_eq!(
+        by_name["pods"][0]["entries"][0]["selectors"][0],
+        "k8s:pod-uid:u2"
+    );
     let by_uid = fetch_entries(&admin, Some("u1"), None).await.unwrap();
     assert_eq!(by_uid["pods"][0]["name"], "web-1");
     let by_node = fetch_entries(&admin, None, Some("n2")).await.unwrap();
     assert_eq!(by_node["pods"].as_array().unwrap().len(), 1);
-    assert_eq!(by_node["pods"][0]["entries"][0]["spiffeID"], "spiffe://example.org/shop/web-2");
+    assert_eq!(
+        by_node["pods"][0]["entries"][0]["spiffeID"],
+        "spiffe://example.org/shop/web-2"
+    );
 
     let table = entries_table(&all);
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("POD"), "{table}");
     assert_eq!(lines.len(), 3, "{table}");
-    assert!(lines[1].contains("shop/web-1") && lines[1].contains("wimsey.u1"), "{table}");
+    assert!(
+        lines[1].contains("shop/web-1") && lines[1].contains("wimsey.u1"),
+        "{table}"
+    );
 
     assert!(fetch_entries("ftp://x", None, None).await.is_err());
     shutdown.cancel();

@@ -163,7 +163,11 @@ fn a_spec_change_touches_only_the_namespaces_its_selectors_can_match() {
     assert_eq!(pending_pods(&state), set(&["uid-a-p1", "uid-a-p2"]));
     let report = state.reconcile(&store);
     assert_eq!(report.store_writes, 2);
-    assert_eq!(store.revision(), revision + 1, "one store revision per pass");
+    assert_eq!(
+        store.revision(),
+        revision + 1,
+        "one store revision per pass"
+    );
     assert_eq!(
         store.pod("uid-a-p2").unwrap().entries[0]
             .entry
