@@ -538,9 +538,10 @@ mod reconciler {
         .await;
         assert_eq!(ready["status"], "True");
         assert_eq!(object.data["status"]["set"], true);
-        // The demo's trustDomainBundle holds a certificate with Go's zero time (year 1) as
-        // notBefore, which wimsey_core::bundle does not parse yet: the resource says so instead
-        // of failing silently, and stays out of the federation set.
+        // This fixture's trustDomainBundle certificate is malformed DER (its SAN's length bytes
+        // disagree with its content, so the TBS ends one byte early; `openssl asn1parse` fails
+        // on it too): the resource says so instead of failing silently, and stays out of the
+        // federation set.
         let (cftd_api, cftd) = &applied[3];
         let (ready, _) =
             wait_for("cluster2 status", SYNC, || ready_condition(cftd_api, cftd)).await;
