@@ -1,6 +1,7 @@
 //! Kubernetes objects to the plain views `wimsey_core::entries` renders.
 
 use std::collections::BTreeMap;
+use std::sync::LazyLock;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
@@ -191,30 +192,261 @@ pub fn go_template_value(type_name: &str, json: &serde_json::Value) -> Value {
             type_name: type_name.to_owned(),
             fields: fields
                 .iter()
-                .map(|(name, value)| {
-                    let converted = match value {
-                        serde_json::Value::Object(map)
-                            if GO_MAP_FIELDS.contains(&name.as_str()) =>
-                        {
-                            Value::Map(
-                                map.iter()
-                                    .map(|(k, v)| (k.clone(), go_template_value("struct", v)))
-                                    .collect(),
-                            )
-                        }
-                        other => go_template_value("struct", other),
-                    };
-                    (go_field_name(name), converted)
-                })
+                .map(|(name, value)| schemaless_field(name, value))
                 .collect(),
         },
     }
 }
 
-/// The fields of a struct-shaped conversion (empty for anything else).
-fn go_fields<T: serde::Serialize>(type_name: &str, value: &T) -> BTreeMap<String, Value> {
-    match serde_json::to_value(value).map(|json| go_template_value(type_name, &json)) {
-        Ok(Value::Struct { fields, .. }) => fields,
+/// One struct field converted without a schema: Go name, and a Go map for `GO_MAP_FIELDS`.
+fn schemaless_field(name: &str, value: &serde_json::Value) -> (String, Value) {
+    let converted = match value {
+        serde_json::Value::Object(map) if GO_MAP_FIELDS.contains(&name) => Value::Map(
+            map.iter()
+                .map(|(k, v)| (k.clone(), go_template_value("struct", v)))
+                .collect(),
+        ),
+        other => go_template_value("struct", other),
+    };
+    (go_field_name(name), converted)
+}
+
+/// A Go field's type as far as its zero value and conversion go, read from the k8s-openapi JSON
+/// schema. An unset Go field still exists with its zero value, so a template naming it renders
+/// that zero value instead of failing.
+#[derive(Debug, Clone, PartialEq)]
+enum Shape {
+    String,
+    /// `integer` and `number`.
+    Int,
+    Bool,
+    /// A slice of the element shape; zero is an empty slice (Go prints a nil slice as `[]`).
+    List(Box<Shape>),
+    /// A map (`additionalProperties`); zero is an empty map (`map[]`, missing keys `<no value>`).
+    Map(Box<Shape>),
+    /// A struct (index into `Shapes::structs`); zero is a nil pointer.
+    Struct(usize),
+    /// Anything else (IntOrString, Quantity, untyped objects); zero is nil.
+    Other,
+}
+
+impl Shape {
+    fn zero(&self) -> Value {
+        match self {
+            Shape::String => Value::String(String::new()),
+            Shape::Int => Value::Int(0),
+            Shape::Bool => Value::Bool(false),
+            Shape::List(_) => Value::List(Vec::new()),
+            Shape::Map(_) => Value::Map(BTreeMap::new()),
+            Shape::Struct(_) | Shape::Other => Value::Nil,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct FieldShape {
+    json_name: String,
+    go_name: String,
+    shape: Shape,
+}
+
+#[derive(Debug)]
+struct StructShape {
+    /// Go's name for the type in error messages, e.g. `v1.Container`.
+    type_name: String,
+    fields: Vec<FieldShape>,
+}
+
+/// Every struct reachable from PodSpec, NodeSpec and ObjectMeta, walked once.
+#[derive(Debug, Default)]
+struct Shapes {
+    structs: Vec<StructShape>,
+    by_schema_name: BTreeMap<String, usize>,
+}
+
+/// The root struct shapes templates see.
+struct RootShapes {
+    shapes: Shapes,
+    pod_spec: usize,
+    node_spec: usize,
+    object_meta: usize,
+}
+
+static ROOT_SHAPES: LazyLock<RootShapes> = LazyLock::new(|| {
+    use k8s_openapi::api::core::v1::{NodeSpec, PodSpec};
+    use schemars::JsonSchema;
+    let mut shapes = Shapes::default();
+    let mut root = |name: std::borrow::Cow<'static, str>, schema: schemars::Schema| {
+        let json = schema.to_value();
+        let empty = serde_json::Map::new();
+        let defs = json
+            .get("$defs")
+            .and_then(serde_json::Value::as_object)
+            .unwrap_or(&empty);
+        shapes.struct_index(&name, &json, defs)
+    };
+    let pod_spec = root(PodSpec::schema_name(), schemars::schema_for!(PodSpec));
+    let node_spec = root(NodeSpec::schema_name(), schemars::schema_for!(NodeSpec));
+    let object_meta = root(ObjectMeta::schema_name(), schemars::schema_for!(ObjectMeta));
+    RootShapes {
+        shapes,
+        pod_spec,
+        node_spec,
+        object_meta,
+    }
+});
+
+/// `io.k8s.api.core.v1.Container` -> `v1.Container`, as Go names the type.
+fn go_type_name(schema_name: &str) -> String {
+    let mut parts = schema_name.rsplit('.');
+    match (parts.next(), parts.next()) {
+        (Some(kind), Some(version)) => format!("{version}.{kind}"),
+        _ => schema_name.to_owned(),
+    }
+}
+
+impl Shapes {
+    /// The struct for a named schema, walking its properties the first time it is seen.
+    fn struct_index(
+        &mut self,
+        schema_name: &str,
+        schema: &serde_json::Value,
+        defs: &serde_json::Map<String, serde_json::Value>,
+    ) -> usize {
+        if let Some(&index) = self.by_schema_name.get(schema_name) {
+            return index;
+        }
+        // Registered before walking the properties, so a self-referencing type terminates.
+        let index = self.structs.len();
+        self.structs.push(StructShape {
+            type_name: go_type_name(schema_name),
+            fields: Vec::new(),
+        });
+        self.by_schema_name.insert(schema_name.to_owned(), index);
+        let fields = schema
+            .get("properties")
+            .and_then(serde_json::Value::as_object)
+            .into_iter()
+            .flatten()
+            .map(|(json_name, property)| FieldShape {
+                json_name: json_name.clone(),
+                go_name: go_field_name(json_name),
+                shape: self.shape(property, defs),
+            })
+            .collect();
+        self.structs[index].fields = fields;
+        index
+    }
+
+    fn shape(
+        &mut self,
+        schema: &serde_json::Value,
+        defs: &serde_json::Map<String, serde_json::Value>,
+    ) -> Shape {
+        if let Some(reference) = schema.get("$ref").and_then(serde_json::Value::as_str) {
+            let name = reference.rsplit('/').next().unwrap_or(reference);
+            return match defs.get(name) {
+                Some(target) if target.get("properties").is_some() => {
+                    Shape::Struct(self.struct_index(name, target, defs))
+                }
+                Some(target) => self.shape(target, defs),
+                None => Shape::Other,
+            };
+        }
+        match schema.get("type").and_then(serde_json::Value::as_str) {
+            Some("string") => Shape::String,
+            Some("integer" | "number") => Shape::Int,
+            Some("boolean") => Shape::Bool,
+            Some("array") => Shape::List(Box::new(
+                schema
+                    .get("items")
+                    .map_or(Shape::Other, |items| self.shape(items, defs)),
+            )),
+            Some("object") => match schema.get("additionalProperties") {
+                Some(values) if values.is_object() => {
+                    Shape::Map(Box::new(self.shape(values, defs)))
+                }
+                _ => Shape::Other,
+            },
+            _ => Shape::Other,
+        }
+    }
+
+    /// A JSON value converted with its schema's shape; without a matching shape, the
+    /// schema-less conversion.
+    fn convert(&self, field_name: &str, json: &serde_json::Value, shape: &Shape) -> Value {
+        match (shape, json) {
+            (Shape::Struct(index), serde_json::Value::Object(map)) => {
+                self.struct_value(&self.structs[*index], None, map)
+            }
+            (Shape::List(element), serde_json::Value::Array(items)) => Value::List(
+                items
+                    .iter()
+                    .map(|item| self.convert("", item, element))
+                    .collect(),
+            ),
+            (Shape::Map(element), serde_json::Value::Object(map)) => Value::Map(
+                map.iter()
+                    .map(|(k, v)| (k.clone(), self.convert("", v, element)))
+                    .collect(),
+            ),
+            _ => schemaless_field(field_name, json).1,
+        }
+    }
+
+    /// Every field the struct declares: present ones converted, absent ones Go's zero value.
+    fn struct_value(
+        &self,
+        shape: &StructShape,
+        type_name: Option<&str>,
+        json: &serde_json::Map<String, serde_json::Value>,
+    ) -> Value {
+        let mut present = 0;
+        let mut fields: BTreeMap<String, Value> = shape
+            .fields
+            .iter()
+            .map(|field| {
+                let value = match json.get(&field.json_name) {
+                    Some(value) => {
+                        present += 1;
+                        self.convert(&field.json_name, value, &field.shape)
+                    }
+                    None => field.shape.zero(),
+                };
+                (field.go_name.clone(), value)
+            })
+            .collect();
+        if present < json.len() {
+            // Properties the schema does not declare keep the schema-less conversion.
+            fields.extend(
+                json.iter()
+                    .filter(|(name, _)| !shape.fields.iter().any(|f| f.json_name == **name))
+                    .map(|(name, value)| schemaless_field(name, value)),
+            );
+        }
+        Value::Struct {
+            type_name: type_name.unwrap_or(&shape.type_name).to_owned(),
+            fields,
+        }
+    }
+}
+
+/// The fields of a struct with every field its schema declares (`root` in `ROOT_SHAPES`).
+fn go_fields<T: serde::Serialize>(
+    type_name: &str,
+    value: &T,
+    root: impl Fn(&RootShapes) -> usize,
+) -> BTreeMap<String, Value> {
+    let roots = &*ROOT_SHAPES;
+    let shape = &roots.shapes.structs[root(roots)];
+    let empty = serde_json::Map::new();
+    let json = serde_json::to_value(value);
+    let object = match &json {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => &empty,
+    };
+    match roots.shapes.struct_value(shape, Some(type_name), object) {
+        Value::Struct { fields, .. } => fields,
         _ => BTreeMap::new(),
     }
 }
@@ -227,7 +459,7 @@ fn meta_fields(meta: &ObjectMeta) -> BTreeMap<String, Value> {
         resource_version: None,
         ..meta.clone()
     };
-    go_fields("*v1.ObjectMeta", &meta)
+    go_fields("*v1.ObjectMeta", &meta, |r| r.object_meta)
 }
 
 /// A pod as templates see it: `.PodMeta` is the whole ObjectMeta and `.PodSpec` the whole
@@ -246,7 +478,7 @@ pub fn pod_view(pod: &Pod) -> PodView {
         node_name: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         extra_meta: meta_fields(&pod.metadata),
         extra_spec: spec
-            .map(|s| go_fields("*v1.PodSpec", s))
+            .map(|s| go_fields("*v1.PodSpec", s, |r| r.pod_spec))
             .unwrap_or_default(),
         service_dns_names: Vec::new(),
     }
@@ -262,7 +494,7 @@ pub fn node_view(node: &Node) -> NodeView {
         extra_spec: node
             .spec
             .as_ref()
-            .map(|s| go_fields("*v1.NodeSpec", s))
+            .map(|s| go_fields("*v1.NodeSpec", s, |r| r.node_spec))
             .unwrap_or_default(),
     }
 }
@@ -326,7 +558,7 @@ mod tests {
         assert!(view.labels.is_empty());
     }
 
-    fn render(view_source: &str, pod: &Pod, node: &Node) -> String {
+    fn try_render(view_source: &str, pod: &Pod, node: &Node) -> Result<String, String> {
         use wimsey_core::entries::{RenderConfig, pod_template_data};
         use wimsey_core::spiffe_id::TrustDomain;
         use wimsey_core::template::Template;
@@ -339,7 +571,11 @@ mod tests {
         Template::parse("t", view_source)
             .unwrap()
             .render(&data)
-            .unwrap()
+            .map_err(|e| e.to_string())
+    }
+
+    fn render(view_source: &str, pod: &Pod, node: &Node) -> String {
+        try_render(view_source, pod, node).unwrap()
     }
 
     fn sample() -> (Pod, Node) {
@@ -439,6 +675,120 @@ mod tests {
         assert_eq!(
             node_view(&node).extra_spec["ProviderID"],
             Value::from("aws:///eu-west-1a/i-123")
+        );
+    }
+
+    /// A pod and node with nothing but names: every other field is unset.
+    fn bare() -> (Pod, Node) {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "bare", "namespace": "shop", "uid": "u-2"},
+            "spec": {"containers": [{"name": "app"}]}
+        }))
+        .unwrap();
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "n2"}, "spec": {}
+        }))
+        .unwrap();
+        (pod, node)
+    }
+
+    #[test]
+    fn unset_fields_render_go_zero_values() {
+        let (pod, node) = bare();
+        // Asserted on the views too: core's own defaults must not be what makes these pass.
+        let pod_spec = pod_view(&pod).extra_spec;
+        assert_eq!(pod_spec["Hostname"], Value::from(""));
+        assert_eq!(pod_spec["Subdomain"], Value::from(""));
+        assert_eq!(pod_spec["HostNetwork"], Value::Bool(false));
+        assert_eq!(pod_spec["Volumes"], Value::List(Vec::new()));
+        assert_eq!(pod_spec["NodeSelector"], Value::Map(BTreeMap::new()));
+        assert_eq!(node_view(&node).extra_spec["ProviderID"], Value::from(""));
+
+        assert_eq!(render("[{{ .PodSpec.Hostname }}]", &pod, &node), "[]");
+        assert_eq!(render("[{{ .PodSpec.Subdomain }}]", &pod, &node), "[]");
+        assert_eq!(render("[{{ .PodSpec.RestartPolicy }}]", &pod, &node), "[]");
+        assert_eq!(render("{{ .PodSpec.HostNetwork }}", &pod, &node), "false");
+        assert_eq!(render("{{ .PodSpec.Volumes }}", &pod, &node), "[]");
+        assert_eq!(render("{{ .PodSpec.NodeSelector }}", &pod, &node), "map[]");
+        assert_eq!(render("[{{ .NodeSpec.ProviderID }}]", &pod, &node), "[]");
+        assert_eq!(render("{{ .NodeSpec.Taints }}", &pod, &node), "[]");
+        assert_eq!(render("{{ .PodMeta.Generation }}", &pod, &node), "0");
+        // Structs inside lists get their zero fields as well.
+        assert_eq!(
+            render(
+                "[{{ (index .PodSpec.Containers 0).WorkingDir }}]{{ (index .PodSpec.Containers 0).Ports }}",
+                &pod,
+                &node
+            ),
+            "[][]"
+        );
+    }
+
+    #[test]
+    fn unset_pointer_structs_are_nil() {
+        let (pod, node) = bare();
+        assert_eq!(pod_view(&pod).extra_spec["SecurityContext"], Value::Nil);
+        assert_eq!(render("{{ .PodSpec.Affinity }}", &pod, &node), "<nil>");
+        assert_eq!(render("{{ .NodeSpec.ConfigSource }}", &pod, &node), "<nil>");
+        assert_eq!(
+            render(
+                "{{ if .PodSpec.SecurityContext }}set{{ else }}unset{{ end }}",
+                &pod,
+                &node
+            ),
+            "unset"
+        );
+        let err = try_render("{{ .PodSpec.SecurityContext.RunAsUser }}", &pod, &node).unwrap_err();
+        assert!(err.contains("nil pointer evaluating"), "{err}");
+    }
+
+    #[test]
+    fn misspelled_fields_are_still_errors() {
+        let (pod, node) = sample();
+        let err = try_render("{{ .PodSpec.Hostnme }}", &pod, &node).unwrap_err();
+        assert!(err.contains("can't evaluate field Hostnme"), "{err}");
+        let err = try_render("{{ (index .PodSpec.Containers 0).Imag }}", &pod, &node).unwrap_err();
+        assert!(
+            err.contains("can't evaluate field Imag in type v1.Container"),
+            "{err}"
+        );
+        let err = try_render("{{ .NodeSpec.ProviderId }}", &pod, &node).unwrap_err();
+        assert!(err.contains("can't evaluate field ProviderId"), "{err}");
+    }
+
+    #[test]
+    fn missing_labels_are_a_nil_map() {
+        let (pod, node) = bare();
+        assert_eq!(
+            render("{{ .PodMeta.Labels.app }}", &pod, &node),
+            "<no value>"
+        );
+        assert_eq!(
+            render("[{{ index .PodMeta.Labels \"app\" }}]", &pod, &node),
+            "[]"
+        );
+        assert_eq!(
+            render("{{ .PodSpec.NodeSelector.disk }}", &pod, &node),
+            "<no value>"
+        );
+        assert_eq!(render("{{ .PodMeta.ResourceVersion }}", &pod, &node), "");
+        // Present fields convert as before, next to the zero ones.
+        let (pod, node) = sample();
+        assert_eq!(
+            render(
+                "{{ (index .PodSpec.Containers 0).Resources.Requests }}",
+                &pod,
+                &node
+            ),
+            "map[]"
+        );
+        assert_eq!(
+            render(
+                "{{ (index .PodSpec.Containers 0).Resources.Limits.cpu }}",
+                &pod,
+                &node
+            ),
+            "500m"
         );
     }
 }
