@@ -44,3 +44,13 @@ test-csi-sanity: $(CSI_SANITY) ## csi-sanity against the wimsey-csi binary
 	exit $$rc
 
 TEST_TARGETS += test-csi-sanity
+
+# The node part of `make bench-csi` (the cluster part, bench-csi-cluster, is in mk/demo.mk):
+# NodePublishVolume p50/p99 per mode over the real CSI socket with real mounts, and the Workload API
+# of one published pod (first response on a new connection; fetches/s with 100 concurrent clients).
+# In process with the tests' issuer, built --release; needs root for the mounts.
+.PHONY: bench-csi-node bench-csi
+bench-csi-node: ## CSI node plugin: publish latency per mode, Workload API first response and fetches/s
+	$(CARGO) bench -p wimsey-csi --bench csi_node
+
+bench-csi: bench-csi-node

@@ -1,0 +1,370 @@
+//! `make bench-csi-node` (part of `make bench-csi`): the CSI node plugin in process, run as root.
+//! NodePublishVolume latency per mode over the real CSI Unix socket with real mounts into a temp
+//! dir, then the Workload API of one published pod (through its bind-mounted socket): first-response
+//! latency of FetchX509SVID on a new connection, and fetches per second with 100 concurrent clients.
+//! Identities come from the tests' in-process issuer (real SVIDs from core's `Authority`), so the
+//! figures are the plugin's own cost, not the node API's.
+
+// A benchmark: a broken setup should stop it loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use support::{TRUST_DOMAIN, TestPod, World};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint, Uri};
+use wimsey_core::SpiffeId;
+use wimsey_csi::csi::{ManagerConfig, SOCKET_NAME, VolumeManager, serve_csi};
+use wimsey_csi::identity_source::{IdentitySource, PodInfo};
+use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity, WorkloadApiError, bind_unix_socket};
+use wimsey_proto::csi::v1 as csi;
+use wimsey_proto::csi::v1::node_client::NodeClient;
+use wimsey_proto::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
+use wimsey_proto::workload as pb;
+use zeroize::Zeroizing;
+
+const PUBLISHES_PER_MODE: usize = 200;
+const FIRST_RESPONSE_SAMPLES: usize = 500;
+const CONCURRENT_CLIENTS: usize = 100;
+const CONCURRENT_DURATION: Duration = Duration::from_secs(3);
+
+#[derive(Clone)]
+struct SharedPod(Arc<TestPod>);
+
+impl PodIdentity for SharedPod {
+    fn current(&self) -> watch::Receiver<Arc<IdentitySnapshot>> {
+        self.0.current()
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+    ) -> Result<Zeroizing<String>, WorkloadApiError> {
+        self.0.mint_jwt_svid(spiffe_id, audience).await
+    }
+}
+
+/// Issues `spiffe://example.org/ns/<ns>/sa/<sa>` to every attached pod. Each pod's snapshot is
+/// issued up front (one key pair and SVID), as the node API client would have it ready.
+struct BenchSource {
+    world: World,
+    pods: Mutex<HashMap<String, Arc<TestPod>>>,
+}
+
+impl IdentitySource for BenchSource {
+    type Pod = SharedPod;
+
+    fn attach(&self, pod: PodInfo) -> SharedPod {
+        let id = format!(
+            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
+            pod.namespace, pod.service_account
+        );
+        let mut pods = self.pods.lock().unwrap();
+        let handle = pods.entry(pod.uid).or_insert_with(|| {
+            Arc::new(TestPod::new(
+                &self.world.issuer,
+                self.world.issued(&[(id.as_str(), "")]),
+            ))
+        });
+        SharedPod(Arc::clone(handle))
+    }
+
+    fn detach(&self, pod_uid: &str) {
+        self.pods.lock().unwrap().remove(pod_uid);
+    }
+}
+
+async fn unix_channel(socket: &Path) -> Channel {
+    let socket = socket.to_owned();
+    Endpoint::try_from("http://localhost")
+        .unwrap()
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("connect")
+}
+
+fn publish_request(volume_id: &str, target: &Path, mode: &str) -> csi::NodePublishVolumeRequest {
+    let context: HashMap<String, String> = [
+        ("csi.storage.k8s.io/pod.name", "web-0"),
+        ("csi.storage.k8s.io/pod.namespace", "default"),
+        ("csi.storage.k8s.io/pod.uid", &format!("uid-{volume_id}")),
+        ("csi.storage.k8s.io/serviceAccount.name", "web"),
+        ("csi.storage.k8s.io/ephemeral", "true"),
+        (
+            "csi.storage.k8s.io/serviceAccount.tokens",
+            r#"{"wimsey":{"token":"pod-token","expirationTimestamp":"2030-01-01T00:00:00Z"}}"#,
+        ),
+        ("mode", mode),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    csi::NodePublishVolumeRequest {
+        volume_id: volume_id.into(),
+        target_path: target.display().to_string(),
+        volume_capability: Some(csi::VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_mode: Some(AccessMode {
+                mode: access_mode::Mode::SingleNodeWriter as i32,
+            }),
+        }),
+        readonly: true,
+        volume_context: context,
+        ..Default::default()
+    }
+}
+
+fn unpublish_request(volume_id: &str, target: &Path) -> csi::NodeUnpublishVolumeRequest {
+    csi::NodeUnpublishVolumeRequest {
+        volume_id: volume_id.into(),
+        target_path: target.display().to_string(),
+    }
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: usize) -> Duration {
+    let rank = (sorted.len() * p).div_ceil(100).max(1);
+    sorted[rank - 1]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3} ms", d.as_secs_f64() * 1000.0)
+}
+
+struct Row {
+    measure: String,
+    value: String,
+    target: String,
+    ok: Option<bool>,
+}
+
+/// Opens a FetchX509SVID stream and waits for its first message; returns the SVID count.
+async fn first_x509_response(
+    client: &mut pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<Channel>,
+) -> usize {
+    let mut stream = client
+        .fetch_x509svid(support::with_header(pb::X509svidRequest {}))
+        .await
+        .expect("FetchX509SVID")
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .expect("first message")
+        .expect("a message");
+    first.svids.len()
+}
+
+async fn publish_latency(
+    node: &mut NodeClient<Channel>,
+    dir: &Path,
+    mode: &str,
+    target_p99: Duration,
+    rows: &mut Vec<Row>,
+) {
+    let mut samples = Vec::with_capacity(PUBLISHES_PER_MODE);
+    for i in 0..PUBLISHES_PER_MODE {
+        let volume_id = format!("bench-{mode}-{i}");
+        let target = dir.join(&volume_id);
+        let request = publish_request(&volume_id, &target, mode);
+        let start = Instant::now();
+        node.node_publish_volume(request).await.expect("publish");
+        samples.push(start.elapsed());
+        node.node_unpublish_volume(unpublish_request(&volume_id, &target))
+            .await
+            .expect("unpublish");
+    }
+    samples.sort();
+    let (p50, p99) = (percentile(&samples, 50), percentile(&samples, 99));
+    rows.push(Row {
+        measure: format!("NodePublishVolume {mode} p50 ({PUBLISHES_PER_MODE} publishes)"),
+        value: ms(p50),
+        target: "-".into(),
+        ok: None,
+    });
+    rows.push(Row {
+        measure: format!("NodePublishVolume {mode} p99 ({PUBLISHES_PER_MODE} publishes)"),
+        value: ms(p99),
+        target: format!("< {}", ms(target_p99)),
+        ok: Some(p99 < target_p99),
+    });
+}
+
+async fn run() -> Vec<Row> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let source = Arc::new(BenchSource {
+        world: World::new(),
+        pods: Mutex::new(HashMap::new()),
+    });
+    let manager = Arc::new(
+        VolumeManager::new(
+            source,
+            ManagerConfig {
+                state_dir: dir.path().join("state"),
+                spire_agent_socket_dir: None,
+                files_tmpfs_size: "1m".into(),
+            },
+        )
+        .expect("manager"),
+    );
+    manager.restore().await.expect("restore");
+    let csi_socket = dir.path().join("csi.sock");
+    let listener = bind_unix_socket(&csi_socket, 0o600).expect("bind CSI socket");
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(serve_csi(
+        listener,
+        Arc::clone(&manager),
+        "bench-node".into(),
+        shutdown.clone(),
+    ));
+    let mut node = NodeClient::new(unix_channel(&csi_socket).await);
+    let mut rows = Vec::new();
+
+    // Warm-up: first mount, first tmpfs, lazy statics; not counted.
+    for mode in ["workload-api", "files"] {
+        let target = dir.path().join(format!("warm-{mode}"));
+        node.node_publish_volume(publish_request(&format!("warm-{mode}"), &target, mode))
+            .await
+            .expect("warm-up publish");
+        node.node_unpublish_volume(unpublish_request(&format!("warm-{mode}"), &target))
+            .await
+            .expect("warm-up unpublish");
+    }
+    publish_latency(
+        &mut node,
+        dir.path(),
+        "workload-api",
+        Duration::from_millis(5),
+        &mut rows,
+    )
+    .await;
+    publish_latency(
+        &mut node,
+        dir.path(),
+        "files",
+        Duration::from_millis(20),
+        &mut rows,
+    )
+    .await;
+
+    // One published pod; clients go through its bind mount, as a workload would.
+    let target = dir.path().join("pod-target");
+    node.node_publish_volume(publish_request("bench-pod", &target, "workload-api"))
+        .await
+        .expect("publish pod volume");
+    let pod_socket = target.join(SOCKET_NAME);
+
+    let mut samples = Vec::with_capacity(FIRST_RESPONSE_SAMPLES);
+    for _ in 0..FIRST_RESPONSE_SAMPLES {
+        let start = Instant::now();
+        let mut client = support::raw_client(&pod_socket).await;
+        assert_eq!(first_x509_response(&mut client).await, 1);
+        samples.push(start.elapsed());
+    }
+    samples.sort();
+    let p50 = percentile(&samples, 50);
+    rows.push(Row {
+        measure: format!(
+            "FetchX509SVID first response p50 (new connection, {FIRST_RESPONSE_SAMPLES} samples)"
+        ),
+        value: ms(p50),
+        target: "< 1.000 ms".into(),
+        ok: Some(p50 < Duration::from_millis(1)),
+    });
+    rows.push(Row {
+        measure: "FetchX509SVID first response p99".into(),
+        value: ms(percentile(&samples, 99)),
+        target: "-".into(),
+        ok: None,
+    });
+
+    // 100 clients, each on its own connection, each opening stream after stream and taking the
+    // first response, for a fixed window.
+    let fetches = Arc::new(AtomicU64::new(0));
+    let mut clients = Vec::with_capacity(CONCURRENT_CLIENTS);
+    for _ in 0..CONCURRENT_CLIENTS {
+        clients.push(support::raw_client(&pod_socket).await);
+    }
+    let start = Instant::now();
+    let deadline = start + CONCURRENT_DURATION;
+    let tasks: Vec<_> = clients
+        .into_iter()
+        .map(|mut client| {
+            let fetches = Arc::clone(&fetches);
+            tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    assert_eq!(first_x509_response(&mut client).await, 1);
+                    fetches.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("client task");
+    }
+    let elapsed = start.elapsed();
+    let total = fetches.load(Ordering::Relaxed);
+    rows.push(Row {
+        measure: format!(
+            "FetchX509SVID/s, {CONCURRENT_CLIENTS} concurrent clients ({total} in {:.2} s)",
+            elapsed.as_secs_f64()
+        ),
+        value: format!("{:.0}", total as f64 / elapsed.as_secs_f64()),
+        target: "-".into(),
+        ok: None,
+    });
+
+    node.node_unpublish_volume(unpublish_request("bench-pod", &target))
+        .await
+        .expect("unpublish pod volume");
+    shutdown.cancel();
+    server.await.expect("join").expect("CSI server");
+    manager.shutdown().await;
+    rows
+}
+
+fn main() {
+    // cargo bench passes `--bench`; nothing else to parse.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let rows = runtime.block_on(run());
+    let width = rows.iter().map(|r| r.measure.len()).max().unwrap_or(0);
+    println!();
+    println!(
+        "{:<width$}  {:>12}  {:>12}  result",
+        "measure", "value", "target"
+    );
+    for row in &rows {
+        let result = match row.ok {
+            Some(true) => "ok",
+            Some(false) => "MISS",
+            None => "-",
+        };
+        println!(
+            "{:<width$}  {:>12}  {:>12}  {result}",
+            row.measure, row.value, row.target
+        );
+    }
+    println!(
+        "(Workload API clients: raw tonic client of wimsey_proto::workload with the security header)"
+    );
+}
