@@ -1,0 +1,461 @@
+//! Pods get identities on the real cluster: wimsey installed from `crds/` and `config/default`
+//! (operator with 2 replicas, CSI DaemonSet), a ClusterSPIFFEID per test, and workloads that read
+//! their SVIDs through a `csi.wimsey.dev` volume: our go-spiffe client (`spiffe-probe`) over the
+//! Workload API socket, and the files mode read with `cat` and checked with the openssl CLI.
+//!
+//! Tests run in parallel, each in its own namespace with its own ClusterSPIFFEID.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::api::core::v1::{
+    CSIVolumeSource, Container, EnvVar, Pod, PodSecurityContext, PodSpec, SecurityContext, Volume,
+    VolumeMount,
+};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, LogParams, ObjectMeta, PostParams,
+};
+use kube::{Api, Client};
+use serde_json::json;
+use wimsey_kind_tests::cluster::image;
+use wimsey_kind_tests::exec::exec;
+use wimsey_kind_tests::wait::{pod_ready, poll_until, wait_for};
+use wimsey_kind_tests::wimsey::{self, DRIVER};
+use wimsey_kind_tests::{Cluster, TestNamespace};
+
+const TRUST_DOMAIN: &str = "example.org";
+const POD_TIMEOUT: Duration = Duration::from_secs(120);
+const SVID_TIMEOUT: Duration = Duration::from_secs(60);
+/// Short enough that a rotation (at half-life) happens well inside a test.
+const SHORT_TTL: &str = "20s";
+const ROTATION_TIMEOUT: Duration = Duration::from_secs(90);
+const PROBE: &str = "/spiffe-probe";
+const APP: &str = "/wimsey-test-app";
+const SOCKET_DIR: &str = "/spiffe-workload-api";
+const FILES_DIR: &str = "/var/run/spiffe";
+
+fn cluster_spiffe_id_api(client: Client) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk("spire.spiffe.io", "v1alpha1", "ClusterSPIFFEID");
+    Api::all_with(client, &ApiResource::from_gvk(&gvk))
+}
+
+/// The SPIFFE ID our ClusterSPIFFEIDs give a pod of `ns` running as the default ServiceAccount.
+fn expected_id(ns: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/default")
+}
+
+/// A ClusterSPIFFEID named after the test namespace that selects every pod in it.
+async fn create_cluster_spiffe_id(
+    cluster: &Cluster,
+    ns: &TestNamespace,
+    ttl: Option<&str>,
+) -> Result<String> {
+    let name = ns.name().to_string();
+    let mut spec = json!({
+        "spiffeIDTemplate":
+            "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}",
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name()}},
+    });
+    if let Some(ttl) = ttl {
+        spec["ttl"] = json!(ttl);
+    }
+    let obj: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "spire.spiffe.io/v1alpha1",
+        "kind": "ClusterSPIFFEID",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))?;
+    cluster_spiffe_id_api(cluster.client())
+        .create(&PostParams::default(), &obj)
+        .await
+        .with_context(|| format!("create ClusterSPIFFEID {name}"))?;
+    Ok(name)
+}
+
+async fn delete_cluster_spiffe_id(cluster: &Cluster, name: &str) -> Result<()> {
+    match cluster_spiffe_id_api(cluster.client())
+        .delete(name, &DeleteParams::default())
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn csi_volume(mode: &str) -> Volume {
+    Volume {
+        name: "spiffe".into(),
+        csi: Some(CSIVolumeSource {
+            driver: DRIVER.into(),
+            read_only: Some(true),
+            volume_attributes: Some(BTreeMap::from([("mode".to_string(), mode.to_string())])),
+            ..CSIVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn restricted() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Default::default()
+        }),
+        ..SecurityContext::default()
+    }
+}
+
+fn pod(name: &str, container: Container, volume: Volume) -> Pod {
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(PodSpec {
+            containers: vec![container],
+            volumes: Some(vec![volume]),
+            termination_grace_period_seconds: Some(2),
+            // the plugin gives the files' group to the pod's fsGroup (keys are 0640, not world-readable)
+            security_context: Some(PodSecurityContext {
+                run_as_user: Some(65532),
+                run_as_group: Some(65532),
+                fs_group: Some(65532),
+                ..PodSecurityContext::default()
+            }),
+            ..PodSpec::default()
+        }),
+        ..Pod::default()
+    }
+}
+
+/// A pod running `spiffe-probe watch` on a Workload API volume.
+fn probe_pod(name: &str) -> Result<Pod> {
+    let container = Container {
+        name: "probe".into(),
+        image: Some(image("spiffe-probe")?),
+        image_pull_policy: Some("Never".into()),
+        args: Some(vec!["watch".into()]),
+        env: Some(vec![EnvVar {
+            name: "SPIFFE_ENDPOINT_SOCKET".into(),
+            value: Some(format!("unix://{SOCKET_DIR}/socket")),
+            ..EnvVar::default()
+        }]),
+        security_context: Some(restricted()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "spiffe".into(),
+            mount_path: SOCKET_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    Ok(pod(name, container, csi_volume("workload-api")))
+}
+
+/// A pod of the test app (which can `cat`) with a files-mode volume.
+fn files_pod(name: &str) -> Result<Pod> {
+    let container = Container {
+        name: "app".into(),
+        image: Some(image("test-app")?),
+        image_pull_policy: Some("Never".into()),
+        args: Some(vec!["serve".into(), "--port".into(), "8080".into()]),
+        security_context: Some(restricted()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "spiffe".into(),
+            mount_path: FILES_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    Ok(pod(name, container, csi_volume("files")))
+}
+
+/// One `x509 <id> serial=<hex> ...` line of spiffe-probe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct X509Line {
+    id: String,
+    serial: String,
+}
+
+fn parse_x509_lines(out: &str) -> Vec<X509Line> {
+    out.lines()
+        .filter_map(|line| {
+            let mut words = line.split_whitespace();
+            (words.next()? == "x509").then_some(())?;
+            let id = words.next()?.to_string();
+            let serial = words.find_map(|w| w.strip_prefix("serial="))?.to_string();
+            Some(X509Line { id, serial })
+        })
+        .collect()
+}
+
+async fn logs(pods: &Api<Pod>, name: &str) -> Result<String> {
+    Ok(pods.logs(name, &LogParams::default()).await?)
+}
+
+/// Waits until the pod's `spiffe-probe watch` has logged at least `n` distinct SVIDs.
+async fn wait_for_svids(
+    pods: &Api<Pod>,
+    name: &str,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<X509Line>> {
+    poll_until(
+        &format!("{n} X.509-SVID(s) in the log of {name}"),
+        timeout,
+        || async {
+            let mut seen = parse_x509_lines(&logs(pods, name).await?);
+            seen.dedup_by(|a, b| a.serial == b.serial);
+            Ok((seen.len() >= n).then_some(seen))
+        },
+    )
+    .await
+}
+
+/// Runs spiffe-probe in the pod and returns its stdout, whatever the exit status.
+async fn probe(pods: &Api<Pod>, name: &str, args: &[&str]) -> Result<String> {
+    let mut cmd = vec![PROBE];
+    cmd.extend_from_slice(args);
+    Ok(exec(pods, name, None, &cmd).await?.stdout)
+}
+
+async fn start_probe_pod(ns: &TestNamespace, name: &str) -> Result<Api<Pod>> {
+    let pods: Api<Pod> = ns.api();
+    pods.create(&PostParams::default(), &probe_pod(name)?)
+        .await?;
+    wait_for(&pods, name, "probe pod Ready", POD_TIMEOUT, pod_ready()).await?;
+    Ok(pods)
+}
+
+/// Runs `body` in a fresh namespace with a ClusterSPIFFEID for it; cleans both up.
+async fn with_identity<F, Fut>(test: &str, prefix: &str, ttl: Option<&str>, body: F) -> Result<()>
+where
+    F: FnOnce(Cluster, TestNamespace, String) -> Fut,
+    Fut: std::future::Future<Output = (TestNamespace, Result<()>)>,
+{
+    let Some(cluster) = Cluster::connect_node(test).await? else {
+        return Ok(());
+    };
+    wimsey::ensure_installed(&cluster).await?;
+    let ns = cluster.namespace(prefix).await?;
+    let csid = match create_cluster_spiffe_id(&cluster, &ns, ttl).await {
+        Ok(name) => name,
+        Err(err) => return ns.finish(Err(err)).await,
+    };
+    let (ns, result) = body(cluster.clone(), ns, csid.clone()).await;
+    let cleanup = delete_cluster_spiffe_id(&cluster, &csid).await;
+    ns.finish(result.and(cleanup)).await
+}
+
+#[tokio::test]
+async fn workload_gets_x509_and_jwt_svids_and_sees_rotation() -> Result<()> {
+    with_identity(
+        "workload_gets_x509_and_jwt_svids_and_sees_rotation",
+        "svid",
+        Some(SHORT_TTL),
+        |_, ns, _| async move {
+            let r = workload_svids(&ns).await;
+            (ns, r)
+        },
+    )
+    .await
+}
+
+async fn workload_svids(ns: &TestNamespace) -> Result<()> {
+    let want = expected_id(ns.name());
+    let pods = start_probe_pod(ns, "probe").await?;
+
+    // The streamed X.509-SVID (verified against the streamed bundle by the client) carries the ID
+    // the ClusterSPIFFEID's template renders for this pod.
+    let first = wait_for_svids(&pods, "probe", 1, SVID_TIMEOUT).await?;
+    ensure!(first[0].id == want, "SVID {:?}, want {want}", first[0].id);
+
+    // One-shot fetch: same identity.
+    let fetched = probe(&pods, "probe", &["fetch"]).await?;
+    let fetched = parse_x509_lines(&fetched);
+    ensure!(
+        fetched.len() == 1 && fetched[0].id == want,
+        "fetch printed {fetched:?}"
+    );
+
+    // A JWT-SVID that validates offline against the JWT bundle and through ValidateJWTSVID.
+    let jwt = probe(&pods, "probe", &["jwt", "-audience", "e2e-audience"]).await?;
+    ensure!(
+        jwt.trim() == format!("jwt {want} aud=e2e-audience validated=true"),
+        "jwt printed {jwt:?}"
+    );
+
+    // Without the workload.spiffe.io header the server refuses with InvalidArgument.
+    let bare = probe(&pods, "probe", &["no-header"]).await?;
+    ensure!(
+        bare.starts_with("status code=InvalidArgument"),
+        "no-header printed {bare:?}"
+    );
+
+    // With a 20 s TTL the plugin renews at half-life and streams the new SVID.
+    let rotated = wait_for_svids(&pods, "probe", 2, ROTATION_TIMEOUT).await?;
+    ensure!(
+        rotated.iter().all(|l| l.id == want),
+        "rotated SVIDs {rotated:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn files_mode_rotates_and_openssl_verifies() -> Result<()> {
+    with_identity(
+        "files_mode_rotates_and_openssl_verifies",
+        "files",
+        Some(SHORT_TTL),
+        |_, ns, _| async move {
+            let r = files_mode(&ns).await;
+            (ns, r)
+        },
+    )
+    .await
+}
+
+async fn read_pod_file(pods: &Api<Pod>, pod: &str, file: &str) -> Result<String> {
+    let out = exec(
+        pods,
+        pod,
+        None,
+        &[APP, "cat", &format!("{FILES_DIR}/{file}")],
+    )
+    .await?;
+    ensure!(out.success(), "cat {file}: {}", out.stderr);
+    Ok(out.stdout)
+}
+
+fn openssl(args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .context("running openssl")?;
+    ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Checks one snapshot of the files with openssl and returns the leaf's serial.
+fn check_files(dir: &std::path::Path, want: &str) -> Result<String> {
+    let (svid, key, bundle) = (
+        dir.join("svid.pem"),
+        dir.join("svid_key.pem"),
+        dir.join("bundle.pem"),
+    );
+    let (svid, key, bundle) = (
+        svid.display().to_string(),
+        key.display().to_string(),
+        bundle.display().to_string(),
+    );
+    let verified = openssl(&["verify", "-CAfile", &bundle, "-untrusted", &svid, &svid])?;
+    ensure!(
+        verified.trim().ends_with(": OK"),
+        "openssl verify: {verified}"
+    );
+    let san = openssl(&["x509", "-in", &svid, "-noout", "-ext", "subjectAltName"])?;
+    ensure!(san.contains(&format!("URI:{want}")), "SAN {san}");
+    // the key in svid_key.pem belongs to the certificate
+    let cert_pub = openssl(&["x509", "-in", &svid, "-noout", "-pubkey"])?;
+    let key_pub = openssl(&["pkey", "-in", &key, "-pubout"])?;
+    ensure!(cert_pub == key_pub, "svid_key.pem does not match svid.pem");
+    let serial = openssl(&["x509", "-in", &svid, "-noout", "-serial"])?;
+    Ok(serial.trim().to_string())
+}
+
+/// Copies the pod's files into a local directory (all three read in one pass).
+async fn snapshot_files(pods: &Api<Pod>, pod: &str, dir: &std::path::Path) -> Result<()> {
+    for file in ["svid.pem", "svid_key.pem", "bundle.pem"] {
+        let text = read_pod_file(pods, pod, file).await?;
+        std::fs::write(dir.join(file), text)?;
+    }
+    Ok(())
+}
+
+async fn files_mode(ns: &TestNamespace) -> Result<()> {
+    let want = expected_id(ns.name());
+    let pods: Api<Pod> = ns.api();
+    pods.create(&PostParams::default(), &files_pod("files")?)
+        .await?;
+    wait_for(&pods, "files", "files pod Ready", POD_TIMEOUT, pod_ready()).await?;
+    let dir = std::env::temp_dir().join(format!("wimsey-e2e-{}", ns.name()));
+    std::fs::create_dir_all(&dir)?;
+    let result = async {
+        // The files can be written a moment after the mount: poll until they verify.
+        let first = poll_until("files that openssl verifies", SVID_TIMEOUT, || async {
+            snapshot_files(&pods, "files", &dir).await?;
+            check_files(&dir, &want).map(Some)
+        })
+        .await?;
+        // Rotation replaces them (atomically: every snapshot verifies) with a new certificate.
+        let second = poll_until("rotated files", ROTATION_TIMEOUT, || async {
+            snapshot_files(&pods, "files", &dir).await?;
+            let serial = check_files(&dir, &want)?;
+            Ok((serial != first).then_some(serial))
+        })
+        .await?;
+        ensure!(second != first);
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+#[tokio::test]
+async fn deleting_the_cluster_spiffe_id_takes_the_identity_away() -> Result<()> {
+    with_identity(
+        "deleting_the_cluster_spiffe_id_takes_the_identity_away",
+        "revoke",
+        None,
+        |cluster, ns, csid| async move {
+            let r = revoke(&cluster, &ns, &csid).await;
+            (ns, r)
+        },
+    )
+    .await
+}
+
+async fn revoke(cluster: &Cluster, ns: &TestNamespace, csid: &str) -> Result<()> {
+    let want = expected_id(ns.name());
+    let pods = start_probe_pod(ns, "probe").await?;
+    let first = wait_for_svids(&pods, "probe", 1, SVID_TIMEOUT).await?;
+    ensure!(first[0].id == want, "SVID {:?}, want {want}", first[0].id);
+
+    delete_cluster_spiffe_id(cluster, csid).await?;
+    let denied = poll_until("the identity to be withdrawn", SVID_TIMEOUT, || async {
+        let out = probe(&pods, "probe", &["fetch", "-timeout", "5s"]).await?;
+        Ok(out
+            .starts_with("error code=PermissionDenied")
+            .then_some(out))
+    })
+    .await?;
+    ensure!(
+        denied.contains("no identity issued"),
+        "PermissionDenied without the spec's message: {denied:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn parses_probe_output() {
+    let out = "x509 spiffe://example.org/ns/a/sa/default serial=1f not_after=2026-01-01T00:00:00Z at_ms=1 start_ms=0\n\
+               error code=Unavailable msg=x\n\
+               x509 spiffe://example.org/ns/a/sa/default serial=20 not_after=2026-01-01T00:00:00Z\n";
+    let lines = parse_x509_lines(out);
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0].id, "spiffe://example.org/ns/a/sa/default");
+    assert_eq!(lines[0].serial, "1f");
+    assert_eq!(lines[1].serial, "20");
+}
