@@ -60,6 +60,6 @@ bench-csi-cluster: ## pod created -> SVID available on the local cluster, p50/p9
 	@$(MAKE) --no-print-directory demo-install
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) WIMSEY_E2E=1 CLUSTER_LEVEL=$$(cat $(WIMSEY_CLUSTER_DIR)/level) \
 		WIMSEY_IMAGE_TAG=$$(cat $(WIMSEY_IMAGES_DIR)/tag) BENCH_CSI_PODS=$(BENCH_CSI_PODS) \
-		$(CARGO) run --release -q -p wimsey-kind-tests --bin wimsey-csi-bench
+		$(CARGO) run -q -p wimsey-kind-tests --bin wimsey-csi-bench
 
 bench-csi: bench-csi-cluster
