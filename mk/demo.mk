@@ -51,7 +51,8 @@ demo-install:
 	echo "[demo] kubectl apply -k config/default config/samples (images :$$tag)"; \
 	$$k apply --server-side --force-conflicts -k "$$tmp"; \
 	$$k -n wimsey-system rollout status deploy/wimsey-operator --timeout=$(DEMO_TIMEOUT)s; \
-	$$k -n wimsey-system rollout status ds/wimsey-csi --timeout=$(DEMO_TIMEOUT)s
+	$$k -n wimsey-system rollout status ds/wimsey-csi --timeout=$(DEMO_TIMEOUT)s; \
+	$$k -n wimsey-demo rollout status deploy/spiffe-probe --timeout=$(DEMO_TIMEOUT)s
 
 # The cluster part of the CSI benchmark: N pods of spiffe-probe, each timed from its create call to
 # its first X.509-SVID (the client logs the time it got it; one machine, one clock).
