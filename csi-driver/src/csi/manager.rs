@@ -25,7 +25,7 @@ use super::files::{render_files, write_atomically};
 use super::mounts;
 use super::records::{RecordStore, VolumeRecord};
 use super::request::{FilesConfig, PublishSpec, VolumeMode};
-use crate::identity_source::IdentitySource;
+use crate::identity_source::{IdentitySource, PodInfo};
 use crate::workload_api::{IdentitySnapshot, PodIdentity, WorkloadApiService, bind_unix_socket};
 
 /// The socket's name inside the per-volume directory (`SPIFFE_ENDPOINT_SOCKET=unix:///<mount>/socket`).
@@ -121,11 +121,12 @@ impl<S: IdentitySource> VolumeManager<S> {
                 }
                 continue;
             }
+            let token = self.records.read_token(&record.volume_id, unix_now());
             let spec = PublishSpec {
                 volume_id: record.volume_id.clone(),
                 target: record.target_path.clone(),
                 mode: record.mode,
-                pod: record.pod_info(),
+                pod: record.pod_info().map(|pod| PodInfo { token, ..pod }),
                 attributes: record.attributes.clone(),
                 fs_group: record.fs_group,
             };
@@ -165,6 +166,7 @@ impl<S: IdentitySource> VolumeManager<S> {
             }
             // A republish (requiresRepublish) brings a fresh pod token.
             if let Some(pod) = spec.pod.clone().filter(|p| p.token.is_some()) {
+                self.record_token(&spec.volume_id, &pod);
                 drop(self.source.attach(pod));
             }
             if !mounts::is_mount_point(&spec.target)? {
@@ -182,6 +184,9 @@ impl<S: IdentitySource> VolumeManager<S> {
             return Ok(());
         }
         self.records.write(&VolumeRecord::from_spec(&spec))?;
+        if let Some(pod) = &spec.pod {
+            self.record_token(&spec.volume_id, pod);
+        }
         match self.activate(&spec) {
             Ok(active) => {
                 volumes.insert(spec.volume_id.clone(), active);
@@ -229,6 +234,16 @@ impl<S: IdentitySource> VolumeManager<S> {
             info!(volume_id, target = %target.display(), "unpublished");
         }
         Ok(())
+    }
+
+    /// Keeps the pod's token for a restart. Failing to is not fatal: the volume works now, and
+    /// after a restart the token comes back with kubelet's next republish.
+    fn record_token(&self, volume_id: &str, pod: &PodInfo) {
+        if let Some(token) = &pod.token
+            && let Err(error) = self.records.write_token(volume_id, token)
+        {
+            warn!(volume_id, error = %error, label = error.label(), "could not record the pod token");
+        }
     }
 
     /// Unmounts and removes the target, the per-volume directory and the record.
@@ -471,12 +486,16 @@ fn jwt_half_life(token: &str) -> Duration {
     let exp = CompactJws::parse(token)
         .ok()
         .and_then(|jws| jws.claims().get("exp").and_then(serde_json::Value::as_u64));
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
+    let now = unix_now();
     match exp {
         Some(exp) => Duration::from_secs(exp.saturating_sub(now) / 2).max(Duration::from_secs(1)),
         None => Duration::from_secs(60),
     }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
 }

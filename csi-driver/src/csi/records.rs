@@ -1,5 +1,10 @@
 //! Volume records: one JSON file per published volume under `<state dir>/records/`, written
-//! atomically, so a restarted plugin knows every volume to re-serve. Tokens are never recorded.
+//! atomically, so a restarted plugin knows every volume to re-serve.
+//!
+//! The pod's own token (audience `wimsey`, bound to the pod, short-lived) is kept beside the
+//! record in a root-only `<volume_id>.token` file, never in the record and never in a log: without
+//! it a restarted plugin could not ask for the pod's identities until kubelet's next republish,
+//! which can be a minute or more away. A token past its `exp` is not loaded.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -8,6 +13,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use wimsey_core::jose::jws::CompactJws;
+use zeroize::Zeroizing;
 
 use super::error::CsiError;
 use super::request::{PublishSpec, VolumeMode};
@@ -50,7 +57,7 @@ impl VolumeRecord {
         }
     }
 
-    /// The pod to re-attach after a restart; the token comes with kubelet's next republish.
+    /// The pod to re-attach after a restart, without its token (see [`RecordStore::read_token`]).
     pub fn pod_info(&self) -> Option<PodInfo> {
         self.pod.as_ref().map(|pod| PodInfo {
             uid: pod.uid.clone(),
@@ -109,15 +116,44 @@ impl RecordStore {
         fs::rename(&staged, &path).map_err(CsiError::io("rename into", &path))
     }
 
-    /// Removes the record; a missing one is fine.
+    /// Removes the record and the pod's token; missing ones are fine.
     pub fn remove(&self, volume_id: &str) -> Result<(), CsiError> {
-        let path = self.path(volume_id);
-        match fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(CsiError::io("remove", &path)(e))
+        for path in [self.path(volume_id), self.token_path(volume_id)] {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(CsiError::io("remove", &path)(e));
+                }
+                _ => {}
             }
-            _ => Ok(()),
         }
+        Ok(())
+    }
+
+    fn token_path(&self, volume_id: &str) -> PathBuf {
+        self.dir.join(format!("{volume_id}.token"))
+    }
+
+    /// Keeps the pod's latest token (mode 0600, atomically replaced).
+    pub fn write_token(&self, volume_id: &str, token: &str) -> Result<(), CsiError> {
+        let path = self.token_path(volume_id);
+        let staged = self.dir.join(format!(".{volume_id}.token.tmp"));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&staged)
+            .map_err(CsiError::io("create", &staged))?;
+        file.write_all(token.as_bytes())
+            .map_err(CsiError::io("write", &staged))?;
+        fs::rename(&staged, &path).map_err(CsiError::io("rename into", &path))
+    }
+
+    /// The pod's recorded token, if there is one and its `exp` (read, not verified: the operator
+    /// verifies it) is after `now_unix`.
+    pub fn read_token(&self, volume_id: &str, now_unix: u64) -> Option<Zeroizing<String>> {
+        let token = Zeroizing::new(fs::read_to_string(self.token_path(volume_id)).ok()?);
+        token_unexpired(&token, now_unix).then_some(token)
     }
 
     /// Every record, each with its parse result (a bad file is reported, not fatal).
@@ -138,6 +174,14 @@ impl RecordStore {
         records.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(records)
     }
+}
+
+/// Whether a JWT's `exp` claim is after `now_unix` (false when it has none or cannot be read).
+pub fn token_unexpired(token: &str, now_unix: u64) -> bool {
+    CompactJws::parse(token)
+        .ok()
+        .and_then(|jws| jws.claims().get("exp").and_then(serde_json::Value::as_u64))
+        .is_some_and(|exp| exp > now_unix)
 }
 
 fn read_record(path: &Path) -> Result<VolumeRecord, CsiError> {
@@ -184,5 +228,47 @@ mod tests {
         assert_eq!(store.load_all().expect("load").len(), 2);
         let json = std::fs::read_to_string(dir.path().join("records/b.json")).expect("read");
         assert!(json.contains("\"mode\": \"files\""), "{json}");
+    }
+
+    fn jwt_with_exp(exp: u64) -> String {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        format!(
+            "{}.{}.{}",
+            b64(r#"{"alg":"RS256","kid":"k"}"#),
+            b64(&format!(r#"{{"aud":["wimsey"],"exp":{exp}}}"#)),
+            b64("signature")
+        )
+    }
+
+    #[test]
+    fn keeps_an_unexpired_token_beside_the_record_and_removes_it_with_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RecordStore::open(dir.path().join("records")).expect("open");
+        store.write(&record("v")).expect("write");
+        store.write_token("v", &jwt_with_exp(2_000)).expect("token");
+        let path = dir.path().join("records/v.token");
+        let mode = std::fs::metadata(&path)
+            .expect("token file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // Not a record: load_all skips it.
+        assert_eq!(store.load_all().expect("load").len(), 1);
+        assert_eq!(
+            store.read_token("v", 1_999).as_deref().map(String::as_str),
+            Some(jwt_with_exp(2_000).as_str())
+        );
+        assert!(store.read_token("v", 2_000).is_none(), "expired at exp");
+        assert!(store.read_token("other", 0).is_none());
+        store.remove("v").expect("remove");
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_token_without_exp_is_not_loaded() {
+        assert!(!token_unexpired("not a jwt", 0));
+        assert!(token_unexpired(&jwt_with_exp(10), 9));
     }
 }
