@@ -3,7 +3,8 @@
 //! their SVIDs through a `csi.wimsey.dev` volume: our go-spiffe client (`spiffe-probe`) over the
 //! Workload API socket, and the files mode read with `cat` and checked with the openssl CLI.
 //!
-//! Tests run in parallel, each in its own namespace with its own ClusterSPIFFEID.
+//! Tests run in parallel, each in its own namespace with its own ClusterSPIFFEID. The one that
+//! restarts the plugin takes [`PLUGIN_LOCK`] for writing so no other test sees the restart.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,14 +15,15 @@ use k8s_openapi::api::core::v1::{
     VolumeMount,
 };
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, LogParams, ObjectMeta, PostParams,
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, ObjectMeta,
+    PostParams,
 };
 use kube::{Api, Client};
 use serde_json::json;
 use wimsey_kind_tests::cluster::image;
 use wimsey_kind_tests::exec::exec;
 use wimsey_kind_tests::wait::{pod_ready, poll_until, wait_for};
-use wimsey_kind_tests::wimsey::{self, DRIVER};
+use wimsey_kind_tests::wimsey::{self, DRIVER, NAMESPACE, PLUGIN};
 use wimsey_kind_tests::{Cluster, TestNamespace};
 
 const TRUST_DOMAIN: &str = "example.org";
@@ -34,6 +36,9 @@ const PROBE: &str = "/spiffe-probe";
 const APP: &str = "/wimsey-test-app";
 const SOCKET_DIR: &str = "/spiffe-workload-api";
 const FILES_DIR: &str = "/var/run/spiffe";
+
+/// Readers of the plugin take it shared; the test that restarts the plugin takes it exclusively.
+static PLUGIN_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 fn cluster_spiffe_id_api(client: Client) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("spire.spiffe.io", "v1alpha1", "ClusterSPIFFEID");
@@ -255,6 +260,7 @@ where
 
 #[tokio::test]
 async fn workload_gets_x509_and_jwt_svids_and_sees_rotation() -> Result<()> {
+    let _shared = PLUGIN_LOCK.read().await;
     with_identity(
         "workload_gets_x509_and_jwt_svids_and_sees_rotation",
         "svid",
@@ -309,6 +315,7 @@ async fn workload_svids(ns: &TestNamespace) -> Result<()> {
 
 #[tokio::test]
 async fn files_mode_rotates_and_openssl_verifies() -> Result<()> {
+    let _shared = PLUGIN_LOCK.read().await;
     with_identity(
         "files_mode_rotates_and_openssl_verifies",
         "files",
@@ -415,6 +422,7 @@ async fn files_mode(ns: &TestNamespace) -> Result<()> {
 
 #[tokio::test]
 async fn deleting_the_cluster_spiffe_id_takes_the_identity_away() -> Result<()> {
+    let _shared = PLUGIN_LOCK.read().await;
     with_identity(
         "deleting_the_cluster_spiffe_id_takes_the_identity_away",
         "revoke",
@@ -444,6 +452,83 @@ async fn revoke(cluster: &Cluster, ns: &TestNamespace, csid: &str) -> Result<()>
     ensure!(
         denied.contains("no identity issued"),
         "PermissionDenied without the spec's message: {denied:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn restarting_the_plugin_leaves_every_pod_served() -> Result<()> {
+    let _exclusive = PLUGIN_LOCK.write().await;
+    with_identity(
+        "restarting_the_plugin_leaves_every_pod_served",
+        "restart",
+        None,
+        |cluster, ns, _| async move {
+            let r = restart(&cluster, &ns).await;
+            (ns, r)
+        },
+    )
+    .await
+}
+
+async fn restart(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
+    let want = expected_id(ns.name());
+    let pods = start_probe_pod(ns, "probe").await?;
+    wait_for_svids(&pods, "probe", 1, SVID_TIMEOUT).await?;
+    pods.create(&PostParams::default(), &files_pod("files")?)
+        .await?;
+    wait_for(&pods, "files", "files pod Ready", POD_TIMEOUT, pod_ready()).await?;
+    let files_before = read_pod_file(&pods, "files", "svid.pem").await?;
+
+    // Delete every plugin pod and wait for the DaemonSet to bring new ones up.
+    let plugin_pods: Api<Pod> = Api::namespaced(cluster.client(), NAMESPACE);
+    let selector = ListParams::default().labels("app.kubernetes.io/name=wimsey-csi");
+    let old: Vec<String> = plugin_pods
+        .list(&selector)
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.uid)
+        .collect();
+    ensure!(!old.is_empty(), "no {PLUGIN} pods found");
+    plugin_pods
+        .delete_collection(&DeleteParams::default(), &selector)
+        .await?;
+    poll_until("new plugin pods", POD_TIMEOUT, || async {
+        let now = plugin_pods.list(&selector).await?.items;
+        let fresh = !now.is_empty()
+            && now
+                .iter()
+                .all(|p| p.metadata.uid.as_ref().is_some_and(|u| !old.contains(u)));
+        Ok(fresh.then_some(()))
+    })
+    .await?;
+    wimsey::wait_until_serving(cluster).await?;
+
+    // The socket the old plugin served is served again, through the pod's existing mount.
+    let fetched = poll_until(
+        "the Workload API after the restart",
+        SVID_TIMEOUT,
+        || async {
+            let out = probe(&pods, "probe", &["fetch", "-timeout", "5s"]).await?;
+            let lines = parse_x509_lines(&out);
+            Ok((lines.len() == 1).then_some(lines))
+        },
+    )
+    .await?;
+    ensure!(fetched[0].id == want, "after restart: {fetched:?}");
+    let jwt = probe(&pods, "probe", &["jwt", "-audience", "after-restart"]).await?;
+    ensure!(
+        jwt.starts_with(&format!("jwt {want} ")),
+        "jwt after restart: {jwt:?}"
+    );
+
+    // The files are still there and still readable.
+    let files_after = read_pod_file(&pods, "files", "svid.pem").await?;
+    ensure!(
+        files_after.contains("BEGIN CERTIFICATE"),
+        "svid.pem after restart: {files_after:?} (before: {} bytes)",
+        files_before.len()
     );
     Ok(())
 }
