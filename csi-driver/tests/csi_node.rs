@@ -436,7 +436,12 @@ async fn workload_api_volume_is_served_through_a_read_only_bind_mount() {
         .expect("unpublish");
     assert!(!target.exists(), "target removed");
     assert!(!records.exists(), "record removed");
-    assert!(!dir.path().join("state/volumes/vol-wl").exists());
+    assert!(
+        !dir.path()
+            .join("state/volumes")
+            .join(wimsey_csi::csi::manager::volume_dir_name("vol-wl"))
+            .exists()
+    );
     assert_eq!(
         *source.detached.lock().expect("lock"),
         vec!["uid-wl".to_owned()]

@@ -90,9 +90,11 @@ impl<S: IdentitySource> VolumeManager<S> {
         })
     }
 
-    /// The per-volume directory of a `workload-api` volume.
+    /// The per-volume directory of a `workload-api` volume: named by a hash of the volume ID,
+    /// because kubelet's IDs (`csi-<64 hex>`) would push the socket's path past the 108 bytes a
+    /// Unix socket address holds.
     pub fn volume_dir(&self, volume_id: &str) -> PathBuf {
-        self.volumes_dir.join(volume_id)
+        self.volumes_dir.join(volume_dir_name(volume_id))
     }
 
     /// Re-activates every recorded volume: re-attaches its pod, re-serves its socket or resumes
@@ -498,4 +500,31 @@ fn unix_now() -> u64 {
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default()
+}
+
+/// 22 base64url characters (132 bits) of SHA-256: stable across versions, short, and unique
+/// among the volumes of a node.
+pub fn volume_dir_name(volume_id: &str) -> String {
+    let mut name = wimsey_core::jose::sha256_b64url(volume_id.as_bytes());
+    name.truncate(22);
+    name
+}
+
+#[cfg(test)]
+mod volume_dir_tests {
+    use super::*;
+
+    #[test]
+    fn a_kubelet_volume_socket_path_fits_a_unix_socket_address() {
+        // kubelet's ephemeral volume IDs: "csi-" + 64 hex digits.
+        let volume_id = format!("csi-{}", "ab".repeat(32));
+        let name = volume_dir_name(&volume_id);
+        assert_eq!(name.len(), 22);
+        assert_eq!(name, volume_dir_name(&volume_id), "stable");
+        assert_ne!(name, volume_dir_name("csi-other"));
+        // The longest path bind_unix_socket uses: the staging directory, with the largest pid.
+        let staged =
+            format!("/var/lib/wimsey/volumes/{name}/.{SOCKET_NAME}.4194304.bind/{SOCKET_NAME}");
+        assert!(staged.len() < 108, "{} bytes: {staged}", staged.len());
+    }
 }
