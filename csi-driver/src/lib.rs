@@ -1,8 +1,13 @@
-//! wimsey-csi: the CSI node plugin. For now, the per-pod SPIFFE Workload API server: one tonic
-//! service per pod volume, fed by a [`workload_api::PodIdentity`] that supplies that pod's
-//! identities, served on a Unix socket that only that pod can reach.
+//! wimsey-csi: the CSI node plugin.
+//!
+//! - [`csi`]: the CSI Identity and Node services, the volume manager (workload-api, files and
+//!   spire-agent modes), volume records and kubelet plugin registration.
+//! - [`workload_api`]: the per-pod SPIFFE Workload API server, fed by a
+//!   [`workload_api::PodIdentity`] and served on a Unix socket only that pod can reach.
+//! - [`node_client`]: the operator's node API client, the [`identity_source::IdentitySource`] that
+//!   supplies every pod's identities.
 
+pub mod csi;
 pub mod identity_source;
 pub mod node_client;
 pub mod workload_api;
-pub mod csi;
