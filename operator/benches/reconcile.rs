@@ -269,6 +269,14 @@ fn main() {
         run_size(args[position + 1].parse().unwrap());
         return;
     }
+    // `cargo test --all-targets` runs this binary too, unoptimized and without `--bench`: a
+    // small cluster proves the bench still works without spending minutes of the test run.
+    if !args.iter().any(|a| a == "--bench") {
+        let smoke = measure(1_000);
+        assert!(smoke.contains_key("initial_ms"), "{smoke:?}");
+        println!("bench smoke run (1000 pods) ok; `make bench-operator` measures");
+        return;
+    }
     let small = measure(10_000);
     let large = measure(50_000);
     let row = |label: &str, key: &str, unit: &str, target: &str, scm: &str| {
