@@ -20,6 +20,15 @@ use crate::crd::{
 };
 use crate::store::{EntryStore, PodRecord, StoredEntry};
 
+/// One pod's render, computed without touching the state.
+enum PodRender {
+    /// Not in the state (nothing to store).
+    Unknown,
+    /// Marked deleted: drop it and its counters.
+    Deleted,
+    Rendered(Option<PodRecord>, Vec<DetailedOutcome>),
+}
+
 /// Identity of a custom resource for status and events.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResourceMeta {
@@ -576,10 +585,12 @@ impl ClusterState {
     /// the federation set when they changed.
     pub fn reconcile_dirty(&mut self, dirty: Dirty, store: &EntryStore) -> PassReport {
         let mut report = PassReport::default();
-        let mut writes = Vec::with_capacity(dirty.pods.len());
-        for uid in dirty.pods {
+        let uids: Vec<String> = dirty.pods.into_iter().collect();
+        let rendered = self.render_pods(&uids);
+        let mut writes = Vec::with_capacity(uids.len());
+        for (uid, render) in uids.into_iter().zip(rendered) {
             report.pods_rendered += 1;
-            let record = self.render_pod(&uid, &mut report);
+            let record = self.apply_render(&uid, render, &mut report);
             writes.push((uid, record));
         }
         report.store_writes = store.set_pods(writes);
@@ -603,20 +614,49 @@ impl ClusterState {
         report
     }
 
-    /// Renders one pod: the record to store (`None`: the pod has no entries or is gone).
-    fn render_pod(&mut self, uid: &str, report: &mut PassReport) -> Option<PodRecord> {
-        let state = self.pods.get(uid)?;
-        let view = &state.view;
-        if state.deleted {
-            let key = pod_key(view);
-            let old = self
-                .pods
-                .remove(uid)
-                .map(|s| s.outcomes)
-                .unwrap_or_default();
-            self.retally(&key, &old, &[]);
-            return None;
+    /// Renders `uids` (the pure part: templates, selectors, masking), on several threads when
+    /// there are enough pods to be worth it. The result is in `uids`' order.
+    fn render_pods(&self, uids: &[String]) -> Vec<PodRender> {
+        const PODS_PER_THREAD: usize = 2_000;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(uids.len() / PODS_PER_THREAD)
+            .max(1);
+        if threads == 1 {
+            return uids.iter().map(|uid| self.render_pod(uid)).collect();
         }
+        let chunk = uids.len().div_ceil(threads);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = uids
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|uid| self.render_pod(uid))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|worker| match worker.join() {
+                    Ok(part) => part,
+                    // A panic in rendering is a bug; surface it where it happened.
+                    Err(panic) => std::panic::resume_unwind(panic),
+                })
+                .collect()
+        })
+    }
+
+    /// What rendering one pod gives, before it is applied to the counters.
+    fn render_pod(&self, uid: &str) -> PodRender {
+        let Some(state) = self.pods.get(uid) else {
+            return PodRender::Unknown;
+        };
+        if state.deleted {
+            return PodRender::Deleted;
+        }
+        let view = &state.view;
         let (record, outcomes) = match self.namespaces.get(&view.namespace) {
             // Not seen yet: rendered again when the namespace arrives.
             None => (None, Vec::new()),
@@ -665,6 +705,28 @@ impl ClusterState {
                 (record, detailed)
             }
         };
+        PodRender::Rendered(record, outcomes)
+    }
+
+    /// Applies one pod's render to the per-spec counters; returns the record to store (`None`:
+    /// the pod has no entries or is gone).
+    fn apply_render(
+        &mut self,
+        uid: &str,
+        render: PodRender,
+        report: &mut PassReport,
+    ) -> Option<PodRecord> {
+        let (record, outcomes) = match render {
+            PodRender::Unknown => return None,
+            PodRender::Deleted => {
+                let state = self.pods.remove(uid)?;
+                let key = pod_key(&state.view);
+                self.retally(&key, &state.outcomes, &[]);
+                return None;
+            }
+            PodRender::Rendered(record, outcomes) => (record, outcomes),
+        };
+        let view = &self.pods.get(uid)?.view;
         for (_, _, failure, _) in &outcomes {
             if let Some((_, label)) = failure {
                 *report.render_failures.entry(label).or_default() += 1;
