@@ -13,76 +13,25 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use support::{TRUST_DOMAIN, TestPod, World};
+use support::TestSource;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint, Uri};
-use wimsey_core::SpiffeId;
 use wimsey_csi::csi::{ManagerConfig, SOCKET_NAME, VolumeManager, serve_csi};
-use wimsey_csi::identity_source::{IdentitySource, PodInfo};
-use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity, WorkloadApiError, bind_unix_socket};
+use wimsey_csi::workload_api::bind_unix_socket;
 use wimsey_proto::csi::v1 as csi;
 use wimsey_proto::csi::v1::node_client::NodeClient;
 use wimsey_proto::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
 use wimsey_proto::workload as pb;
-use zeroize::Zeroizing;
 
 const PUBLISHES_PER_MODE: usize = 200;
 const FIRST_RESPONSE_SAMPLES: usize = 500;
 const CONCURRENT_CLIENTS: usize = 100;
 const CONCURRENT_DURATION: Duration = Duration::from_secs(3);
-
-#[derive(Clone)]
-struct SharedPod(Arc<TestPod>);
-
-impl PodIdentity for SharedPod {
-    fn current(&self) -> watch::Receiver<Arc<IdentitySnapshot>> {
-        self.0.current()
-    }
-
-    async fn mint_jwt_svid(
-        &self,
-        spiffe_id: &SpiffeId,
-        audience: &[String],
-    ) -> Result<Zeroizing<String>, WorkloadApiError> {
-        self.0.mint_jwt_svid(spiffe_id, audience).await
-    }
-}
-
-/// Issues `spiffe://example.org/ns/<ns>/sa/<sa>` to every attached pod. Each pod's snapshot is
-/// issued up front (one key pair and SVID), as the node API client would have it ready.
-struct BenchSource {
-    world: World,
-    pods: Mutex<HashMap<String, Arc<TestPod>>>,
-}
-
-impl IdentitySource for BenchSource {
-    type Pod = SharedPod;
-
-    fn attach(&self, pod: PodInfo) -> SharedPod {
-        let id = format!(
-            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
-            pod.namespace, pod.service_account
-        );
-        let mut pods = self.pods.lock().unwrap();
-        let handle = pods.entry(pod.uid).or_insert_with(|| {
-            Arc::new(TestPod::new(
-                &self.world.issuer,
-                self.world.issued(&[(id.as_str(), "")]),
-            ))
-        });
-        SharedPod(Arc::clone(handle))
-    }
-
-    fn detach(&self, pod_uid: &str) {
-        self.pods.lock().unwrap().remove(pod_uid);
-    }
-}
 
 async fn unix_channel(socket: &Path) -> Channel {
     let socket = socket.to_owned();
@@ -209,10 +158,7 @@ async fn publish_latency(
 
 async fn run() -> Vec<Row> {
     let dir = tempfile::tempdir().expect("tempdir");
-    let source = Arc::new(BenchSource {
-        world: World::new(),
-        pods: Mutex::new(HashMap::new()),
-    });
+    let source = TestSource::new();
     let manager = Arc::new(
         VolumeManager::new(
             source,

@@ -7,18 +7,16 @@ mod support;
 use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use spiffe::WorkloadApiClient;
-use support::{TRUST_DOMAIN, TestPod, World};
+use support::TestSource;
 use tokio::net::UnixStream;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint, Uri};
-use wimsey_core::SpiffeId;
 use wimsey_core::x509::parse_svid_with_key;
 use wimsey_core::x509::pem::{decode_certificates, decode_private_key};
 use wimsey_csi::csi::mounts::is_mount_point;
@@ -27,87 +25,12 @@ use wimsey_csi::csi::{
     ManagerConfig, RegistrationService, SOCKET_NAME, VolumeManager, registration_socket, serve_csi,
     serve_registration,
 };
-use wimsey_csi::identity_source::{IdentitySource, PodInfo};
-use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity, WorkloadApiError, bind_unix_socket};
+use wimsey_csi::workload_api::bind_unix_socket;
 use wimsey_proto::csi::v1 as csi;
 use wimsey_proto::csi::v1::identity_client::IdentityClient;
 use wimsey_proto::csi::v1::node_client::NodeClient;
 use wimsey_proto::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
 use wimsey_proto::pluginregistration as reg;
-use zeroize::Zeroizing;
-
-/// A pod handle of the test source (shared, so the test can rotate it).
-#[derive(Clone)]
-struct SharedPod(Arc<TestPod>);
-
-impl PodIdentity for SharedPod {
-    fn current(&self) -> watch::Receiver<Arc<IdentitySnapshot>> {
-        self.0.current()
-    }
-
-    async fn mint_jwt_svid(
-        &self,
-        spiffe_id: &SpiffeId,
-        audience: &[String],
-    ) -> Result<Zeroizing<String>, WorkloadApiError> {
-        self.0.mint_jwt_svid(spiffe_id, audience).await
-    }
-}
-
-/// Issues `spiffe://example.org/ns/<ns>/sa/<sa>` to every attached pod, from a real CA.
-struct TestSource {
-    world: World,
-    pods: Mutex<HashMap<String, Arc<TestPod>>>,
-    tokens: Mutex<Vec<Option<String>>>,
-    detached: Mutex<Vec<String>>,
-}
-
-impl TestSource {
-    fn new() -> Arc<Self> {
-        Arc::new(Self {
-            world: World::new(),
-            pods: Mutex::new(HashMap::new()),
-            tokens: Mutex::new(Vec::new()),
-            detached: Mutex::new(Vec::new()),
-        })
-    }
-
-    fn pod(&self, uid: &str) -> Arc<TestPod> {
-        Arc::clone(self.pods.lock().expect("lock").get(uid).expect("attached"))
-    }
-
-    fn rotate(&self, uid: &str, id: &str) {
-        self.pod(uid).publish(self.world.issued(&[(id, "")]));
-    }
-}
-
-impl IdentitySource for TestSource {
-    type Pod = SharedPod;
-
-    fn attach(&self, pod: PodInfo) -> SharedPod {
-        self.tokens
-            .lock()
-            .expect("lock")
-            .push(pod.token.as_ref().map(|t| t.to_string()));
-        let id = format!(
-            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
-            pod.namespace, pod.service_account
-        );
-        let mut pods = self.pods.lock().expect("lock");
-        let handle = pods.entry(pod.uid.clone()).or_insert_with(|| {
-            Arc::new(TestPod::new(
-                &self.world.issuer,
-                self.world.issued(&[(id.as_str(), "")]),
-            ))
-        });
-        SharedPod(Arc::clone(handle))
-    }
-
-    fn detach(&self, pod_uid: &str) {
-        self.pods.lock().expect("lock").remove(pod_uid);
-        self.detached.lock().expect("lock").push(pod_uid.to_owned());
-    }
-}
 
 /// The plugin (volume manager + CSI server) on a socket in `dir`, state under `dir/state`.
 struct Plugin {

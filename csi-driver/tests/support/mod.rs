@@ -3,9 +3,9 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
@@ -19,6 +19,7 @@ use wimsey_core::jose::wimse::{WitSvidClaims, mint_wit_svid};
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
 use wimsey_core::x509::{Authority, CaParams, SvidRequest};
 use wimsey_core::{SpiffeId, TrustDomain};
+use wimsey_csi::identity_source::{IdentitySource, PodInfo};
 use wimsey_csi::workload_api::socket::DEFAULT_SOCKET_MODE;
 use wimsey_csi::workload_api::{
     IdentitySnapshot, IssuedIdentities, PodIdentity, SocketError, WitSvidEntry, WorkloadApiError,
@@ -293,4 +294,91 @@ pub fn with_header<T>(message: T) -> tonic::Request<T> {
         .metadata_mut()
         .insert("workload.spiffe.io", "true".parse().expect("value"));
     request
+}
+
+/// A pod handle of the test source (shared, so the test can rotate it).
+#[derive(Clone)]
+pub struct SharedPod(pub Arc<TestPod>);
+
+impl PodIdentity for SharedPod {
+    fn current(&self) -> watch::Receiver<Arc<IdentitySnapshot>> {
+        self.0.current()
+    }
+
+    async fn mint_jwt_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        audience: &[String],
+    ) -> Result<Zeroizing<String>, WorkloadApiError> {
+        self.0.mint_jwt_svid(spiffe_id, audience).await
+    }
+}
+
+/// Issues `spiffe://example.org/ns/<ns>/sa/<sa>` to every attached pod, from a real CA.
+pub struct TestSource {
+    pub world: World,
+    pub pods: Mutex<HashMap<String, Arc<TestPod>>>,
+    /// The token of every attach, in order.
+    pub tokens: Mutex<Vec<Option<String>>>,
+    /// Every detached pod UID, in order.
+    pub detached: Mutex<Vec<String>>,
+}
+
+impl TestSource {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            world: World::new(),
+            pods: Mutex::new(HashMap::new()),
+            tokens: Mutex::new(Vec::new()),
+            detached: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn pod(&self, uid: &str) -> Arc<TestPod> {
+        Arc::clone(
+            self.pods
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(uid)
+                .expect("attached"),
+        )
+    }
+
+    pub fn rotate(&self, uid: &str, id: &str) {
+        self.pod(uid).publish(self.world.issued(&[(id, "")]));
+    }
+}
+
+impl IdentitySource for TestSource {
+    type Pod = SharedPod;
+
+    fn attach(&self, pod: PodInfo) -> SharedPod {
+        self.tokens
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pod.token.as_ref().map(|t| t.to_string()));
+        let id = format!(
+            "spiffe://{TRUST_DOMAIN}/ns/{}/sa/{}",
+            pod.namespace, pod.service_account
+        );
+        let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
+        let handle = pods.entry(pod.uid.clone()).or_insert_with(|| {
+            Arc::new(TestPod::new(
+                &self.world.issuer,
+                self.world.issued(&[(id.as_str(), "")]),
+            ))
+        });
+        SharedPod(Arc::clone(handle))
+    }
+
+    fn detach(&self, pod_uid: &str) {
+        self.pods
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(pod_uid);
+        self.detached
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pod_uid.to_owned());
+    }
 }
