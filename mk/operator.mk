@@ -19,8 +19,7 @@ VERIFY_TARGETS += verify-crds
 # rejected by CEL. Brings a cluster up if none is; fails (never skips) without one.
 test-operator-cp:
 	@$(CLUSTER_SH) status >/dev/null 2>&1 || $(MAKE) --no-print-directory cluster-up
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test -p wimsey-operator --features control-plane-tests --test control_plane -- --show-output
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test -p wimsey-operator --features control-plane-tests --test identity -- --show-output
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test -p wimsey-operator --test control_plane --test identity -- --show-output
 
 TEST_TARGETS += test-operator-cp
 

@@ -26,7 +26,10 @@ use super::mounts;
 use super::records::{RecordStore, VolumeRecord};
 use super::request::{FilesConfig, PublishSpec, VolumeMode};
 use crate::identity_source::{IdentitySource, PodInfo};
-use crate::workload_api::{IdentitySnapshot, PodIdentity, WorkloadApiService, bind_unix_socket};
+use crate::workload_api::{
+    IdentitySnapshot, PodIdentity, WorkloadApiService, bind_unix_socket,
+    bind_unix_socket_in_new_dir,
+};
 
 /// The socket's name inside the per-volume directory (`SPIFFE_ENDPOINT_SOCKET=unix:///<mount>/socket`).
 pub const SOCKET_NAME: &str = "socket";
@@ -301,16 +304,18 @@ impl<S: IdentitySource> VolumeManager<S> {
         spec: &PublishSpec,
         stop: &CancellationToken,
     ) -> Result<Option<JoinHandle<()>>, CsiError> {
-        create_target(&spec.target)?;
+        // A target we have just created cannot be a mount point: no need to read mountinfo.
+        let new_target = create_dir(&spec.target, 0o750)?;
         let task = match spec.mode {
             VolumeMode::WorkloadApi => {
                 let dir = self.volume_dir(&spec.volume_id);
-                fs::DirBuilder::new()
-                    .mode(0o755)
-                    .recursive(true)
-                    .create(&dir)
-                    .map_err(CsiError::io("create", &dir))?;
-                let listener = bind_unix_socket(&dir.join(SOCKET_NAME), POD_SOCKET_MODE)?;
+                let socket = dir.join(SOCKET_NAME);
+                let listener = if create_dir(&dir, 0o755)? {
+                    bind_unix_socket_in_new_dir(&socket, POD_SOCKET_MODE)?
+                } else {
+                    // A restart or a lost mount: a socket from before may be there to replace.
+                    bind_unix_socket(&socket, POD_SOCKET_MODE)?
+                };
                 let pod = Arc::new(self.attach(spec)?);
                 let volume_id = spec.volume_id.clone();
                 let stop = stop.clone();
@@ -332,7 +337,7 @@ impl<S: IdentitySource> VolumeManager<S> {
             }
             VolumeMode::Files => {
                 let config = FilesConfig::from_attributes(&spec.attributes, spec.fs_group)?;
-                if !mounts::is_mount_point(&spec.target)? {
+                if new_target || !mounts::is_mount_point(&spec.target)? {
                     self.mount(spec)?;
                 }
                 let pod = self.attach(spec)?;
@@ -346,7 +351,8 @@ impl<S: IdentitySource> VolumeManager<S> {
             VolumeMode::SpireAgent => None,
         };
         // On error the caller cancels `stop`, which ends the task spawned above.
-        if spec.mode != VolumeMode::Files && !mounts::is_mount_point(&spec.target)? {
+        if spec.mode != VolumeMode::Files && (new_target || !mounts::is_mount_point(&spec.target)?)
+        {
             self.mount(spec)?;
         }
         Ok(task)
@@ -394,12 +400,12 @@ fn pod_in_use(volumes: &BTreeMap<String, ActiveVolume>, pod_uid: &str) -> bool {
         .any(|v| v.record.pod.as_ref().is_some_and(|p| p.uid == pod_uid))
 }
 
-fn create_target(target: &Path) -> Result<(), CsiError> {
-    match fs::DirBuilder::new().mode(0o750).create(target) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-            Err(CsiError::io("create", target)(e))
-        }
-        _ => Ok(()),
+/// Creates the directory `path` (its parent must exist); whether it is new (false: it was there).
+fn create_dir(path: &Path, mode: u32) -> Result<bool, CsiError> {
+    match fs::DirBuilder::new().mode(mode).create(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(CsiError::io("create", path)(e)),
     }
 }
 

@@ -15,4 +15,7 @@ pub mod socket;
 pub use error::WorkloadApiError;
 pub use identity::{IdentitySnapshot, IssuedIdentities, PodIdentity, WitSvidEntry, X509SvidEntry};
 pub use service::WorkloadApiService;
-pub use socket::{SocketError, bind_unix_socket, serve_unix_socket, serve_workload_api};
+pub use socket::{
+    SocketError, bind_unix_socket, bind_unix_socket_in_new_dir, serve_unix_socket,
+    serve_workload_api,
+};

@@ -85,12 +85,32 @@ pub fn bind_unix_socket(path: &Path, mode: u32) -> Result<UnixListener, SocketEr
     result
 }
 
+/// Binds a Unix socket at `path` in place, for a directory that was created just now and that
+/// nobody else can reach yet (not mounted anywhere, parent not writable by others): no stale
+/// socket to replace and no one to connect before the mode is set, so the staging directory of
+/// [`bind_unix_socket`] (seven more syscalls on NodePublishVolume's path) buys nothing.
+/// Must be called within a Tokio runtime.
+pub fn bind_unix_socket_in_new_dir(path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
+    let listener = bind_with_mode(path, mode)?;
+    register(listener, path)
+}
+
 fn bind_staged(staged: &Path, path: &Path, mode: u32) -> Result<UnixListener, SocketError> {
-    let listener =
-        std::os::unix::net::UnixListener::bind(staged).map_err(io_error("bind", staged))?;
-    fs::set_permissions(staged, fs::Permissions::from_mode(mode))
-        .map_err(io_error("chmod", staged))?;
+    let listener = bind_with_mode(staged, mode)?;
     fs::rename(staged, path).map_err(io_error("rename into", path))?;
+    register(listener, path)
+}
+
+fn bind_with_mode(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, SocketError> {
+    let listener = std::os::unix::net::UnixListener::bind(path).map_err(io_error("bind", path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(io_error("chmod", path))?;
+    Ok(listener)
+}
+
+fn register(
+    listener: std::os::unix::net::UnixListener,
+    path: &Path,
+) -> Result<UnixListener, SocketError> {
     listener
         .set_nonblocking(true)
         .map_err(io_error("set non-blocking", path))?;

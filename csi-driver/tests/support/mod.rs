@@ -36,7 +36,7 @@ pub const ADMIN: &str = "spiffe://example.org/ns/default/sa/admin";
 pub struct Issuer {
     pub trust_domain: TrustDomain,
     pub ca: Authority,
-    pub jwt_key: SigningKey,
+    pub jwt_key: Arc<SigningKey>,
     pub jwt_kid: String,
     pub wit_key: SigningKey,
     pub wit_kid: String,
@@ -59,7 +59,7 @@ impl Issuer {
             wit_kid: key_id(&wit_key),
             trust_domain,
             ca,
-            jwt_key,
+            jwt_key: Arc::new(jwt_key),
             wit_key,
         }
     }
@@ -165,7 +165,7 @@ impl World {
 /// The in-memory identity source of one pod.
 pub struct TestPod {
     snapshots: watch::Sender<Arc<IdentitySnapshot>>,
-    jwt_key: SigningKey,
+    jwt_key: Arc<SigningKey>,
     jwt_kid: String,
 }
 
@@ -173,8 +173,7 @@ impl TestPod {
     pub fn new(issuer: &Issuer, initial: IdentitySnapshot) -> Self {
         Self {
             snapshots: watch::Sender::new(Arc::new(initial)),
-            jwt_key: SigningKey::from_pkcs8(KeyAlgorithm::EcdsaP256, &issuer.jwt_key.pkcs8_der())
-                .expect("copy jwt key"),
+            jwt_key: Arc::clone(&issuer.jwt_key),
             jwt_kid: issuer.jwt_kid.clone(),
         }
     }
@@ -316,7 +315,9 @@ impl PodIdentity for SharedPod {
 
 /// Issues `spiffe://example.org/ns/<ns>/sa/<sa>` to every attached pod, from a real CA.
 pub struct TestSource {
-    pub world: World,
+    pub world: Arc<World>,
+    /// Issue on a spawned task, as the node API client does, instead of inside `attach`.
+    background: bool,
     pub pods: Mutex<HashMap<String, Arc<TestPod>>>,
     /// The token of every attach, in order.
     pub tokens: Mutex<Vec<Option<String>>>,
@@ -325,9 +326,22 @@ pub struct TestSource {
 }
 
 impl TestSource {
+    /// Issues inside `attach`: a pod's identities are there once its volume is published.
     pub fn new() -> Arc<Self> {
+        Self::build(false)
+    }
+
+    /// Like the node API client: `attach` returns at once with the pod `NotReady`, and a spawned
+    /// task issues its identities (key generation and signing stay off NodePublishVolume's path).
+    /// Must be attached within a Tokio runtime.
+    pub fn issuing_in_background() -> Arc<Self> {
+        Self::build(true)
+    }
+
+    fn build(background: bool) -> Arc<Self> {
         Arc::new(Self {
-            world: World::new(),
+            world: Arc::new(World::new()),
+            background,
             pods: Mutex::new(HashMap::new()),
             tokens: Mutex::new(Vec::new()),
             detached: Mutex::new(Vec::new()),
@@ -363,10 +377,17 @@ impl IdentitySource for TestSource {
         );
         let mut pods = self.pods.lock().unwrap_or_else(|e| e.into_inner());
         let handle = pods.entry(pod.uid.clone()).or_insert_with(|| {
-            Arc::new(TestPod::new(
-                &self.world.issuer,
-                self.world.issued(&[(id.as_str(), "")]),
-            ))
+            if self.background {
+                let pod = Arc::new(TestPod::new(&self.world.issuer, IdentitySnapshot::NotReady));
+                let (world, issuing) = (Arc::clone(&self.world), Arc::clone(&pod));
+                tokio::spawn(async move { issuing.publish(world.issued(&[(id.as_str(), "")])) });
+                pod
+            } else {
+                Arc::new(TestPod::new(
+                    &self.world.issuer,
+                    self.world.issued(&[(id.as_str(), "")]),
+                ))
+            }
         });
         SharedPod(Arc::clone(handle))
     }
