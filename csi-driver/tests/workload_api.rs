@@ -301,7 +301,7 @@ async fn requests_without_the_security_header_are_invalid_arguments() {
 }
 
 #[tokio::test]
-async fn a_pod_without_identity_is_denied_and_one_not_ready_is_unavailable() {
+async fn a_pod_without_identity_is_denied() {
     let world = World::new();
     let server = serve(&world, IdentitySnapshot::NoIdentity).await;
     let client = spiffe_client(&server).await;
@@ -329,8 +329,33 @@ async fn a_pod_without_identity_is_denied_and_one_not_ready_is_unavailable() {
         .await
         .expect_err("denied");
     assert_eq!(status.code(), Code::PermissionDenied);
+}
 
-    server.pod.publish(IdentitySnapshot::NotReady);
+/// A pod whose first identities are still on their way: calls wait for them instead of sending
+/// the client into its retry backoff, and answer `Unavailable` once the wait is over.
+#[tokio::test]
+async fn calls_wait_for_a_pod_not_ready_yet_then_answer_unavailable() {
+    let world = World::new();
+    let pod = std::sync::Arc::new(TestPod::new(&world.issuer, IdentitySnapshot::NotReady));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("socket");
+    let listener = wimsey_csi::workload_api::bind_unix_socket(&socket, 0o600).expect("bind");
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let first_sync_wait = Duration::from_millis(300);
+    let service = wimsey_csi::workload_api::WorkloadApiService::new(pod.clone(), shutdown.clone())
+        .with_first_sync_wait(first_sync_wait);
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service.into_server())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::UnixListenerStream::new(listener),
+                shutdown.clone().cancelled_owned(),
+            ),
+    );
+    let mut raw = support::raw_client(&socket).await;
+
+    // Still not ready when the wait is over: Unavailable, and not before the wait.
+    let started = std::time::Instant::now();
     let mut stream = raw
         .fetch_x509_bundles(support::with_header(pb::X509BundlesRequest {}))
         .await
@@ -338,6 +363,37 @@ async fn a_pod_without_identity_is_denied_and_one_not_ready_is_unavailable() {
         .into_inner();
     let status = stream.message().await.expect_err("not ready");
     assert_eq!(status.code(), Code::Unavailable);
+    assert!(
+        started.elapsed() >= first_sync_wait,
+        "{:?}",
+        started.elapsed()
+    );
+    let status = raw
+        .fetch_jwtsvid(support::with_header(pb::JwtsvidRequest {
+            audience: vec!["a".into()],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .expect_err("not ready");
+    assert_eq!(status.code(), Code::Unavailable);
+
+    // Identities arriving during the wait are the stream's first message.
+    let mut stream = raw
+        .fetch_x509svid(support::with_header(pb::X509svidRequest {}))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    pod.publish(world.issued(&[(WEB, "")]));
+    let first = stream
+        .message()
+        .await
+        .expect("first message")
+        .expect("a message");
+    assert_eq!(first.svids.len(), 1);
+    assert_eq!(first.svids[0].spiffe_id, WEB);
+
+    shutdown.cancel();
+    server.await.expect("join").expect("server");
 }
 
 #[tokio::test]

@@ -2,10 +2,11 @@
 //!
 //! Streams render the full state from the current snapshot at once, then again on every change
 //! (bundle streams skip a message equal to the last one, as SPIRE does). A snapshot with no
-//! identity ends the stream with `PermissionDenied`, one not ready with `Unavailable`.
+//! identity ends the stream with `PermissionDenied`, one not ready with `Unavailable`. A call
+//! that finds the pod not ready yet first waits up to [`FIRST_SYNC_WAIT`] for its identities.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -24,18 +25,36 @@ use super::responses;
 /// Responses buffered per stream before the sender waits for the client.
 const STREAM_BUFFER: usize = 2;
 
+/// How long a call waits for a pod's first identities before it answers `Unavailable`. A volume
+/// is published (and the container may start) before the node API has answered for the pod,
+/// usually by milliseconds; answering at once would send the client into its retry backoff,
+/// which is a second or more for go-spiffe.
+pub const FIRST_SYNC_WAIT: Duration = Duration::from_secs(5);
+
 /// The Workload API for one pod, over the identity source `P`.
 #[derive(Debug)]
 pub struct WorkloadApiService<P> {
     identity: Arc<P>,
     shutdown: CancellationToken,
+    first_sync_wait: Duration,
 }
 
 impl<P: PodIdentity> WorkloadApiService<P> {
     /// Open streams end with `Unavailable` when `shutdown` is cancelled, so a graceful server
     /// shutdown does not wait for clients that never hang up.
     pub fn new(identity: Arc<P>, shutdown: CancellationToken) -> Self {
-        Self { identity, shutdown }
+        Self {
+            identity,
+            shutdown,
+            first_sync_wait: FIRST_SYNC_WAIT,
+        }
+    }
+
+    /// Replaces [`FIRST_SYNC_WAIT`].
+    #[must_use]
+    pub fn with_first_sync_wait(mut self, wait: Duration) -> Self {
+        self.first_sync_wait = wait;
+        self
     }
 
     /// The service ready to add to a tonic server.
@@ -43,11 +62,16 @@ impl<P: PodIdentity> WorkloadApiService<P> {
         SpiffeWorkloadApiServer::new(self)
     }
 
-    fn issued_now<T>(
+    /// Renders from the pod's snapshot once it is past `NotReady` (or the wait is over).
+    async fn issued_settled<T>(
         &self,
         render: impl FnOnce(&IssuedIdentities) -> Result<T, WorkloadApiError>,
     ) -> Result<T, WorkloadApiError> {
-        let snapshot = Arc::clone(&self.identity.current().borrow());
+        let mut snapshots = self.identity.current();
+        let snapshot = tokio::select! {
+            snapshot = settled(&mut snapshots, self.first_sync_wait) => snapshot,
+            () = self.shutdown.cancelled() => return Err(WorkloadApiError::ShuttingDown),
+        };
         render(responses::issued(&snapshot)?)
     }
 
@@ -64,9 +88,12 @@ impl<P: PodIdentity> WorkloadApiService<P> {
         tokio::spawn(stream_updates(
             rpc,
             self.identity.current(),
-            self.shutdown.clone(),
+            StreamOptions {
+                shutdown: self.shutdown.clone(),
+                first_sync_wait: self.first_sync_wait,
+                dedupe,
+            },
             tx,
-            dedupe,
             move |snapshot: &IdentitySnapshot| render(responses::issued(snapshot)?),
         ));
         ReceiverStream::new(rx)
@@ -80,16 +107,50 @@ enum Dedupe {
     SendEvery,
 }
 
-/// Sends `render(snapshot)` now and after every change until the client goes away, rendering
-/// fails (the error is the stream's last message), the source closes, or shutdown.
+/// The pod's snapshot once it is past `NotReady`; still `NotReady` after `wait`, or when the
+/// source is gone.
+async fn settled(
+    snapshots: &mut watch::Receiver<Arc<IdentitySnapshot>>,
+    wait: Duration,
+) -> Arc<IdentitySnapshot> {
+    let not_ready = |s: &Arc<IdentitySnapshot>| matches!(**s, IdentitySnapshot::NotReady);
+    if let Ok(Ok(snapshot)) =
+        tokio::time::timeout(wait, snapshots.wait_for(|s| !not_ready(s))).await
+    {
+        return Arc::clone(&snapshot);
+    }
+    Arc::clone(&snapshots.borrow_and_update())
+}
+
+struct StreamOptions {
+    shutdown: CancellationToken,
+    first_sync_wait: Duration,
+    dedupe: Dedupe,
+}
+
+/// Sends `render(snapshot)` as soon as the pod is past `NotReady` (or the first-sync wait is
+/// over) and after every change until the client goes away, rendering fails (the error is the
+/// stream's last message), the source closes, or shutdown.
 async fn stream_updates<T: PartialEq + Clone>(
     rpc: &'static str,
     mut snapshots: watch::Receiver<Arc<IdentitySnapshot>>,
-    shutdown: CancellationToken,
+    options: StreamOptions,
     tx: mpsc::Sender<Result<T, Status>>,
-    dedupe: Dedupe,
     render: impl Fn(&IdentitySnapshot) -> Result<T, WorkloadApiError>,
 ) {
+    let StreamOptions {
+        shutdown,
+        first_sync_wait,
+        dedupe,
+    } = options;
+    tokio::select! {
+        _ = settled(&mut snapshots, first_sync_wait) => {}
+        () = shutdown.cancelled() => {
+            let _ = tx.try_send(Err(WorkloadApiError::ShuttingDown.into()));
+            return;
+        }
+        () = tx.closed() => return,
+    }
     let mut last_sent: Option<T> = None;
     loop {
         let snapshot = Arc::clone(&snapshots.borrow_and_update());
@@ -213,12 +274,13 @@ impl<P: PodIdentity> SpiffeWorkloadApi for WorkloadApiService<P> {
         let requested = rpc_result(RPC, responses::requested_spiffe_id(&request.spiffe_id))?;
         let targets: Vec<(wimsey_core::SpiffeId, String)> = rpc_result(
             RPC,
-            self.issued_now(|identities| {
+            self.issued_settled(|identities| {
                 Ok(responses::jwt_svid_targets(identities, requested.as_ref())?
                     .into_iter()
                     .map(|(id, hint)| (id.clone(), hint.to_owned()))
                     .collect())
-            }),
+            })
+            .await,
         )?;
         let mut svids = Vec::with_capacity(targets.len());
         for (spiffe_id, hint) in targets {
@@ -259,14 +321,15 @@ impl<P: PodIdentity> SpiffeWorkloadApi for WorkloadApiService<P> {
         let request = request.into_inner();
         let response = rpc_result(
             RPC,
-            self.issued_now(|identities| {
+            self.issued_settled(|identities| {
                 responses::validate_jwt_svid_response(
                     identities,
                     &request.audience,
                     &request.svid,
                     SystemTime::now(),
                 )
-            }),
+            })
+            .await,
         )?;
         Ok(Response::new(response))
     }
