@@ -754,16 +754,10 @@ async fn call_with_path_authority(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn path_authority_is_accepted_on_every_socket() {
+async fn path_authority_is_accepted_on_workload_and_registration_sockets() {
     use prost::Message;
     let dir = tempfile::tempdir().expect("tempdir");
     let plugin = Plugin::start(TestSource::new(), dir.path(), None).await;
-    // CSI socket (csc-style clients).
-    let reply = call_with_path_authority(&plugin.socket, "/csi.v1.Identity/GetPluginInfo", &[])
-        .await
-        .expect("GetPluginInfo answered");
-    let info = csi::GetPluginInfoResponse::decode(reply.as_slice()).expect("decode");
-    assert_eq!(info.name, "csi.wimsey.dev");
 
     // A pod's Workload API socket (gRPC C-core clients such as py-spiffe).
     let target = dir.path().join("wl");
