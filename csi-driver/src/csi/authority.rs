@@ -7,73 +7,132 @@
 //! hence py-spiffe) sends the percent-encoded path. The h2 server under tonic rejects both with
 //! RST_STREAM PROTOCOL_ERROR, so kubelet would never register the plugin and py-spiffe could not
 //! fetch an SVID. This front re-encodes the client's header blocks with a valid authority and
-//! passes every other frame through untouched; responses are copied back verbatim.
+//! passes every other frame through untouched; responses go to the client directly.
 
 use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
 use fluke_hpack::{Decoder, Encoder};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tokio_stream::{Stream, StreamExt, wrappers::UnixListenerStream};
+use tonic::transport::server::Connected;
 
-/// Buffer of the in-memory pipe between the front and the tonic server.
-const PIPE_BUFFER: usize = 64 * 1024;
+/// Bytes read from the client socket at a time.
+const READ_CHUNK: usize = 16 * 1024;
 
-/// Accepts connections on `listener` until `shutdown` and hands tonic one in-memory stream per
-/// connection, fed through the authority rewrite. Use as
-/// `serve_with_incoming_shutdown(local_authority_incoming(listener, token), ...)`.
+/// The connections on `listener`, each with the authority rewrite on what the client sends. Use
+/// as `serve_with_incoming_shutdown(local_authority_incoming(listener), ...)`.
 pub fn local_authority_incoming(
     listener: UnixListener,
-    shutdown: CancellationToken,
-) -> ReceiverStream<io::Result<DuplexStream>> {
-    let (connections, incoming) = mpsc::channel(8);
-    tokio::spawn(async move {
-        loop {
-            let client = tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = connections.closed() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok((client, _)) => client,
-                    Err(e) => {
-                        warn!(error = %e, "accepting a connection");
-                        continue;
-                    }
-                },
-            };
-            let (front, server_side) = tokio::io::duplex(PIPE_BUFFER);
-            if connections.send(Ok(server_side)).await.is_err() {
-                return;
-            }
-            tokio::spawn(relay(client, front));
-        }
-    });
-    ReceiverStream::new(incoming)
+) -> impl Stream<Item = io::Result<LocalAuthority<UnixStream>>> {
+    UnixListenerStream::new(listener).map(|accepted| accepted.map(LocalAuthority::new))
 }
 
-/// Client frames go through the rewrite; responses are copied back as they are. When the server
-/// closes, the client sees EOF at once.
-async fn relay(client: UnixStream, server: DuplexStream) {
-    let (client_read, mut client_write) = client.into_split();
-    let (mut server_read, server_write) = tokio::io::split(server);
-    let requests = rewrite_client_frames(client_read, server_write);
-    let responses = async move {
-        let copied = tokio::io::copy(&mut server_read, &mut client_write).await;
-        let _ = client_write.shutdown().await;
-        copied
-    };
-    tokio::pin!(requests, responses);
-    tokio::select! {
-        requests_ended = &mut requests => match requests_ended {
-            // The client hung up; let the server finish what it is sending.
-            Ok(()) => {
-                let _ = responses.await;
+/// A client connection whose reads come out with every header block's `:authority` set to
+/// `localhost`; writes go straight to the client. The rewrite runs inside the server's own reads,
+/// so it adds no task and no copy hop per message.
+pub struct LocalAuthority<S> {
+    inner: S,
+    frames: ClientFrames,
+    /// Rewritten bytes not yet handed to the server, from `out_at` on.
+    out: Vec<u8>,
+    out_at: usize,
+    chunk: Vec<u8>,
+    eof: bool,
+}
+
+impl<S> std::fmt::Debug for LocalAuthority<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalAuthority")
+            .field("pending", &(self.out.len() - self.out_at))
+            .field("eof", &self.eof)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> LocalAuthority<S> {
+    pub fn new(inner: S) -> Self {
+        Self {
+            inner,
+            frames: ClientFrames::default(),
+            out: Vec::new(),
+            out_at: 0,
+            chunk: vec![0; READ_CHUNK],
+            eof: false,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for LocalAuthority<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if this.out_at < this.out.len() {
+                let n = buf.remaining().min(this.out.len() - this.out_at);
+                buf.put_slice(&this.out[this.out_at..this.out_at + n]);
+                this.out_at += n;
+                if this.out_at == this.out.len() {
+                    this.out.clear();
+                    this.out_at = 0;
+                }
+                return Poll::Ready(Ok(()));
             }
-            Err(e) => debug!(error = %e, "dropping a connection with malformed HTTP/2"),
-        },
-        _ = &mut responses => {}
+            if this.eof {
+                return Poll::Ready(Ok(()));
+            }
+            let mut chunk = ReadBuf::new(&mut this.chunk);
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut chunk))?;
+            let read = chunk.filled();
+            if read.is_empty() {
+                this.eof = true;
+            } else {
+                this.frames.feed(read, &mut this.out)?;
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for LocalAuthority<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: Connected> Connected for LocalAuthority<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
     }
 }
 
@@ -93,74 +152,121 @@ fn invalid(message: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message)
 }
 
-/// Copies the client's HTTP/2 frames to `server`, rewriting `:authority` in every header block.
-/// Returns when the client closes the connection.
-pub async fn rewrite_client_frames<R, W>(mut client: R, mut server: W) -> io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut preface = [0u8; PREFACE.len()];
-    client.read_exact(&mut preface).await?;
-    if preface != PREFACE {
-        return Err(invalid("not an HTTP/2 connection preface".into()));
-    }
-    server.write_all(&preface).await?;
-    // One decoder for the client's header compression context, one encoder for the server's.
-    let mut decoder = Decoder::new();
-    let mut encoder = Encoder::new();
-    loop {
-        let mut head = [0u8; 9];
-        match client.read_exact(&mut head).await {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-                server.shutdown().await?;
+/// The client's side of an HTTP/2 connection, bytes in and bytes out: frames pass through as
+/// they are, except header blocks (HEADERS and its CONTINUATIONs), which come out as one HEADERS
+/// frame with `:authority` rewritten. One HPACK decoder for the client's compression context and
+/// one encoder for the server's, so every block of the connection goes through both in order.
+#[derive(Default)]
+struct ClientFrames {
+    preface_done: bool,
+    /// Client bytes not yet making up a whole frame.
+    input: Vec<u8>,
+    decoder: Decoder<'static>,
+    encoder: Encoder<'static>,
+    /// A header block waiting for its CONTINUATION frames.
+    open_block: Option<OpenBlock>,
+}
+
+struct OpenBlock {
+    stream: u32,
+    flags: u8,
+    priority: Vec<u8>,
+    fragment: Vec<u8>,
+}
+
+impl ClientFrames {
+    /// Takes `bytes` from the client and appends to `out` every whole frame they complete.
+    fn feed(&mut self, bytes: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+        self.input.extend_from_slice(bytes);
+        let mut at = 0;
+        if !self.preface_done {
+            let seen = self.input.len().min(PREFACE.len());
+            if self.input[..seen] != PREFACE[..seen] {
+                return Err(invalid("not an HTTP/2 connection preface".into()));
+            }
+            if seen < PREFACE.len() {
                 return Ok(());
             }
-            Err(e) => return Err(e),
+            out.extend_from_slice(PREFACE);
+            at = PREFACE.len();
+            self.preface_done = true;
         }
-        let (length, kind, flags, stream) = parse_head(&head);
-        let mut payload = vec![0u8; length];
-        client.read_exact(&mut payload).await?;
-        if kind != FRAME_HEADERS {
-            server.write_all(&head).await?;
-            server.write_all(&payload).await?;
-            server.flush().await?;
-            continue;
-        }
-        let (priority, mut block) = split_headers_payload(flags, &payload)?;
-        let mut end_headers = flags & FLAG_END_HEADERS != 0;
-        while !end_headers {
+        while self.input.len() - at >= 9 {
             let mut head = [0u8; 9];
-            client.read_exact(&mut head).await?;
-            let (length, kind, flags, continued) = parse_head(&head);
-            if kind != FRAME_CONTINUATION || continued != stream {
-                return Err(invalid("header block interrupted by another frame".into()));
+            head.copy_from_slice(&self.input[at..at + 9]);
+            let (length, kind, flags, stream) = parse_head(&head);
+            if length > MAX_FRAME {
+                return Err(invalid(format!(
+                    "frame of {length} bytes exceeds the frame size"
+                )));
             }
-            if block.len() + length > MAX_HEADER_BLOCK {
-                return Err(invalid("header block too large".into()));
+            if self.input.len() - at - 9 < length {
+                break;
             }
-            let start = block.len();
-            block.resize(start + length, 0);
-            client.read_exact(&mut block[start..]).await?;
-            end_headers = flags & FLAG_END_HEADERS != 0;
+            let payload = &self.input[at + 9..at + 9 + length];
+            match (self.open_block.take(), kind) {
+                (None, FRAME_HEADERS) => {
+                    let (priority, fragment) = split_headers_payload(flags, payload)?;
+                    let block = OpenBlock {
+                        stream,
+                        flags,
+                        priority,
+                        fragment,
+                    };
+                    if flags & FLAG_END_HEADERS == 0 {
+                        self.open_block = Some(block);
+                    } else {
+                        rewrite_block(&mut self.decoder, &mut self.encoder, &block, out)?;
+                    }
+                }
+                (None, _) => out.extend_from_slice(&self.input[at..at + 9 + length]),
+                (Some(mut block), FRAME_CONTINUATION) if stream == block.stream => {
+                    if block.fragment.len() + length > MAX_HEADER_BLOCK {
+                        return Err(invalid("header block too large".into()));
+                    }
+                    block.fragment.extend_from_slice(payload);
+                    if flags & FLAG_END_HEADERS == 0 {
+                        self.open_block = Some(block);
+                    } else {
+                        rewrite_block(&mut self.decoder, &mut self.encoder, &block, out)?;
+                    }
+                }
+                (Some(_), _) => {
+                    return Err(invalid("header block interrupted by another frame".into()));
+                }
+            }
+            at += 9 + length;
         }
-        let headers = decoder
-            .decode(&block)
-            .map_err(|e| invalid(format!("HPACK decoding: {e:?}")))?;
-        let headers = with_local_authority(headers);
-        let mut out = priority;
-        out.extend(encoder.encode(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))));
-        if out.len() > MAX_FRAME {
-            return Err(invalid("rewritten header block exceeds one frame".into()));
-        }
-        let new_flags = (flags & (FLAG_END_STREAM | FLAG_PRIORITY)) | FLAG_END_HEADERS;
-        server
-            .write_all(&frame_head(out.len(), FRAME_HEADERS, new_flags, stream))
-            .await?;
-        server.write_all(&out).await?;
-        server.flush().await?;
+        self.input.drain(..at);
+        Ok(())
     }
+}
+
+/// One HEADERS frame carrying `block`'s headers with a local `:authority`.
+fn rewrite_block(
+    decoder: &mut Decoder<'static>,
+    encoder: &mut Encoder<'static>,
+    block: &OpenBlock,
+    out: &mut Vec<u8>,
+) -> io::Result<()> {
+    let headers = decoder
+        .decode(&block.fragment)
+        .map_err(|e| invalid(format!("HPACK decoding: {e:?}")))?;
+    let headers = with_local_authority(headers);
+    let mut payload = block.priority.clone();
+    payload.extend(encoder.encode(headers.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))));
+    if payload.len() > MAX_FRAME {
+        return Err(invalid("rewritten header block exceeds one frame".into()));
+    }
+    let flags = (block.flags & (FLAG_END_STREAM | FLAG_PRIORITY)) | FLAG_END_HEADERS;
+    out.extend_from_slice(&frame_head(
+        payload.len(),
+        FRAME_HEADERS,
+        flags,
+        block.stream,
+    ));
+    out.extend_from_slice(&payload);
+    Ok(())
 }
 
 fn parse_head(head: &[u8; 9]) -> (usize, u8, u8, u32) {
@@ -247,6 +353,91 @@ mod tests {
         assert_eq!(priority, vec![0, 0, 0, 3, 16]);
         assert_eq!(block, vec![0x82]);
         assert!(split_headers_payload(FLAG_PADDED, &[9, 1]).is_err());
+    }
+
+    /// A client's bytes: preface, SETTINGS, a header block split over HEADERS + CONTINUATION
+    /// with the socket path as authority, then a DATA frame.
+    fn client_bytes() -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        let settings = frame_head(0, 0x4, 0, 0).to_vec();
+        let mut encoder = Encoder::new();
+        let block = encoder.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (
+                b":authority",
+                b"/var/lib/kubelet/plugins_registry/x-reg.sock",
+            ),
+            (b":path", b"/pluginregistration.Registration/GetInfo"),
+        ]);
+        let (first, rest) = block.split_at(5);
+        let data = [
+            frame_head(3, 0x0, FLAG_END_STREAM, 1).to_vec(),
+            vec![1, 2, 3],
+        ]
+        .concat();
+        let bytes = [
+            PREFACE.to_vec(),
+            settings.clone(),
+            frame_head(first.len(), FRAME_HEADERS, 0, 1).to_vec(),
+            first.to_vec(),
+            frame_head(rest.len(), FRAME_CONTINUATION, FLAG_END_HEADERS, 1).to_vec(),
+            rest.to_vec(),
+            data.clone(),
+        ]
+        .concat();
+        (bytes, settings, data)
+    }
+
+    #[test]
+    fn rewrites_header_blocks_whatever_the_read_sizes() {
+        let (bytes, settings, data) = client_bytes();
+        for chunk in [1, 7, 9, 64, bytes.len()] {
+            let mut frames = ClientFrames::default();
+            let mut out = Vec::new();
+            for piece in bytes.chunks(chunk) {
+                frames.feed(piece, &mut out).expect("valid client bytes");
+            }
+            let rest = out.strip_prefix(PREFACE).expect("preface first");
+            let rest = rest
+                .strip_prefix(settings.as_slice())
+                .expect("settings as sent");
+            let mut head = [0u8; 9];
+            head.copy_from_slice(&rest[..9]);
+            let (length, kind, flags, stream) = parse_head(&head);
+            assert_eq!((kind, stream), (FRAME_HEADERS, 1), "read size {chunk}");
+            assert_eq!(flags & FLAG_END_HEADERS, FLAG_END_HEADERS);
+            let headers = Decoder::new().decode(&rest[9..9 + length]).expect("hpack");
+            assert_eq!(headers[1], (b":authority".to_vec(), b"localhost".to_vec()));
+            assert_eq!(headers[2].1, b"/pluginregistration.Registration/GetInfo");
+            assert_eq!(&rest[9 + length..], data.as_slice(), "DATA untouched");
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_http2_or_interleaves_a_header_block() {
+        let mut out = Vec::new();
+        assert!(
+            ClientFrames::default()
+                .feed(b"GET / HTTP/1.1\r\n", &mut out)
+                .is_err()
+        );
+        let interleaved = [
+            PREFACE.to_vec(),
+            frame_head(1, FRAME_HEADERS, 0, 1).to_vec(),
+            vec![0x82],
+            frame_head(0, 0x4, 0, 0).to_vec(),
+        ]
+        .concat();
+        assert!(
+            ClientFrames::default()
+                .feed(&interleaved, &mut out)
+                .is_err()
+        );
+        let oversized = [
+            PREFACE.to_vec(),
+            frame_head(MAX_FRAME + 1, 0x0, 0, 1).to_vec(),
+        ]
+        .concat();
+        assert!(ClientFrames::default().feed(&oversized, &mut out).is_err());
     }
 
     #[test]

@@ -326,7 +326,7 @@ impl<S: IdentitySource> VolumeManager<S> {
                     let served = tonic::transport::Server::builder()
                         .add_service(service.into_server())
                         .serve_with_incoming_shutdown(
-                            local_authority_incoming(listener, stop.clone()),
+                            local_authority_incoming(listener),
                             stop.cancelled_owned(),
                         )
                         .await;

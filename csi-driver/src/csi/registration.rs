@@ -79,7 +79,7 @@ pub async fn serve_registration(
     tonic::transport::Server::builder()
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(
-            local_authority_incoming(listener, shutdown.clone()),
+            local_authority_incoming(listener),
             shutdown.cancelled_owned(),
         )
         .await
