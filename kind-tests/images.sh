@@ -33,12 +33,29 @@ image_tag() {
 
 specs() { printf '%s\n' "${IMAGE_SPECS:?IMAGE_SPECS is set by make (IMAGES in mk/cluster.mk)}" | sed 's/^[[:space:]]*//; /^$/d'; }
 
+# Cargo names our own crates by their path inside the workspace and judges them fresh by mtimes,
+# so a checkout could take another checkout's build of them for its own when both share
+# IMAGE_TARGET_DIR. When another checkout built there last, our crates' artifacts are removed first
+# (the dependencies, the slow part, stay).
+forget_other_checkouts_builds() {
+	local last members
+	last=$(cat "$IMAGE_TARGET_DIR/.checkout" 2>/dev/null || true)
+	[ -z "$last" ] || [ "$last" = "$root" ] && return 0
+	members=$("$CARGO" metadata --no-deps --format-version 1 |
+		grep -o '"workspace_members":\[[^]]*\]' | grep -o '#wimsey-[a-z-]*@' | tr -d '#@' | sort -u)
+	log "last image build here was from $last: rebuilding our crates"
+	local args=()
+	for m in $members; do args+=(-p "$m"); done
+	CARGO_TARGET_DIR="$IMAGE_TARGET_DIR" "$CARGO" clean -q --profile "$PROFILE" --target "$TARGET" "${args[@]}"
+}
+
 build() {
 	local tag; tag=$(image_tag)
 	mkdir -p "$OUT"
 	# One static cargo build per set of extra cargo flags, every package of the set at once, so the
 	# dependencies they share compile once and in parallel. Our image writer rides with the
 	# kind-tests group (static binaries run on the build host too).
+	forget_other_checkouts_builds
 	local groups
 	groups=$( (specs | awk -F'|' '{ print $5 }'; echo "--no-default-features") | sort -u)
 	while IFS= read -r cflags; do
@@ -52,6 +69,7 @@ build() {
 		RUSTFLAGS="$STATIC_RUSTFLAGS" CARGO_TARGET_DIR="$IMAGE_TARGET_DIR" "$CARGO" build \
 			--profile "$PROFILE" --target "$TARGET" "${args[@]}" $cflags
 	done <<<"$groups"
+	echo "$root" >"$IMAGE_TARGET_DIR/.checkout"
 	local bindir=$IMAGE_TARGET_DIR/$TARGET/$PROFILE
 	local tool=$bindir/wimsey-oci-image
 	rm -f "$OUT"/*.tar
