@@ -21,9 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use support::TestSource;
-use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use wimsey_csi::csi::{ManagerConfig, SOCKET_NAME, VolumeManager, serve_csi};
 use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity, bind_unix_socket};
 use wimsey_proto::csi::v1 as csi;
@@ -55,22 +54,6 @@ const SMOKE: Plan = Plan {
     judge: false,
 };
 const CONCURRENT_CLIENTS: usize = 100;
-
-async fn unix_channel(socket: &Path) -> Channel {
-    let socket = socket.to_owned();
-    Endpoint::try_from("http://localhost")
-        .unwrap()
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect")
-}
 
 fn publish_request(volume_id: &str, target: &Path, mode: &str) -> csi::NodePublishVolumeRequest {
     let context: HashMap<String, String> = [
@@ -232,7 +215,7 @@ async fn start_plugin() -> Plugin {
 /// pods are other processes, so their scheduling must not share the plugin's worker threads.
 async fn measure(plan: Plan, root: &Path, csi_socket: &Path, source: &TestSource) -> Vec<Row> {
     let dir = root;
-    let mut node = NodeClient::new(unix_channel(csi_socket).await);
+    let mut node = NodeClient::new(support::unix_channel(csi_socket).await);
     let mut rows = Vec::new();
 
     // Warm-up: first mount, first tmpfs, lazy statics; not counted.

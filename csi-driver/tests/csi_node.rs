@@ -16,7 +16,7 @@ use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use wimsey_core::x509::parse_svid_with_key;
 use wimsey_core::x509::pem::{decode_certificates, decode_private_key};
 use wimsey_csi::csi::mounts::is_mount_point;
@@ -72,7 +72,7 @@ impl Plugin {
     }
 
     async fn node(&self) -> NodeClient<Channel> {
-        NodeClient::new(channel(&self.socket).await)
+        NodeClient::new(support::unix_channel(&self.socket).await)
     }
 
     /// Stops like SIGTERM does: servers end, mounts and records stay.
@@ -81,22 +81,6 @@ impl Plugin {
         self.task.await.expect("join").expect("server");
         self.manager.shutdown().await;
     }
-}
-
-async fn channel(socket: &Path) -> Channel {
-    let socket = socket.to_owned();
-    Endpoint::try_from("http://localhost")
-        .expect("endpoint")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await
-        .expect("connect")
 }
 
 fn capability() -> csi::VolumeCapability {
@@ -189,7 +173,7 @@ fn assert_invalid(
 async fn identity_and_node_info() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plugin = Plugin::start(TestSource::new(), dir.path(), None).await;
-    let mut identity = IdentityClient::new(channel(&plugin.socket).await);
+    let mut identity = IdentityClient::new(support::unix_channel(&plugin.socket).await);
     let info = identity
         .get_plugin_info(csi::GetPluginInfoRequest {})
         .await
@@ -618,7 +602,8 @@ async fn registration_get_info_names_the_driver_and_endpoint() {
         ),
         shutdown.clone(),
     ));
-    let mut client = reg::registration_client::RegistrationClient::new(channel(&path).await);
+    let mut client =
+        reg::registration_client::RegistrationClient::new(support::unix_channel(&path).await);
     let info = client
         .get_info(reg::InfoRequest {})
         .await

@@ -20,6 +20,8 @@ pub mod namespace;
 pub mod wait;
 #[cfg(feature = "cluster")]
 pub mod wimsey;
+#[cfg(feature = "cluster")]
+pub mod workloads;
 
 #[cfg(feature = "cluster")]
 pub use cluster::{Cluster, Level};

@@ -6,24 +6,20 @@
 //! Tests run in parallel, each in its own namespace with its own ClusterSPIFFEID. The one that
 //! restarts the plugin takes [`PLUGIN_LOCK`] for writing so no other test sees the restart.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::{
-    CSIVolumeSource, Container, EnvVar, Pod, PodSecurityContext, PodSpec, SecurityContext, Volume,
-    VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, Pod, VolumeMount};
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, ObjectMeta,
-    PostParams,
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, PostParams,
 };
 use kube::{Api, Client};
 use serde_json::json;
 use wimsey_kind_tests::cluster::image;
 use wimsey_kind_tests::exec::exec;
 use wimsey_kind_tests::wait::{pod_ready, poll_until, wait_for};
-use wimsey_kind_tests::wimsey::{self, DRIVER, NAMESPACE, PLUGIN};
+use wimsey_kind_tests::wimsey::{self, NAMESPACE, PLUGIN};
+use wimsey_kind_tests::workloads::{csi_volume, pod, probe_pod, restricted};
 use wimsey_kind_tests::{Cluster, TestNamespace};
 
 const TRUST_DOMAIN: &str = "example.org";
@@ -34,7 +30,6 @@ const SHORT_TTL: &str = "20s";
 const ROTATION_TIMEOUT: Duration = Duration::from_secs(90);
 const PROBE: &str = "/spiffe-probe";
 const APP: &str = "/wimsey-test-app";
-const SOCKET_DIR: &str = "/spiffe-workload-api";
 const FILES_DIR: &str = "/var/run/spiffe";
 
 /// Readers of the plugin take it shared; the test that restarts the plugin takes it exclusively.
@@ -87,79 +82,6 @@ async fn delete_cluster_spiffe_id(cluster: &Cluster, name: &str) -> Result<()> {
         Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
     }
-}
-
-fn csi_volume(mode: &str) -> Volume {
-    Volume {
-        name: "spiffe".into(),
-        csi: Some(CSIVolumeSource {
-            driver: DRIVER.into(),
-            read_only: Some(true),
-            volume_attributes: Some(BTreeMap::from([("mode".to_string(), mode.to_string())])),
-            ..CSIVolumeSource::default()
-        }),
-        ..Volume::default()
-    }
-}
-
-fn restricted() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        capabilities: Some(k8s_openapi::api::core::v1::Capabilities {
-            drop: Some(vec!["ALL".into()]),
-            ..Default::default()
-        }),
-        ..SecurityContext::default()
-    }
-}
-
-fn pod(name: &str, container: Container, volume: Volume) -> Pod {
-    Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![container],
-            volumes: Some(vec![volume]),
-            termination_grace_period_seconds: Some(2),
-            // the plugin gives the files' group to the pod's fsGroup (keys are 0640, not world-readable)
-            security_context: Some(PodSecurityContext {
-                run_as_user: Some(65532),
-                run_as_group: Some(65532),
-                fs_group: Some(65532),
-                ..PodSecurityContext::default()
-            }),
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
-    }
-}
-
-/// A pod running `spiffe-probe watch` on a Workload API volume.
-fn probe_pod(name: &str) -> Result<Pod> {
-    let container = Container {
-        name: "probe".into(),
-        image: Some(image("spiffe-probe")?),
-        image_pull_policy: Some("Never".into()),
-        args: Some(vec!["watch".into()]),
-        env: Some(vec![EnvVar {
-            name: "SPIFFE_ENDPOINT_SOCKET".into(),
-            value: Some(format!("unix://{SOCKET_DIR}/socket")),
-            ..EnvVar::default()
-        }]),
-        security_context: Some(restricted()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "spiffe".into(),
-            mount_path: SOCKET_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
-        ..Container::default()
-    };
-    Ok(pod(name, container, csi_volume("workload-api")))
 }
 
 /// A pod of the test app (which can `cat`) with a files-mode volume.

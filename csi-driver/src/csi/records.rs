@@ -101,19 +101,7 @@ impl RecordStore {
             source,
         })?;
         let staged = self.dir.join(format!(".{}.json.tmp", record.volume_id));
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&staged)
-            .map_err(CsiError::io("create", &staged))?;
-        // No fsync: records must survive a plugin restart, not a node crash (which takes the
-        // mounts with it, and kubelet publishes again after a reboot); fsync would cost the
-        // publish path milliseconds.
-        file.write_all(&json)
-            .map_err(CsiError::io("write", &staged))?;
-        fs::rename(&staged, &path).map_err(CsiError::io("rename into", &path))
+        replace_private_file(&staged, &path, &json)
     }
 
     /// Removes the record and the pod's token; missing ones are fine.
@@ -135,18 +123,8 @@ impl RecordStore {
 
     /// Keeps the pod's latest token (mode 0600, atomically replaced).
     pub fn write_token(&self, volume_id: &str, token: &str) -> Result<(), CsiError> {
-        let path = self.token_path(volume_id);
         let staged = self.dir.join(format!(".{volume_id}.token.tmp"));
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&staged)
-            .map_err(CsiError::io("create", &staged))?;
-        file.write_all(token.as_bytes())
-            .map_err(CsiError::io("write", &staged))?;
-        fs::rename(&staged, &path).map_err(CsiError::io("rename into", &path))
+        replace_private_file(&staged, &self.token_path(volume_id), token.as_bytes())
     }
 
     /// The pod's recorded token, if there is one and its `exp` (read, not verified: the operator
@@ -174,6 +152,24 @@ impl RecordStore {
         records.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(records)
     }
+}
+
+/// Writes `contents` to `staged` (mode 0600), then renames it over `path`: a reader sees the old
+/// file or the new one, never a partial one.
+fn replace_private_file(staged: &Path, path: &Path, contents: &[u8]) -> Result<(), CsiError> {
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(staged)
+        .map_err(CsiError::io("create", staged))?;
+    // No fsync: records must survive a plugin restart, not a node crash (which takes the mounts
+    // with it, and kubelet publishes again after a reboot); fsync would cost the publish path
+    // milliseconds.
+    file.write_all(contents)
+        .map_err(CsiError::io("write", staged))?;
+    fs::rename(staged, path).map_err(CsiError::io("rename into", path))
 }
 
 /// Whether a JWT's `exp` claim is after `now_unix` (false when it has none or cannot be read).

@@ -270,8 +270,15 @@ pub async fn raw_client(
 ) -> wimsey_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient<
     tonic::transport::Channel,
 > {
+    wimsey_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(
+        unix_channel(socket).await,
+    )
+}
+
+/// A gRPC channel to the Unix socket at `socket` (`:authority` localhost, as kubelet sends).
+pub async fn unix_channel(socket: &Path) -> tonic::transport::Channel {
     let socket = socket.to_owned();
-    let channel = tonic::transport::Endpoint::try_from("http://localhost")
+    tonic::transport::Endpoint::try_from("http://localhost")
         .expect("endpoint")
         .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
             let socket = socket.clone();
@@ -282,8 +289,7 @@ pub async fn raw_client(
             }
         }))
         .await
-        .expect("connect");
-    wimsey_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+        .expect("connect")
 }
 
 /// A request carrying the security header.

@@ -12,17 +12,15 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use k8s_openapi::api::core::v1::{
-    CSIVolumeSource, Container, EnvVar, Pod, PodSecurityContext, PodSpec, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, LogParams, ObjectMeta, PostParams,
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, LogParams, PostParams,
 };
 use serde_json::json;
-use wimsey_kind_tests::cluster::image;
 use wimsey_kind_tests::wait::poll_until;
-use wimsey_kind_tests::wimsey::{DRIVER, ensure_installed};
+use wimsey_kind_tests::wimsey::ensure_installed;
+use wimsey_kind_tests::workloads::probe_pod;
 use wimsey_kind_tests::{Cluster, TestNamespace};
 
 fn now_ms() -> u64 {
@@ -30,52 +28,6 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn probe_pod(name: &str) -> Result<Pod> {
-    Ok(Pod {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        spec: Some(PodSpec {
-            containers: vec![Container {
-                name: "probe".into(),
-                image: Some(image("spiffe-probe")?),
-                image_pull_policy: Some("Never".into()),
-                args: Some(vec!["watch".into()]),
-                env: Some(vec![EnvVar {
-                    name: "SPIFFE_ENDPOINT_SOCKET".into(),
-                    value: Some("unix:///spiffe-workload-api/socket".into()),
-                    ..EnvVar::default()
-                }]),
-                volume_mounts: Some(vec![VolumeMount {
-                    name: "spiffe".into(),
-                    mount_path: "/spiffe-workload-api".into(),
-                    read_only: Some(true),
-                    ..VolumeMount::default()
-                }]),
-                ..Container::default()
-            }],
-            volumes: Some(vec![Volume {
-                name: "spiffe".into(),
-                csi: Some(CSIVolumeSource {
-                    driver: DRIVER.into(),
-                    read_only: Some(true),
-                    ..CSIVolumeSource::default()
-                }),
-                ..Volume::default()
-            }]),
-            termination_grace_period_seconds: Some(1),
-            security_context: Some(PodSecurityContext {
-                run_as_user: Some(65532),
-                run_as_non_root: Some(true),
-                ..PodSecurityContext::default()
-            }),
-            ..PodSpec::default()
-        }),
-        ..Pod::default()
-    })
 }
 
 /// `(at_ms, start_ms)` of the first `x509 ... at_ms=<n> start_ms=<n>` line of spiffe-probe.
