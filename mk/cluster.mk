@@ -74,3 +74,15 @@ e2e: ## run the kind-tests suite against the cluster (brings it up or raises its
 		$(CARGO) test -p wimsey-kind-tests --test control_plane --test node --test identity -- --show-output
 
 TEST_TARGETS += e2e
+
+# The attack suite: hostile pods against their own socket, the node API and their files volume,
+# asserting that nothing beyond the attacker's own connections is affected (kind-tests/tests/attacks.rs).
+.PHONY: test-attacks
+test-attacks: ## attacks from inside pods on the node-level cluster (part of make test)
+	@$(MAKE) --no-print-directory cluster-up
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) WIMSEY_E2E=1 CLUSTER_PROVIDER=$$($(CLUSTER_SH) provider) \
+		CLUSTER_LEVEL=$$(cat $(WIMSEY_CLUSTER_DIR)/level) \
+		WIMSEY_IMAGE_TAG=$$(cat $(WIMSEY_IMAGES_DIR)/tag 2>/dev/null || kind-tests/images.sh tag) \
+		$(CARGO) test -p wimsey-kind-tests --test attacks -- --show-output
+
+TEST_TARGETS += test-attacks

@@ -4,7 +4,8 @@
 //! - with the default `cluster` feature: [`cluster`] (find the cluster from `KUBECONFIG`, its level, our
 //!   image names), [`namespace`] (a temporary namespace per test, dumped on failure and deleted),
 //!   [`wait`] (wait for a condition with a timeout), [`diagnostics`] (pod status, events and logs) and
-//!   [`exec`] (run a command in a pod), and [`wimsey`] (install wimsey from `crds/` and `config/`).
+//!   [`exec`] (run a command in a pod), [`identity`] (a ClusterSPIFFEID per test and the pods that read
+//!   their identity), and [`wimsey`] (install wimsey from `crds/` and `config/`).
 
 pub mod oci;
 
@@ -14,6 +15,8 @@ pub mod cluster;
 pub mod diagnostics;
 #[cfg(feature = "cluster")]
 pub mod exec;
+#[cfg(feature = "cluster")]
+pub mod identity;
 #[cfg(feature = "cluster")]
 pub mod namespace;
 #[cfg(feature = "cluster")]

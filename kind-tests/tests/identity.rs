@@ -9,176 +9,24 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use k8s_openapi::api::core::v1::{Container, Pod, VolumeMount};
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, LogParams, PostParams,
-};
-use kube::{Api, Client};
-use serde_json::json;
-use wimsey_kind_tests::cluster::image;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, PostParams};
 use wimsey_kind_tests::exec::exec;
+use wimsey_kind_tests::identity::{
+    APP, FILES_DIR, POD_TIMEOUT, SVID_TIMEOUT, delete_cluster_spiffe_id, expected_id, files_pod,
+    parse_x509_lines, probe, start_probe_pod, wait_for_svids, with_identity,
+};
 use wimsey_kind_tests::wait::{pod_ready, poll_until, wait_for};
 use wimsey_kind_tests::wimsey::{self, NAMESPACE, PLUGIN};
-use wimsey_kind_tests::workloads::{csi_volume, pod, probe_pod, restricted};
 use wimsey_kind_tests::{Cluster, TestNamespace};
 
-const TRUST_DOMAIN: &str = "example.org";
-const POD_TIMEOUT: Duration = Duration::from_secs(120);
-const SVID_TIMEOUT: Duration = Duration::from_secs(60);
 /// Short enough that a rotation (at half-life) happens well inside a test.
 const SHORT_TTL: &str = "20s";
 const ROTATION_TIMEOUT: Duration = Duration::from_secs(90);
-const PROBE: &str = "/spiffe-probe";
-const APP: &str = "/wimsey-test-app";
-const FILES_DIR: &str = "/var/run/spiffe";
 
 /// Readers of the plugin take it shared; the test that restarts the plugin takes it exclusively.
 static PLUGIN_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
-
-fn cluster_spiffe_id_api(client: Client) -> Api<DynamicObject> {
-    let gvk = GroupVersionKind::gvk("spire.spiffe.io", "v1alpha1", "ClusterSPIFFEID");
-    Api::all_with(client, &ApiResource::from_gvk(&gvk))
-}
-
-/// The SPIFFE ID our ClusterSPIFFEIDs give a pod of `ns` running as the default ServiceAccount.
-fn expected_id(ns: &str) -> String {
-    format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/default")
-}
-
-/// A ClusterSPIFFEID named after the test namespace that selects every pod in it.
-async fn create_cluster_spiffe_id(
-    cluster: &Cluster,
-    ns: &TestNamespace,
-    ttl: Option<&str>,
-) -> Result<String> {
-    let name = ns.name().to_string();
-    let mut spec = json!({
-        "spiffeIDTemplate":
-            "spiffe://{{ .TrustDomain }}/ns/{{ .PodMeta.Namespace }}/sa/{{ .PodSpec.ServiceAccountName }}",
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name()}},
-    });
-    if let Some(ttl) = ttl {
-        spec["ttl"] = json!(ttl);
-    }
-    let obj: DynamicObject = serde_json::from_value(json!({
-        "apiVersion": "spire.spiffe.io/v1alpha1",
-        "kind": "ClusterSPIFFEID",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))?;
-    cluster_spiffe_id_api(cluster.client())
-        .create(&PostParams::default(), &obj)
-        .await
-        .with_context(|| format!("create ClusterSPIFFEID {name}"))?;
-    Ok(name)
-}
-
-async fn delete_cluster_spiffe_id(cluster: &Cluster, name: &str) -> Result<()> {
-    match cluster_spiffe_id_api(cluster.client())
-        .delete(name, &DeleteParams::default())
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// A pod of the test app (which can `cat`) with a files-mode volume.
-fn files_pod(name: &str) -> Result<Pod> {
-    let container = Container {
-        name: "app".into(),
-        image: Some(image("test-app")?),
-        image_pull_policy: Some("Never".into()),
-        args: Some(vec!["serve".into(), "--port".into(), "8080".into()]),
-        security_context: Some(restricted()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "spiffe".into(),
-            mount_path: FILES_DIR.into(),
-            read_only: Some(true),
-            ..VolumeMount::default()
-        }]),
-        ..Container::default()
-    };
-    Ok(pod(name, container, csi_volume("files")))
-}
-
-/// One `x509 <id> serial=<hex> ...` line of spiffe-probe.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct X509Line {
-    id: String,
-    serial: String,
-}
-
-fn parse_x509_lines(out: &str) -> Vec<X509Line> {
-    out.lines()
-        .filter_map(|line| {
-            let mut words = line.split_whitespace();
-            (words.next()? == "x509").then_some(())?;
-            let id = words.next()?.to_string();
-            let serial = words.find_map(|w| w.strip_prefix("serial="))?.to_string();
-            Some(X509Line { id, serial })
-        })
-        .collect()
-}
-
-async fn logs(pods: &Api<Pod>, name: &str) -> Result<String> {
-    Ok(pods.logs(name, &LogParams::default()).await?)
-}
-
-/// Waits until the pod's `spiffe-probe watch` has logged at least `n` distinct SVIDs.
-async fn wait_for_svids(
-    pods: &Api<Pod>,
-    name: &str,
-    n: usize,
-    timeout: Duration,
-) -> Result<Vec<X509Line>> {
-    poll_until(
-        &format!("{n} X.509-SVID(s) in the log of {name}"),
-        timeout,
-        || async {
-            let mut seen = parse_x509_lines(&logs(pods, name).await?);
-            seen.dedup_by(|a, b| a.serial == b.serial);
-            Ok((seen.len() >= n).then_some(seen))
-        },
-    )
-    .await
-}
-
-/// Runs spiffe-probe in the pod and returns its stdout, whatever the exit status.
-async fn probe(pods: &Api<Pod>, name: &str, args: &[&str]) -> Result<String> {
-    let mut cmd = vec![PROBE];
-    cmd.extend_from_slice(args);
-    Ok(exec(pods, name, None, &cmd).await?.stdout)
-}
-
-async fn start_probe_pod(ns: &TestNamespace, name: &str) -> Result<Api<Pod>> {
-    let pods: Api<Pod> = ns.api();
-    pods.create(&PostParams::default(), &probe_pod(name)?)
-        .await?;
-    wait_for(&pods, name, "probe pod Ready", POD_TIMEOUT, pod_ready()).await?;
-    Ok(pods)
-}
-
-/// Runs `body` in a fresh namespace with a ClusterSPIFFEID for it; cleans both up.
-async fn with_identity<F, Fut>(test: &str, prefix: &str, ttl: Option<&str>, body: F) -> Result<()>
-where
-    F: FnOnce(Cluster, TestNamespace, String) -> Fut,
-    Fut: std::future::Future<Output = (TestNamespace, Result<()>)>,
-{
-    let Some(cluster) = Cluster::connect_node(test).await? else {
-        return Ok(());
-    };
-    wimsey::ensure_installed(&cluster).await?;
-    let ns = cluster.namespace(prefix).await?;
-    let csid = match create_cluster_spiffe_id(&cluster, &ns, ttl).await {
-        Ok(name) => name,
-        Err(err) => return ns.finish(Err(err)).await,
-    };
-    let (ns, result) = body(cluster.clone(), ns, csid.clone()).await;
-    let cleanup = delete_cluster_spiffe_id(&cluster, &csid).await;
-    ns.finish(result.and(cleanup)).await
-}
 
 #[tokio::test]
 async fn workload_gets_x509_and_jwt_svids_and_sees_rotation() -> Result<()> {
@@ -453,16 +301,4 @@ async fn restart(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
         files_before.len()
     );
     Ok(())
-}
-
-#[test]
-fn parses_probe_output() {
-    let out = "x509 spiffe://example.org/ns/a/sa/default serial=1f not_after=2026-01-01T00:00:00Z at_ms=1 start_ms=0\n\
-               error code=Unavailable msg=x\n\
-               x509 spiffe://example.org/ns/a/sa/default serial=20 not_after=2026-01-01T00:00:00Z\n";
-    let lines = parse_x509_lines(out);
-    assert_eq!(lines.len(), 2);
-    assert_eq!(lines[0].id, "spiffe://example.org/ns/a/sa/default");
-    assert_eq!(lines[0].serial, "1f");
-    assert_eq!(lines[1].serial, "20");
 }

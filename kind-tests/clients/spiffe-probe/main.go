@@ -6,6 +6,8 @@
 //	spiffe-probe fetch          one X.509-SVID, verified against the served bundles: x509 <id> serial=<hex> not_after=<RFC3339>
 //	spiffe-probe jwt -audience A   a JWT-SVID, validated offline and by ValidateJWTSVID: jwt <id> aud=<A> validated=true
 //	spiffe-probe no-header      FetchX509SVID without the workload.spiffe.io header: status code=<gRPC code>
+//	spiffe-probe idle           does nothing until the pod stops (a files-mode pod to exec into)
+//	spiffe-probe attack NAME    a hostile pod's attack for the attack suite: attack <name> <outcome...> (attacks.go)
 //
 // A failed call prints `error code=<gRPC code> msg=<message>` and exits 1.
 package main
@@ -33,8 +35,19 @@ var start = time.Now()
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: spiffe-probe watch|fetch|jwt|no-header [flags]")
+		fmt.Fprintln(os.Stderr, "usage: spiffe-probe watch|fetch|jwt|no-header|idle|attack [flags]")
 		os.Exit(2)
+	}
+	switch os.Args[1] {
+	case "attack":
+		if err := attack(os.Args[2:]); err != nil {
+			fmt.Printf("error code=%s msg=%s\n", status.Code(err), oneLine(err))
+			os.Exit(1)
+		}
+		return
+	case "idle":
+		// keeps a files-mode pod running so tests can exec into it
+		select {}
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	audience := fs.String("audience", "wimsey-e2e", "JWT-SVID audience (jwt)")
