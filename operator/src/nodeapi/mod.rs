@@ -202,6 +202,8 @@ impl std::fmt::Debug for NodeApi {
 pub struct ClusterAccess {
     pub view: Arc<dyn ClusterView>,
     pub reviewer: Arc<dyn Reviewer>,
+    /// How long TokenReview verdicts are trusted.
+    pub verdicts: VerdictPolicy,
 }
 
 impl std::fmt::Debug for ClusterAccess {
@@ -218,6 +220,7 @@ impl ClusterAccess {
         Self {
             view: Arc::new(pods),
             reviewer: Arc::new(KubeReviewer::new(client)),
+            verdicts: VerdictPolicy::default(),
         }
     }
 }
@@ -265,7 +268,7 @@ impl NodeApi {
                 args,
                 cluster: cluster.view,
                 reviewer: cluster.reviewer,
-                verdicts: Mutex::new(VerdictCache::new(VerdictPolicy::default())),
+                verdicts: Mutex::new(VerdictCache::new(cluster.verdicts)),
                 federated,
                 verifier,
                 stopping: CancellationToken::new(),

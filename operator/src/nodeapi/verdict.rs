@@ -679,24 +679,277 @@ mod tests {
         assert!(check_pod_token(&review, "u1", "ns", "other").is_err());
     }
 
+    fn at(seconds: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
+    /// An unsigned service-account-shaped JWT (the cache never checks signatures).
+    fn token(pod_uid: &str, exp: u64) -> String {
+        let claims = serde_json::json!({
+            "exp": exp,
+            "kubernetes.io": {"namespace": "ns", "pod": {"name": "p", "uid": pod_uid}},
+        });
+        let payload = wimsey_core::jose::b64url_encode(claims.to_string().as_bytes());
+        format!("h.{payload}.s")
+    }
+
+    fn reviewed(pod_uid: &str) -> ReviewedToken {
+        ReviewedToken {
+            namespace: "ns".into(),
+            service_account: "sa".into(),
+            pod_name: "p".into(),
+            pod_uid: pod_uid.into(),
+        }
+    }
+
+    fn policy() -> VerdictPolicy {
+        VerdictPolicy {
+            refresh: Duration::from_secs(300),
+            stale_recheck: Duration::from_secs(15),
+            max_lifetime: Duration::from_secs(24 * 3600),
+            sweep_above: 4,
+        }
+    }
+
+    /// Records a TokenReview acceptance of `token` at `now`.
+    fn accept(cache: &mut VerdictCache, token: &str, now: SystemTime) -> Verdict {
+        cache.record_accepted(
+            verdict_key("wimsey", token),
+            "wimsey",
+            reviewed("u1"),
+            token_expiry(token),
+            now,
+        )
+    }
+
     #[test]
-    fn verdicts_are_cached_until_the_token_expires_at_most_the_cap() {
-        let now = UNIX_EPOCH + Duration::from_secs(1_000);
-        let token = |exp: u64| {
-            let payload = wimsey_core::jose::b64url_encode(format!("{{\"exp\":{exp}}}").as_bytes());
-            format!("h.{payload}.s")
-        };
+    fn claims_are_read_with_bounds() {
+        let claims = unverified_claims(&token("u1", 1_060)).unwrap();
+        assert_eq!(claims.expires_at, at(1_060));
+        assert_eq!(claims.pod_uid.as_deref(), Some("u1"));
+        assert_eq!(unverified_claims("opaque"), None);
+        assert_eq!(unverified_claims("h.!!!.s"), None);
+        let huge = format!("h.{}.s", "A".repeat(MAX_TOKEN_LEN));
+        assert_eq!(unverified_claims(&huge), None);
+        let no_exp = format!("h.{}.s", wimsey_core::jose::b64url_encode(b"{}"));
+        assert_eq!(unverified_claims(&no_exp), None);
+    }
+
+    #[test]
+    fn a_verdict_is_fresh_then_stale_until_the_token_expires_then_gone() {
+        let mut cache = VerdictCache::new(policy());
+        let t = token("u1", 1_000 + 3_600);
+        let verdict = accept(&mut cache, &t, at(1_000));
+        assert_eq!(verdict.valid_until, at(4_600));
+        assert_eq!(verdict.recheck_at, at(1_300));
+        let key = verdict_key("wimsey", &t);
+        assert!(matches!(cache.lookup(&key, at(1_299)), Cached::Fresh(_)));
+        // Past the refresh: only to be used when TokenReview cannot be reached.
+        match cache.lookup(&key, at(1_300)) {
+            Cached::Stale(v) => {
+                assert_eq!(v.valid_until, at(4_600));
+                assert_eq!(v.recheck_at, at(1_315));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Near the end, the recheck never goes past the token's expiry.
+        match cache.lookup(&key, at(4_595)) {
+            Cached::Stale(v) => assert_eq!(v.recheck_at, at(4_600)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(cache.lookup(&key, at(4_600)), Cached::Miss);
+        // Another audience is another verdict.
         assert_eq!(
-            verdict_valid_until(&token(1_060), now, Duration::from_secs(300)),
-            UNIX_EPOCH + Duration::from_secs(1_060)
+            cache.lookup(&verdict_key("wimsey-node", &t), at(1_000)),
+            Cached::Miss
         );
+    }
+
+    #[test]
+    fn a_verdict_never_outlives_the_reviewed_token_or_the_cap() {
+        let mut cache = VerdictCache::new(policy());
+        // Short token: fresh only until it expires.
+        let short = accept(&mut cache, &token("u1", 1_060), at(1_000));
+        assert_eq!(short.valid_until, at(1_060));
+        assert_eq!(short.recheck_at, at(1_060));
+        // A token claiming a year: capped.
+        let long = accept(&mut cache, &token("u1", 1_000 + 365 * 86_400), at(1_000));
+        assert_eq!(long.valid_until, at(1_000 + 24 * 3600));
+        // No exp, or already expired: used for this call, never cached.
+        let opaque = cache.record_accepted(
+            verdict_key("wimsey", "opaque"),
+            "wimsey",
+            reviewed("u1"),
+            None,
+            at(1_000),
+        );
+        assert_eq!(opaque.valid_until, at(1_000));
         assert_eq!(
-            verdict_valid_until(&token(9_000), now, Duration::from_secs(300)),
-            now + Duration::from_secs(300)
+            cache.lookup(&verdict_key("wimsey", "opaque"), at(1_000)),
+            Cached::Miss
         );
+        let expired = token("u1", 900);
+        accept(&mut cache, &expired, at(1_000));
         assert_eq!(
-            verdict_valid_until("opaque", now, Duration::from_secs(300)),
-            now
+            cache.lookup(&verdict_key("wimsey", &expired), at(1_000)),
+            Cached::Miss
         );
+    }
+
+    #[test]
+    fn a_new_token_during_an_outage_serves_on_the_previous_verdict_and_is_kept() {
+        let mut cache = VerdictCache::new(policy());
+        let old = token("u1", 4_600);
+        accept(&mut cache, &old, at(1_000));
+        // kubelet republished at 3_880 with a token valid until 7_480; TokenReview is down.
+        let new = token("u1", 7_480);
+        let fallback = cache.fallback_for_pod("wimsey", "u1", at(3_880)).unwrap();
+        assert_eq!(fallback.review, reviewed("u1"));
+        // Never past what TokenReview said: the reviewed token's expiry, not the new one's.
+        assert_eq!(fallback.valid_until, at(4_600));
+        assert!(fallback.recheck_at <= at(4_600));
+        cache.keep_pending("wimsey", "u1", &new, at(7_480));
+        // An older token does not replace the newest one kept.
+        cache.keep_pending("wimsey", "u1", &old, at(4_600));
+        let pending = cache.pending(at(3_890));
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].token.as_str(), new);
+        assert_eq!(pending[0].pod_uid, "u1");
+        // Nothing for another pod or another audience.
+        assert_eq!(cache.fallback_for_pod("wimsey", "u2", at(3_880)), None);
+        assert_eq!(cache.fallback_for_pod("wimsey-node", "u1", at(3_880)), None);
+        // The outage outlasts the old token: no more fallback.
+        assert_eq!(cache.fallback_for_pod("wimsey", "u1", at(4_600)), None);
+    }
+
+    #[test]
+    fn re_review_after_the_outage_replaces_the_pods_verdict_and_clears_the_pending_token() {
+        let mut cache = VerdictCache::new(policy());
+        accept(&mut cache, &token("u1", 4_600), at(1_000));
+        let new = token("u1", 7_480);
+        cache.keep_pending("wimsey", "u1", &new, at(7_480));
+        // The API server is back: the pending token is reviewed and accepted.
+        let pending = cache.pending(at(4_000));
+        accept(&mut cache, &pending[0].token, at(4_000));
+        assert!(cache.pending(at(4_001)).is_empty());
+        let fallback = cache.fallback_for_pod("wimsey", "u1", at(5_000)).unwrap();
+        assert_eq!(fallback.valid_until, at(7_480));
+        assert!(matches!(
+            cache.lookup(&verdict_key("wimsey", &new), at(4_001)),
+            Cached::Fresh(_)
+        ));
+        // An expired pending token is dropped, never reviewed.
+        cache.keep_pending("wimsey", "u1", &token("u1", 8_000), at(8_000));
+        assert!(cache.pending(at(8_000)).is_empty());
+    }
+
+    #[test]
+    fn a_refusal_for_the_pod_drops_its_fallback() {
+        let mut cache = VerdictCache::new(policy());
+        let old = token("u1", 4_600);
+        accept(&mut cache, &old, at(1_000));
+        cache.keep_pending("wimsey", "u1", &token("u1", 7_480), at(7_480));
+        let refused = token("u1", 7_500);
+        cache.record_refused(&verdict_key("wimsey", &refused), "wimsey", Some("u1"));
+        assert_eq!(cache.fallback_for_pod("wimsey", "u1", at(2_000)), None);
+        assert!(cache.pending(at(2_000)).is_empty());
+        assert_eq!(
+            cache.lookup(&verdict_key("wimsey", &old), at(2_000)),
+            Cached::Miss
+        );
+        // Without a pod (Attest), only that token's own verdict goes.
+        let node = token("u9", 4_600);
+        accept(&mut cache, &node, at(1_000));
+        let other = token("u1", 4_600);
+        accept(&mut cache, &other, at(1_000));
+        cache.record_refused(&verdict_key("wimsey", &node), "wimsey", None);
+        assert_eq!(
+            cache.lookup(&verdict_key("wimsey", &node), at(1_001)),
+            Cached::Miss
+        );
+        assert!(cache.fallback_for_pod("wimsey", "u1", at(1_001)).is_some());
+    }
+
+    #[test]
+    fn expired_verdicts_are_swept_past_the_threshold() {
+        let mut cache = VerdictCache::new(policy());
+        for i in 0..4 {
+            accept(&mut cache, &token("u1", 1_010 + i), at(1_000));
+        }
+        assert_eq!(cache.len(), 4);
+        accept(&mut cache, &token("u1", 9_000), at(2_000));
+        assert_eq!(cache.len(), 1);
+    }
+
+    fn facts(node: &str) -> PodFacts {
+        PodFacts {
+            uid: "u1".into(),
+            namespace: "ns".into(),
+            name: "p".into(),
+            service_account: "sa".into(),
+            node_name: node.into(),
+        }
+    }
+
+    fn stored(node: &str) -> Arc<PodRecord> {
+        Arc::new(PodRecord {
+            uid: "u1".into(),
+            namespace: "ns".into(),
+            name: "p".into(),
+            service_account: "sa".into(),
+            node_name: node.into(),
+            entries: Vec::new(),
+        })
+    }
+
+    #[test]
+    fn lagging_views_are_unavailable_and_up_to_date_refusals_are_denials() {
+        use tonic::Code;
+        let known = |node: &str| PodLookup::Known(facts(node));
+        let code = |r: Result<PlacedPod, NodeApiError>| r.map(|_| Code::Ok).unwrap_or_else(|e| e.code());
+        // Caches not synced yet.
+        assert_eq!(code(place_pod(false, known("n1"), Some(stored("n1")), "u1", "n1")), Code::Unavailable);
+        // Not known yet, not scheduled yet, entries rendered from an older view.
+        assert_eq!(code(place_pod(true, PodLookup::Unknown, None, "u1", "n1")), Code::Unavailable);
+        assert_eq!(code(place_pod(true, known(""), None, "u1", "n1")), Code::Unavailable);
+        assert_eq!(code(place_pod(true, known("n1"), Some(stored("")), "u1", "n1")), Code::Unavailable);
+        // Up to date: on another node, deleted.
+        assert_eq!(code(place_pod(true, known("n2"), Some(stored("n2")), "u1", "n1")), Code::PermissionDenied);
+        assert_eq!(code(place_pod(true, known("n2"), None, "u1", "n1")), Code::PermissionDenied);
+        assert_eq!(code(place_pod(true, PodLookup::Deleted, None, "u1", "n1")), Code::PermissionDenied);
+        // On this node, with or without entries.
+        assert!(place_pod(true, known("n1"), Some(stored("n1")), "u1", "n1").unwrap().record.is_some());
+        assert!(place_pod(true, known("n1"), None, "u1", "n1").unwrap().record.is_none());
+        // The attesting plugin's pod.
+        let review = reviewed("u1");
+        assert_eq!(plugin_pod(false, known("n1"), &review).unwrap_err().code(), Code::Unavailable);
+        assert_eq!(plugin_pod(true, PodLookup::Unknown, &review).unwrap_err().code(), Code::Unavailable);
+        assert_eq!(plugin_pod(true, PodLookup::Deleted, &review).unwrap_err().code(), Code::PermissionDenied);
+        assert_eq!(plugin_pod(true, known("n1"), &review).unwrap().node_name, "n1");
+    }
+
+    #[test]
+    fn every_error_has_its_code() {
+        use tonic::Code;
+        let cases = [
+            (NodeApiError::NotSynced, Code::Unavailable),
+            (NodeApiError::NotYetVisible("x".into()), Code::Unavailable),
+            (
+                NodeApiError::ReviewUnavailable(super::super::cluster::ReviewUnavailable(
+                    "client error (Connect)".into(),
+                )),
+                Code::Unavailable,
+            ),
+            (NodeApiError::ShuttingDown, Code::Unavailable),
+            (NodeApiError::Unauthenticated("token refused"), Code::Unauthenticated),
+            (NodeApiError::PermissionDenied("elsewhere".into()), Code::PermissionDenied),
+            (NodeApiError::NoIdentity, Code::PermissionDenied),
+            (NodeApiError::UnknownEntry("e".into()), Code::NotFound),
+            (NodeApiError::InvalidArgument("pod"), Code::InvalidArgument),
+            (NodeApiError::Internal("x".into()), Code::Internal),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.code(), code, "{error}");
+        }
     }
 }
