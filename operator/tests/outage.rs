@@ -5,7 +5,9 @@
 //!
 //! With TokenReview down, a node that attested before keeps getting CSRs signed and JWTs minted
 //! for pods it already verified (also with a token kubelet refreshed during the outage), while
-//! a pod it never verified gets `Unavailable`, and a pod on another node stays denied.
+//! a pod it never verified gets `Unavailable`, and a pod on another node stays denied. The
+//! plugin keeps a pod's SVIDs through `Unavailable`, and drops them only once a denial has held
+//! for its grace period.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,7 +25,10 @@ use wimsey_core::entries::{Entry, EntryOwner, OwnerKind, Selector};
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
 use wimsey_core::x509::build_csr;
 use wimsey_core::{SpiffeId, TrustDomain};
+use wimsey_csi::identity_source::{IdentitySource, PodInfo};
 use wimsey_csi::node_client::{NodeClient, NodeClientConfig, NodeClientError};
+use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity};
+use zeroize::Zeroizing;
 use wimsey_operator::authority::state::rotate;
 use wimsey_operator::authority::{AuthorityArgs, SigningMaterial, StoredAuthority};
 use wimsey_operator::config::{ConfigFlags, Settings};
@@ -426,4 +431,100 @@ async fn the_node_api_is_unavailable_until_its_caches_have_synced() {
     );
     directory.mark_synced();
     node.attest().await.unwrap();
+}
+
+async fn wait_for_snapshot(
+    snapshots: &mut watch::Receiver<Arc<IdentitySnapshot>>,
+    what: &str,
+    done: impl Fn(&IdentitySnapshot) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if done(&snapshots.borrow_and_update()) {
+                return;
+            }
+            snapshots.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+fn issued(snapshot: &IdentitySnapshot) -> bool {
+    matches!(snapshot, IdentitySnapshot::Issued(_))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_keeps_svids_through_unavailable_and_drops_them_after_a_held_denial() {
+    let hour = Duration::from_secs(3600);
+    let grace = Duration::from_secs(3);
+    let csi = facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
+    let app = facts("app-uid", APP_NS, "app", "app", "n1");
+    let directory = PodDirectory::new();
+    let store = EntryStore::new();
+    let app_entry = entry(&format!("spiffe://{TRUST_DOMAIN}/ns/{APP_NS}/sa/app"));
+    directory.apply_facts(csi.clone());
+    directory.apply_facts(app.clone());
+    store.set_pod(&app.uid, Some(record(&app, vec![app_entry.clone()])));
+    directory.mark_synced();
+    let reviewer = Arc::new(FakeReviewer::default());
+    let csi_token = token(&csi.uid, 1, hour);
+    reviewer.accept(&csi_token, "wimsey-node", NAMESPACE, "wimsey-csi", ("csi-n1", &csi.uid));
+    let app_token = token(&app.uid, 1, hour);
+    reviewer.accept(&app_token, "wimsey", APP_NS, "app", ("app", &app.uid));
+    let server = start(directory.clone(), reviewer.clone(), store.clone()).await;
+
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), &csi_token).unwrap();
+    let mut config = NodeClientConfig::new(&server.endpoint, "n1".into(), trust_domain()).unwrap();
+    config.token_path = token_file.path().to_owned();
+    config.bundle_path = server.bundle_file.path().to_owned();
+    config.denial_grace = grace;
+    let source = NodeClient::new(config).unwrap();
+    let pod_info = |token: &str| PodInfo {
+        uid: app.uid.clone(),
+        namespace: APP_NS.into(),
+        name: "app".into(),
+        service_account: "app".into(),
+        token: Some(Zeroizing::new(token.to_owned())),
+    };
+    let handle = source.attach(pod_info(&app_token));
+    let mut snapshots = handle.current();
+    wait_for_snapshot(&mut snapshots, "issued SVIDs", issued).await;
+
+    // The operator's entries lag behind the pod (Unavailable): the stream ends, the plugin
+    // retries, and the pod keeps its SVIDs for longer than the grace.
+    let mut lagging = record(&app, vec![app_entry.clone()]);
+    lagging.node_name = String::new();
+    store.set_pod(&app.uid, Some(lagging));
+    let kept = tokio::time::timeout(2 * grace, async {
+        loop {
+            snapshots.changed().await.unwrap();
+            if !issued(&snapshots.borrow_and_update()) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(kept.is_err(), "Unavailable took the SVIDs away");
+    assert!(issued(&handle.current().borrow()));
+
+    // A real denial (the up-to-date cache places the pod elsewhere): kept during the grace,
+    // then dropped. A fresh token makes the plugin ask at once.
+    let mut moved = app.clone();
+    moved.node_name = "n2".into();
+    directory.apply_facts(moved.clone());
+    store.set_pod(&app.uid, Some(record(&moved, vec![app_entry.clone()])));
+    let denied_at = std::time::Instant::now();
+    source.attach(pod_info(&token(&app.uid, 2, hour)));
+    wait_for_snapshot(&mut snapshots, "NoIdentity after the grace", |s| {
+        matches!(s, IdentitySnapshot::NoIdentity)
+    })
+    .await;
+    assert!(
+        denied_at.elapsed() >= grace,
+        "the SVIDs went {:?} after the denial began, within the {grace:?} grace",
+        denied_at.elapsed()
+    );
+    source.detach(&app.uid);
 }
