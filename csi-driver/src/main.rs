@@ -249,6 +249,9 @@ mod tests {
         .unwrap();
         assert_eq!(args.denial_grace, Duration::from_secs(90));
         assert_eq!(args.node_api_call_timeout, Duration::from_millis(500));
-        assert!(Args::try_parse_from(["wimsey-csi", "--node-id", "n1", "--denial-grace", "soon"]).is_err());
+        assert!(
+            Args::try_parse_from(["wimsey-csi", "--node-id", "n1", "--denial-grace", "soon"])
+                .is_err()
+        );
     }
 }

@@ -295,9 +295,11 @@ async fn ride_out(cluster: &Cluster, ns: &TestNamespace, kind: OutageKind) -> Re
         .context("the probe pod has no UID")?;
     let read = || host_log(ns.name(), "probe", &uid).map(|log| parse_received(&log));
     let read = &read;
-    poll_until("the first SVID in the host log", SVID_TIMEOUT, || async move {
-        Ok((!read()?.is_empty()).then_some(()))
-    })
+    poll_until(
+        "the first SVID in the host log",
+        SVID_TIMEOUT,
+        || async move { Ok((!read()?.is_empty()).then_some(())) },
+    )
     .await?;
 
     let mut outage = ApiServerOutage::begin(kind)?;
@@ -336,9 +338,11 @@ async fn ride_out(cluster: &Cluster, ns: &TestNamespace, kind: OutageKind) -> Re
     })
     .await?;
     let seen = during.len();
-    poll_until("an SVID after the outage", CONVERGE_TIMEOUT, || async move {
-        Ok((read()?.len() > seen).then_some(()))
-    })
+    poll_until(
+        "an SVID after the outage",
+        CONVERGE_TIMEOUT,
+        || async move { Ok((read()?.len() > seen).then_some(())) },
+    )
     .await?;
     let after = read()?;
     if let Some((margin, at)) = smallest_margin(&after) {

@@ -28,7 +28,6 @@ use wimsey_core::{SpiffeId, TrustDomain};
 use wimsey_csi::identity_source::{IdentitySource, PodInfo};
 use wimsey_csi::node_client::{NodeClient, NodeClientConfig, NodeClientError};
 use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity};
-use zeroize::Zeroizing;
 use wimsey_operator::authority::state::rotate;
 use wimsey_operator::authority::{AuthorityArgs, SigningMaterial, StoredAuthority};
 use wimsey_operator::config::{ConfigFlags, Settings};
@@ -38,9 +37,8 @@ use wimsey_operator::nodeapi::verdict::{EXTRA_POD_NAME, EXTRA_POD_UID, VerdictPo
 use wimsey_operator::nodeapi::{ClusterAccess, FederatedBundles, NodeApi, NodeApiArgs};
 use wimsey_operator::reconcile::PodDirectory;
 use wimsey_operator::store::{EntryStore, PodRecord, StoredEntry};
-use wimsey_proto::wimsey::node::v1::{
-    EntryCsr, MintJwtSvidRequest, PodRef, SignX509SvidsRequest,
-};
+use wimsey_proto::wimsey::node::v1::{EntryCsr, MintJwtSvidRequest, PodRef, SignX509SvidsRequest};
+use zeroize::Zeroizing;
 
 const TRUST_DOMAIN: &str = "outage-test.example";
 const CLUSTER: &str = "c1";
@@ -326,11 +324,23 @@ async fn verified_pods_keep_their_identities_while_token_review_is_down() {
     directory.mark_synced();
     let reviewer = Arc::new(FakeReviewer::default());
     let csi_token = token(&csi.uid, 1, hour);
-    reviewer.accept(&csi_token, "wimsey-node", NAMESPACE, "wimsey-csi", ("csi-n1", &csi.uid));
+    reviewer.accept(
+        &csi_token,
+        "wimsey-node",
+        NAMESPACE,
+        "wimsey-csi",
+        ("csi-n1", &csi.uid),
+    );
     let app_token = token(&app.uid, 1, hour);
     reviewer.accept(&app_token, "wimsey", APP_NS, "app", ("app", &app.uid));
     let newcomer_token = token(&newcomer.uid, 1, hour);
-    reviewer.accept(&newcomer_token, "wimsey", APP_NS, "app", ("newcomer", &newcomer.uid));
+    reviewer.accept(
+        &newcomer_token,
+        "wimsey",
+        APP_NS,
+        "app",
+        ("newcomer", &newcomer.uid),
+    );
     let far_token = token(&elsewhere.uid, 1, hour);
     reviewer.accept(&far_token, "wimsey", APP_NS, "app", ("far", &elsewhere.uid));
     let server = start(directory, reviewer.clone(), store).await;
@@ -422,7 +432,13 @@ async fn the_node_api_is_unavailable_until_its_caches_have_synced() {
     directory.apply_facts(csi.clone());
     let reviewer = Arc::new(FakeReviewer::default());
     let csi_token = token(&csi.uid, 1, hour);
-    reviewer.accept(&csi_token, "wimsey-node", NAMESPACE, "wimsey-csi", ("csi-n1", &csi.uid));
+    reviewer.accept(
+        &csi_token,
+        "wimsey-node",
+        NAMESPACE,
+        "wimsey-csi",
+        ("csi-n1", &csi.uid),
+    );
     let server = start(directory.clone(), reviewer, EntryStore::new()).await;
     let (node, _t) = plugin(&server, "n1", &csi_token);
     assert_eq!(
@@ -469,7 +485,13 @@ async fn the_plugin_keeps_svids_through_unavailable_and_drops_them_after_a_held_
     directory.mark_synced();
     let reviewer = Arc::new(FakeReviewer::default());
     let csi_token = token(&csi.uid, 1, hour);
-    reviewer.accept(&csi_token, "wimsey-node", NAMESPACE, "wimsey-csi", ("csi-n1", &csi.uid));
+    reviewer.accept(
+        &csi_token,
+        "wimsey-node",
+        NAMESPACE,
+        "wimsey-csi",
+        ("csi-n1", &csi.uid),
+    );
     let app_token = token(&app.uid, 1, hour);
     reviewer.accept(&app_token, "wimsey", APP_NS, "app", ("app", &app.uid));
     let server = start(directory.clone(), reviewer.clone(), store.clone()).await;

@@ -183,8 +183,14 @@ async fn follow(shared: Arc<Shared>) {
             RoundEnd::Retry => {
                 let mut wait = backoff(progress.attempt, RETRY_BASE, RETRY_MAX, jitter());
                 // A held denial is looked at again when its grace ends, not a backoff later.
-                if let Some(drop_at) = progress.grace.drop_at().filter(|_| shared.holds_identities()) {
-                    let until = drop_at.duration_since(SystemTime::now()).unwrap_or_default();
+                if let Some(drop_at) = progress
+                    .grace
+                    .drop_at()
+                    .filter(|_| shared.holds_identities())
+                {
+                    let until = drop_at
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
                     wait = wait.min(until.max(RETRY_BASE));
                 }
                 progress.attempt = progress.attempt.saturating_add(1);
@@ -215,10 +221,11 @@ async fn watch_round(shared: &Shared, progress: &mut Progress) -> RoundEnd {
     let mut grpc = NodeGrpc::new(channel);
     // Only the first answer has a deadline: the stream itself stays open.
     let timeout = shared.client.config().call_timeout;
-    let mut updates = match within(timeout, grpc.watch_pod(WatchPodRequest { pod: Some(pod) })).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return on_status(shared, progress, status),
-    };
+    let mut updates =
+        match within(timeout, grpc.watch_pod(WatchPodRequest { pod: Some(pod) })).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return on_status(shared, progress, status),
+        };
     let mut entries: Vec<PodEntry> = Vec::new();
     let mut bundles: Option<ParsedBundles> = None;
     let mut renew: Option<SystemTime> = None;

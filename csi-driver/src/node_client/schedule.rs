@@ -89,10 +89,19 @@ mod tests {
     #[test]
     fn a_failed_reattestation_keeps_a_session_that_is_still_valid() {
         // Session until 4600; re-attestation failed at 2800 (half-life).
-        assert_eq!(retry_attestation_at(at(2800), at(4600), 0, 0.0), Some(at(2801)));
-        assert_eq!(retry_attestation_at(at(2800), at(4600), 10, 0.0), Some(at(2830)));
+        assert_eq!(
+            retry_attestation_at(at(2800), at(4600), 0, 0.0),
+            Some(at(2801))
+        );
+        assert_eq!(
+            retry_attestation_at(at(2800), at(4600), 10, 0.0),
+            Some(at(2830))
+        );
         // Never scheduled past the point where the session stops being usable.
-        assert_eq!(retry_attestation_at(at(4585), at(4600), 10, 0.0), Some(at(4590)));
+        assert_eq!(
+            retry_attestation_at(at(4585), at(4600), 10, 0.0),
+            Some(at(4590))
+        );
         // Too close to its end, or expired: the failure surfaces.
         assert_eq!(retry_attestation_at(at(4590), at(4600), 0, 0.0), None);
         assert_eq!(retry_attestation_at(at(5000), at(4600), 0, 0.0), None);

@@ -423,10 +423,7 @@ impl Node for NodeApi {
         let node = state.caller_node(&request)?;
         let request = request.into_inner();
         let pod_ref = request.pod.ok_or(NodeApiError::InvalidArgument("pod"))?;
-        let mut recheck_at = state
-            .authorize_pod(&node, Some(&pod_ref))
-            .await?
-            .recheck_at;
+        let mut recheck_at = state.authorize_pod(&node, Some(&pod_ref)).await?.recheck_at;
         let uid = pod_ref.pod_uid.clone();
         let mut store_changes = state.store.subscribe();
         let mut material_changes = state.authority.subscribe();

@@ -906,26 +906,80 @@ mod tests {
     fn lagging_views_are_unavailable_and_up_to_date_refusals_are_denials() {
         use tonic::Code;
         let known = |node: &str| PodLookup::Known(facts(node));
-        let code = |r: Result<PlacedPod, NodeApiError>| r.map(|_| Code::Ok).unwrap_or_else(|e| e.code());
+        let code =
+            |r: Result<PlacedPod, NodeApiError>| r.map(|_| Code::Ok).unwrap_or_else(|e| e.code());
         // Caches not synced yet.
-        assert_eq!(code(place_pod(false, known("n1"), Some(stored("n1")), "u1", "n1")), Code::Unavailable);
+        assert_eq!(
+            code(place_pod(
+                false,
+                known("n1"),
+                Some(stored("n1")),
+                "u1",
+                "n1"
+            )),
+            Code::Unavailable
+        );
         // Not known yet, not scheduled yet, entries rendered from an older view.
-        assert_eq!(code(place_pod(true, PodLookup::Unknown, None, "u1", "n1")), Code::Unavailable);
-        assert_eq!(code(place_pod(true, known(""), None, "u1", "n1")), Code::Unavailable);
-        assert_eq!(code(place_pod(true, known("n1"), Some(stored("")), "u1", "n1")), Code::Unavailable);
+        assert_eq!(
+            code(place_pod(true, PodLookup::Unknown, None, "u1", "n1")),
+            Code::Unavailable
+        );
+        assert_eq!(
+            code(place_pod(true, known(""), None, "u1", "n1")),
+            Code::Unavailable
+        );
+        assert_eq!(
+            code(place_pod(true, known("n1"), Some(stored("")), "u1", "n1")),
+            Code::Unavailable
+        );
         // Up to date: on another node, deleted.
-        assert_eq!(code(place_pod(true, known("n2"), Some(stored("n2")), "u1", "n1")), Code::PermissionDenied);
-        assert_eq!(code(place_pod(true, known("n2"), None, "u1", "n1")), Code::PermissionDenied);
-        assert_eq!(code(place_pod(true, PodLookup::Deleted, None, "u1", "n1")), Code::PermissionDenied);
+        assert_eq!(
+            code(place_pod(true, known("n2"), Some(stored("n2")), "u1", "n1")),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code(place_pod(true, known("n2"), None, "u1", "n1")),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            code(place_pod(true, PodLookup::Deleted, None, "u1", "n1")),
+            Code::PermissionDenied
+        );
         // On this node, with or without entries.
-        assert!(place_pod(true, known("n1"), Some(stored("n1")), "u1", "n1").unwrap().record.is_some());
-        assert!(place_pod(true, known("n1"), None, "u1", "n1").unwrap().record.is_none());
+        assert!(
+            place_pod(true, known("n1"), Some(stored("n1")), "u1", "n1")
+                .unwrap()
+                .record
+                .is_some()
+        );
+        assert!(
+            place_pod(true, known("n1"), None, "u1", "n1")
+                .unwrap()
+                .record
+                .is_none()
+        );
         // The attesting plugin's pod.
         let review = reviewed("u1");
-        assert_eq!(plugin_pod(false, known("n1"), &review).unwrap_err().code(), Code::Unavailable);
-        assert_eq!(plugin_pod(true, PodLookup::Unknown, &review).unwrap_err().code(), Code::Unavailable);
-        assert_eq!(plugin_pod(true, PodLookup::Deleted, &review).unwrap_err().code(), Code::PermissionDenied);
-        assert_eq!(plugin_pod(true, known("n1"), &review).unwrap().node_name, "n1");
+        assert_eq!(
+            plugin_pod(false, known("n1"), &review).unwrap_err().code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            plugin_pod(true, PodLookup::Unknown, &review)
+                .unwrap_err()
+                .code(),
+            Code::Unavailable
+        );
+        assert_eq!(
+            plugin_pod(true, PodLookup::Deleted, &review)
+                .unwrap_err()
+                .code(),
+            Code::PermissionDenied
+        );
+        assert_eq!(
+            plugin_pod(true, known("n1"), &review).unwrap().node_name,
+            "n1"
+        );
     }
 
     #[test]
@@ -941,8 +995,14 @@ mod tests {
                 Code::Unavailable,
             ),
             (NodeApiError::ShuttingDown, Code::Unavailable),
-            (NodeApiError::Unauthenticated("token refused"), Code::Unauthenticated),
-            (NodeApiError::PermissionDenied("elsewhere".into()), Code::PermissionDenied),
+            (
+                NodeApiError::Unauthenticated("token refused"),
+                Code::Unauthenticated,
+            ),
+            (
+                NodeApiError::PermissionDenied("elsewhere".into()),
+                Code::PermissionDenied,
+            ),
             (NodeApiError::NoIdentity, Code::PermissionDenied),
             (NodeApiError::UnknownEntry("e".into()), Code::NotFound),
             (NodeApiError::InvalidArgument("pod"), Code::InvalidArgument),

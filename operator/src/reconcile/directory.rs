@@ -142,7 +142,10 @@ mod tests {
         directory.apply_facts(facts("u1", "p", "n1"));
         directory.mark_synced();
         assert!(directory.synced());
-        assert_eq!(directory.pod("u1"), PodLookup::Known(facts("u1", "p", "n1")));
+        assert_eq!(
+            directory.pod("u1"),
+            PodLookup::Known(facts("u1", "p", "n1"))
+        );
         assert_eq!(
             directory.pod_named("ns", "p"),
             PodLookup::Known(facts("u1", "p", "n1"))
