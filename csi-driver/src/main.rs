@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
@@ -73,6 +74,17 @@ struct Args {
     /// PEM trust bundle to verify the node API's certificate with.
     #[arg(long, env = "WIMSEY_BUNDLE_PATH", default_value = DEFAULT_BUNDLE_PATH)]
     bundle_path: PathBuf,
+    /// Deadline of each unary node API call (Go duration).
+    #[arg(long, env = "WIMSEY_NODE_API_CALL_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    node_api_call_timeout: Duration,
+    /// How long the node API must keep refusing a pod before its SVIDs (and files) are taken
+    /// away (Go duration): longer than the operator's cache lag, shorter than an SVID.
+    #[arg(long, env = "WIMSEY_DENIAL_GRACE", default_value = "30s", value_parser = parse_duration)]
+    denial_grace: Duration,
+}
+
+fn parse_duration(value: &str) -> Result<Duration, String> {
+    wimsey_core::entries::parse_go_duration(value).map_err(|reason| format!("{value:?}: {reason}"))
 }
 
 fn main() -> ExitCode {
@@ -125,6 +137,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("node API client configuration")?;
     config.token_path = args.node_token_path.clone();
     config.bundle_path = args.bundle_path.clone();
+    config.call_timeout = args.node_api_call_timeout;
+    config.denial_grace = args.denial_grace;
     let client = NodeClient::new(config).context("starting the node API client")?;
     info!(node_api = %addr, "identities from the operator's node API");
     run_with_source(Arc::new(client), args).await
@@ -212,4 +226,32 @@ fn create_parent(path: &Path) -> anyhow::Result<()> {
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outage_settings_default_and_parse_go_durations() {
+        let args = Args::try_parse_from(["wimsey-csi", "--node-id", "n1"]).unwrap();
+        assert_eq!(args.node_api_call_timeout, Duration::from_secs(10));
+        assert_eq!(args.denial_grace, Duration::from_secs(30));
+        let args = Args::try_parse_from([
+            "wimsey-csi",
+            "--node-id",
+            "n1",
+            "--denial-grace",
+            "1m30s",
+            "--node-api-call-timeout",
+            "500ms",
+        ])
+        .unwrap();
+        assert_eq!(args.denial_grace, Duration::from_secs(90));
+        assert_eq!(args.node_api_call_timeout, Duration::from_millis(500));
+        assert!(
+            Args::try_parse_from(["wimsey-csi", "--node-id", "n1", "--denial-grace", "soon"])
+                .is_err()
+        );
+    }
 }

@@ -16,7 +16,7 @@ use crate::authority::{AuthorityArgs, SigningAuthority};
 use crate::config::{ConfigFlags, Settings};
 use crate::leader::{LeaseSettings, run_leader_election};
 use crate::nodeapi::{self, NodeApi, NodeApiArgs};
-use crate::reconcile::{FederationSet, ReconcileError, Reconciler};
+use crate::reconcile::{FederationSet, PodDirectory, ReconcileError, Reconciler};
 use crate::status::{DesiredStatus, StatusWriter};
 use crate::store::EntryStore;
 
@@ -78,6 +78,8 @@ pub struct Controller {
     pub leader: watch::Receiver<bool>,
     pub statuses: watch::Receiver<Arc<Vec<DesiredStatus>>>,
     pub federation: watch::Receiver<Arc<FederationSet>>,
+    /// The informer's pods, for the node API.
+    pub pods: PodDirectory,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -131,6 +133,7 @@ impl Controller {
             leader,
             statuses: reconciler.statuses,
             federation: reconciler.federation,
+            pods: reconciler.pods,
             shutdown,
             tasks,
         })
@@ -225,6 +228,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         client.clone(),
         authority,
         store.clone(),
+        controller.pods.clone(),
         settings.clone(),
         options.node_api,
         federated,

@@ -37,6 +37,7 @@ use wimsey_operator::authority::{
 };
 use wimsey_operator::config::{ConfigFlags, Settings};
 use wimsey_operator::nodeapi::{FederatedBundles, NodeApi, NodeApiArgs};
+use wimsey_operator::reconcile::PodDirectory;
 use wimsey_operator::store::{EntryStore, PodRecord, StoredEntry};
 use wimsey_proto::wimsey::node::v1::{
     EntryCsr, MintJwtSvidRequest, MintWitSvidRequest, PodRef, SignX509SvidsRequest, WatchPodRequest,
@@ -228,6 +229,8 @@ struct Server {
     shutdown: CancellationToken,
     serving: tokio::task::JoinHandle<Result<(), wimsey_operator::nodeapi::NodeApiError>>,
     federated: watch::Sender<FederatedBundles>,
+    /// What the informer would know: the test namespace's pods when the server started.
+    pods: PodDirectory,
 }
 
 async fn start_server(fixture: &Fixture, store: &EntryStore) -> Server {
@@ -245,10 +248,21 @@ async fn start_server_with(fixture: &Fixture, store: &EntryStore, args: Authorit
     .await
     .unwrap();
     let (federated, federated_rx) = watch::channel(FederatedBundles::default());
+    // Every test creates its pods before starting the server.
+    let pods = PodDirectory::new();
+    let listed = Api::<Pod>::namespaced(fixture.client.clone(), &fixture.namespace)
+        .list(&Default::default())
+        .await
+        .unwrap();
+    for pod in &listed.items {
+        pods.apply(&wimsey_operator::views::pod_view(pod));
+    }
+    pods.mark_synced();
     let api = NodeApi::new(
         fixture.client.clone(),
         authority.clone(),
         store.clone(),
+        pods.clone(),
         settings(),
         NodeApiArgs {
             node_api_addr: "127.0.0.1:0".parse().unwrap(),
@@ -275,6 +289,7 @@ async fn start_server_with(fixture: &Fixture, store: &EntryStore, args: Authorit
         shutdown,
         serving,
         federated,
+        pods,
     }
 }
 
@@ -285,6 +300,8 @@ fn plugin(server: &Server, node: &str, token: &str) -> (NodeClient, tempfile::Na
     let mut config = NodeClientConfig::new(&server.endpoint, node.into(), trust_domain()).unwrap();
     config.token_path = token_file.path().to_owned();
     config.bundle_path = server.bundle_file.path().to_owned();
+    // Removed entries take identities away once the denial has held this long.
+    config.denial_grace = Duration::from_secs(2);
     (NodeClient::new(config).unwrap(), token_file)
 }
 
@@ -498,7 +515,8 @@ async fn node_api_enforces_node_pod_and_token_checks() {
         }))
         .await
         .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // A pod the informer has not seen may just be new: retry, not a denial.
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
 
     // The pod's token for another audience.
     let node_audience = fixture.token("app", "wimsey-node", "app-a", &app_a).await;
@@ -589,6 +607,14 @@ async fn node_api_enforces_node_pod_and_token_checks() {
         .unwrap();
     assert!(second.entries.is_empty());
     // The pod moves to node B: node A's stream ends with PermissionDenied.
+    let mut moved = wimsey_operator::views::pod_view(
+        &Api::<Pod>::namespaced(fixture.client.clone(), &ns)
+            .get("app-a")
+            .await
+            .unwrap(),
+    );
+    moved.node_name = node_b.clone();
+    server.pods.apply(&moved);
     store.set_pod(
         &app_a,
         Some(record(&app_a, &ns, "app-a", "app", &node_b, Vec::new())),

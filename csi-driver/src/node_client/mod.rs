@@ -5,7 +5,12 @@
 //! mounted bundle file; it re-attests at half the node SVID's life. Each attached pod gets a task
 //! that watches the pod's entries (WatchPod), generates a P-256 key per entry locally, sends only
 //! CSRs, renews at half-life with jittered backoff, and publishes [`IdentitySnapshot`]s.
+//!
+//! Outages are ridden out: every unary call has a deadline; a failed re-attestation keeps the
+//! node session while it is valid; `Unavailable` is retried and never takes SVIDs away; a
+//! denial does so only once it has held for [`NodeClientConfig::denial_grace`].
 
+pub mod grace;
 mod pod;
 pub mod schedule;
 mod tls;
@@ -25,7 +30,11 @@ use wimsey_proto::wimsey::node::v1::{AttestRequest, Bundles};
 use zeroize::Zeroizing;
 
 use crate::identity_source::{IdentitySource, PodInfo};
+pub use grace::DEFAULT_DENIAL_GRACE;
 pub use pod::NodePod;
+
+/// The default deadline of one unary node API call.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where the plugin's own token and the bootstrap bundle are mounted by default.
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/wimsey/token";
@@ -45,6 +54,10 @@ pub struct NodeClientConfig {
     pub token_path: PathBuf,
     /// PEM X.509 roots to trust the operator with before the first attestation.
     pub bundle_path: PathBuf,
+    /// Deadline of each unary call (Attest, SignX509Svids, Mint*, and WatchPod's first answer).
+    pub call_timeout: Duration,
+    /// How long a denial must hold before a pod's SVIDs (and files) are taken away.
+    pub denial_grace: Duration,
 }
 
 impl NodeClientConfig {
@@ -65,6 +78,8 @@ impl NodeClientConfig {
             server_id,
             token_path: PathBuf::from(DEFAULT_TOKEN_PATH),
             bundle_path: PathBuf::from(DEFAULT_BUNDLE_PATH),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            denial_grace: DEFAULT_DENIAL_GRACE,
         })
     }
 }
@@ -133,12 +148,36 @@ impl NodeClientError {
     }
 }
 
+/// `message` as a request the server may drop after `timeout` (the grpc-timeout header).
+pub(crate) fn with_deadline<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
+}
+
+/// Runs one call under a client-side deadline too: a frozen connection or server must not hold
+/// a renewal forever.
+pub(crate) async fn within<T>(
+    timeout: Duration,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+) -> Result<T, tonic::Status> {
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(tonic::Status::deadline_exceeded(format!(
+                "no answer from the node API within {timeout:?}"
+            )))
+        })
+}
+
 /// One node attestation: the node SVID's ID and lifetime, and the mTLS channel presenting it.
 #[derive(Debug, Clone)]
 pub struct NodeSession {
     pub spiffe_id: String,
     pub expires_at: SystemTime,
     renew_at: SystemTime,
+    /// Failed re-attestations since this session was issued.
+    failed_renewals: u32,
     channel: Channel,
 }
 
@@ -190,7 +229,9 @@ impl NodeClient {
         &self.inner.config
     }
 
-    /// The mTLS channel, attesting first if there is no node SVID or it is past half-life.
+    /// The mTLS channel, attesting first if there is no node SVID or it is past half-life. When
+    /// re-attestation fails, a session that is still valid is kept (and re-attestation retried
+    /// with backoff).
     pub(crate) async fn channel(&self) -> Result<Channel, NodeClientError> {
         let mut session = self.inner.session.lock().await;
         if let Some(current) = session.as_ref()
@@ -198,10 +239,32 @@ impl NodeClient {
         {
             return Ok(current.channel.clone());
         }
-        let fresh = self.attest().await?;
-        let channel = fresh.channel.clone();
-        *session = Some(fresh);
-        Ok(channel)
+        match self.attest().await {
+            Ok(fresh) => {
+                let channel = fresh.channel.clone();
+                *session = Some(fresh);
+                Ok(channel)
+            }
+            Err(error) => {
+                let Some(current) = session.as_mut() else {
+                    return Err(error);
+                };
+                let now = SystemTime::now();
+                let Some(retry_at) = schedule::retry_attestation_at(
+                    now,
+                    current.expires_at,
+                    current.failed_renewals,
+                    schedule::jitter(),
+                ) else {
+                    return Err(error);
+                };
+                tracing::warn!(%error, label = error.label(), node = %self.inner.config.node_name,
+                    "re-attestation failed; keeping the node session while it is valid");
+                current.failed_renewals = current.failed_renewals.saturating_add(1);
+                current.renew_at = retry_at;
+                Ok(current.channel.clone())
+            }
+        }
     }
 
     /// Attests once (reading the token file) and returns the new node credential.
@@ -224,13 +287,16 @@ impl NodeClient {
             .map_err(|e| NodeClientError::InvalidResponse(e.to_string()))?;
         let csr = build_csr(&key, &placeholder, &[])?;
         let issued_at = SystemTime::now();
-        let response = self
-            .server_auth_only()?
-            .attest(AttestRequest {
+        let mut grpc = self.server_auth_only()?;
+        let request = with_deadline(
+            AttestRequest {
                 token: token.to_string(),
                 node_name: config.node_name.clone(),
                 csr,
-            })
+            },
+            config.call_timeout,
+        );
+        let response = within(config.call_timeout, grpc.attest(request))
             .await?
             .into_inner();
         if response.svid_chain.is_empty() {
@@ -258,6 +324,7 @@ impl NodeClient {
             spiffe_id: response.spiffe_id,
             expires_at,
             renew_at: schedule::renew_at(issued_at, expires_at),
+            failed_renewals: 0,
             channel,
         })
     }

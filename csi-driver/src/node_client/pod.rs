@@ -18,8 +18,9 @@ use wimsey_proto::wimsey::node::v1::{
 };
 use zeroize::Zeroizing;
 
+use super::grace::{DenialGrace, Holding};
 use super::schedule::{backoff, jitter, renew_at};
-use super::{NodeClient, NodeClientError, ParsedBundles, unix_time};
+use super::{NodeClient, NodeClientError, ParsedBundles, unix_time, with_deadline, within};
 use crate::identity_source::PodInfo;
 use crate::workload_api::{
     IdentitySnapshot, IssuedIdentities, PodIdentity, WitSvidEntry, WorkloadApiError, X509SvidEntry,
@@ -102,12 +103,17 @@ impl PodIdentity for NodePod {
             .channel()
             .await
             .map_err(|e| WorkloadApiError::MintFailed(e.to_string()))?;
-        let response = NodeGrpc::new(channel)
-            .mint_jwt_svid(MintJwtSvidRequest {
+        let timeout = self.shared.client.config().call_timeout;
+        let mut grpc = NodeGrpc::new(channel);
+        let request = with_deadline(
+            MintJwtSvidRequest {
                 pod: Some(pod),
                 spiffe_id: spiffe_id.as_str().to_owned(),
                 audience: audience.to_vec(),
-            })
+            },
+            timeout,
+        );
+        let response = within(timeout, grpc.mint_jwt_svid(request))
             .await
             .map_err(|status| match status.code() {
                 tonic::Code::PermissionDenied => WorkloadApiError::NotEntitled,
@@ -128,6 +134,34 @@ impl Shared {
     fn publish(&self, snapshot: IdentitySnapshot) {
         self.snapshot.send_replace(Arc::new(snapshot));
     }
+
+    fn holds_identities(&self) -> bool {
+        matches!(**self.snapshot.borrow(), IdentitySnapshot::Issued(_))
+    }
+
+    /// The node API refused the pod: its identities go only once the denial has held for the
+    /// grace period.
+    fn denied(&self, progress: &mut Progress, why: &str) {
+        let holding = self.holds_identities();
+        match progress.grace.on_denied(SystemTime::now(), holding) {
+            Holding::Drop => {
+                if holding {
+                    tracing::info!(pod = %self.uid, why, "denial held past the grace; identities withdrawn");
+                }
+                self.publish(IdentitySnapshot::NoIdentity);
+            }
+            Holding::Keep => {
+                tracing::info!(pod = %self.uid, why, "denied; keeping the current identities during the grace period")
+            }
+        }
+    }
+}
+
+/// What the pod task carries across watch rounds.
+struct Progress {
+    /// Consecutive failed rounds (for the backoff).
+    attempt: u32,
+    grace: DenialGrace,
 }
 
 /// Why a watch round ended.
@@ -139,13 +173,27 @@ enum RoundEnd {
 
 /// The pod task: watch, sign, renew; reconnect with jittered backoff on failure.
 async fn follow(shared: Arc<Shared>) {
-    let mut attempt = 0u32;
+    let mut progress = Progress {
+        attempt: 0,
+        grace: DenialGrace::new(shared.client.config().denial_grace),
+    };
     loop {
-        match watch_round(&shared, &mut attempt).await {
+        match watch_round(&shared, &mut progress).await {
             RoundEnd::Stopped => return,
             RoundEnd::Retry => {
-                let wait = backoff(attempt, RETRY_BASE, RETRY_MAX, jitter());
-                attempt = attempt.saturating_add(1);
+                let mut wait = backoff(progress.attempt, RETRY_BASE, RETRY_MAX, jitter());
+                // A held denial is looked at again when its grace ends, not a backoff later.
+                if let Some(drop_at) = progress
+                    .grace
+                    .drop_at()
+                    .filter(|_| shared.holds_identities())
+                {
+                    let until = drop_at
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default();
+                    wait = wait.min(until.max(RETRY_BASE));
+                }
+                progress.attempt = progress.attempt.saturating_add(1);
                 let mut token = shared.token.subscribe();
                 tokio::select! {
                     () = shared.stop.cancelled() => return,
@@ -158,7 +206,7 @@ async fn follow(shared: Arc<Shared>) {
     }
 }
 
-async fn watch_round(shared: &Shared, attempt: &mut u32) -> RoundEnd {
+async fn watch_round(shared: &Shared, progress: &mut Progress) -> RoundEnd {
     let Some(pod) = shared.pod_ref() else {
         // No token yet (kubelet sends it with the next publish).
         return RoundEnd::Retry;
@@ -171,25 +219,37 @@ async fn watch_round(shared: &Shared, attempt: &mut u32) -> RoundEnd {
         }
     };
     let mut grpc = NodeGrpc::new(channel);
-    let mut updates = match grpc.watch_pod(WatchPodRequest { pod: Some(pod) }).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => return on_status(shared, status).await,
-    };
+    // Only the first answer has a deadline: the stream itself stays open.
+    let timeout = shared.client.config().call_timeout;
+    let mut updates =
+        match within(timeout, grpc.watch_pod(WatchPodRequest { pod: Some(pod) })).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return on_status(shared, progress, status),
+        };
     let mut entries: Vec<PodEntry> = Vec::new();
     let mut bundles: Option<ParsedBundles> = None;
     let mut renew: Option<SystemTime> = None;
     let mut sign_attempt = 0u32;
     loop {
-        let sleep = renew
+        // Wake for the renewal, or when a held "no entries" denial's grace ends.
+        let held = progress
+            .grace
+            .drop_at()
+            .filter(|_| entries.is_empty() && shared.holds_identities());
+        let wake = match (renew, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let sleep = wake
             .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default())
             .unwrap_or(Duration::MAX);
         tokio::select! {
             () = shared.stop.cancelled() => return RoundEnd::Stopped,
             next = updates.next() => match next {
                 None => return RoundEnd::Retry,
-                Some(Err(status)) => return on_status(shared, status).await,
+                Some(Err(status)) => return on_status(shared, progress, status),
                 Some(Ok(update)) => {
-                    *attempt = 0;
+                    progress.attempt = 0;
                     let parsed = match update.bundles.as_ref().map(|b| shared.client.update_roots(b)) {
                         Some(Ok(parsed)) => parsed,
                         Some(Err(error)) => {
@@ -201,10 +261,11 @@ async fn watch_round(shared: &Shared, attempt: &mut u32) -> RoundEnd {
                     if update.entries.is_empty() {
                         entries.clear();
                         renew = None;
-                        shared.publish(IdentitySnapshot::NoIdentity);
+                        shared.denied(progress, "the pod has no entries");
                         bundles = Some(parsed);
                         continue;
                     }
+                    progress.grace.on_success();
                     let entries_changed = update.entries != entries;
                     entries = update.entries;
                     bundles = Some(parsed);
@@ -216,12 +277,17 @@ async fn watch_round(shared: &Shared, attempt: &mut u32) -> RoundEnd {
                     renew = Some(SystemTime::now());
                 }
             },
-            () = tokio::time::sleep(sleep) => {}
+            () = tokio::time::sleep(sleep) => {
+                if held.is_some() && entries.is_empty() {
+                    shared.denied(progress, "the pod still has no entries");
+                }
+            }
         }
         if renew.is_some_and(|at| at <= SystemTime::now()) {
             match issue(shared, &mut grpc, &entries).await {
                 Ok((issued, expires_at, issued_at)) => {
                     sign_attempt = 0;
+                    progress.grace.on_success();
                     renew = Some(renew_at(issued_at, expires_at));
                     let Some(bundles) = bundles.clone() else {
                         continue;
@@ -234,7 +300,7 @@ async fn watch_round(shared: &Shared, attempt: &mut u32) -> RoundEnd {
                     }));
                 }
                 Err(error) if error.is_permission_denied() => {
-                    shared.publish(IdentitySnapshot::NoIdentity);
+                    shared.denied(progress, "signing refused");
                     return RoundEnd::Retry;
                 }
                 // The connection's node SVID ended: reconnect (attesting again) at once.
@@ -255,11 +321,13 @@ async fn watch_round(shared: &Shared, attempt: &mut u32) -> RoundEnd {
     }
 }
 
-async fn on_status(shared: &Shared, status: tonic::Status) -> RoundEnd {
+fn on_status(shared: &Shared, progress: &mut Progress, status: tonic::Status) -> RoundEnd {
     // Unauthenticated needs nothing special: an expired node SVID is past its renewal time, so
     // the next round attests again; an expired pod token is replaced by kubelet's republish.
+    // Unavailable (the operator's view lags, or it cannot reach the API server) and deadlines
+    // keep what the pod has and retry with backoff.
     if status.code() == tonic::Code::PermissionDenied {
-        shared.publish(IdentitySnapshot::NoIdentity);
+        shared.denied(progress, status.message());
     }
     tracing::debug!(code = ?status.code(), message = status.message(), pod = %shared.uid, "pod watch ended");
     RoundEnd::Retry
@@ -301,11 +369,15 @@ async fn issue(
         });
         keys.push((entry.entry_id.clone(), key));
     }
-    let response = grpc
-        .sign_x509_svids(SignX509SvidsRequest {
+    let timeout = shared.client.config().call_timeout;
+    let request = with_deadline(
+        SignX509SvidsRequest {
             pod: Some(pod.clone()),
             csrs,
-        })
+        },
+        timeout,
+    );
+    let response = within(timeout, grpc.sign_x509_svids(request))
         .await?
         .into_inner();
     let mut x509 = Vec::with_capacity(entries.len());
@@ -329,7 +401,7 @@ async fn issue(
             hint: svid.hint.clone(),
         });
     }
-    let wit = mint_wits(grpc, &pod, &x509).await;
+    let wit = mint_wits(grpc, &pod, &x509, timeout).await;
     let expires_at =
         expires_at.ok_or_else(|| NodeClientError::InvalidResponse("no SVIDs".into()))?;
     Ok(((x509, wit), expires_at, issued_at))
@@ -341,19 +413,22 @@ async fn mint_wits(
     grpc: &mut NodeGrpc<tonic::transport::Channel>,
     pod: &PodRef,
     identities: &[X509SvidEntry],
+    timeout: Duration,
 ) -> Option<Vec<WitSvidEntry>> {
     let mut wits = Vec::with_capacity(identities.len());
     for identity in identities {
         let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).ok()?;
         let public =
             serde_json::Value::Object(PublicJwk::for_signing_key(&key).to_json_map()).to_string();
-        let response = grpc
-            .mint_wit_svid(MintWitSvidRequest {
+        let request = with_deadline(
+            MintWitSvidRequest {
                 pod: Some(pod.clone()),
                 spiffe_id: identity.spiffe_id.as_str().to_owned(),
                 public_jwk: public,
-            })
-            .await;
+            },
+            timeout,
+        );
+        let response = within(timeout, grpc.mint_wit_svid(request)).await;
         let token = match response {
             Ok(response) => response.into_inner().token,
             Err(status) => {

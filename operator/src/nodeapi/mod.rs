@@ -4,25 +4,30 @@
 //! service-account token (audience `wimsey-node`), which TokenReview must accept as the wimsey-csi
 //! service account bound to a pod running on the claimed node; it gets a short-lived node SVID
 //! `spiffe://<td>/spire/agent/wimsey/<cluster>/<node>`. Every other RPC needs that SVID as client
-//! certificate (mutual TLS) and serves only pods that the entry store places on that node, after
+//! certificate (mutual TLS) and serves only pods that the informer places on that node, after
 //! TokenReview (audience `wimsey`, verdicts cached by token hash until expiry) confirms the
 //! pod's own token names the pod. State is the authority Secret and the entry store, so any
 //! replica can serve.
+//!
+//! Steady state needs no API server: where pods run comes from the informer caches
+//! ([`cluster::ClusterView`]), and a TokenReview verdict is reused until its token expires when
+//! TokenReview cannot be reached (see [`verdict::VerdictCache`]). What does stop during an API
+//! server outage: pods the operator has not seen yet, pods whose tokens it never verified, and
+//! changes to ClusterSPIFFEIDs (all answered `Unavailable` until the API server is back).
 
+pub mod cluster;
+pub mod material;
 mod service;
 mod tls;
 pub mod verdict;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::Client;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -33,14 +38,15 @@ use wimsey_proto::wimsey::node::v1::node_server::NodeServer;
 
 use crate::authority::SigningAuthority;
 use crate::config::Settings;
+use crate::reconcile::PodDirectory;
 use crate::store::EntryStore;
+use cluster::{ClusterView, KubeReviewer, Reviewer};
+use material::NodeAuthority;
 pub use tls::NodeIdentity;
-use verdict::{ReviewedToken, reviewed_token, verdict_valid_until};
+use verdict::{Cached, Verdict, VerdictCache, VerdictPolicy, reviewed_token, verdict_key};
 
-/// The longest a TokenReview verdict is reused.
-const MAX_VERDICT_CACHE: Duration = Duration::from_secs(300);
-/// Cached verdicts beyond this many trigger a sweep of expired ones.
-const VERDICT_CACHE_SWEEP: usize = 4096;
+/// How often tokens that arrived while TokenReview was unreachable are tried again.
+const PENDING_REVIEW_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Federated bundles to pass on to pods whose entries federate with them, by trust domain.
 pub type FederatedBundles = Arc<BTreeMap<TrustDomain, TrustDomainBundle>>;
@@ -101,6 +107,12 @@ pub enum NodeApiError {
     UnknownEntry(String),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("the operator's caches have not synced yet; retry")]
+    NotSynced,
+    #[error("{0}; retry")]
+    NotYetVisible(String),
+    #[error("{0}; retry")]
+    ReviewUnavailable(#[from] cluster::ReviewUnavailable),
     #[error("{0}")]
     Internal(String),
 }
@@ -117,6 +129,9 @@ impl NodeApiError {
             NodeApiError::ShuttingDown => "shutting_down",
             NodeApiError::UnknownEntry(_) => "unknown_entry",
             NodeApiError::Kube(_) => "kube",
+            NodeApiError::NotSynced => "not_synced",
+            NodeApiError::NotYetVisible(_) => "not_yet_visible",
+            NodeApiError::ReviewUnavailable(_) => "review_unavailable",
             NodeApiError::Internal(_) => "internal",
         }
     }
@@ -129,7 +144,12 @@ impl NodeApiError {
             NodeApiError::Unauthenticated(_) => Code::Unauthenticated,
             NodeApiError::PermissionDenied(_) | NodeApiError::NoIdentity => Code::PermissionDenied,
             NodeApiError::UnknownEntry(_) => Code::NotFound,
-            NodeApiError::Kube(_) | NodeApiError::ShuttingDown => Code::Unavailable,
+            // Transient: the caller keeps what it has and retries.
+            NodeApiError::Kube(_)
+            | NodeApiError::ShuttingDown
+            | NodeApiError::NotSynced
+            | NodeApiError::NotYetVisible(_)
+            | NodeApiError::ReviewUnavailable(_) => Code::Unavailable,
             NodeApiError::Internal(_) => Code::Internal,
         }
     }
@@ -148,14 +168,14 @@ impl From<NodeApiError> for Status {
 }
 
 pub(crate) struct State {
-    authority: SigningAuthority,
+    authority: NodeAuthority,
     store: EntryStore,
     settings: Settings,
     args: NodeApiArgs,
-    plugin_pods: Api<Pod>,
-    reviews: Api<TokenReview>,
-    /// sha256(audience, token) -> verdict and until when it holds. Never keyed by the token.
-    verdicts: Mutex<HashMap<String, (ReviewedToken, SystemTime)>>,
+    /// Where pods run (informer caches).
+    cluster: Arc<dyn ClusterView>,
+    reviewer: Arc<dyn Reviewer>,
+    verdicts: Mutex<VerdictCache>,
     federated: watch::Receiver<FederatedBundles>,
     verifier: Arc<tls::NodeCertVerifier>,
     /// Cancelled when serving stops, so open WatchPod streams end and shutdown can complete.
@@ -176,30 +196,79 @@ impl std::fmt::Debug for NodeApi {
     }
 }
 
+/// Where the node API learns about the cluster: pod placement from the informer caches and
+/// TokenReview. Fakes in tests.
+#[derive(Clone)]
+pub struct ClusterAccess {
+    pub view: Arc<dyn ClusterView>,
+    pub reviewer: Arc<dyn Reviewer>,
+    /// How long TokenReview verdicts are trusted.
+    pub verdicts: VerdictPolicy,
+}
+
+impl std::fmt::Debug for ClusterAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterAccess")
+            .field("synced", &self.view.synced())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterAccess {
+    /// The reconciler's informer (`pods`) and TokenReview through `client`.
+    pub fn kube(client: Client, pods: PodDirectory) -> Self {
+        Self {
+            view: Arc::new(pods),
+            reviewer: Arc::new(KubeReviewer::new(client)),
+            verdicts: VerdictPolicy::default(),
+        }
+    }
+}
+
 impl NodeApi {
-    /// `federated` supplies federated bundles (an empty map if there is no federation).
+    /// `pods` is the reconciler's pod directory; `federated` supplies federated bundles (an
+    /// empty map if there is no federation).
     pub fn new(
         client: Client,
         authority: SigningAuthority,
         store: EntryStore,
+        pods: PodDirectory,
         settings: Settings,
         args: NodeApiArgs,
         federated: watch::Receiver<FederatedBundles>,
     ) -> Self {
-        let namespace = authority.args().authority_namespace.clone();
+        Self::with_cluster(
+            NodeAuthority::from(&authority),
+            store,
+            ClusterAccess::kube(client, pods),
+            settings,
+            args,
+            federated,
+        )
+    }
+
+    /// The node API over any [`ClusterAccess`] (in-process tests use fakes).
+    pub fn with_cluster(
+        authority: NodeAuthority,
+        store: EntryStore,
+        cluster: ClusterAccess,
+        settings: Settings,
+        args: NodeApiArgs,
+        federated: watch::Receiver<FederatedBundles>,
+    ) -> Self {
         let verifier = Arc::new(tls::NodeCertVerifier::new(
             authority.subscribe(),
             settings.cluster_name.clone(),
         ));
         Self {
             state: Arc::new(State {
-                plugin_pods: Api::namespaced(client.clone(), &namespace),
-                reviews: Api::all(client),
                 authority,
                 store,
                 settings,
                 args,
-                verdicts: Mutex::new(HashMap::new()),
+                cluster: cluster.view,
+                reviewer: cluster.reviewer,
+                verdicts: Mutex::new(VerdictCache::new(cluster.verdicts)),
                 federated,
                 verifier,
                 stopping: CancellationToken::new(),
@@ -229,6 +298,19 @@ impl NodeApi {
             tokio::spawn(async move {
                 shutdown.cancelled().await;
                 stopping.cancel();
+            });
+        }
+        {
+            let state = self.state.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(PENDING_REVIEW_INTERVAL);
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        _ = tick.tick() => state.review_pending().await,
+                    }
+                }
             });
         }
         let serving = Arc::new(tls::ServingCert::new());
@@ -320,45 +402,108 @@ impl NodeApi {
 }
 
 impl State {
-    /// TokenReview for `token` and `audience`, with cached verdicts.
+    /// TokenReview for `token` and `audience`, through the verdict cache. When TokenReview
+    /// cannot be reached, a verdict already given for this token serves until the token
+    /// expires; for a pod call (`pod_uid`: the pod the authenticated node asks for), a newer
+    /// token kubelet sent is served on the pod's previous verdict (see
+    /// [`VerdictCache::fallback_for_pod`]) and kept to be reviewed when the API server is back.
+    /// Attest never gets that fallback: its caller is not authenticated yet.
     async fn review(
         &self,
         token: &str,
         audience: &str,
-    ) -> Result<(ReviewedToken, SystemTime), NodeApiError> {
-        let key = wimsey_core::jose::sha256_b64url(format!("{audience}\n{token}").as_bytes());
-        let now = SystemTime::now();
-        if let Some((review, until)) = self.verdicts().get(&key)
-            && *until > now
-        {
-            return Ok((review.clone(), *until));
-        }
-        let request = TokenReview {
-            spec: TokenReviewSpec {
-                token: Some(token.to_owned()),
-                audiences: Some(vec![audience.to_owned()]),
-            },
-            ..TokenReview::default()
+        pod_uid: Option<&str>,
+    ) -> Result<Verdict, NodeApiError> {
+        let key = verdict_key(audience, token);
+        let stale = match self.verdicts().lookup(&key, SystemTime::now()) {
+            Cached::Fresh(verdict) => return Ok(verdict),
+            Cached::Stale(verdict) => Some(verdict),
+            Cached::Miss => None,
         };
-        let response = self
-            .reviews
-            .create(&PostParams::default(), &request)
-            .await?;
-        let status = response.status.ok_or(NodeApiError::Unauthenticated(
-            "TokenReview returned no status",
-        ))?;
-        let review = reviewed_token(&status, audience)?;
-        let until = verdict_valid_until(token, now, MAX_VERDICT_CACHE);
-        let mut verdicts = self.verdicts();
-        if verdicts.len() >= VERDICT_CACHE_SWEEP {
-            verdicts.retain(|_, (_, until)| *until > now);
+        let claims = verdict::unverified_claims(token);
+        let expires_at = claims.as_ref().map(|c| c.expires_at);
+        match self.ask(key, token, audience, pod_uid, expires_at).await {
+            Ok(answer) => answer,
+            Err(unavailable) => match stale {
+                Some(verdict) => Ok(verdict),
+                None => self.fallback(token, audience, pod_uid, claims.as_ref(), unavailable),
+            },
         }
-        verdicts.insert(key, (review.clone(), until));
-        Ok((review, until))
     }
 
-    fn verdicts(&self) -> std::sync::MutexGuard<'_, HashMap<String, (ReviewedToken, SystemTime)>> {
-        // Entries are inserted whole; a poisoned map is still consistent.
+    /// One TokenReview, its answer recorded in the cache; `Err` when it could not be asked.
+    async fn ask(
+        &self,
+        key: String,
+        token: &str,
+        audience: &str,
+        pod_uid: Option<&str>,
+        expires_at: Option<SystemTime>,
+    ) -> Result<Result<Verdict, NodeApiError>, cluster::ReviewUnavailable> {
+        let status = self.reviewer.review(token, audience).await?;
+        let now = SystemTime::now();
+        Ok(match reviewed_token(&status, audience) {
+            Ok(review) => Ok(self
+                .verdicts()
+                .record_accepted(key, audience, review, expires_at, now)),
+            Err(refused) => {
+                self.verdicts().record_refused(&key, audience, pod_uid);
+                Err(refused)
+            }
+        })
+    }
+
+    fn fallback(
+        &self,
+        token: &str,
+        audience: &str,
+        pod_uid: Option<&str>,
+        claims: Option<&verdict::UnverifiedClaims>,
+        unavailable: cluster::ReviewUnavailable,
+    ) -> Result<Verdict, NodeApiError> {
+        let (Some(pod_uid), Some(claims)) = (pod_uid, claims) else {
+            return Err(unavailable.into());
+        };
+        // A token that says it is another pod's is not worth keeping.
+        if claims.pod_uid.as_deref().is_some_and(|uid| uid != pod_uid) {
+            return Err(unavailable.into());
+        }
+        let now = SystemTime::now();
+        let mut verdicts = self.verdicts();
+        let verdict = verdicts
+            .fallback_for_pod(audience, pod_uid, now)
+            .ok_or(NodeApiError::ReviewUnavailable(unavailable))?;
+        verdicts.keep_pending(audience, pod_uid, token, claims.expires_at);
+        Ok(verdict)
+    }
+
+    /// Reviews the tokens that arrived while TokenReview could not be reached.
+    async fn review_pending(&self) {
+        let pending = self.verdicts().pending(SystemTime::now());
+        for token in pending {
+            let key = verdict_key(&token.audience, &token.token);
+            let answer = self
+                .ask(
+                    key,
+                    &token.token,
+                    &token.audience,
+                    Some(&token.pod_uid),
+                    Some(token.expires_at),
+                )
+                .await;
+            match answer {
+                Ok(Ok(_)) => tracing::debug!(pod = %token.pod_uid, "pending pod token reviewed"),
+                Ok(Err(error)) => {
+                    tracing::info!(%error, pod = %token.pod_uid, "pending pod token refused")
+                }
+                // Still unreachable: tried again on the next round.
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn verdicts(&self) -> std::sync::MutexGuard<'_, VerdictCache> {
+        // Every change is a whole insert or remove; a poisoned cache is still consistent.
         self.verdicts.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

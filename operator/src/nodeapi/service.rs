@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures_util::Stream;
-use k8s_openapi::api::core::v1::Pod;
 use tonic::{Request, Response, Status};
 use wimsey_core::SpiffeId;
 use wimsey_core::jose::PublicJwk;
@@ -22,7 +21,8 @@ use wimsey_proto::wimsey::node::v1::{
 };
 
 use super::verdict::{
-    PluginPod, check_node_attestation, check_plugin_account, check_pod_token, node_id,
+    PlacedPod, check_node_attestation, check_plugin_account, check_pod_token, node_id, place_pod,
+    plugin_pod,
 };
 use super::{NodeApi, NodeApiError, NodeIdentity, State};
 use crate::authority::SigningMaterial;
@@ -30,11 +30,25 @@ use crate::store::PodRecord;
 
 type PodUpdates = Pin<Box<dyn Stream<Item = Result<PodUpdate, Status>> + Send>>;
 
+/// A WatchPod stream re-checks its pod at least this far apart, whatever the verdict says.
+const MIN_RECHECK: Duration = Duration::from_secs(5);
+
 /// A pod call that passed every check.
 struct AuthorizedPod {
-    record: Arc<PodRecord>,
-    /// Until when the node credential and the pod token verdict both hold.
-    valid_until: SystemTime,
+    /// The pod's entries; `None` when it has none.
+    record: Option<Arc<PodRecord>>,
+    /// When to review the pod token again (and when the node credential ends, if sooner).
+    recheck_at: SystemTime,
+}
+
+impl AuthorizedPod {
+    /// The pod's entries, or `NoIdentity` (a denial).
+    fn entries(&self) -> Result<&Arc<PodRecord>, NodeApiError> {
+        self.record
+            .as_ref()
+            .filter(|record| !record.entries.is_empty())
+            .ok_or(NodeApiError::NoIdentity)
+    }
 }
 
 fn ttl_or(requested: Duration, default: Duration, max: Duration) -> Duration {
@@ -64,8 +78,9 @@ impl State {
         Ok(node)
     }
 
-    /// The checks every pod call makes: the pod is in the entry store on the caller's node, and
-    /// the pod's own token (TokenReview) names that pod and its service account.
+    /// The checks every pod call makes: the informer places the pod on the caller's node, and
+    /// the pod's own token (TokenReview, or its cached verdict) names that pod and its service
+    /// account.
     async fn authorize_pod(
         &self,
         node: &NodeIdentity,
@@ -78,33 +93,35 @@ impl State {
         if pod.pod_token.is_empty() {
             return Err(NodeApiError::InvalidArgument("pod.pod_token"));
         }
-        let record = self.pod_on_node(&pod.pod_uid, &node.node_name)?;
-        let (review, verdict_until) = self
-            .review(&pod.pod_token, &self.args.pod_token_audience)
+        let placed = self.place(&pod.pod_uid, &node.node_name)?;
+        let verdict = self
+            .review(
+                &pod.pod_token,
+                &self.args.pod_token_audience,
+                Some(&pod.pod_uid),
+            )
             .await?;
         check_pod_token(
-            &review,
-            &record.uid,
-            &record.namespace,
-            &record.service_account,
+            &verdict.review,
+            &placed.facts.uid,
+            &placed.facts.namespace,
+            &placed.facts.service_account,
         )?;
         Ok(AuthorizedPod {
-            record,
-            valid_until: verdict_until.min(node.valid_until),
+            record: placed.record,
+            recheck_at: verdict.recheck_at.min(node.valid_until),
         })
     }
 
-    fn pod_on_node(&self, uid: &str, node: &str) -> Result<Arc<PodRecord>, NodeApiError> {
-        let record = self
-            .store
-            .pod(uid)
-            .ok_or_else(|| NodeApiError::PermissionDenied(format!("pod {uid} is not known")))?;
-        if record.node_name != node {
-            return Err(NodeApiError::PermissionDenied(format!(
-                "pod {uid} is not scheduled on node {node}"
-            )));
-        }
-        Ok(record)
+    /// Pod `uid` on `node`, from the caches.
+    fn place(&self, uid: &str, node: &str) -> Result<PlacedPod, NodeApiError> {
+        place_pod(
+            self.cluster.synced(),
+            self.cluster.pod(uid),
+            self.store.pod(uid),
+            uid,
+            node,
+        )
     }
 
     /// Our bundle, and the federated bundles `record`'s entries federate with (none for `None`).
@@ -146,11 +163,12 @@ impl State {
         })
     }
 
-    fn pod_update(&self, record: &PodRecord) -> Result<PodUpdate, NodeApiError> {
+    /// The pod's entries and bundles (`None`: a pod without entries gets an empty update).
+    fn pod_update(&self, record: Option<&PodRecord>) -> Result<PodUpdate, NodeApiError> {
         let material = self.authority.current();
         let entries = record
-            .entries
             .iter()
+            .flat_map(|record| record.entries.iter())
             .map(|stored| PodEntry {
                 entry_id: stored.id.clone(),
                 spiffe_id: stored.entry.spiffe_id.as_str().to_owned(),
@@ -170,7 +188,7 @@ impl State {
             .collect();
         Ok(PodUpdate {
             entries,
-            bundles: Some(self.bundles(&material, Some(record))?),
+            bundles: Some(self.bundles(&material, record)?),
         })
     }
 
@@ -223,32 +241,23 @@ impl Node for NodeApi {
             entry: "node".into(),
             reason: e.to_string(),
         })?;
-        let (review, _) = state
-            .review(&request.token, &state.args.node_token_audience)
-            .await?;
-        // Refused before looking any pod up: only the plugin's own pods are worth a GET.
-        check_plugin_account(
+        if !state.cluster.synced() {
+            return Err(NodeApiError::NotSynced.into());
+        }
+        let review = state
+            .review(&request.token, &state.args.node_token_audience, None)
+            .await?
+            .review;
+        let namespace = &state.authority.args().authority_namespace;
+        check_plugin_account(&review, namespace, &state.args.csi_service_account)?;
+        let pod = plugin_pod(
+            state.cluster.synced(),
+            state.cluster.pod_named(namespace, &review.pod_name),
             &review,
-            &state.authority.args().authority_namespace,
-            &state.args.csi_service_account,
         )?;
-        let pod = state
-            .plugin_pods
-            .get_opt(&review.pod_name)
-            .await
-            .map_err(NodeApiError::Kube)?
-            .map(|pod: Pod| PluginPod {
-                uid: pod.metadata.uid.unwrap_or_default(),
-                service_account: pod
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.service_account_name.clone())
-                    .unwrap_or_default(),
-                node_name: pod.spec.and_then(|s| s.node_name).unwrap_or_default(),
-            });
         check_node_attestation(
             &review,
-            pod.as_ref(),
+            Some(&pod),
             &state.authority.args().authority_namespace,
             &state.args.csi_service_account,
             &request.node_name,
@@ -282,9 +291,7 @@ impl Node for NodeApi {
         let node = state.caller_node(&request)?;
         let request = request.into_inner();
         let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
-        if pod.record.entries.is_empty() {
-            return Err(NodeApiError::NoIdentity.into());
-        }
+        let record = pod.entries()?;
         if request.csrs.is_empty() {
             return Err(NodeApiError::InvalidArgument("csrs").into());
         }
@@ -293,8 +300,7 @@ impl Node for NodeApi {
         let now = SystemTime::now();
         let mut svids = Vec::with_capacity(request.csrs.len());
         for csr in &request.csrs {
-            let stored = pod
-                .record
+            let stored = record
                 .entries
                 .iter()
                 .find(|e| e.id == csr.entry_id)
@@ -330,7 +336,7 @@ impl Node for NodeApi {
         }
         Ok(Response::new(SignX509SvidsResponse {
             svids,
-            bundles: Some(state.bundles(&material, Some(&pod.record))?),
+            bundles: Some(state.bundles(&material, Some(record))?),
         }))
     }
 
@@ -345,7 +351,7 @@ impl Node for NodeApi {
             return Err(NodeApiError::InvalidArgument("audience").into());
         }
         let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
-        let stored = State::entry_for(&pod.record, &request.spiffe_id)?;
+        let stored = State::entry_for(pod.entries()?, &request.spiffe_id)?;
         let material = state.authority.current();
         let ttl = ttl_or(
             stored.entry.jwt_svid_ttl,
@@ -381,7 +387,7 @@ impl Node for NodeApi {
         let workload_key = PublicJwk::from_json(&request.public_jwk)
             .map_err(|e| NodeApiError::InvalidJwk(e.to_string()))?;
         let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
-        let stored = State::entry_for(&pod.record, &request.spiffe_id)?;
+        let stored = State::entry_for(pod.entries()?, &request.spiffe_id)?;
         let material = state.authority.current();
         let ttl = ttl_or(
             stored.entry.x509_svid_ttl,
@@ -417,10 +423,7 @@ impl Node for NodeApi {
         let node = state.caller_node(&request)?;
         let request = request.into_inner();
         let pod_ref = request.pod.ok_or(NodeApiError::InvalidArgument("pod"))?;
-        let mut valid_until = state
-            .authorize_pod(&node, Some(&pod_ref))
-            .await?
-            .valid_until;
+        let mut recheck_at = state.authorize_pod(&node, Some(&pod_ref)).await?.recheck_at;
         let uid = pod_ref.pod_uid.clone();
         let mut store_changes = state.store.subscribe();
         let mut material_changes = state.authority.subscribe();
@@ -432,14 +435,14 @@ impl Node for NodeApi {
             let mut federated_open = true;
             loop {
                 // Re-check on every round: the pod may have moved, gone, or the credentials lapsed.
-                let record = match state.pod_on_node(&uid, &node.node_name) {
-                    Ok(record) => record,
+                let record = match state.place(&uid, &node.node_name) {
+                    Ok(placed) => placed.record,
                     Err(error) => {
                         let _ = updates.send(Err(error.into())).await;
                         return;
                     }
                 };
-                let update = match state.pod_update(&record) {
+                let update = match state.pod_update(record.as_deref()) {
                     Ok(update) => update,
                     Err(error) => {
                         let _ = updates.send(Err(error.into())).await;
@@ -452,9 +455,10 @@ impl Node for NodeApi {
                     }
                     last = Some(update);
                 }
-                let expiry = valid_until
+                let expiry = recheck_at
                     .duration_since(SystemTime::now())
-                    .unwrap_or_default();
+                    .unwrap_or_default()
+                    .max(MIN_RECHECK);
                 tokio::select! {
                     () = updates.closed() => return,
                     () = state.stopping.cancelled() => {
@@ -463,14 +467,15 @@ impl Node for NodeApi {
                     }
                     () = tokio::time::sleep(expiry) => {
                         // The node SVID ended (the client re-attests and reconnects), or the
-                        // cached token verdict did: review the pod token again.
+                        // cached token verdict is due: review the pod token again (while the
+                        // API server is down, the verdict serves until the token expires).
                         let renewed = if SystemTime::now() >= node.valid_until {
                             Err(NodeApiError::Unauthenticated("the node SVID of this connection has expired"))
                         } else {
                             state.authorize_pod(&node, Some(&pod_ref)).await
                         };
                         match renewed {
-                            Ok(pod) => valid_until = pod.valid_until,
+                            Ok(pod) => recheck_at = pod.recheck_at,
                             Err(error) => {
                                 let _ = updates.send(Err(error.into())).await;
                                 return;

@@ -4,6 +4,7 @@
 //!
 //! [`state`] and [`federation`] are plain logic; [`watch`] is the Kubernetes edge.
 
+pub mod directory;
 pub mod federation;
 pub mod ids;
 pub mod state;
@@ -12,6 +13,7 @@ pub mod watch;
 #[cfg(test)]
 mod tests;
 
+pub use directory::PodDirectory;
 pub use federation::{FederatedTrustDomain, FederationSet};
 pub use ids::entry_id;
 pub use state::{

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wimsey_core::entries::NamespaceView;
 
+use super::directory::PodDirectory;
 use super::federation::{FederationInput, FederationSet};
 use super::state::{ClusterState, ResourceMeta, SliceInput, SpecInput, StaticInput};
 use crate::admin::metrics::Metrics;
@@ -144,10 +145,18 @@ pub fn slice_input(slice: &EndpointSlice) -> SliceInput {
     }
 }
 
-fn apply_change(state: &mut ClusterState, change: Change, synced: &mut HashSet<&'static str>) {
+fn apply_change(
+    state: &mut ClusterState,
+    pods: &PodDirectory,
+    change: Change,
+    synced: &mut HashSet<&'static str>,
+) {
     match change {
         Change::Apply(object) => match *object {
-            Object::Pod(view) => state.apply_pod(view),
+            Object::Pod(view) => {
+                pods.apply(&view);
+                state.apply_pod(view)
+            }
             Object::Namespace(view) => state.apply_namespace(view),
             Object::Node(view) => state.apply_node(view),
             Object::Spec(input) => state.apply_spec(input),
@@ -156,7 +165,10 @@ fn apply_change(state: &mut ClusterState, change: Change, synced: &mut HashSet<&
             Object::Slice(input) => state.apply_endpoint_slice(input),
         },
         Change::Delete(key) => match key {
-            Key::Pod(uid) => state.delete_pod(&uid),
+            Key::Pod(uid) => {
+                pods.delete(&uid);
+                state.delete_pod(&uid)
+            }
             Key::Namespace(name) => state.delete_namespace(&name),
             Key::Node(name) => state.delete_node(&name),
             Key::Spec(name) => state.delete_spec(&name),
@@ -251,6 +263,9 @@ pub struct ReconcilerHandle {
     pub statuses: watch::Receiver<Arc<Vec<DesiredStatus>>>,
     /// The validated federation relationships.
     pub federation: watch::Receiver<Arc<FederationSet>>,
+    /// Every pod the Pod watch has seen (the node API's view of where pods run); synced with
+    /// `ready`.
+    pub pods: PodDirectory,
     /// Ends when the reconciler stops (shutdown).
     pub task: JoinHandle<()>,
 }
@@ -355,9 +370,12 @@ impl Reconciler {
             federation: federation_tx,
         };
         let kinds = watches.len();
+        let pods = PodDirectory::new();
+        let loop_pods = pods.clone();
         let task = tokio::spawn(async move {
             run_loop(
                 state,
+                loop_pods,
                 self.store,
                 changes_rx,
                 outputs,
@@ -374,6 +392,7 @@ impl Reconciler {
             ready,
             statuses,
             federation,
+            pods,
             task,
         })
     }
@@ -386,8 +405,10 @@ struct Outputs {
     federation: watch::Sender<Arc<FederationSet>>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_loop(
     mut state: ClusterState,
+    pods: PodDirectory,
     store: EntryStore,
     mut changes: mpsc::UnboundedReceiver<Change>,
     outputs: Outputs,
@@ -406,10 +427,10 @@ async fn run_loop(
             },
         };
         let started = Instant::now();
-        apply_change(&mut state, first, &mut synced);
+        apply_change(&mut state, &pods, first, &mut synced);
         for _ in 1..MAX_BATCH {
             match changes.try_recv() {
-                Ok(change) => apply_change(&mut state, change, &mut synced),
+                Ok(change) => apply_change(&mut state, &pods, change, &mut synced),
                 Err(_) => break,
             }
         }
@@ -454,6 +475,7 @@ async fn run_loop(
         }
         metrics.set_queue_depth(changes.len());
         if !*outputs.ready.borrow() {
+            pods.mark_synced();
             outputs.ready.send_replace(true);
         }
     }

@@ -1,0 +1,552 @@
+//! The node API through an API server outage, in-process: no API server at all. Pod placement
+//! comes from a [`PodDirectory`] (what the informer would hold), TokenReview from a fake whose
+//! "API server" can be taken down. Real TLS and gRPC over loopback TCP, driven with the CSI
+//! plugin's own node API client.
+//!
+//! With TokenReview down, a node that attested before keeps getting CSRs signed and JWTs minted
+//! for pods it already verified (also with a token kubelet refreshed during the outage), while
+//! a pod it never verified gets `Unavailable`, and a pod on another node stays denied. The
+//! plugin keeps a pod's SVIDs through `Unavailable`, and drops them only once a denial has held
+//! for its grace period.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wimsey_core::entries::{Entry, EntryOwner, OwnerKind, Selector};
+use wimsey_core::keys::{KeyAlgorithm, SigningKey};
+use wimsey_core::x509::build_csr;
+use wimsey_core::{SpiffeId, TrustDomain};
+use wimsey_csi::identity_source::{IdentitySource, PodInfo};
+use wimsey_csi::node_client::{NodeClient, NodeClientConfig, NodeClientError};
+use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity};
+use wimsey_operator::authority::state::rotate;
+use wimsey_operator::authority::{AuthorityArgs, SigningMaterial, StoredAuthority};
+use wimsey_operator::config::{ConfigFlags, Settings};
+use wimsey_operator::nodeapi::cluster::{PodFacts, ReviewUnavailable, Reviewer};
+use wimsey_operator::nodeapi::material::NodeAuthority;
+use wimsey_operator::nodeapi::verdict::{EXTRA_POD_NAME, EXTRA_POD_UID, VerdictPolicy};
+use wimsey_operator::nodeapi::{ClusterAccess, FederatedBundles, NodeApi, NodeApiArgs};
+use wimsey_operator::reconcile::PodDirectory;
+use wimsey_operator::store::{EntryStore, PodRecord, StoredEntry};
+use wimsey_proto::wimsey::node::v1::{EntryCsr, MintJwtSvidRequest, PodRef, SignX509SvidsRequest};
+use zeroize::Zeroizing;
+
+const TRUST_DOMAIN: &str = "outage-test.example";
+const CLUSTER: &str = "c1";
+const NAMESPACE: &str = "wimsey-system";
+const APP_NS: &str = "apps";
+
+/// TokenReview with an "API server" that can be down. Accepts the tokens it was told about.
+#[derive(Default)]
+struct FakeReviewer {
+    down: AtomicBool,
+    accepted: Mutex<HashMap<String, TokenReviewStatus>>,
+    /// Reviews answered (accepted or refused) and reviews that failed to reach the API server.
+    answered: Mutex<Vec<String>>,
+    unreachable: AtomicUsize,
+}
+
+impl FakeReviewer {
+    fn accept(&self, token: &str, audience: &str, namespace: &str, sa: &str, pod: (&str, &str)) {
+        let status = TokenReviewStatus {
+            authenticated: Some(true),
+            audiences: Some(vec![audience.to_owned()]),
+            user: Some(UserInfo {
+                username: Some(format!("system:serviceaccount:{namespace}:{sa}")),
+                extra: Some(BTreeMap::from([
+                    (EXTRA_POD_NAME.to_owned(), vec![pod.0.to_owned()]),
+                    (EXTRA_POD_UID.to_owned(), vec![pod.1.to_owned()]),
+                ])),
+                ..UserInfo::default()
+            }),
+            error: None,
+        };
+        self.accepted
+            .lock()
+            .unwrap()
+            .insert(format!("{audience}\n{token}"), status);
+    }
+
+    fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
+    fn answered(&self, token: &str) -> bool {
+        self.answered.lock().unwrap().iter().any(|t| t == token)
+    }
+}
+
+impl Reviewer for FakeReviewer {
+    fn review<'a>(
+        &'a self,
+        token: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<TokenReviewStatus, ReviewUnavailable>> {
+        Box::pin(async move {
+            if self.down.load(Ordering::SeqCst) {
+                self.unreachable.fetch_add(1, Ordering::SeqCst);
+                return Err(ReviewUnavailable("client error (Connect)".into()));
+            }
+            self.answered.lock().unwrap().push(token.to_owned());
+            Ok(self
+                .accepted
+                .lock()
+                .unwrap()
+                .get(&format!("{audience}\n{token}"))
+                .cloned()
+                .unwrap_or(TokenReviewStatus {
+                    authenticated: Some(false),
+                    ..TokenReviewStatus::default()
+                }))
+        })
+    }
+}
+
+/// A service-account-shaped JWT for `pod_uid`, valid for `ttl` (unsigned: the fake reviews it).
+fn token(pod_uid: &str, serial: u32, ttl: Duration) -> String {
+    let exp = (SystemTime::now() + ttl)
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "exp": exp,
+        "jti": serial,
+        "kubernetes.io": {"pod": {"uid": pod_uid}},
+    });
+    let payload = wimsey_core::jose::b64url_encode(claims.to_string().as_bytes());
+    format!("eyJhbGciOiJub25lIn0.{payload}.sig")
+}
+
+fn trust_domain() -> TrustDomain {
+    TrustDomain::new(TRUST_DOMAIN).unwrap()
+}
+
+#[derive(Parser)]
+struct AuthorityCli {
+    #[command(flatten)]
+    authority: AuthorityArgs,
+}
+
+fn authority_args() -> AuthorityArgs {
+    let mut args = AuthorityCli::parse_from(["test"]).authority;
+    args.authority_namespace = NAMESPACE.into();
+    args
+}
+
+fn material(args: &AuthorityArgs) -> SigningMaterial {
+    let lifetimes = args.lifetimes();
+    let mut stored = StoredAuthority::empty(&trust_domain());
+    rotate(&mut stored, &trust_domain(), &lifetimes, SystemTime::now()).unwrap();
+    SigningMaterial::from_stored(&stored, &trust_domain(), &lifetimes, SystemTime::now()).unwrap()
+}
+
+fn settings() -> Settings {
+    Settings::from_flags(ConfigFlags {
+        trust_domain: Some(TRUST_DOMAIN.into()),
+        cluster_name: Some(CLUSTER.into()),
+        cluster_domain: Some("cluster.local".into()),
+        ..ConfigFlags::default()
+    })
+    .unwrap()
+}
+
+fn facts(uid: &str, namespace: &str, name: &str, sa: &str, node: &str) -> PodFacts {
+    PodFacts {
+        uid: uid.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        service_account: sa.into(),
+        node_name: node.into(),
+    }
+}
+
+fn entry(spiffe_id: &str) -> StoredEntry {
+    let id = SpiffeId::parse(spiffe_id).unwrap();
+    StoredEntry {
+        id: format!("e-{}", id.path().replace('/', "-")),
+        entry: Entry {
+            spiffe_id: id,
+            parent_id: SpiffeId::parse(&format!("spiffe://{TRUST_DOMAIN}/spire/agent/x")).unwrap(),
+            selectors: vec![Selector::new("k8s", "ns:x")],
+            x509_svid_ttl: Duration::ZERO,
+            jwt_svid_ttl: Duration::ZERO,
+            federates_with: Vec::new(),
+            admin: false,
+            downstream: false,
+            dns_names: Vec::new(),
+            hint: String::new(),
+            store_svid: false,
+        },
+        owner: EntryOwner {
+            kind: OwnerKind::ClusterSpiffeId,
+            name: "test".into(),
+            uid: "u".into(),
+            creation_timestamp: 0,
+            deletion_timestamp: None,
+        },
+    }
+}
+
+fn record(pod: &PodFacts, entries: Vec<StoredEntry>) -> PodRecord {
+    PodRecord {
+        uid: pod.uid.clone(),
+        namespace: pod.namespace.clone(),
+        name: pod.name.clone(),
+        service_account: pod.service_account.clone(),
+        node_name: pod.node_name.clone(),
+        entries,
+    }
+}
+
+/// A node API on loopback over `directory` and `reviewer`.
+struct Server {
+    endpoint: String,
+    bundle_file: tempfile::NamedTempFile,
+    shutdown: CancellationToken,
+    _material: watch::Sender<Arc<SigningMaterial>>,
+    _federated: watch::Sender<FederatedBundles>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+async fn start(directory: PodDirectory, reviewer: Arc<FakeReviewer>, store: EntryStore) -> Server {
+    let args = authority_args();
+    let material = material(&args);
+    let bundle_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bundle_file.path(), material.bundle.x509_authorities_pem()).unwrap();
+    let (material_tx, material_rx) = watch::channel(Arc::new(material));
+    let (federated_tx, federated_rx) = watch::channel(FederatedBundles::default());
+    let api = NodeApi::with_cluster(
+        NodeAuthority::new(material_rx, args),
+        store,
+        ClusterAccess {
+            view: Arc::new(directory),
+            reviewer,
+            // Every verdict is due for a new review at once: what an outage longer than the
+            // refresh period looks like, without waiting for it.
+            verdicts: VerdictPolicy {
+                refresh: Duration::ZERO,
+                ..VerdictPolicy::default()
+            },
+        },
+        settings(),
+        NodeApiArgs {
+            node_api_addr: "127.0.0.1:0".parse().unwrap(),
+            csi_service_account: "wimsey-csi".into(),
+            node_token_audience: "wimsey-node".into(),
+            pod_token_audience: "wimsey".into(),
+        },
+        federated_rx,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = listener.local_addr().unwrap().to_string();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(api.serve(listener, shutdown.clone()));
+    Server {
+        endpoint,
+        bundle_file,
+        shutdown,
+        _material: material_tx,
+        _federated: federated_tx,
+    }
+}
+
+fn plugin(server: &Server, node: &str, token: &str) -> (NodeClient, tempfile::NamedTempFile) {
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), token).unwrap();
+    let mut config = NodeClientConfig::new(&server.endpoint, node.into(), trust_domain()).unwrap();
+    config.token_path = token_file.path().to_owned();
+    config.bundle_path = server.bundle_file.path().to_owned();
+    (NodeClient::new(config).unwrap(), token_file)
+}
+
+fn code_of(error: NodeClientError) -> tonic::Code {
+    match error {
+        NodeClientError::Status(status) => status.code(),
+        other => panic!("expected a gRPC status, got {other}"),
+    }
+}
+
+fn sign_request(pod: &PodFacts, token: &str, entry: &StoredEntry) -> SignX509SvidsRequest {
+    let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    SignX509SvidsRequest {
+        pod: Some(PodRef {
+            pod_uid: pod.uid.clone(),
+            pod_token: token.to_owned(),
+        }),
+        csrs: vec![EntryCsr {
+            entry_id: entry.id.clone(),
+            csr: build_csr(&key, &entry.entry.spiffe_id, &[]).unwrap(),
+        }],
+    }
+}
+
+fn jwt_request(pod: &PodFacts, token: &str, entry: &StoredEntry) -> MintJwtSvidRequest {
+    MintJwtSvidRequest {
+        pod: Some(PodRef {
+            pod_uid: pod.uid.clone(),
+            pod_token: token.to_owned(),
+        }),
+        spiffe_id: entry.entry.spiffe_id.as_str().to_owned(),
+        audience: vec!["svc".into()],
+    }
+}
+
+#[tokio::test]
+async fn verified_pods_keep_their_identities_while_token_review_is_down() {
+    let hour = Duration::from_secs(3600);
+    let csi = facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
+    let app = facts("app-uid", APP_NS, "app", "app", "n1");
+    let newcomer = facts("new-uid", APP_NS, "newcomer", "app", "n1");
+    let elsewhere = facts("far-uid", APP_NS, "far", "app", "n2");
+    let directory = PodDirectory::new();
+    let store = EntryStore::new();
+    let app_entry = entry(&format!("spiffe://{TRUST_DOMAIN}/ns/{APP_NS}/sa/app"));
+    for pod in [&csi, &app, &newcomer, &elsewhere] {
+        directory.apply_facts(pod.clone());
+        if pod.namespace == APP_NS {
+            store.set_pod(&pod.uid, Some(record(pod, vec![app_entry.clone()])));
+        }
+    }
+    directory.mark_synced();
+    let reviewer = Arc::new(FakeReviewer::default());
+    let csi_token = token(&csi.uid, 1, hour);
+    reviewer.accept(
+        &csi_token,
+        "wimsey-node",
+        NAMESPACE,
+        "wimsey-csi",
+        ("csi-n1", &csi.uid),
+    );
+    let app_token = token(&app.uid, 1, hour);
+    reviewer.accept(&app_token, "wimsey", APP_NS, "app", ("app", &app.uid));
+    let newcomer_token = token(&newcomer.uid, 1, hour);
+    reviewer.accept(
+        &newcomer_token,
+        "wimsey",
+        APP_NS,
+        "app",
+        ("newcomer", &newcomer.uid),
+    );
+    let far_token = token(&elsewhere.uid, 1, hour);
+    reviewer.accept(&far_token, "wimsey", APP_NS, "app", ("far", &elsewhere.uid));
+    let server = start(directory, reviewer.clone(), store).await;
+
+    // Before the outage: the node attests and the app gets its SVIDs.
+    let (node, _token_file) = plugin(&server, "n1", &csi_token);
+    let session = node.attest().await.unwrap();
+    let mut grpc = session.grpc();
+    grpc.sign_x509_svids(sign_request(&app, &app_token, &app_entry))
+        .await
+        .unwrap();
+
+    // The API server goes away.
+    reviewer.set_down(true);
+    let signed = grpc
+        .sign_x509_svids(sign_request(&app, &app_token, &app_entry))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(signed.svids.len(), 1);
+    grpc.mint_jwt_svid(jwt_request(&app, &app_token, &app_entry))
+        .await
+        .unwrap();
+    assert!(
+        reviewer.unreachable.load(Ordering::SeqCst) >= 2,
+        "the stale verdicts were re-checked with TokenReview first"
+    );
+    // kubelet republishes the volume with a new token: served on the previous verdict.
+    let refreshed = token(&app.uid, 2, 2 * hour);
+    reviewer.accept(&refreshed, "wimsey", APP_NS, "app", ("app", &app.uid));
+    grpc.sign_x509_svids(sign_request(&app, &refreshed, &app_entry))
+        .await
+        .unwrap();
+    grpc.mint_jwt_svid(jwt_request(&app, &refreshed, &app_entry))
+        .await
+        .unwrap();
+    // A token naming another pod is never served on this pod's verdict.
+    let foreign = token(&newcomer.uid, 3, hour);
+    let status = grpc
+        .sign_x509_svids(sign_request(&app, &foreign, &app_entry))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // The node re-attests with the token it was verified with.
+    node.attest().await.unwrap();
+
+    // Never verified: Unavailable, not a denial. Not known at all: the same.
+    let status = grpc
+        .sign_x509_svids(sign_request(&newcomer, &newcomer_token, &app_entry))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    let unknown = facts("unknown-uid", APP_NS, "unknown", "app", "n1");
+    let status = grpc
+        .sign_x509_svids(sign_request(&unknown, &newcomer_token, &app_entry))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    // A plugin token never reviewed cannot attest during the outage.
+    let (stranger, _t) = plugin(&server, "n1", &token(&csi.uid, 9, hour));
+    assert_eq!(
+        code_of(stranger.attest().await.unwrap_err()),
+        tonic::Code::Unavailable
+    );
+    // The up-to-date cache still denies a pod on another node.
+    let status = grpc
+        .sign_x509_svids(sign_request(&elsewhere, &far_token, &app_entry))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    // The API server is back: the newest token is reviewed (by the next call or the pending
+    // reviews), and the newcomer is served.
+    reviewer.set_down(false);
+    grpc.sign_x509_svids(sign_request(&app, &refreshed, &app_entry))
+        .await
+        .unwrap();
+    assert!(reviewer.answered(&refreshed));
+    grpc.sign_x509_svids(sign_request(&newcomer, &newcomer_token, &app_entry))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_node_api_is_unavailable_until_its_caches_have_synced() {
+    let hour = Duration::from_secs(3600);
+    let csi = facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
+    let directory = PodDirectory::new();
+    directory.apply_facts(csi.clone());
+    let reviewer = Arc::new(FakeReviewer::default());
+    let csi_token = token(&csi.uid, 1, hour);
+    reviewer.accept(
+        &csi_token,
+        "wimsey-node",
+        NAMESPACE,
+        "wimsey-csi",
+        ("csi-n1", &csi.uid),
+    );
+    let server = start(directory.clone(), reviewer, EntryStore::new()).await;
+    let (node, _t) = plugin(&server, "n1", &csi_token);
+    assert_eq!(
+        code_of(node.attest().await.unwrap_err()),
+        tonic::Code::Unavailable
+    );
+    directory.mark_synced();
+    node.attest().await.unwrap();
+}
+
+async fn wait_for_snapshot(
+    snapshots: &mut watch::Receiver<Arc<IdentitySnapshot>>,
+    what: &str,
+    done: impl Fn(&IdentitySnapshot) -> bool,
+) {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if done(&snapshots.borrow_and_update()) {
+                return;
+            }
+            snapshots.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+fn issued(snapshot: &IdentitySnapshot) -> bool {
+    matches!(snapshot, IdentitySnapshot::Issued(_))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_keeps_svids_through_unavailable_and_drops_them_after_a_held_denial() {
+    let hour = Duration::from_secs(3600);
+    let grace = Duration::from_secs(3);
+    let csi = facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
+    let app = facts("app-uid", APP_NS, "app", "app", "n1");
+    let directory = PodDirectory::new();
+    let store = EntryStore::new();
+    let app_entry = entry(&format!("spiffe://{TRUST_DOMAIN}/ns/{APP_NS}/sa/app"));
+    directory.apply_facts(csi.clone());
+    directory.apply_facts(app.clone());
+    store.set_pod(&app.uid, Some(record(&app, vec![app_entry.clone()])));
+    directory.mark_synced();
+    let reviewer = Arc::new(FakeReviewer::default());
+    let csi_token = token(&csi.uid, 1, hour);
+    reviewer.accept(
+        &csi_token,
+        "wimsey-node",
+        NAMESPACE,
+        "wimsey-csi",
+        ("csi-n1", &csi.uid),
+    );
+    let app_token = token(&app.uid, 1, hour);
+    reviewer.accept(&app_token, "wimsey", APP_NS, "app", ("app", &app.uid));
+    let server = start(directory.clone(), reviewer.clone(), store.clone()).await;
+
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), &csi_token).unwrap();
+    let mut config = NodeClientConfig::new(&server.endpoint, "n1".into(), trust_domain()).unwrap();
+    config.token_path = token_file.path().to_owned();
+    config.bundle_path = server.bundle_file.path().to_owned();
+    config.denial_grace = grace;
+    let source = NodeClient::new(config).unwrap();
+    let pod_info = |token: &str| PodInfo {
+        uid: app.uid.clone(),
+        namespace: APP_NS.into(),
+        name: "app".into(),
+        service_account: "app".into(),
+        token: Some(Zeroizing::new(token.to_owned())),
+    };
+    let handle = source.attach(pod_info(&app_token));
+    let mut snapshots = handle.current();
+    wait_for_snapshot(&mut snapshots, "issued SVIDs", issued).await;
+
+    // The operator's entries lag behind the pod (Unavailable): the stream ends, the plugin
+    // retries, and the pod keeps its SVIDs for longer than the grace.
+    let mut lagging = record(&app, vec![app_entry.clone()]);
+    lagging.node_name = String::new();
+    store.set_pod(&app.uid, Some(lagging));
+    let kept = tokio::time::timeout(2 * grace, async {
+        loop {
+            snapshots.changed().await.unwrap();
+            if !issued(&snapshots.borrow_and_update()) {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(kept.is_err(), "Unavailable took the SVIDs away");
+    assert!(issued(&handle.current().borrow()));
+
+    // A real denial (the up-to-date cache places the pod elsewhere): kept during the grace,
+    // then dropped. A fresh token makes the plugin ask at once.
+    let mut moved = app.clone();
+    moved.node_name = "n2".into();
+    directory.apply_facts(moved.clone());
+    store.set_pod(&app.uid, Some(record(&moved, vec![app_entry.clone()])));
+    let denied_at = std::time::Instant::now();
+    source.attach(pod_info(&token(&app.uid, 2, hour)));
+    wait_for_snapshot(&mut snapshots, "NoIdentity after the grace", |s| {
+        matches!(s, IdentitySnapshot::NoIdentity)
+    })
+    .await;
+    assert!(
+        denied_at.elapsed() >= grace,
+        "the SVIDs went {:?} after the denial began, within the {grace:?} grace",
+        denied_at.elapsed()
+    );
+    source.detach(&app.uid);
+}
