@@ -137,6 +137,7 @@ async fn hpack_bombs_in_a_loop_leave_memory_flat_and_other_clients_served() {
             state_dir: dir.path().join("state"),
             spire_agent_socket_dir: None,
             files_tmpfs_size: "1m".into(),
+            http2_front: Default::default(),
         },
     )
     .expect("manager");
@@ -157,10 +158,9 @@ async fn hpack_bombs_in_a_loop_leave_memory_flat_and_other_clients_served() {
     }
     let before = rss_kib();
     for _ in 0..BOMB_CONNECTIONS / CONCURRENT_BOMBS {
-        let answers = futures_util::future::join_all(
-            (0..CONCURRENT_BOMBS).map(|_| bomb(&socket, &bytes)),
-        )
-        .await;
+        let answers =
+            futures_util::future::join_all((0..CONCURRENT_BOMBS).map(|_| bomb(&socket, &bytes)))
+                .await;
         assert!(
             answers.iter().all(|answer| *answer == Some(PROTOCOL_ERROR)),
             "every bomb gets GOAWAY(PROTOCOL_ERROR): {answers:?}"

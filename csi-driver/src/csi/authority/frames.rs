@@ -5,14 +5,17 @@
 //! are decoded within [`FrontLimits`] and come out re-encoded. Work is done one frame at a time
 //! and only when the server has read what the previous frame produced, so what a connection
 //! holds here is bounded whatever the client sends:
-//! - the input buffer: one frame head and payload, [`INPUT_CAPACITY`] bytes;
-//! - an open header block: at most `max_header_block` bytes;
-//! - the HPACK dynamic table: [`MAX_TABLE_SIZE`] bytes of entries (at most 128 of them);
-//! - a decoded header list: at most `max_header_list_size` bytes and `max_headers` entries;
-//! - the output of one frame: a passed-through frame, or a re-encoded block no larger than its
-//!   decoded list plus frame heads.
+//! - the input buffer: one frame head and payload, [`INPUT_CAPACITY`] bytes (16 KiB);
+//! - an open header block: at most `max_header_block` bytes (16 KiB);
+//! - the HPACK dynamic table: [`MAX_TABLE_SIZE`] bytes as HPACK counts them, so at most 4 KiB of
+//!   names and values in at most 128 entries (about 12 KiB more for the entries themselves);
+//! - a decoded header list, while its block is rewritten: at most `max_header_list_size` bytes
+//!   (16 KiB; up to twice that allocated as Huffman strings grow) in `max_headers` entries;
+//! - the re-encoded block and the output of one step: each no larger than the decoded list plus
+//!   frame heads, or one passed-through frame (16 KiB; up to twice that allocated).
 //!
-//! With the defaults that is under 96 KiB per connection.
+//! With the defaults that is under 160 KiB per connection while a block is rewritten, and under
+//! 64 KiB between blocks (input, table, output buffer).
 
 use thiserror::Error;
 
@@ -46,6 +49,13 @@ pub struct FrontLimits {
     pub max_headers: usize,
     /// Encoded bytes of one header block (HEADERS + CONTINUATION payloads).
     pub max_header_block: usize,
+}
+
+impl FrontLimits {
+    /// The header list size for the server behind the front to advertise and enforce.
+    pub fn server_max_header_list_size(&self) -> u32 {
+        u32::try_from(self.max_header_list_size).unwrap_or(u32::MAX)
+    }
 }
 
 impl Default for FrontLimits {
@@ -177,7 +187,9 @@ impl ClientFrames {
             (None, FRAME_HEADERS) => {
                 let (priority, fragment) = split_headers_payload(flags, payload)?;
                 if fragment.len() > self.limits.max_header_block {
-                    return Err(FrontError::HeaderBlockTooLarge(self.limits.max_header_block));
+                    return Err(FrontError::HeaderBlockTooLarge(
+                        self.limits.max_header_block,
+                    ));
                 }
                 let block = OpenBlock {
                     stream,
@@ -191,8 +203,11 @@ impl ClientFrames {
             (None, _) => out.extend_from_slice(frame),
             (Some(mut block), FRAME_CONTINUATION) if stream == block.stream => {
                 if block.fragment.len() + payload.len() > self.limits.max_header_block {
-                    return Err(FrontError::HeaderBlockTooLarge(self.limits.max_header_block));
+                    return Err(FrontError::HeaderBlockTooLarge(
+                        self.limits.max_header_block,
+                    ));
                 }
+                block.fragment.reserve_exact(payload.len());
                 block.fragment.extend_from_slice(payload);
                 self.end_or_keep(block, flags, out)?;
             }
@@ -278,7 +293,9 @@ fn split_headers_payload(flags: u8, payload: &[u8]) -> Result<(&[u8], &[u8]), Fr
             .len()
             .checked_sub(usize::from(pad))
             .map(|len| &rest[..len])
-            .ok_or(FrontError::MalformedHeaders("padding longer than the frame"))?;
+            .ok_or(FrontError::MalformedHeaders(
+                "padding longer than the frame",
+            ))?;
     }
     if flags & FLAG_PRIORITY != 0 {
         if data.len() < 5 {

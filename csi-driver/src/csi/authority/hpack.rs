@@ -75,6 +75,12 @@ impl Default for Decoder {
 }
 
 impl Decoder {
+    /// Bytes the dynamic table holds, counted as HPACK counts them (32 per entry besides its
+    /// name and value).
+    pub fn table_size(&self) -> usize {
+        self.table_size
+    }
+
     /// The headers of one whole header block. After an error the context is unusable (HPACK
     /// errors are connection errors).
     pub fn decode(
@@ -243,7 +249,10 @@ pub fn encode(headers: &[Header], out: &mut Vec<u8>) {
     for (name, value) in headers {
         let name = name.as_slice();
         let value = value.as_slice();
-        if let Some(at) = STATIC_TABLE.iter().position(|&entry| entry == (name, value)) {
+        if let Some(at) = STATIC_TABLE
+            .iter()
+            .position(|&entry| entry == (name, value))
+        {
             put_integer(at + 1, 7, 0x80, out);
             continue;
         }
@@ -259,7 +268,8 @@ pub fn encode(headers: &[Header], out: &mut Vec<u8>) {
     }
 }
 
-fn put_integer(value: usize, prefix: u8, flags: u8, out: &mut Vec<u8>) {
+/// Appends `value` as an integer with a `prefix`-bit prefix after `flags` (RFC 7541 5.1).
+pub(super) fn put_integer(value: usize, prefix: u8, flags: u8, out: &mut Vec<u8>) {
     let max_prefix = (1usize << prefix) - 1;
     if value < max_prefix {
         out.push(flags | value as u8);
@@ -384,14 +394,22 @@ mod tests {
             ]
         );
         assert_eq!(decoder.table_size, 57);
-        let second = [0x82, 0x86, 0x84, 0xbe, 0x58, 0x86, 0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf];
+        let second = [
+            0x82, 0x86, 0x84, 0xbe, 0x58, 0x86, 0xa8, 0xeb, 0x10, 0x64, 0x9c, 0xbf,
+        ];
         let headers = decoder.decode(&second, LIMITS).expect("C.4.2");
         assert_eq!(headers[3].1, b"www.example.com");
         assert_eq!(pairs(&headers[4..]), [("cache-control", "no-cache")]);
         assert_eq!(decoder.table_size, 110);
         // Index 64 does not exist yet (two dynamic entries: 62 and 63).
-        assert_eq!(decoder.decode(&[0xc0], LIMITS), Err(HpackError::BadIndex(64)));
-        assert_eq!(decoder.decode(&[0x80], LIMITS), Err(HpackError::BadIndex(0)));
+        assert_eq!(
+            decoder.decode(&[0xc0], LIMITS),
+            Err(HpackError::BadIndex(64))
+        );
+        assert_eq!(
+            decoder.decode(&[0x80], LIMITS),
+            Err(HpackError::BadIndex(0))
+        );
     }
 
     #[test]
@@ -405,7 +423,9 @@ mod tests {
             block
         };
         for name in [b'a', b'b', b'c'] {
-            decoder.decode(&literal(name, 2000 - 32 - 1), LIMITS).expect("literal");
+            decoder
+                .decode(&literal(name, 2000 - 32 - 1), LIMITS)
+                .expect("literal");
         }
         assert_eq!(decoder.table.len(), 2);
         assert_eq!(decoder.table[0].0, b"c");
@@ -415,7 +435,9 @@ mod tests {
         put_integer(2500, 5, 0x20, &mut update);
         decoder.decode(&update, LIMITS).expect("update to 2500");
         assert_eq!(decoder.table.len(), 1);
-        decoder.decode(&literal(b'd', 2600), LIMITS).expect("literal");
+        decoder
+            .decode(&literal(b'd', 2600), LIMITS)
+            .expect("literal");
         assert!(decoder.table.is_empty());
         assert_eq!(decoder.table_size, 0);
     }
@@ -427,8 +449,14 @@ mod tests {
             decoder.decode(&[0xff, 0xff, 0xff, 0xff, 0xff, 0x01], LIMITS),
             Err(HpackError::IntegerTooLarge)
         );
-        assert_eq!(decoder.decode(&[0xff, 0xff], LIMITS), Err(HpackError::Truncated));
-        assert_eq!(decoder.decode(&[0x00, 0x05, b'a'], LIMITS), Err(HpackError::Truncated));
+        assert_eq!(
+            decoder.decode(&[0xff, 0xff], LIMITS),
+            Err(HpackError::Truncated)
+        );
+        assert_eq!(
+            decoder.decode(&[0x00, 0x05, b'a'], LIMITS),
+            Err(HpackError::Truncated)
+        );
     }
 
     #[test]

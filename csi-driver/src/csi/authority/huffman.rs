@@ -74,7 +74,10 @@ static TABLE: std::sync::LazyLock<Table> = std::sync::LazyLock::new(|| {
         range.1 = at + 1;
     }
     Table {
-        sorted: entries.iter().map(|&(_, code, symbol)| (code, symbol)).collect(),
+        sorted: entries
+            .iter()
+            .map(|&(_, code, symbol)| (code, symbol))
+            .collect(),
         by_len,
     }
 });
@@ -385,10 +388,7 @@ mod tests {
         // '0' is 00000 (5 bits): padding with zeros is not a prefix of EOS.
         assert_eq!(decode(&[0x00], 8, &mut out), Err(HuffmanError::BadPadding));
         // A whole byte of ones left over is padding longer than 7 bits.
-        assert_eq!(
-            decode(&[0xff], 8, &mut out),
-            Err(HuffmanError::BadPadding)
-        );
+        assert_eq!(decode(&[0xff], 8, &mut out), Err(HuffmanError::BadPadding));
         // EOS itself (30 ones) inside the string.
         assert_eq!(
             decode(&[0xff, 0xff, 0xff, 0xff], 8, &mut out),

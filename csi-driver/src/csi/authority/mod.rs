@@ -36,13 +36,15 @@ use tracing::warn;
 
 pub use frames::{ClientFrames, FrontError, FrontLimits};
 
-/// The connections on `listener`, each with the authority rewrite on what the client sends. Use
-/// as `serve_with_incoming_shutdown(local_authority_incoming(listener), ...)`.
+/// The connections on `listener`, each with the authority rewrite on what the client sends,
+/// within `limits`. Use as `serve_with_incoming_shutdown(local_authority_incoming(listener,
+/// limits), ...)`, on a server whose `http2_max_header_list_size` is `limits`'.
 pub fn local_authority_incoming(
     listener: UnixListener,
+    limits: FrontLimits,
 ) -> impl Stream<Item = io::Result<LocalAuthority<UnixStream>>> {
     UnixListenerStream::new(listener)
-        .map(|accepted| accepted.map(|stream| LocalAuthority::new(stream, FrontLimits::default())))
+        .map(move |accepted| accepted.map(|stream| LocalAuthority::new(stream, limits)))
 }
 
 /// A client connection whose reads come out with every header block's `:authority` set to
@@ -110,7 +112,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for LocalAuthority<S> {
                     if !this.frames.preface_done() {
                         return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, error)));
                     }
-                    this.out.extend_from_slice(&frames::connection_error_frame());
+                    this.out
+                        .extend_from_slice(&frames::connection_error_frame());
                     this.done = true;
                     continue;
                 }

@@ -4,7 +4,7 @@ use super::frames::{
     ClientFrames, FrontError, FrontLimits, INPUT_CAPACITY, MAX_FRAME, MAX_TABLE_SIZE, PREFACE,
     connection_error_frame, frame_head, parse_head,
 };
-use super::hpack::HpackError;
+use super::hpack::{HpackError, put_integer};
 
 const HEADERS: u8 = 0x1;
 const CONTINUATION: u8 = 0x9;
@@ -37,7 +37,11 @@ fn header_frames(block: &[u8], stream: u32, max: usize) -> Vec<u8> {
     let mut out = Vec::new();
     for (at, chunk) in chunks.iter().enumerate() {
         let kind = if at == 0 { HEADERS } else { CONTINUATION };
-        let flags = if at + 1 == chunks.len() { END_HEADERS } else { 0 };
+        let flags = if at + 1 == chunks.len() {
+            END_HEADERS
+        } else {
+            0
+        };
         out.extend(frame(kind, flags, stream, chunk));
     }
     out
@@ -99,12 +103,20 @@ fn rewrites_header_blocks_whatever_the_read_sizes() {
     ]
     .concat();
     for piece in [1, 7, 9, 64, bytes.len()] {
-        let (out, _, result) = run(&mut ClientFrames::new(FrontLimits::default()), &bytes, piece);
+        let (out, _, result) = run(
+            &mut ClientFrames::new(FrontLimits::default()),
+            &bytes,
+            piece,
+        );
         result.expect("valid client bytes");
         let frames = frames_of(&out);
         assert_eq!(frames.len(), 4, "read size {piece}");
         assert_eq!(frames[0].3, b"", "SETTINGS as sent");
-        assert_eq!(frames[2], (0x0, END_STREAM, 1, vec![1, 2, 3]), "DATA untouched");
+        assert_eq!(
+            frames[2],
+            (0x0, END_STREAM, 1, vec![1, 2, 3]),
+            "DATA untouched"
+        );
         // The server's decoder (an independent one) sees the same requests with a local authority.
         let mut decoder = fluke_hpack::Decoder::new();
         for (kind, flags, stream, payload) in [&frames[1], &frames[3]] {
@@ -123,18 +135,33 @@ fn keeps_priority_and_end_stream_and_drops_padding() {
     let payload = [&[2u8][..], &[0, 0, 0, 3, 16], &block, &[0, 0]].concat();
     let bytes = [
         PREFACE,
-        &frame(HEADERS, PADDED | PRIORITY | END_STREAM | END_HEADERS, 5, &payload),
+        &frame(
+            HEADERS,
+            PADDED | PRIORITY | END_STREAM | END_HEADERS,
+            5,
+            &payload,
+        ),
     ]
     .concat();
     let (out, _, result) = run(&mut ClientFrames::new(FrontLimits::default()), &bytes, 1000);
     result.expect("valid");
     let frames = frames_of(&out);
     let (kind, flags, stream, payload) = &frames[0];
-    assert_eq!((*kind, *flags, *stream), (HEADERS, PRIORITY | END_STREAM | END_HEADERS, 5));
+    assert_eq!(
+        (*kind, *flags, *stream),
+        (HEADERS, PRIORITY | END_STREAM | END_HEADERS, 5)
+    );
     assert_eq!(&payload[..5], [0, 0, 0, 3, 16]);
     let padding_too_long = [PREFACE, &frame(HEADERS, PADDED | END_HEADERS, 1, &[9, 1])].concat();
-    let (_, _, result) = run(&mut ClientFrames::new(FrontLimits::default()), &padding_too_long, 99);
-    assert!(matches!(result, Err(FrontError::MalformedHeaders(_))), "{result:?}");
+    let (_, _, result) = run(
+        &mut ClientFrames::new(FrontLimits::default()),
+        &padding_too_long,
+        99,
+    );
+    assert!(
+        matches!(result, Err(FrontError::MalformedHeaders(_))),
+        "{result:?}"
+    );
 }
 
 #[test]
@@ -143,21 +170,30 @@ fn refuses_what_is_not_http2_a_broken_block_or_a_push_promise() {
         let (_, _, result) = run(&mut ClientFrames::new(FrontLimits::default()), bytes, 4096);
         result.expect_err("refused")
     };
-    assert!(matches!(refused(b"GET / HTTP/1.1\r\n"), FrontError::NotHttp2));
+    assert!(matches!(
+        refused(b"GET / HTTP/1.1\r\n"),
+        FrontError::NotHttp2
+    ));
     let interleaved = [
         PREFACE,
         &frame(HEADERS, 0, 1, &[0x82]),
         &frame(0x4, 0, 0, &[]),
     ]
     .concat();
-    assert!(matches!(refused(&interleaved), FrontError::HeaderBlockInterrupted));
+    assert!(matches!(
+        refused(&interleaved),
+        FrontError::HeaderBlockInterrupted
+    ));
     let other_stream = [
         PREFACE,
         &frame(HEADERS, 0, 1, &[0x82]),
         &frame(CONTINUATION, END_HEADERS, 3, &[0x84]),
     ]
     .concat();
-    assert!(matches!(refused(&other_stream), FrontError::HeaderBlockInterrupted));
+    assert!(matches!(
+        refused(&other_stream),
+        FrontError::HeaderBlockInterrupted
+    ));
     let oversized = [PREFACE, &frame_head(MAX_FRAME + 1, 0x0, 0, 1)[..]].concat();
     assert!(matches!(refused(&oversized), FrontError::FrameTooLarge(_)));
     let push = [PREFACE, &frame(0x5, END_HEADERS, 1, &[0, 0, 0, 2, 0x82])].concat();
@@ -167,13 +203,8 @@ fn refuses_what_is_not_http2_a_broken_block_or_a_push_promise() {
 /// The block of the issue: one 4,000-byte header added to the dynamic table, then one-byte
 /// references to it (index 62, the newest entry).
 fn bomb_block(references: usize) -> Vec<u8> {
-    let mut block = vec![0x40, 0x01, b'x', 0x7f];
-    let mut rest = 4000 - 127;
-    while rest >= 0x80 {
-        block.push(0x80 | (rest & 0x7f) as u8);
-        rest >>= 7;
-    }
-    block.push(rest as u8);
+    let mut block = vec![0x40, 0x01, b'x'];
+    put_integer(4000, 7, 0x00, &mut block);
     block.extend(std::iter::repeat_n(b'a', 4000));
     block.extend(std::iter::repeat_n(0xbe, references));
     block
@@ -195,9 +226,16 @@ fn the_hpack_bomb_is_refused_within_a_small_bound() {
     // Within the block limit, decoding stops at the list limit: the fifth reference would take
     // the list past 16 KiB. 60,000 references would have made 240 MB.
     let bomb = [PREFACE, &header_frames(&bomb_block(12_000), 1, MAX_FRAME)].concat();
-    let (out, _, result) = run(&mut ClientFrames::new(FrontLimits::default()), &bomb, 16 * 1024);
+    let (out, _, result) = run(
+        &mut ClientFrames::new(FrontLimits::default()),
+        &bomb,
+        16 * 1024,
+    );
     assert!(
-        matches!(result, Err(FrontError::Hpack(HpackError::ListTooLarge(16_384)))),
+        matches!(
+            result,
+            Err(FrontError::Hpack(HpackError::ListTooLarge(16_384)))
+        ),
         "{result:?}"
     );
     assert_eq!(out, PREFACE);
@@ -209,39 +247,51 @@ fn the_hpack_bomb_is_refused_within_a_small_bound() {
     for stream in (3..2001).step_by(2) {
         many.extend(frame(HEADERS, END_HEADERS, stream, &[0xbe, 0xbe, 0xbe]));
     }
-    let (out, largest_step, result) = run(&mut ClientFrames::new(FrontLimits::default()), &many, 4096);
+    let (out, largest_step, result) =
+        run(&mut ClientFrames::new(FrontLimits::default()), &many, 4096);
     result.expect("each block is within the limits");
-    assert!(largest_step <= INPUT_CAPACITY, "one step produced {largest_step} bytes");
+    assert!(
+        largest_step <= INPUT_CAPACITY,
+        "one step produced {largest_step} bytes"
+    );
     assert_eq!(frames_of(&out).len(), 1000);
 }
 
 #[test]
 fn a_table_size_update_above_4096_is_refused() {
     let update = |size: usize| {
-        let mut block = vec![0x3f];
-        let mut rest = size - 31;
-        while rest >= 0x80 {
-            block.push(0x80 | (rest & 0x7f) as u8);
-            rest >>= 7;
-        }
-        block.push(rest as u8);
+        let mut block = Vec::new();
+        put_integer(size, 5, 0x20, &mut block);
         block.push(0x82);
         [PREFACE, &frame(HEADERS, END_HEADERS, 1, &block)].concat()
     };
-    let (_, _, result) = run(&mut ClientFrames::new(FrontLimits::default()), &update(MAX_TABLE_SIZE), 99);
+    let (_, _, result) = run(
+        &mut ClientFrames::new(FrontLimits::default()),
+        &update(MAX_TABLE_SIZE),
+        99,
+    );
     result.expect("4096 is what the server allows");
-    let (_, _, result) = run(&mut ClientFrames::new(FrontLimits::default()), &update(MAX_TABLE_SIZE + 1), 99);
+    let (_, _, result) = run(
+        &mut ClientFrames::new(FrontLimits::default()),
+        &update(MAX_TABLE_SIZE + 1),
+        99,
+    );
     assert!(
         matches!(
             result,
-            Err(FrontError::Hpack(HpackError::TableSizeTooLarge { requested: 4097 }))
+            Err(FrontError::Hpack(HpackError::TableSizeTooLarge {
+                requested: 4097
+            }))
         ),
         "{result:?}"
     );
     // Only at the start of a block (RFC 7541 4.2).
     let late = [PREFACE, &frame(HEADERS, END_HEADERS, 1, &[0x82, 0x20])].concat();
     let (_, _, result) = run(&mut ClientFrames::new(FrontLimits::default()), &late, 99);
-    assert!(matches!(result, Err(FrontError::Hpack(HpackError::TableSizeUpdateLate))));
+    assert!(matches!(
+        result,
+        Err(FrontError::Hpack(HpackError::TableSizeUpdateLate))
+    ));
 }
 
 #[test]
@@ -252,7 +302,10 @@ fn an_oversized_header_list_or_too_many_headers_is_refused() {
     let (_, _, result) = run(&mut ClientFrames::new(limits), &request(&[0x82; 128]), 4096);
     result.expect("128 fields");
     let (_, _, result) = run(&mut ClientFrames::new(limits), &request(&[0x82; 129]), 4096);
-    assert!(matches!(result, Err(FrontError::Hpack(HpackError::TooManyHeaders(128)))));
+    assert!(matches!(
+        result,
+        Err(FrontError::Hpack(HpackError::TooManyHeaders(128)))
+    ));
 
     // 390 x 42 = 16,380 bytes pass; one more field is over 16 KiB.
     let many = FrontLimits {
@@ -262,20 +315,21 @@ fn an_oversized_header_list_or_too_many_headers_is_refused() {
     let (_, _, result) = run(&mut ClientFrames::new(many), &request(&[0x82; 390]), 4096);
     result.expect("16,380 bytes");
     let (_, _, result) = run(&mut ClientFrames::new(many), &request(&[0x82; 391]), 4096);
-    assert!(matches!(result, Err(FrontError::Hpack(HpackError::ListTooLarge(16_384)))));
+    assert!(matches!(
+        result,
+        Err(FrontError::Hpack(HpackError::ListTooLarge(16_384)))
+    ));
 
     // A Huffman value that decodes past the list size is stopped while it decodes: 10,300
     // bytes of '0' (5 bits each) decode to 16,480.
-    let mut block = vec![0x00, 0x01, b'x', 0xff];
-    let mut rest = 10_300 - 127;
-    while rest >= 0x80 {
-        block.push(0x80 | (rest & 0x7f) as u8);
-        rest >>= 7;
-    }
-    block.push(rest as u8);
+    let mut block = vec![0x00, 0x01, b'x'];
+    put_integer(10_300, 7, 0x80, &mut block);
     block.extend(std::iter::repeat_n(0x00, 10_300));
     let (_, _, result) = run(&mut ClientFrames::new(limits), &request(&block), 4096);
-    assert!(matches!(result, Err(FrontError::Hpack(HpackError::ListTooLarge(_)))), "{result:?}");
+    assert!(
+        matches!(result, Err(FrontError::Hpack(HpackError::ListTooLarge(_)))),
+        "{result:?}"
+    );
 }
 
 #[test]
@@ -284,7 +338,9 @@ fn truncated_header_blocks_never_panic_at_any_cut() {
     // fields, literals with and without indexing, never indexed, Huffman and plain strings.
     let mut block = vec![0x3f, 0xe1, 0x1f, 0x82, 0x86];
     block.extend(request_block("/var/lib/kubelet/pods/a/volumes/x/socket"));
-    block.extend([0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff]);
+    block.extend([
+        0x41, 0x8c, 0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff,
+    ]);
     block.extend([0x10, 0x01, b'k', 0x01, b'v', 0x00, 0x01, b'n', 0x00, 0xbe]);
     let whole = [PREFACE, &frame(HEADERS, END_HEADERS, 1, &block)].concat();
     let (_, _, result) = run(&mut ClientFrames::new(FrontLimits::default()), &whole, 4096);
@@ -297,7 +353,11 @@ fn truncated_header_blocks_never_panic_at_any_cut() {
             assert!(matches!(error, FrontError::Hpack(_)), "cut {cut}: {error}");
         }
         // The connection's bytes cut short: nothing is produced for an unfinished frame.
-        let (out, _, result) = run(&mut ClientFrames::new(FrontLimits::default()), &whole[..PREFACE.len() + cut], 7);
+        let (out, _, result) = run(
+            &mut ClientFrames::new(FrontLimits::default()),
+            &whole[..PREFACE.len() + cut],
+            7,
+        );
         result.expect("an unfinished frame waits");
         assert_eq!(out, PREFACE);
     }
