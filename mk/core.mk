@@ -11,6 +11,10 @@ CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ_ROOT := $(WIMSEY_CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
 FUZZ_SECONDS ?= 60
 FUZZ_TARGETS := spiffe_id template jws jwt_svid wit_wpt bundle_json x509_csr x509_cert
+# Each crate with a fuzz/ directory, and its targets as FUZZ_TARGETS_<crate dir>; other mk files
+# add theirs. A crate's fuzz/seeds/<target> (if any) seeds the corpus.
+FUZZ_CRATES := core
+FUZZ_TARGETS_core := $(FUZZ_TARGETS)
 
 .PHONY: gospiffe-check bench-core fuzz fuzz-build
 
@@ -30,10 +34,14 @@ $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz:
 	$(CARGO) install --locked --root $(CARGO_FUZZ_ROOT) cargo-fuzz --version $(CARGO_FUZZ_VERSION)
 
 fuzz-build: $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz
-	cd core && PATH=$(CARGO_FUZZ_ROOT)/bin:$$PATH cargo +nightly fuzz build
+	for c in $(FUZZ_CRATES); do \
+	  (cd $$c && PATH=$(CARGO_FUZZ_ROOT)/bin:$$PATH cargo +nightly fuzz build) || exit 1; \
+	done
 
 fuzz: fuzz-build ## run every fuzz target for FUZZ_SECONDS (default 60) each; fails on a crash
-	cd core && for t in $(FUZZ_TARGETS); do \
-	  echo "== fuzz $$t ($(FUZZ_SECONDS)s)"; \
-	  PATH=$(CARGO_FUZZ_ROOT)/bin:$$PATH cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
-	done; echo "make fuzz: no crash in $(FUZZ_TARGETS)"
+	$(foreach c,$(FUZZ_CRATES),cd $(CURDIR)/$(c) && for t in $(FUZZ_TARGETS_$(c)); do \
+	  echo "== fuzz $(c) $$t ($(FUZZ_SECONDS)s)"; \
+	  corpus=$(CURDIR)/$(c)/fuzz/corpus/$$t; seeds=$(CURDIR)/$(c)/fuzz/seeds/$$t; \
+	  mkdir -p $$corpus; [ -d $$seeds ] || seeds=; \
+	  PATH=$(CARGO_FUZZ_ROOT)/bin:$$PATH cargo +nightly fuzz run $$t $$corpus $$seeds -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 || exit 1; \
+	done;) echo "make fuzz: no crash in $(foreach c,$(FUZZ_CRATES),$(FUZZ_TARGETS_$(c)))"

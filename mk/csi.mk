@@ -2,6 +2,10 @@
 
 IMAGES += csi=wimsey-csi:wimsey-csi
 
+# `make fuzz` (mk/core.mk): the :authority front's frame rewriter and HPACK decoder.
+FUZZ_CRATES += csi-driver
+FUZZ_TARGETS_csi-driver := http2_front hpack_block
+
 # csi-sanity: v5.5.0 is the first release whose Node specs run against a node-only driver
 # (csi-test#595/#597). Built once from the Go module proxy into a versioned cache dir.
 CSI_SANITY_VERSION := v5.5.0

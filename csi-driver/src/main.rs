@@ -12,6 +12,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use wimsey_core::TrustDomain;
+use wimsey_csi::csi::authority::FrontLimits;
 use wimsey_csi::csi::no_identity::NoIdentitySource;
 use wimsey_csi::csi::{
     DRIVER_NAME, ManagerConfig, RegistrationService, VolumeManager, registration_socket, serve_csi,
@@ -81,6 +82,30 @@ struct Args {
     /// away (Go duration): longer than the operator's cache lag, shorter than an SVID.
     #[arg(long, env = "WIMSEY_DENIAL_GRACE", default_value = "30s", value_parser = parse_duration)]
     denial_grace: Duration,
+    /// Pod sockets: the largest HTTP/2 header list (name + value + 32 bytes per field) a request
+    /// may decode to; the connection is closed over it.
+    #[arg(long, env = "WIMSEY_HTTP2_MAX_HEADER_LIST_SIZE", default_value_t = 16 * 1024,
+        value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
+    http2_max_header_list_size: u32,
+    /// Pod sockets: the most header fields in one HTTP/2 request.
+    #[arg(long, env = "WIMSEY_HTTP2_MAX_HEADERS", default_value_t = 128,
+        value_parser = clap::value_parser!(u32).range(16..=4096))]
+    http2_max_headers: u32,
+    /// Pod sockets: the largest encoded HTTP/2 header block (HEADERS + CONTINUATION).
+    #[arg(long, env = "WIMSEY_HTTP2_MAX_HEADER_BLOCK", default_value_t = 16 * 1024,
+        value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
+    http2_max_header_block: u32,
+}
+
+impl Args {
+    fn http2_front(&self) -> FrontLimits {
+        let size = |value: u32| usize::try_from(value).unwrap_or(usize::MAX);
+        FrontLimits {
+            max_header_list_size: size(self.http2_max_header_list_size),
+            max_headers: size(self.http2_max_headers),
+            max_header_block: size(self.http2_max_header_block),
+        }
+    }
 }
 
 fn parse_duration(value: &str) -> Result<Duration, String> {
@@ -157,6 +182,7 @@ async fn run_with_source<S: IdentitySource>(source: Arc<S>, args: Args) -> anyho
                 state_dir: args.state_dir.clone(),
                 spire_agent_socket_dir: args.spire_agent_socket_dir.clone(),
                 files_tmpfs_size: args.files_tmpfs_size.clone(),
+                http2_front: args.http2_front(),
             },
         )
         .context("opening the state directory")?,
@@ -253,5 +279,38 @@ mod tests {
             Args::try_parse_from(["wimsey-csi", "--node-id", "n1", "--denial-grace", "soon"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn http2_front_limits_default_to_the_fronts_and_are_bounded() {
+        let args = Args::try_parse_from(["wimsey-csi", "--node-id", "n"]).expect("defaults");
+        assert_eq!(args.http2_front(), FrontLimits::default());
+        let args = Args::try_parse_from([
+            "wimsey-csi",
+            "--node-id",
+            "n",
+            "--http2-max-header-list-size",
+            "8192",
+            "--http2-max-headers",
+            "64",
+            "--http2-max-header-block",
+            "4096",
+        ])
+        .expect("set");
+        assert_eq!(
+            args.http2_front(),
+            FrontLimits {
+                max_header_list_size: 8192,
+                max_headers: 64,
+                max_header_block: 4096,
+            }
+        );
+        for (flag, value) in [
+            ("--http2-max-header-list-size", "100000000"),
+            ("--http2-max-headers", "0"),
+            ("--http2-max-header-block", "10"),
+        ] {
+            assert!(Args::try_parse_from(["wimsey-csi", "--node-id", "n", flag, value]).is_err());
+        }
     }
 }

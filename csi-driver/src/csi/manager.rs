@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use wimsey_core::jose::jws::CompactJws;
 use zeroize::Zeroizing;
 
-use super::authority::local_authority_incoming;
+use super::authority::{FrontLimits, local_authority_incoming};
 use super::error::CsiError;
 use super::files::{render_files, write_atomically};
 use super::mounts;
@@ -45,6 +45,8 @@ pub struct ManagerConfig {
     pub spire_agent_socket_dir: Option<PathBuf>,
     /// tmpfs size for `files` volumes (mount option `size=`).
     pub files_tmpfs_size: String,
+    /// What a pod's Workload API socket accepts in HTTP/2 header blocks.
+    pub http2_front: FrontLimits,
 }
 
 struct ActiveVolume {
@@ -319,14 +321,16 @@ impl<S: IdentitySource> VolumeManager<S> {
                 let pod = Arc::new(self.attach(spec)?);
                 let volume_id = spec.volume_id.clone();
                 let stop = stop.clone();
+                let limits = self.config.http2_front;
                 Some(tokio::spawn(async move {
                     // Behind the authority front: gRPC C-core clients (py-spiffe) send the
                     // socket path as :authority, which tonic alone rejects.
                     let service = WorkloadApiService::new(pod, stop.clone());
                     let served = tonic::transport::Server::builder()
+                        .http2_max_header_list_size(limits.server_max_header_list_size())
                         .add_service(service.into_server())
                         .serve_with_incoming_shutdown(
-                            local_authority_incoming(listener),
+                            local_authority_incoming(listener, limits),
                             stop.cancelled_owned(),
                         )
                         .await;

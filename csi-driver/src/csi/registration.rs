@@ -10,7 +10,7 @@ use tracing::{error, info};
 use wimsey_proto::pluginregistration as pb;
 use wimsey_proto::pluginregistration::registration_server::{Registration, RegistrationServer};
 
-use super::authority::local_authority_incoming;
+use super::authority::{FrontLimits, local_authority_incoming};
 use super::services::DRIVER_NAME;
 
 /// The plugin type kubelet's plugin watcher routes to its CSI handler.
@@ -70,7 +70,8 @@ impl Registration for RegistrationService {
 }
 
 /// Serves the registration service on `listener` until `shutdown`, behind the
-/// [`authority`](super::authority) front (kubelet sends the socket path as `:authority`).
+/// [`authority`](super::authority) front (kubelet sends the socket path as `:authority`), with
+/// its default limits: only root (kubelet) can reach this socket.
 pub async fn serve_registration(
     listener: UnixListener,
     service: RegistrationService,
@@ -79,7 +80,7 @@ pub async fn serve_registration(
     tonic::transport::Server::builder()
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(
-            local_authority_incoming(listener),
+            local_authority_incoming(listener, FrontLimits::default()),
             shutdown.cancelled_owned(),
         )
         .await
