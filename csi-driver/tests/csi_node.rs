@@ -49,6 +49,7 @@ impl Plugin {
                     state_dir: dir.join("state"),
                     spire_agent_socket_dir: spire_dir,
                     files_tmpfs_size: "1m".into(),
+                    files_tmpfs_inodes: wimsey_csi::csi::manager::DEFAULT_FILES_TMPFS_INODES,
                 },
             )
             .expect("manager"),
