@@ -550,11 +550,14 @@ async fn files_volume_is_read_only_for_the_pod_and_never_written_through_planted
             let link = std::fs::read_link(&svid_path).ok()?;
             let pem = std::fs::read_to_string(&svid_path).ok()?;
             let chain = decode_certificates(&pem).ok()?;
-            let key = decode_private_key(&std::fs::read_to_string(target.join("svid_key.pem")).ok()?).ok()?;
+            let key =
+                decode_private_key(&std::fs::read_to_string(target.join("svid_key.pem")).ok()?)
+                    .ok()?;
             let der: Vec<u8> = chain.iter().flat_map(|c| c.as_bytes().to_vec()).collect();
             let svid = parse_svid_with_key(&der, &key).ok()?;
             let federated = std::fs::read_link(target.join("federated")).ok()?;
-            let bundle = std::fs::read_to_string(target.join("federated/partner.example.pem")).ok()?;
+            let bundle =
+                std::fs::read_to_string(target.join("federated/partner.example.pem")).ok()?;
             (link == Path::new("..data/svid.pem")
                 && federated == Path::new("..data/federated")
                 && svid.spiffe_id.as_str() == want
@@ -567,14 +570,22 @@ async fn files_volume_is_read_only_for_the_pod_and_never_written_through_planted
     plugin.stop().await;
     plant_links(&view, &victim, &outside);
     let plugin = Plugin::start(Arc::clone(&source), dir.path(), None).await;
-    eventually("the volume right again after a restart", volume_is_right(WEB_ID)).await;
+    eventually(
+        "the volume right again after a restart",
+        volume_is_right(WEB_ID),
+    )
+    .await;
     untouched("first write");
 
     // Between writes: planted while the writer runs, then a rotation.
     plant_links(&view, &victim, &outside);
     let rotated = "spiffe://example.org/ns/default/sa/rotated";
     source.rotate("uid-plant", rotated);
-    eventually("the rotated set written over planted links", volume_is_right(rotated)).await;
+    eventually(
+        "the rotated set written over planted links",
+        volume_is_right(rotated),
+    )
+    .await;
     untouched("rotation");
 
     plugin
@@ -583,14 +594,18 @@ async fn files_volume_is_read_only_for_the_pod_and_never_written_through_planted
         .node_unpublish_volume(unpublish_request("vol-plant", &target))
         .await
         .expect("unpublish");
-    assert!(!target.exists() && !view.exists(), "target and view removed");
+    assert!(
+        !target.exists() && !view.exists(),
+        "target and view removed"
+    );
     assert!(!is_mount_point(&view).expect("mountinfo"));
     untouched("unpublish");
     plugin.stop().await;
 }
 
 fn mode_and_owner(path: &Path) -> (u32, u32) {
-    let meta = std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let meta =
+        std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     (meta.permissions().mode() & 0o7777, meta.uid())
 }
 
@@ -633,13 +648,23 @@ async fn sockets_and_files_are_reachable_only_through_the_pods_mount() {
     ))
     .await
     .expect("publish files");
-    eventually("svid.pem", || std::fs::read_to_string(files_target.join("svid.pem")).ok()).await;
+    eventually("svid.pem", || {
+        std::fs::read_to_string(files_target.join("svid.pem")).ok()
+    })
+    .await;
 
     for private in [state.clone(), state.join("volumes"), state.join("records")] {
-        assert_eq!(mode_and_owner(&private), (0o700, 0), "{}", private.display());
+        assert_eq!(
+            mode_and_owner(&private),
+            (0o700, 0),
+            "{}",
+            private.display()
+        );
     }
     let socket_dir = state.join("volumes").join(volume_dir_name("vol-perm"));
-    let files_dir = state.join("volumes").join(volume_dir_name("vol-perm-files"));
+    let files_dir = state
+        .join("volumes")
+        .join(volume_dir_name("vol-perm-files"));
     // What the pods see at their targets: traversable by their non-root users.
     assert_eq!(mode_and_owner(&socket_dir), (0o755, 0));
     assert_eq!(mode_and_owner(&files_dir), (0o755, 0), "the tmpfs root");
@@ -658,13 +683,24 @@ async fn sockets_and_files_are_reachable_only_through_the_pods_mount() {
         )
     });
     let denied = host_connect.expect_err("connect through the host path");
-    assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied, "{denied}");
+    assert_eq!(
+        denied.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{denied}"
+    );
     pod_connect.expect("connect through the pod's mount");
     let denied = host_read.expect_err("read through the host path");
-    assert_eq!(denied.kind(), std::io::ErrorKind::PermissionDenied, "{denied}");
+    assert_eq!(
+        denied.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{denied}"
+    );
     pod_read.expect("read through the pod's mount");
 
-    for (id, target) in [("vol-perm", &socket_target), ("vol-perm-files", &files_target)] {
+    for (id, target) in [
+        ("vol-perm", &socket_target),
+        ("vol-perm-files", &files_target),
+    ] {
         node.node_unpublish_volume(unpublish_request(id, target))
             .await
             .expect("unpublish");
@@ -729,7 +765,10 @@ async fn a_restarted_plugin_serves_every_recorded_volume_again() {
     assert!(is_mount_point(&target).expect("mountinfo"));
     // A plugin container restarts in a new mount namespace, without its writable view of a files
     // volume's tmpfs: the tmpfs lives on only at the pod's target.
-    let files_view = dir.path().join("state/volumes").join(volume_dir_name("vol-rf"));
+    let files_view = dir
+        .path()
+        .join("state/volumes")
+        .join(volume_dir_name("vol-rf"));
     nix::mount::umount2(&files_view, nix::mount::MntFlags::MNT_DETACH).expect("drop the view");
     assert!(
         UnixStream::connect(target.join(SOCKET_NAME)).await.is_err(),

@@ -184,13 +184,7 @@ pub fn write_atomically(
             Some((sub, name)) if !name.contains('/') => {
                 if !subdirs.contains_key(sub) {
                     let sub_path = generation_path.join(sub);
-                    let fd = make_dir(
-                        generation_dir.as_fd(),
-                        sub,
-                        &sub_path,
-                        dir_mode,
-                        fs_group,
-                    )?;
+                    let fd = make_dir(generation_dir.as_fd(), sub, &sub_path, dir_mode, fs_group)?;
                     subdirs.insert(sub, fd);
                 }
                 let dir = subdirs.get(sub).map(AsFd::as_fd);
@@ -239,8 +233,7 @@ fn remove_stale(
             if old_generation {
                 remove_tree(root.fd(), &name, &root.path.join(&name), 0)?;
             }
-        } else if kind == FileType::Symlink
-            && !name.to_str().is_some_and(|n| top_level.contains(n))
+        } else if kind == FileType::Symlink && !name.to_str().is_some_and(|n| top_level.contains(n))
         {
             let path = root.path.join(&name);
             rustix::fs::unlinkat(root.fd(), name.as_os_str(), AtFlags::empty())
@@ -280,7 +273,8 @@ fn make_dir(
 ) -> Result<OwnedFd, CsiError> {
     rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(mode))
         .map_err(|e| refused(parent, name.as_ref(), path, "create", e))?;
-    let dir = open_dir(parent, name).map_err(|e| refused(parent, name.as_ref(), path, "open", e))?;
+    let dir =
+        open_dir(parent, name).map_err(|e| refused(parent, name.as_ref(), path, "open", e))?;
     // The umask may have narrowed the mode.
     rustix::fs::fchmod(&dir, Mode::from_raw_mode(mode)).map_err(|e| io_error("chmod", path, e))?;
     if let Some(gid) = fs_group {
@@ -299,8 +293,7 @@ fn write_file(
     mode: u32,
     fs_group: Option<u32>,
 ) -> Result<(), CsiError> {
-    let flags =
-        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(mode))
         .map_err(|e| refused(dir, name.as_ref(), path, "create", e))?;
     let mut file = File::from(fd);
@@ -354,9 +347,11 @@ fn list(dir: BorrowedFd<'_>, path: &Path) -> Result<Vec<(OsString, FileType)>, C
         }
         let name = OsStr::from_bytes(bytes).to_owned();
         let kind = match entry.file_type() {
-            FileType::Unknown => rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
-                .map(|stat| FileType::from_raw_mode(stat.st_mode))
-                .map_err(|e| io_error("inspect", &path.join(&name), e))?,
+            FileType::Unknown => {
+                rustix::fs::statat(dir, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|stat| FileType::from_raw_mode(stat.st_mode))
+                    .map_err(|e| io_error("inspect", &path.join(&name), e))?
+            }
             known => known,
         };
         out.push((name, kind));
@@ -427,12 +422,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path();
         let handle = VolumeRoot::open(root).expect("open");
-        write_atomically(&handle, &files(&[("a.pem", "1"), ("fed/x.pem", "x1")]), None)
-            .expect("first");
+        write_atomically(
+            &handle,
+            &files(&[("a.pem", "1"), ("fed/x.pem", "x1")]),
+            None,
+        )
+        .expect("first");
         assert_eq!(fs::read_to_string(root.join("a.pem")).expect("a"), "1");
         assert_eq!(fs::read_to_string(root.join("fed/x.pem")).expect("x"), "x1");
-        write_atomically(&handle, &files(&[("a.pem", "2"), ("b.pem", "b")]), None)
-            .expect("second");
+        write_atomically(&handle, &files(&[("a.pem", "2"), ("b.pem", "b")]), None).expect("second");
         assert_eq!(fs::read_to_string(root.join("a.pem")).expect("a"), "2");
         assert_eq!(fs::read_to_string(root.join("b.pem")).expect("b"), "b");
         assert!(
@@ -481,15 +479,62 @@ mod tests {
         write_atomically(&handle, &set, None).expect("write over planted links");
         assert_eq!(fs::read_to_string(root.join("a.pem")).expect("a"), "mine");
         assert_eq!(fs::read_to_string(root.join("fed/x.pem")).expect("x"), "x");
-        assert_eq!(fs::read_link(root.join("fed")).expect("fed"), Path::new("..data/fed"));
+        assert_eq!(
+            fs::read_link(root.join("fed")).expect("fed"),
+            Path::new("..data/fed")
+        );
         assert_eq!(fs::read_to_string(&victim).expect("victim"), "host file");
-        assert_eq!(fs::read_dir(&outside).expect("outside").count(), 1, "nothing new outside");
+        assert_eq!(
+            fs::read_dir(&outside).expect("outside").count(),
+            1,
+            "nothing new outside"
+        );
 
         // A directory where a visible link goes cannot be renamed over: a clear error.
         fs::remove_file(root.join("a.pem")).expect("unlink");
         fs::create_dir(root.join("a.pem")).expect("planted dir");
         let error = write_atomically(&handle, &set, None).expect_err("a directory in the way");
         assert!(error.to_string().contains("a.pem"), "{error}");
+        assert_eq!(fs::read_to_string(&victim).expect("victim"), "host file");
+    }
+
+    #[test]
+    fn a_symlink_where_a_new_file_or_directory_goes_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = dir.path().join("outside");
+        fs::create_dir(&outside).expect("outside");
+        let victim = outside.join("victim");
+        fs::write(&victim, "host file").expect("victim");
+        let root = dir.path().join("volume");
+        fs::create_dir(&root).expect("root");
+        std::os::unix::fs::symlink(&victim, root.join("svid.pem")).expect("plant file link");
+        std::os::unix::fs::symlink(&outside, root.join("federated")).expect("plant dir link");
+        let handle = VolumeRoot::open(&root).expect("open");
+
+        let written = write_file(
+            handle.fd(),
+            "svid.pem",
+            &root.join("svid.pem"),
+            b"x",
+            0o644,
+            None,
+        );
+        assert!(matches!(written, Err(CsiError::Symlink(_))), "{written:?}");
+        let made = make_dir(
+            handle.fd(),
+            "federated",
+            &root.join("federated"),
+            0o755,
+            None,
+        );
+        assert!(matches!(made, Err(CsiError::Symlink(_))), "{made:?}");
+        assert_eq!(fs::read_to_string(&victim).expect("victim"), "host file");
+
+        // Removing a tree unlinks a link inside it and leaves what it points at alone.
+        fs::create_dir(root.join("..old")).expect("old generation");
+        std::os::unix::fs::symlink(&outside, root.join("..old/fed")).expect("plant");
+        remove_tree(handle.fd(), OsStr::new("..old"), &root.join("..old"), 0).expect("remove");
+        assert!(!root.join("..old").exists());
         assert_eq!(fs::read_to_string(&victim).expect("victim"), "host file");
     }
 }

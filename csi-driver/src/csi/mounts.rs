@@ -195,7 +195,17 @@ mod tests {
         for good in ["1m", "512k", "2G", "1048576"] {
             assert_eq!(parse_tmpfs_size(good).as_deref(), Ok(good));
         }
-        for bad in ["0", "0m", "", "m", "1mm", "1m,nr_inodes=0", "-1m", "1.5m", "10%"] {
+        for bad in [
+            "0",
+            "0m",
+            "",
+            "m",
+            "1mm",
+            "1m,nr_inodes=0",
+            "-1m",
+            "1.5m",
+            "10%",
+        ] {
             assert!(parse_tmpfs_size(bad).is_err(), "{bad:?} accepted");
         }
         assert_eq!(
