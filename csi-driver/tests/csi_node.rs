@@ -708,6 +708,24 @@ async fn sockets_and_files_are_reachable_only_through_the_pods_mount() {
     plugin.stop().await;
 }
 
+/// A state directory another user owns could be opened up again by that user: refused.
+#[test]
+fn a_state_dir_another_user_owns_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state");
+    std::os::unix::fs::chown(&state, Some(65534), None).expect("chown");
+    let config = ManagerConfig {
+        state_dir: state.clone(),
+        spire_agent_socket_dir: None,
+        files_tmpfs_size: "1m".into(),
+        files_tmpfs_inodes: DEFAULT_FILES_TMPFS_INODES,
+    };
+    let error = VolumeManager::new(TestSource::new(), config).expect_err("refused");
+    assert!(error.to_string().contains("owned by uid 65534"), "{error}");
+    assert!(!state.join("records").exists(), "nothing created in it");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spire_agent_volume_bind_mounts_the_agent_socket_dir() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -47,7 +47,8 @@ pub const DEFAULT_FILES_TMPFS_INODES: u64 = 1024;
 /// Where the manager keeps its state and what it mounts.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    /// `<state_dir>/volumes/<volume id>/` (sockets) and `<state_dir>/records/` (records).
+    /// `<state_dir>/volumes/<volume dir>/` (a socket, or a files volume's writable tmpfs) and
+    /// `<state_dir>/records/` (records); all but the per-volume directories are 0700.
     pub state_dir: PathBuf,
     /// Source directory for `spire-agent` volumes; `None` refuses that mode.
     pub spire_agent_socket_dir: Option<PathBuf>,
@@ -447,17 +448,18 @@ fn create_private_dir(path: &Path) -> Result<(), CsiError> {
         .map_err(CsiError::io("create", path))?;
     let meta = fs::symlink_metadata(path).map_err(CsiError::io("inspect", path))?;
     let owner = rustix::process::geteuid().as_raw();
-    if !meta.is_dir() || meta.uid() != owner {
+    let wrong = if !meta.is_dir() {
+        Some("is not a directory (a symlink is not followed)".to_owned())
+    } else if meta.uid() != owner {
+        Some(format!("is owned by uid {}, not {owner}", meta.uid()))
+    } else {
+        None
+    };
+    if let Some(wrong) = wrong {
         return Err(CsiError::Io {
             action: "use as a private state directory",
             path: path.to_owned(),
-            source: io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "must be a directory owned by uid {owner}, is owned by uid {}",
-                    meta.uid()
-                ),
-            ),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, wrong),
         });
     }
     if meta.mode() & 0o7777 != PRIVATE_DIR_MODE {
