@@ -6,6 +6,7 @@
 //! trusts a name in it: every call is relative to the root's opened handle and never follows a
 //! symlink, so even a planted link can only make a write fail, not land on the host.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
@@ -182,13 +183,16 @@ pub fn write_atomically(
         let (dir, name) = match entry.path.split_once('/') {
             None => (generation_dir.as_fd(), entry.path.as_str()),
             Some((sub, name)) if !name.contains('/') => {
-                if !subdirs.contains_key(sub) {
-                    let sub_path = generation_path.join(sub);
-                    let fd = make_dir(generation_dir.as_fd(), sub, &sub_path, dir_mode, fs_group)?;
-                    subdirs.insert(sub, fd);
-                }
-                let dir = subdirs.get(sub).map(AsFd::as_fd);
-                (dir.unwrap_or(generation_dir.as_fd()), name)
+                let dir: &OwnedFd = match subdirs.entry(sub) {
+                    Entry::Occupied(opened) => opened.into_mut(),
+                    Entry::Vacant(vacant) => {
+                        let sub_path = generation_path.join(sub);
+                        let fd =
+                            make_dir(generation_dir.as_fd(), sub, &sub_path, dir_mode, fs_group)?;
+                        vacant.insert(fd)
+                    }
+                };
+                (dir.as_fd(), name)
             }
             Some(_) => {
                 return Err(CsiError::Render(format!(
