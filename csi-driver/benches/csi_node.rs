@@ -187,6 +187,7 @@ async fn start_plugin() -> Plugin {
                 spire_agent_socket_dir: None,
                 files_tmpfs_size: "1m".into(),
                 http2_front: Default::default(),
+                files_tmpfs_inodes: wimsey_csi::csi::manager::DEFAULT_FILES_TMPFS_INODES,
             },
         )
         .expect("manager"),

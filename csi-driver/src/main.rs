@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use wimsey_core::TrustDomain;
 use wimsey_csi::csi::authority::FrontLimits;
+use wimsey_csi::csi::manager::DEFAULT_FILES_TMPFS_INODES;
+use wimsey_csi::csi::mounts::parse_tmpfs_size;
 use wimsey_csi::csi::no_identity::NoIdentitySource;
 use wimsey_csi::csi::{
     DRIVER_NAME, ManagerConfig, RegistrationService, VolumeManager, registration_socket, serve_csi,
@@ -57,9 +59,13 @@ struct Args {
     /// The SPIRE agent's socket directory, bind-mounted for `mode: spire-agent` volumes.
     #[arg(long, env = "WIMSEY_SPIRE_AGENT_SOCKET_DIR")]
     spire_agent_socket_dir: Option<PathBuf>,
-    /// tmpfs size of a `mode: files` volume.
-    #[arg(long, env = "WIMSEY_FILES_TMPFS_SIZE", default_value = "1m")]
+    /// tmpfs size of a `mode: files` volume (digits with an optional k, m or g).
+    #[arg(long, env = "WIMSEY_FILES_TMPFS_SIZE", default_value = "1m", value_parser = parse_tmpfs_size)]
     files_tmpfs_size: String,
+    /// Inode cap of a `mode: files` volume's tmpfs.
+    #[arg(long, env = "WIMSEY_FILES_TMPFS_INODES", default_value_t = DEFAULT_FILES_TMPFS_INODES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    files_tmpfs_inodes: u64,
     #[arg(long, env = "WIMSEY_LOG_FORMAT", value_enum, default_value = "plain")]
     log_format: LogFormat,
     /// The operator's node API, `host:port` or `https://host:port`. Without it the
@@ -183,6 +189,7 @@ async fn run_with_source<S: IdentitySource>(source: Arc<S>, args: Args) -> anyho
                 spire_agent_socket_dir: args.spire_agent_socket_dir.clone(),
                 files_tmpfs_size: args.files_tmpfs_size.clone(),
                 http2_front: args.http2_front(),
+                files_tmpfs_inodes: args.files_tmpfs_inodes,
             },
         )
         .context("opening the state directory")?,
@@ -246,9 +253,14 @@ async fn run_with_source<S: IdentitySource>(source: Arc<S>, args: Args) -> anyho
     outcome
 }
 
+/// Creates a socket's missing parent directories, root-only: kubelet, which connects, is root.
 fn create_parent(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
     Ok(())

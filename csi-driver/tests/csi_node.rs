@@ -19,6 +19,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use wimsey_core::x509::parse_svid_with_key;
 use wimsey_core::x509::pem::{decode_certificates, decode_private_key};
+use wimsey_csi::csi::manager::{DEFAULT_FILES_TMPFS_INODES, volume_dir_name};
 use wimsey_csi::csi::mounts::is_mount_point;
 use wimsey_csi::csi::records::{RecordStore, VolumeRecord};
 use wimsey_csi::csi::{
@@ -50,6 +51,7 @@ impl Plugin {
                     spire_agent_socket_dir: spire_dir,
                     files_tmpfs_size: "1m".into(),
                     http2_front: Default::default(),
+                    files_tmpfs_inodes: DEFAULT_FILES_TMPFS_INODES,
                 },
             )
             .expect("manager"),
@@ -236,6 +238,9 @@ async fn bad_requests_get_invalid_argument_naming_the_field() {
     let mut r = good.clone();
     r.readonly = false;
     assert_invalid(node.node_publish_volume(r).await, "readonly");
+    let mut r = publish_request("vol-1", &target, "uid-1", &[("mode", "files")]);
+    r.readonly = false;
+    assert_invalid(node.node_publish_volume(r).await, "`readOnly: true`");
     let r = publish_request("vol-1", &target, "uid-1", &[("mode", "sockets")]);
     assert_invalid(node.node_publish_volume(r).await, "mode");
     assert_invalid(
@@ -371,7 +376,7 @@ async fn files_volume_holds_matching_svid_and_key_and_swaps_atomically() {
     let plugin = Plugin::start(Arc::clone(&source), dir.path(), None).await;
     let mut node = plugin.node().await;
     let target = dir.path().join("files");
-    let mut request = publish_request(
+    let request = publish_request(
         "vol-files",
         &target,
         "uid-files",
@@ -382,11 +387,12 @@ async fn files_volume_holds_matching_svid_and_key_and_swaps_atomically() {
             ("wit", "true"),
         ],
     );
-    request.readonly = false;
     node.node_publish_volume(request.clone())
         .await
         .expect("publish");
     assert!(is_mount_point(&target).expect("mountinfo"));
+    let write = std::fs::write(target.join("x"), b"x").expect_err("read-only for the pod");
+    assert_eq!(write.raw_os_error(), Some(30), "EROFS: {write}");
 
     let svid_path = target.join("svid.pem");
     let first = eventually("svid.pem", || std::fs::read_to_string(&svid_path).ok()).await;
@@ -478,6 +484,249 @@ async fn files_volume_holds_matching_svid_and_key_and_swaps_atomically() {
     plugin.stop().await;
 }
 
+/// Plants, in the writer's own (writable) view of a files volume, symlinks out of the volume:
+/// over the visible names and the writer's staging names.
+fn plant_links(view: &Path, victim: &Path, outside: &Path) {
+    for (name, target) in [
+        ("svid.pem", victim),
+        ("federated", outside),
+        ("..data_tmp", victim),
+        ("..svid.pem.tmp", victim),
+        ("..federated.tmp", outside),
+    ] {
+        let path = view.join(name);
+        let _ = std::fs::remove_file(&path);
+        std::os::unix::fs::symlink(target, &path).expect("plant");
+    }
+}
+
+/// The pod's view is read-only; even so, links planted where the writer writes (before the first
+/// write of a restarted plugin, and between two rotations) are replaced or refused, never
+/// followed: the files outside stay as they were and the volume ends up right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_volume_is_read_only_for_the_pod_and_never_written_through_planted_links() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).expect("outside");
+    let victim = outside.join("victim.pem");
+    std::fs::write(&victim, "host file").expect("victim");
+    let source = TestSource::new();
+    let target = dir.path().join("planted");
+    let request = publish_request("vol-plant", &target, "uid-plant", &[("mode", "files")]);
+    let plugin = Plugin::start(Arc::clone(&source), dir.path(), None).await;
+    plugin
+        .node()
+        .await
+        .node_publish_volume(request.clone())
+        .await
+        .expect("publish");
+    let svid_path = target.join("svid.pem");
+    eventually("svid.pem", || std::fs::read_to_string(&svid_path).ok()).await;
+
+    // The pod cannot plant anything itself.
+    let planted = std::os::unix::fs::symlink(&victim, target.join("svid.pem.new"))
+        .expect_err("read-only for the pod");
+    assert_eq!(planted.raw_os_error(), Some(30), "EROFS: {planted}");
+    // The tmpfs carries the configured caps.
+    let caps = rustix::fs::statvfs(&target).expect("statvfs");
+    assert_eq!(caps.f_files, DEFAULT_FILES_TMPFS_INODES, "nr_inodes");
+    assert_eq!(caps.f_blocks * caps.f_frsize, 1 << 20, "size=1m");
+
+    let view = dir
+        .path()
+        .join("state/volumes")
+        .join(volume_dir_name("vol-plant"));
+    let untouched = |when: &str| {
+        assert_eq!(read(&victim), "host file", "{when}: link target written");
+        let names: Vec<_> = std::fs::read_dir(&outside)
+            .expect("outside")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, vec!["victim.pem"], "{when}: files created outside");
+    };
+    let volume_is_right = |want: &'static str| {
+        let svid_path = svid_path.clone();
+        let target = target.clone();
+        move || {
+            let link = std::fs::read_link(&svid_path).ok()?;
+            let pem = std::fs::read_to_string(&svid_path).ok()?;
+            let chain = decode_certificates(&pem).ok()?;
+            let key =
+                decode_private_key(&std::fs::read_to_string(target.join("svid_key.pem")).ok()?)
+                    .ok()?;
+            let der: Vec<u8> = chain.iter().flat_map(|c| c.as_bytes().to_vec()).collect();
+            let svid = parse_svid_with_key(&der, &key).ok()?;
+            let federated = std::fs::read_link(target.join("federated")).ok()?;
+            let bundle =
+                std::fs::read_to_string(target.join("federated/partner.example.pem")).ok()?;
+            (link == Path::new("..data/svid.pem")
+                && federated == Path::new("..data/federated")
+                && svid.spiffe_id.as_str() == want
+                && bundle.contains("BEGIN CERTIFICATE"))
+            .then_some(())
+        }
+    };
+
+    // Before a write: planted while the plugin is down, met by the restarted plugin's first write.
+    plugin.stop().await;
+    plant_links(&view, &victim, &outside);
+    let plugin = Plugin::start(Arc::clone(&source), dir.path(), None).await;
+    eventually(
+        "the volume right again after a restart",
+        volume_is_right(WEB_ID),
+    )
+    .await;
+    untouched("first write");
+
+    // Between writes: planted while the writer runs, then a rotation.
+    plant_links(&view, &victim, &outside);
+    let rotated = "spiffe://example.org/ns/default/sa/rotated";
+    source.rotate("uid-plant", rotated);
+    eventually(
+        "the rotated set written over planted links",
+        volume_is_right(rotated),
+    )
+    .await;
+    untouched("rotation");
+
+    plugin
+        .node()
+        .await
+        .node_unpublish_volume(unpublish_request("vol-plant", &target))
+        .await
+        .expect("unpublish");
+    assert!(
+        !target.exists() && !view.exists(),
+        "target and view removed"
+    );
+    assert!(!is_mount_point(&view).expect("mountinfo"));
+    untouched("unpublish");
+    plugin.stop().await;
+}
+
+fn mode_and_owner(path: &Path) -> (u32, u32) {
+    let meta =
+        std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    (meta.permissions().mode() & 0o7777, meta.uid())
+}
+
+/// Runs `f` on a thread whose credentials are uid/gid 65534 with no supplementary groups (the
+/// kernel checks a thread's own credentials; the rest of the test process stays root).
+fn as_nobody<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        rustix::thread::set_thread_groups(&[]).expect("setgroups");
+        rustix::thread::set_thread_gid(rustix::process::Gid::from_raw(65534)).expect("setgid");
+        rustix::thread::set_thread_uid(rustix::process::Uid::from_raw(65534)).expect("setuid");
+        f()
+    })
+    .join()
+    .expect("nobody thread")
+}
+
+/// The state and `volumes/` directories are 0700 root, so a host user cannot reach a pod's socket
+/// or files through the host path; the pod's non-root user reaches them through its mount.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_and_files_are_reachable_only_through_the_pods_mount() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The path to the targets is open to everyone, as a container's is to its own mounts.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // A state directory left 0755, as a DirectoryOrCreate hostPath makes it: narrowed at start.
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let plugin = Plugin::start(TestSource::new(), dir.path(), None).await;
+    let mut node = plugin.node().await;
+    let socket_target = dir.path().join("pod-socket");
+    let files_target = dir.path().join("pod-files");
+    node.node_publish_volume(publish_request("vol-perm", &socket_target, "uid-perm", &[]))
+        .await
+        .expect("publish workload-api");
+    node.node_publish_volume(publish_request(
+        "vol-perm-files",
+        &files_target,
+        "uid-perm-files",
+        &[("mode", "files")],
+    ))
+    .await
+    .expect("publish files");
+    eventually("svid.pem", || {
+        std::fs::read_to_string(files_target.join("svid.pem")).ok()
+    })
+    .await;
+
+    for private in [state.clone(), state.join("volumes"), state.join("records")] {
+        assert_eq!(
+            mode_and_owner(&private),
+            (0o700, 0),
+            "{}",
+            private.display()
+        );
+    }
+    let socket_dir = state.join("volumes").join(volume_dir_name("vol-perm"));
+    let files_dir = state
+        .join("volumes")
+        .join(volume_dir_name("vol-perm-files"));
+    // What the pods see at their targets: traversable by their non-root users.
+    assert_eq!(mode_and_owner(&socket_dir), (0o755, 0));
+    assert_eq!(mode_and_owner(&files_dir), (0o755, 0), "the tmpfs root");
+    assert_eq!(mode_and_owner(&socket_dir.join(SOCKET_NAME)).0, 0o666);
+
+    let host_socket = socket_dir.join(SOCKET_NAME);
+    let pod_socket = socket_target.join(SOCKET_NAME);
+    let host_file = files_dir.join("bundle.pem");
+    let pod_file = files_target.join("bundle.pem");
+    let (host_connect, pod_connect, host_read, pod_read) = as_nobody(move || {
+        (
+            std::os::unix::net::UnixStream::connect(&host_socket).map(drop),
+            std::os::unix::net::UnixStream::connect(&pod_socket).map(drop),
+            std::fs::read(&host_file).map(drop),
+            std::fs::read(&pod_file).map(drop),
+        )
+    });
+    let denied = host_connect.expect_err("connect through the host path");
+    assert_eq!(
+        denied.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{denied}"
+    );
+    pod_connect.expect("connect through the pod's mount");
+    let denied = host_read.expect_err("read through the host path");
+    assert_eq!(
+        denied.kind(),
+        std::io::ErrorKind::PermissionDenied,
+        "{denied}"
+    );
+    pod_read.expect("read through the pod's mount");
+
+    for (id, target) in [
+        ("vol-perm", &socket_target),
+        ("vol-perm-files", &files_target),
+    ] {
+        node.node_unpublish_volume(unpublish_request(id, target))
+            .await
+            .expect("unpublish");
+    }
+    plugin.stop().await;
+}
+
+/// A state directory another user owns could be opened up again by that user: refused.
+#[test]
+fn a_state_dir_another_user_owns_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).expect("state");
+    std::os::unix::fs::chown(&state, Some(65534), None).expect("chown");
+    let config = ManagerConfig {
+        state_dir: state.clone(),
+        spire_agent_socket_dir: None,
+        files_tmpfs_size: "1m".into(),
+        files_tmpfs_inodes: DEFAULT_FILES_TMPFS_INODES,
+    };
+    let error = VolumeManager::new(TestSource::new(), config).expect_err("refused");
+    assert!(error.to_string().contains("owned by uid 65534"), "{error}");
+    assert!(!state.join("records").exists(), "nothing created in it");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spire_agent_volume_bind_mounts_the_agent_socket_dir() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -533,6 +782,13 @@ async fn a_restarted_plugin_serves_every_recorded_volume_again() {
     }
     // Down: the mount stays, nobody answers on the socket.
     assert!(is_mount_point(&target).expect("mountinfo"));
+    // A plugin container restarts in a new mount namespace, without its writable view of a files
+    // volume's tmpfs: the tmpfs lives on only at the pod's target.
+    let files_view = dir
+        .path()
+        .join("state/volumes")
+        .join(volume_dir_name("vol-rf"));
+    nix::mount::umount2(&files_view, nix::mount::MntFlags::MNT_DETACH).expect("drop the view");
     assert!(
         UnixStream::connect(target.join(SOCKET_NAME)).await.is_err(),
         "nobody serves while the plugin is down"

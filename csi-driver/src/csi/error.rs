@@ -40,6 +40,9 @@ pub enum CsiError {
     },
     #[error("volume socket: {0}")]
     Socket(#[from] SocketError),
+    /// A symlink where the files writer expects its own directory or a new file: not followed.
+    #[error("{0} is a symlink the plugin did not make; refusing to write through it")]
+    Symlink(PathBuf),
     #[error("rendering volume files: {0}")]
     Render(String),
     #[error("minting a JWT-SVID for the volume files: {0}")]
@@ -58,6 +61,7 @@ impl CsiError {
             CsiError::Mount { .. } => "mount",
             CsiError::Record { .. } => "record",
             CsiError::Socket(_) => "socket",
+            CsiError::Symlink(_) => "symlink",
             CsiError::Render(_) => "render",
             CsiError::MintJwt(_) => "mint_jwt",
         }
@@ -73,6 +77,7 @@ impl CsiError {
             | CsiError::Mount { .. }
             | CsiError::Record { .. }
             | CsiError::Socket(_)
+            | CsiError::Symlink(_)
             | CsiError::Render(_)
             | CsiError::MintJwt(_) => Code::Internal,
         }

@@ -21,7 +21,7 @@ use zeroize::Zeroizing;
 
 use super::authority::{FrontLimits, local_authority_incoming};
 use super::error::CsiError;
-use super::files::{render_files, write_atomically};
+use super::files::{VolumeRoot, render_files, write_atomically};
 use super::mounts;
 use super::records::{RecordStore, VolumeRecord};
 use super::request::{FilesConfig, PublishSpec, VolumeMode};
@@ -35,18 +35,29 @@ use crate::workload_api::{
 pub const SOCKET_NAME: &str = "socket";
 /// Anyone inside the pod may connect: the socket is reachable only through that pod's mount.
 const POD_SOCKET_MODE: u32 = 0o666;
+/// The state directory and `volumes/`: root only, so no host user reaches a pod's socket (or the
+/// files writer's view of a tmpfs) through the host path.
+const PRIVATE_DIR_MODE: u32 = 0o700;
+/// A per-volume directory is the root of what the pod sees (bind-mounted at the target), so the
+/// pod's non-root user must traverse it; its 0700 parents are not on the pod's path.
+const VOLUME_DIR_MODE: u32 = 0o755;
+/// Default inode cap of a `files` tmpfs (`nr_inodes=`): two generations of a few dozen files.
+pub const DEFAULT_FILES_TMPFS_INODES: u64 = 1024;
 
 /// Where the manager keeps its state and what it mounts.
 #[derive(Debug, Clone)]
 pub struct ManagerConfig {
-    /// `<state_dir>/volumes/<volume id>/` (sockets) and `<state_dir>/records/` (records).
+    /// `<state_dir>/volumes/<volume dir>/` (a socket, or a files volume's writable tmpfs) and
+    /// `<state_dir>/records/` (records); all but the per-volume directories are 0700.
     pub state_dir: PathBuf,
     /// Source directory for `spire-agent` volumes; `None` refuses that mode.
     pub spire_agent_socket_dir: Option<PathBuf>,
-    /// tmpfs size for `files` volumes (mount option `size=`).
+    /// tmpfs size for `files` volumes (mount option `size=`, see [`mounts::parse_tmpfs_size`]).
     pub files_tmpfs_size: String,
     /// What a pod's Workload API socket accepts in HTTP/2 header blocks.
     pub http2_front: FrontLimits,
+    /// Inode cap for `files` volumes (mount option `nr_inodes=`, at least 1).
+    pub files_tmpfs_inodes: u64,
 }
 
 struct ActiveVolume {
@@ -78,13 +89,10 @@ impl<S: IdentitySource> std::fmt::Debug for VolumeManager<S> {
 impl<S: IdentitySource> VolumeManager<S> {
     /// Opens the state directory. Call [`VolumeManager::restore`] to bring recorded volumes back.
     pub fn new(source: Arc<S>, config: ManagerConfig) -> Result<Self, CsiError> {
+        create_private_dir(&config.state_dir)?;
         let records = RecordStore::open(config.state_dir.join("records"))?;
         let volumes_dir = config.state_dir.join("volumes");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(&volumes_dir)
-            .map_err(CsiError::io("create", &volumes_dir))?;
+        create_private_dir(&volumes_dir)?;
         Ok(Self {
             source,
             config,
@@ -263,6 +271,8 @@ impl<S: IdentitySource> VolumeManager<S> {
             _ => {}
         }
         let volume_dir = self.volume_dir(volume_id);
+        // A files volume's writable view of its tmpfs.
+        mounts::unmount_stack(&volume_dir)?;
         match fs::remove_dir_all(&volume_dir) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => {
                 return Err(CsiError::io("remove", &volume_dir)(e));
@@ -312,7 +322,7 @@ impl<S: IdentitySource> VolumeManager<S> {
             VolumeMode::WorkloadApi => {
                 let dir = self.volume_dir(&spec.volume_id);
                 let socket = dir.join(SOCKET_NAME);
-                let listener = if create_dir(&dir, 0o755)? {
+                let listener = if create_dir(&dir, VOLUME_DIR_MODE)? {
                     bind_unix_socket_in_new_dir(&socket, POD_SOCKET_MODE)?
                 } else {
                     // A restart or a lost mount: a socket from before may be there to replace.
@@ -340,23 +350,24 @@ impl<S: IdentitySource> VolumeManager<S> {
                 }))
             }
             VolumeMode::Files => {
+                // The tmpfs is mounted writable only at the per-volume directory, under the
+                // plugin's 0700 state directory, and the pod gets a read-only bind of it: the
+                // pod can read its files but never plant anything for the writer to trip on.
                 let config = FilesConfig::from_attributes(&spec.attributes, spec.fs_group)?;
-                if new_target || !mounts::is_mount_point(&spec.target)? {
-                    self.mount(spec)?;
-                }
+                let dir = self.volume_dir(&spec.volume_id);
+                self.mount_files_tmpfs(spec, &dir, new_target)?;
+                let root = VolumeRoot::open(&dir)?;
                 let pod = self.attach(spec)?;
-                let target = spec.target.clone();
                 let volume_id = spec.volume_id.clone();
                 let stop = stop.clone();
                 Some(tokio::spawn(async move {
-                    run_files_writer(volume_id, pod, target, config, stop).await;
+                    run_files_writer(volume_id, pod, root, config, stop).await;
                 }))
             }
             VolumeMode::SpireAgent => None,
         };
         // On error the caller cancels `stop`, which ends the task spawned above.
-        if spec.mode != VolumeMode::Files && (new_target || !mounts::is_mount_point(&spec.target)?)
-        {
+        if new_target || !mounts::is_mount_point(&spec.target)? {
             self.mount(spec)?;
         }
         Ok(task)
@@ -372,9 +383,10 @@ impl<S: IdentitySource> VolumeManager<S> {
         Ok(self.source.attach(pod))
     }
 
+    /// The pod's read-only view at the target.
     fn mount(&self, spec: &PublishSpec) -> Result<(), CsiError> {
         match spec.mode {
-            VolumeMode::WorkloadApi => {
+            VolumeMode::WorkloadApi | VolumeMode::Files => {
                 mounts::bind_mount_readonly(&self.volume_dir(&spec.volume_id), &spec.target)
             }
             VolumeMode::SpireAgent => {
@@ -386,15 +398,30 @@ impl<S: IdentitySource> VolumeManager<S> {
                 })?;
                 mounts::bind_mount_readonly(source, &spec.target)
             }
-            VolumeMode::Files => {
-                let mut options = format!("size={}", self.config.files_tmpfs_size);
-                match spec.fs_group {
-                    Some(gid) => options.push_str(&format!(",mode=0750,gid={gid}")),
-                    None => options.push_str(",mode=0755"),
-                }
-                mounts::mount_tmpfs(&spec.target, &options)
-            }
         }
+    }
+
+    /// Makes sure the per-volume directory `dir` holds the volume's writable tmpfs: kept if it is
+    /// mounted there; taken back from the target if the plugin restarted in a new mount
+    /// namespace (the pod's tmpfs then lives on only at its target); else a fresh one.
+    fn mount_files_tmpfs(
+        &self,
+        spec: &PublishSpec,
+        dir: &Path,
+        new_target: bool,
+    ) -> Result<(), CsiError> {
+        if !create_dir(dir, VOLUME_DIR_MODE)? && mounts::is_mount_point(dir)? {
+            return Ok(());
+        }
+        if !new_target && mounts::is_mount_point(&spec.target)? {
+            return mounts::bind_mount_writable(&spec.target, dir);
+        }
+        let options = mounts::files_tmpfs_options(
+            &self.config.files_tmpfs_size,
+            self.config.files_tmpfs_inodes,
+            spec.fs_group,
+        );
+        mounts::mount_tmpfs(dir, &options)
     }
 }
 
@@ -413,6 +440,39 @@ fn create_dir(path: &Path, mode: u32) -> Result<bool, CsiError> {
     }
 }
 
+/// Creates `path` and any missing parents as 0700, and narrows an existing `path` to 0700: a
+/// state directory made by an older version or by a `DirectoryOrCreate` hostPath is 0755. A
+/// directory another user owns could be opened up again by them, so it is refused.
+fn create_private_dir(path: &Path) -> Result<(), CsiError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR_MODE)
+        .create(path)
+        .map_err(CsiError::io("create", path))?;
+    let meta = fs::symlink_metadata(path).map_err(CsiError::io("inspect", path))?;
+    let owner = rustix::process::geteuid().as_raw();
+    let wrong = if !meta.is_dir() {
+        Some("is not a directory (a symlink is not followed)".to_owned())
+    } else if meta.uid() != owner {
+        Some(format!("is owned by uid {}, not {owner}", meta.uid()))
+    } else {
+        None
+    };
+    if let Some(wrong) = wrong {
+        return Err(CsiError::Io {
+            action: "use as a private state directory",
+            path: path.to_owned(),
+            source: io::Error::new(io::ErrorKind::PermissionDenied, wrong),
+        });
+    }
+    if meta.mode() & 0o7777 != PRIVATE_DIR_MODE {
+        fs::set_permissions(path, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+            .map_err(CsiError::io("chmod", path))?;
+    }
+    Ok(())
+}
+
 /// Backoff after a failed write: 1 s doubling to 30 s, with up to 25% jitter.
 fn backoff(failures: u32) -> Duration {
     let base = Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30));
@@ -428,7 +488,7 @@ fn backoff(failures: u32) -> Duration {
 async fn run_files_writer<P: PodIdentity>(
     volume_id: String,
     pod: P,
-    target: PathBuf,
+    root: VolumeRoot,
     config: FilesConfig,
     stop: CancellationToken,
 ) {
@@ -439,12 +499,12 @@ async fn run_files_writer<P: PodIdentity>(
         let result = match &*snapshot {
             IdentitySnapshot::NotReady => Ok(None),
             IdentitySnapshot::NoIdentity => {
-                write_atomically(&target, &[], config.fs_group).map(|()| None)
+                write_atomically(&root, &[], config.fs_group).map(|()| None)
             }
             IdentitySnapshot::Issued(identities) => tokio::select! {
                 // Minting JWT-SVIDs may wait on the network; unpublish must not.
                 () = stop.cancelled() => return,
-                written = write_issued(&pod, &target, &config, identities) => written,
+                written = write_issued(&pod, &root, &config, identities) => written,
             },
         };
         let wake_after = match result {
@@ -470,7 +530,7 @@ async fn run_files_writer<P: PodIdentity>(
 /// Writes the files for `identities`; returns when the JWT-SVIDs need re-minting.
 async fn write_issued<P: PodIdentity>(
     pod: &P,
-    target: &Path,
+    root: &VolumeRoot,
     config: &FilesConfig,
     identities: &crate::workload_api::IssuedIdentities,
 ) -> Result<Option<Duration>, CsiError> {
@@ -488,7 +548,7 @@ async fn write_issued<P: PodIdentity>(
         }
     }
     let files = render_files(config, identities, &jwts)?;
-    write_atomically(target, &files, config.fs_group)?;
+    write_atomically(root, &files, config.fs_group)?;
     Ok(refresh)
 }
 

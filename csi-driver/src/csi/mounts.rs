@@ -49,9 +49,26 @@ fn unescape_octal(field: &str) -> Vec<u8> {
     out
 }
 
+/// What every mount the plugin makes for a pod carries: nothing in an identity volume is a
+/// program or a device.
+const POD_MOUNT_FLAGS: MsFlags = MsFlags::MS_NOSUID
+    .union(MsFlags::MS_NODEV)
+    .union(MsFlags::MS_NOEXEC);
+
 /// Bind-mounts `source` at `target`, then remounts the bind read-only (a bind mount ignores
-/// MS_RDONLY on the first call).
+/// MS_RDONLY on the first call, and the remount sets every per-mount flag, so nosuid, nodev and
+/// noexec are given again).
 pub fn bind_mount_readonly(source: &Path, target: &Path) -> Result<(), CsiError> {
+    bind_mount(source, target, MsFlags::MS_RDONLY)
+}
+
+/// Bind-mounts `source` at `target` writable: the files writer's own view of a tmpfs that the pod
+/// only sees read-only.
+pub fn bind_mount_writable(source: &Path, target: &Path) -> Result<(), CsiError> {
+    bind_mount(source, target, MsFlags::empty())
+}
+
+fn bind_mount(source: &Path, target: &Path, extra: MsFlags) -> Result<(), CsiError> {
     mount(
         Some(source),
         target,
@@ -64,12 +81,12 @@ pub fn bind_mount_readonly(source: &Path, target: &Path) -> Result<(), CsiError>
         None::<&str>,
         target,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | POD_MOUNT_FLAGS | extra,
         None::<&str>,
     )
-    .map_err(CsiError::mount("remount read-only", target));
+    .map_err(CsiError::mount("remount", target));
     if remounted.is_err() {
-        // Never leave a writable bind behind.
+        // Never leave a bind with other flags than asked for behind.
         let _ = umount2(target, MntFlags::MNT_DETACH);
     }
     remounted
@@ -81,10 +98,58 @@ pub fn mount_tmpfs(target: &Path, options: &str) -> Result<(), CsiError> {
         Some("tmpfs"),
         target,
         Some("tmpfs"),
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        POD_MOUNT_FLAGS,
         Some(options),
     )
     .map_err(CsiError::mount("mount tmpfs on", target))
+}
+
+/// tmpfs options for a files volume: its size and inode caps, and the root's mode and group.
+pub fn files_tmpfs_options(size: &str, inodes: u64, fs_group: Option<u32>) -> String {
+    match fs_group {
+        Some(gid) => format!("size={size},nr_inodes={inodes},mode=0750,gid={gid}"),
+        None => format!("size={size},nr_inodes={inodes},mode=0755"),
+    }
+}
+
+/// Validates a tmpfs `size=` value for the command line: digits with an optional `k`, `m` or `g`,
+/// not zero (tmpfs reads 0 as unlimited). Nothing else reaches the mount options.
+pub fn parse_tmpfs_size(value: &str) -> Result<String, String> {
+    let digits = value.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G']);
+    let suffixes = value.len() - digits.len();
+    let number = digits.parse::<u64>().ok().filter(|_| {
+        suffixes <= 1 && !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())
+    });
+    match number {
+        Some(0) => Err(format!(
+            "{value:?}: a zero size would leave the tmpfs unbounded"
+        )),
+        Some(_) => Ok(value.to_owned()),
+        None => Err(format!(
+            "{value:?} is not a tmpfs size (digits with an optional k, m or g, e.g. 1m)"
+        )),
+    }
+}
+
+/// Unmounts every mount stacked on `path` without reading mountinfo: `umount` until the kernel
+/// says it is not a mount point. For the plugin's own directories, which are never symlinks.
+pub fn unmount_stack(path: &Path) -> Result<(), CsiError> {
+    for _ in 0..64 {
+        match umount2(path, MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOENT) => return Ok(()),
+            Err(nix::errno::Errno::EBUSY) => {
+                umount2(path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW)
+                    .map_err(CsiError::mount("detach", path))?;
+            }
+            Err(e) => return Err(CsiError::mount("unmount", path)(e)),
+        }
+    }
+    Err(CsiError::Io {
+        action: "unmount (still mounted after 64 unmounts)",
+        path: path.to_owned(),
+        source: io::Error::other("stacked mounts"),
+    })
 }
 
 /// Unmounts every mount stacked on `target`; a path that is not mounted is fine.
@@ -123,5 +188,33 @@ mod tests {
         assert!(mountinfo_has(text, Path::new("/mnt/a")));
         assert!(!mountinfo_has(text, Path::new("/mnt")));
         assert!(!mountinfo_has(text, Path::new("/mnt/a/b")));
+    }
+
+    #[test]
+    fn tmpfs_sizes_are_bounded_and_cannot_add_options() {
+        for good in ["1m", "512k", "2G", "1048576"] {
+            assert_eq!(parse_tmpfs_size(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "0",
+            "0m",
+            "",
+            "m",
+            "1mm",
+            "1m,nr_inodes=0",
+            "-1m",
+            "1.5m",
+            "10%",
+        ] {
+            assert!(parse_tmpfs_size(bad).is_err(), "{bad:?} accepted");
+        }
+        assert_eq!(
+            files_tmpfs_options("1m", 1024, Some(4321)),
+            "size=1m,nr_inodes=1024,mode=0750,gid=4321"
+        );
+        assert_eq!(
+            files_tmpfs_options("2m", 64, None),
+            "size=2m,nr_inodes=64,mode=0755"
+        );
     }
 }

@@ -57,7 +57,7 @@ const MAX_VOLUME_ID_LEN: usize = 128;
 pub enum VolumeMode {
     /// A per-pod Workload API socket in a directory bind-mounted read-only at the target.
     WorkloadApi,
-    /// Rotating SVID files on a tmpfs at the target.
+    /// Rotating SVID files on a tmpfs, bind-mounted read-only at the target.
     Files,
     /// A read-only bind mount of the SPIRE agent socket directory.
     SpireAgent,
@@ -81,11 +81,6 @@ impl VolumeMode {
             Self::Files => "files",
             Self::SpireAgent => "spire-agent",
         }
-    }
-
-    /// Socket modes must be read-only in the pod (the pod must not replace the socket).
-    fn requires_readonly(self) -> bool {
-        matches!(self, Self::WorkloadApi | Self::SpireAgent)
     }
 
     fn needs_pod(self) -> bool {
@@ -152,9 +147,11 @@ pub fn parse_publish(request: &csi::NodePublishVolumeRequest) -> Result<PublishS
         None => VolumeMode::WorkloadApi,
         Some(value) => VolumeMode::parse(value)?,
     };
-    if mode.requires_readonly() && !request.readonly {
+    // Every mode is read-only in the pod: a socket must not be replaced, and files are written by
+    // the plugin alone (a pod that could write could plant symlinks for the writer).
+    if !request.readonly {
         return Err(CsiError::invalid(format!(
-            "readonly must be true for mode {}: set pod.spec.volumes[].csi.readOnly to true",
+            "readonly must be true for mode {}: set `readOnly: true` on the CSI volume (pod.spec.volumes[].csi.readOnly)",
             mode.as_str()
         )));
     }
@@ -276,13 +273,14 @@ fn check_attribute_keys(
 }
 
 fn parse_gid(value: &str, field: &str) -> Result<u32, CsiError> {
+    // u32::MAX is chown's "leave the group as it is".
     value
         .parse::<u32>()
         .ok()
-        .filter(|gid| *gid > 0)
+        .filter(|gid| *gid > 0 && *gid < u32::MAX)
         .ok_or_else(|| {
             CsiError::invalid(format!(
-                "{field}: {value:?} is not a group ID (1-4294967295)"
+                "{field}: {value:?} is not a group ID (1-4294967294)"
             ))
         })
 }
@@ -510,15 +508,20 @@ mod tests {
     }
 
     #[test]
-    fn socket_modes_need_readonly_files_does_not() {
-        let mut req = request(&POD);
-        req.readonly = false;
-        assert!(message(parse_publish(&req)).contains("readonly must be true"));
-        let mut context = POD.to_vec();
-        context.push((ATTR_MODE, "files"));
-        let mut req = request(&context);
-        req.readonly = false;
-        assert_eq!(parse_publish(&req).expect("files").mode, VolumeMode::Files);
+    fn every_mode_needs_readonly() {
+        for mode in ["workload-api", "files", "spire-agent"] {
+            let mut context = POD.to_vec();
+            context.push((ATTR_MODE, mode));
+            let mut req = request(&context);
+            req.readonly = false;
+            let text = message(parse_publish(&req));
+            assert!(
+                text.contains("readonly must be true") && text.contains("`readOnly: true`"),
+                "{mode}: {text}"
+            );
+            req.readonly = true;
+            assert_eq!(parse_publish(&req).expect(mode).mode.as_str(), mode);
+        }
     }
 
     #[test]
@@ -582,6 +585,10 @@ mod tests {
         assert_eq!(parse_publish(&req).expect("valid").fs_group, Some(2000));
         let mut context = POD.to_vec();
         context.extend([(ATTR_MODE, "files"), (ATTR_FS_GROUP, "root")]);
+        assert!(message(parse_publish(&request(&context))).contains(ATTR_FS_GROUP));
+        // chown's "no change" value is no group.
+        let mut context = POD.to_vec();
+        context.extend([(ATTR_MODE, "files"), (ATTR_FS_GROUP, "4294967295")]);
         assert!(message(parse_publish(&request(&context))).contains(ATTR_FS_GROUP));
     }
 
