@@ -138,6 +138,7 @@ async fn hpack_bombs_in_a_loop_leave_memory_flat_and_other_clients_served() {
             spire_agent_socket_dir: None,
             files_tmpfs_size: "1m".into(),
             http2_front: Default::default(),
+            files_tmpfs_inodes: wimsey_csi::csi::manager::DEFAULT_FILES_TMPFS_INODES,
         },
     )
     .expect("manager");
