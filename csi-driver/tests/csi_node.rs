@@ -895,37 +895,50 @@ async fn registration_get_info_names_the_driver_and_endpoint() {
     task.await.expect("join").expect("server");
 }
 
-/// Publishing never waits on the identity source: even a debug build on a busy test machine stays
-/// well under the release targets' order of magnitude (p99 < 5 ms workload-api, < 20 ms files).
+/// Publish and unpublish cycles in both modes: each publish leaves a mount with the mode's
+/// content, each unpublish removes it, and nothing is left behind. (How long a publish takes is
+/// judged against its targets by `make bench-csi-node`, on a release build: a debug build's
+/// timings on a shared machine say nothing.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_latency_stays_local() {
+async fn repeated_publish_and_unpublish_leave_nothing_behind() {
     let dir = tempfile::tempdir().expect("tempdir");
     let plugin = Plugin::start(TestSource::new(), dir.path(), None).await;
     let mut node = plugin.node().await;
-    for mode in ["workload-api", "files"] {
-        let mut samples = Vec::new();
-        for i in 0..50 {
-            let target = dir.path().join(format!("lat-{mode}-{i}"));
-            let mut request = publish_request(
-                &format!("lat-{mode}-{i}"),
+    for (mode, content) in [("workload-api", SOCKET_NAME), ("files", "svid.pem")] {
+        for i in 0..20 {
+            let volume = format!("cycle-{mode}-{i}");
+            let target = dir.path().join(&volume);
+            let request = publish_request(
+                &volume,
                 &target,
-                &format!("uid-lat-{mode}-{i}"),
+                &format!("uid-{volume}"),
                 &[("mode", mode)],
             );
-            request.readonly = true;
-            let start = Instant::now();
             node.node_publish_volume(request).await.expect("publish");
-            samples.push(start.elapsed());
-            node.node_unpublish_volume(unpublish_request(&format!("lat-{mode}-{i}"), &target))
+            assert!(
+                is_mount_point(&target).expect("mountinfo"),
+                "{volume} mounted"
+            );
+            let path = target.join(content);
+            eventually(&format!("{volume} holding {content}"), || {
+                path.exists().then_some(())
+            })
+            .await;
+            node.node_unpublish_volume(unpublish_request(&volume, &target))
                 .await
                 .expect("unpublish");
+            assert!(
+                !is_mount_point(&target).expect("mountinfo"),
+                "{volume} unmounted"
+            );
+            assert!(!target.exists(), "{volume} target removed");
         }
-        samples.sort();
-        let p50 = samples[samples.len() / 2];
-        let p99 = samples[samples.len() * 99 / 100];
-        println!("NodePublishVolume {mode}: p50 {p50:?} p99 {p99:?} (debug build, 50 samples)");
-        assert!(p99 < Duration::from_millis(100), "{mode} p99 {p99:?}");
     }
+    let records = RecordStore::open(dir.path().join("state/records"))
+        .expect("records")
+        .load_all()
+        .expect("records");
+    assert!(records.is_empty(), "no volume record left: {records:?}");
     plugin.stop().await;
 }
 

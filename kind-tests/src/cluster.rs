@@ -3,8 +3,9 @@
 //! `make e2e` sets `WIMSEY_E2E=1`, `KUBECONFIG` (the kubeconfig `make cluster-up` printed),
 //! `CLUSTER_LEVEL` (`control-plane` or `node`), `CLUSTER_PROVIDER` (`local` or `kind`) and
 //! `WIMSEY_IMAGE_TAG` (the tag `make images` gave our images). Without `WIMSEY_E2E=1` every cluster
-//! test prints why it is skipped and passes, so `cargo test --workspace` works on a machine with no
-//! cluster; `make test` runs `make e2e`, where a missing cluster is an error.
+//! test prints `SKIPPED: <test> needs <what>` and passes, so `cargo test --workspace` works on a
+//! machine with no cluster; `make test` runs `make e2e`, where a missing cluster is an error. Under CI
+//! (`CI` set) a skip fails the test instead: a CI run never passes on a test that did not run.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -70,12 +71,30 @@ fn e2e_enabled() -> bool {
     std::env::var("WIMSEY_E2E").is_ok_and(|v| v == "1")
 }
 
+/// Whether this is a CI run: CI systems set `CI` (to `true`).
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// The one way a cluster test skips: a `SKIPPED:` line on stderr (libtest shows it with
+/// `--show-output` or `--nocapture`, as `make e2e` passes), and under CI a panic, so the test fails.
+fn skip(test: &str, needs: &str) {
+    eprintln!("SKIPPED: {test} needs {needs}");
+    assert!(
+        !in_ci(),
+        "{test} was skipped under CI (CI is set): it needs {needs}"
+    );
+}
+
 impl Cluster {
-    /// Connects for a test that needs only the API server. `Ok(None)` (with the reason printed) when no
+    /// Connects for a test that needs only the API server. `Ok(None)` (skipped, see [`skip`]) when no
     /// e2e run is configured.
     pub async fn connect(test: &str) -> Result<Option<Self>> {
         if !e2e_enabled() {
-            println!("SKIP {test}: no e2e cluster configured (WIMSEY_E2E!=1); `make e2e` runs it");
+            skip(
+                test,
+                "an e2e cluster (WIMSEY_E2E=1 and KUBECONFIG; `make e2e` sets both)",
+            );
             return Ok(None);
         }
         let kubeconfig: PathBuf = std::env::var_os("KUBECONFIG")
@@ -85,14 +104,17 @@ impl Cluster {
         Ok(Some(cluster))
     }
 
-    /// Connects for a test that runs pods. `Ok(None)` (with the reason printed) when no e2e run is
+    /// Connects for a test that runs pods. `Ok(None)` (skipped, see [`skip`]) when no e2e run is
     /// configured or the cluster is only a control plane.
     pub async fn connect_node(test: &str) -> Result<Option<Self>> {
         let Some(cluster) = Self::connect(test).await? else {
             return Ok(None);
         };
         if cluster.level == Level::ControlPlane {
-            println!("SKIP {test}: needs a node, the cluster is CLUSTER_LEVEL=control-plane");
+            skip(
+                test,
+                "a node, and the cluster is CLUSTER_LEVEL=control-plane (`make e2e` raises it)",
+            );
             return Ok(None);
         }
         Ok(Some(cluster))

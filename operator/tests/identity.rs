@@ -23,7 +23,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wimsey_core::bundle::{TrustDomainBundle, parse_x509_authorities_pem};
 use wimsey_core::entries::{Entry, EntryOwner, OwnerKind, Selector};
+use wimsey_core::jose::PublicJwk;
 use wimsey_core::jose::jwt_svid::{JwtSvidValidation, validate_jwt_svid};
+use wimsey_core::jose::wimse::{WitValidation, validate_wit};
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
 use wimsey_core::x509::{build_csr, verify_svid};
 use wimsey_core::{SpiffeId, TrustDomain};
@@ -566,10 +568,8 @@ async fn node_api_enforces_node_pod_and_token_checks() {
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied);
     let workload_key = SigningKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
-    let public = serde_json::Value::Object(
-        wimsey_core::jose::PublicJwk::for_signing_key(&workload_key).to_json_map(),
-    )
-    .to_string();
+    let submitted = PublicJwk::for_signing_key(&workload_key);
+    let public = serde_json::Value::Object(submitted.to_json_map()).to_string();
     let wit = grpc
         .mint_wit_svid(MintWitSvidRequest {
             pod: Some(pod_a.clone()),
@@ -579,7 +579,38 @@ async fn node_api_enforces_node_pod_and_token_checks() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(wit.token.split('.').count(), 3);
+    // A relying party's view: signed by the bundle's WIT authority, for the pod's identity,
+    // confirming the key the plugin submitted.
+    let validated = validate_wit(
+        &wit.token,
+        &material.bundle,
+        SystemTime::now(),
+        &WitValidation::default(),
+    )
+    .expect("the WIT-SVID validates against the bundle's WIT authority");
+    assert_eq!(
+        validated.spiffe_id().map(SpiffeId::as_str),
+        Some(app_id.as_str())
+    );
+    assert_eq!(
+        validated.cnf_key.key, submitted.key,
+        "cnf.jwk is the submitted key"
+    );
+    assert_eq!(validated.cnf_key.thumbprint(), submitted.thumbprint());
+    assert_eq!(validated.kid.as_deref(), Some(material.wit.kid.as_str()));
+    assert_eq!(validated.expires_at, wit.expires_at);
+    let mut without_wit_authority = material.bundle.clone();
+    without_wit_authority.wit_authorities.clear();
+    assert!(
+        validate_wit(
+            &wit.token,
+            &without_wit_authority,
+            SystemTime::now(),
+            &WitValidation::default()
+        )
+        .is_err(),
+        "a JWT authority alone does not validate a WIT"
+    );
 
     // The watch stream sends the pod's entries and bundle, and follows changes.
     let mut updates = grpc

@@ -4,15 +4,15 @@
 //! hostile input too.
 
 use crate::jose::test_support::NOW;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
 use super::jws::encode_compact;
 use super::jwt_svid::{JwtSvidClaims, JwtSvidValidation, mint_jwt_svid, validate_jwt_svid};
 use super::wimse::{
-    WitProfile, WitSvidClaims, WitValidation, WptClaims, WptExpectations, mint_wit_svid, mint_wpt,
-    validate_wit, verify_wpt,
+    ValidatedWit, WitProfile, WitSvidClaims, WitValidation, WptClaims, WptExpectations,
+    mint_wit_svid, mint_wpt, validate_wit, verify_wpt,
 };
 use super::{CompactJws, PublicJwk, b64url_encode, signing_key_from_private_jwk};
 use crate::bundle::{
@@ -115,10 +115,39 @@ fn mutate_object(rng: &mut Rng, mut map: Map<String, Value>) -> Map<String, Valu
     map
 }
 
-#[test]
-fn token_parsers_and_validators_never_panic() {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-    let at = |s: u64| UNIX_EPOCH + Duration::from_secs(s);
+/// Three validly signed tokens of one trust domain, and what validates each.
+struct Tokens {
+    authority: SigningKey,
+    workload: SigningKey,
+    bundle: TrustDomainBundle,
+    jwt: String,
+    wit_token: String,
+    wit: ValidatedWit,
+    wpt: String,
+}
+
+fn at(s: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(s)
+}
+
+const WPT_OTHER_TOKENS: &[(&str, &str)] = &[("x-t", "v")];
+
+fn wpt_expectations() -> WptExpectations<'static> {
+    WptExpectations {
+        access_token: Some("at"),
+        other_tokens: WPT_OTHER_TOKENS,
+        ..WptExpectations::new(&["svc"])
+    }
+}
+
+fn wimse_profile() -> WitValidation {
+    WitValidation {
+        profile: WitProfile::Wimse,
+        ..Default::default()
+    }
+}
+
+fn tokens() -> Tokens {
     let authority = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
     let workload = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
     let kid = PublicJwk::for_signing_key(&authority).thumbprint();
@@ -165,31 +194,211 @@ fn token_parsers_and_validators_never_panic() {
             expires_at: at(NOW + 30),
             access_token: Some("at"),
             txn_token: None,
-            other_tokens: &[("x-t", "v")],
+            other_tokens: WPT_OTHER_TOKENS,
         },
     )
     .expect("wpt");
+    Tokens {
+        authority,
+        workload,
+        bundle,
+        jwt,
+        wit_token,
+        wit,
+        wpt,
+    }
+}
+
+impl Tokens {
+    /// Asserts that no validator accepts `token` unless it is, byte for byte, the token that
+    /// validator was built for.
+    fn assert_only_originals_validate(&self, token: &str, how: &str) {
+        let jwt = validate_jwt_svid(
+            token,
+            "svc",
+            &self.bundle,
+            at(NOW),
+            &JwtSvidValidation::default(),
+        );
+        assert!(
+            jwt.is_err() || token == self.jwt,
+            "JWT-SVID accepted {how}: {token}"
+        );
+        for profile in [WitValidation::default(), wimse_profile()] {
+            let wit = validate_wit(token, &self.bundle, at(NOW), &profile);
+            assert!(
+                wit.is_err() || token == self.wit_token,
+                "WIT ({:?}) accepted {how}: {token}",
+                profile.profile
+            );
+        }
+        let wpt = verify_wpt(token, &self.wit, &wpt_expectations(), at(NOW));
+        assert!(
+            wpt.is_err() || token == self.wpt,
+            "WPT accepted {how}: {token}"
+        );
+    }
+}
+
+#[test]
+fn the_originals_validate() {
+    // Without this, "only the originals validate" would hold for validators that refuse all.
+    let t = tokens();
+    validate_jwt_svid(&t.jwt, "svc", &t.bundle, at(NOW), &Default::default()).expect("jwt");
+    validate_wit(&t.wit_token, &t.bundle, at(NOW), &wimse_profile()).expect("wit");
+    verify_wpt(&t.wpt, &t.wit, &wpt_expectations(), at(NOW)).expect("wpt");
+}
+
+/// The base64url alphabet.
+const B64URL: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// Systematic wire edits of one segment (0 header, 1 payload, 2 signature) of a compact token:
+/// every character replaced by its alphabet neighbour, by its other case, by the standard
+/// alphabet's `+` and `/`, by padding and by whitespace, or deleted; then the whole-segment edits
+/// lenient decoders accept: padding appended, standard alphabet, line breaks, non-canonical
+/// trailing bits, emptied, dropped, duplicated.
+fn segment_mutations(token: &str, segment: usize) -> Vec<(String, String)> {
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let original = parts[segment].to_owned();
+    let with = |parts: &[&str], replaced: &str| {
+        let mut p = parts.to_vec();
+        p[segment] = replaced;
+        p.join(".")
+    };
+    let mut out = Vec::new();
+    for (pos, c) in original.char_indices() {
+        let index = B64URL
+            .iter()
+            .position(|b| char::from(*b) == c)
+            .expect("base64url");
+        let neighbour = char::from(B64URL[(index + 1) % B64URL.len()]);
+        let other_case = if c.is_ascii_uppercase() {
+            c.to_ascii_lowercase()
+        } else {
+            c.to_ascii_uppercase()
+        };
+        for replacement in [neighbour, other_case, '+', '/', '=', ' ', '.'] {
+            if replacement == c {
+                continue;
+            }
+            let mut edited = original.clone();
+            edited.replace_range(pos..=pos, &replacement.to_string());
+            out.push((
+                with(&parts, &edited),
+                format!("{c:?} at {pos} -> {replacement:?}"),
+            ));
+        }
+        let mut deleted = original.clone();
+        deleted.remove(pos);
+        out.push((with(&parts, &deleted), format!("{c:?} at {pos} deleted")));
+    }
+    for (edited, how) in [
+        (format!("{original}="), "padding '='"),
+        (format!("{original}=="), "padding '=='"),
+        (
+            original.replace('-', "+").replace('_', "/"),
+            "standard alphabet",
+        ),
+        (format!("{original}\n"), "trailing newline"),
+        (format!(" {original}"), "leading space"),
+        (
+            format!(
+                "{}\r\n{}",
+                &original[..original.len() / 2],
+                &original[original.len() / 2..]
+            ),
+            "CRLF inside",
+        ),
+        (String::new(), "emptied"),
+        (format!("{original}{original}"), "doubled"),
+    ] {
+        // (A segment without `-` or `_` has no standard-alphabet twin.)
+        if edited != original {
+            out.push((with(&parts, &edited), how.to_owned()));
+        }
+    }
+    // The unused low bits of the last character (2 or 4 of its 6 bits when the segment's length
+    // is not a multiple of 4): every other value of them decodes to the same bytes in a lenient
+    // decoder.
+    let unused_bits = match original.len() % 4 {
+        2 => 4,
+        3 => 2,
+        _ => 0,
+    };
+    let last = original.len() - 1;
+    let value = B64URL
+        .iter()
+        .position(|b| *b == original.as_bytes()[last])
+        .expect("base64url");
+    for low in 1..(1usize << unused_bits) {
+        let mut edited = original.clone();
+        let replacement = char::from(B64URL[value ^ low]);
+        edited.replace_range(last.., &replacement.to_string());
+        out.push((with(&parts, &edited), format!("trailing bits ^{low}")));
+    }
+    let dropped = {
+        let mut p = parts.clone();
+        p.remove(segment);
+        p.join(".")
+    };
+    out.push((dropped, "segment dropped".to_owned()));
+    parts.insert(segment, &original);
+    out.push((parts.join("."), "segment repeated".to_owned()));
+    out.into_iter()
+        .map(|(token, how)| (token, format!("segment {segment}: {how}")))
+        .collect()
+}
+
+#[test]
+fn wire_mutations_of_every_segment_never_validate() {
+    let t = tokens();
+    let mut tried = 0;
+    for token in [&t.jwt, &t.wit_token, &t.wpt] {
+        for segment in 0..3 {
+            for (mutated, how) in segment_mutations(token, segment) {
+                assert_ne!(&mutated, token, "a mutation changes the token ({how})");
+                t.assert_only_originals_validate(&mutated, &how);
+                tried += 1;
+            }
+        }
+        // Whole-token edits: header and payload swapped, a trailing dot, a fourth segment.
+        let parts: Vec<&str> = token.split('.').collect();
+        for (mutated, how) in [
+            (
+                format!("{}.{}.{}", parts[1], parts[0], parts[2]),
+                "header and payload swapped",
+            ),
+            (format!("{token}."), "trailing dot"),
+            (format!("{token}.{}", parts[2]), "fourth segment"),
+        ] {
+            t.assert_only_originals_validate(&mutated, how);
+        }
+    }
+    // Per token, every character of every segment gets several edits.
+    assert!(tried > 3 * 5 * (t.jwt.len() - 2), "{tried} mutations");
+}
+
+#[test]
+fn token_parsers_and_validators_never_panic() {
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let t = tokens();
+    let (authority, workload, bundle) = (&t.authority, &t.workload, &t.bundle);
+    let (jwt, wit_token, wit, wpt) = (&t.jwt, &t.wit_token, &t.wit, &t.wpt);
     let jwt_options = JwtSvidValidation::default();
-    let wimse = WitValidation {
-        profile: WitProfile::Wimse,
-        ..Default::default()
-    };
-    let wpt_expect = WptExpectations {
-        access_token: Some("at"),
-        other_tokens: &[("x-t", "v")],
-        ..WptExpectations::new(&["svc"])
-    };
+    let wimse = wimse_profile();
+    let wpt_expect = wpt_expectations();
 
     for _ in 0..ROUNDS {
-        // Wire-level mutations.
-        for token in [&jwt, &wit_token, &wpt] {
+        // Wire-level mutations: they may leave the token as it was (a deleted byte reinserted),
+        // and only then may it validate.
+        for token in [jwt, wit_token, wpt] {
             let mutated = mutate(&mut rng, token);
+            t.assert_only_originals_validate(&mutated, "after a random wire mutation");
+            // Parsing checks no signature (it may succeed) and minting a WPT takes any WIT string:
+            // both need only return.
             let _ = CompactJws::parse(&mutated);
-            let _ = validate_jwt_svid(&mutated, "svc", &bundle, at(NOW), &jwt_options);
-            let _ = validate_wit(&mutated, &bundle, at(NOW), &wimse);
-            let _ = verify_wpt(&mutated, &wit, &wpt_expect, at(NOW));
             let _ = mint_wpt(
-                &workload,
+                workload,
                 &WptClaims {
                     wit: &mutated,
                     audience: "svc",
@@ -201,11 +410,7 @@ fn token_parsers_and_validators_never_panic() {
             );
         }
         // Validly signed tokens with hostile headers and claims.
-        for (token, signer) in [
-            (&jwt, &authority),
-            (&wit_token, &authority),
-            (&wpt, &workload),
-        ] {
+        for (token, signer) in [(jwt, authority), (wit_token, authority), (wpt, workload)] {
             let jws = CompactJws::parse(token).expect("parse");
             let header = mutate_object(&mut rng, jws.header().clone());
             let claims = mutate_object(&mut rng, jws.claims().clone());
@@ -213,20 +418,20 @@ fn token_parsers_and_validators_never_panic() {
             else {
                 continue;
             };
-            let _ = validate_jwt_svid(&resigned, "svc", &bundle, at(NOW), &jwt_options);
+            let _ = validate_jwt_svid(&resigned, "svc", bundle, at(NOW), &jwt_options);
             let _ = validate_jwt_svid(
                 &resigned,
                 "svc",
-                &bundle,
+                bundle,
                 at(NOW),
                 &JwtSvidValidation {
                     require_kid: false,
                     ..Default::default()
                 },
             );
-            let _ = validate_wit(&resigned, &bundle, at(NOW), &WitValidation::default());
-            let _ = validate_wit(&resigned, &bundle, at(NOW), &wimse);
-            let _ = verify_wpt(&resigned, &wit, &wpt_expect, at(NOW));
+            let _ = validate_wit(&resigned, bundle, at(NOW), &WitValidation::default());
+            let _ = validate_wit(&resigned, bundle, at(NOW), &wimse);
+            let _ = verify_wpt(&resigned, wit, &wpt_expect, at(NOW));
         }
         // JSON text mutated behind valid base64url.
         let claims_text = mutate(
@@ -241,7 +446,7 @@ fn token_parsers_and_validators_never_panic() {
             b64url_encode(br#"{"alg":"ES256","kid":"k"}"#),
             b64url_encode(claims_text.as_bytes())
         );
-        let _ = validate_jwt_svid(&token, "svc", &bundle, at(NOW), &jwt_options);
+        let _ = validate_jwt_svid(&token, "svc", bundle, at(NOW), &jwt_options);
         let _ = signing_key_from_private_jwk(&claims_text);
         let _ = PublicJwk::from_json(&claims_text);
     }

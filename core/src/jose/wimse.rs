@@ -848,6 +848,59 @@ mod tests {
         }
     }
 
+    /// What the node API's MintWitSvid does with a plugin's request, end to end in process (the
+    /// operator's identity test checks the same on a real server): the workload's public JWK
+    /// arrives as JSON text, the WIT is minted for it, and a relying party holding the published
+    /// bundle validates it.
+    #[test]
+    fn wit_minted_for_a_submitted_jwk_confirms_that_key_under_the_wit_authority() {
+        let f = fixture();
+        let submitted =
+            Value::Object(PublicJwk::for_signing_key(&f.workload).to_json_map()).to_string();
+        let workload_key = PublicJwk::from_json(&submitted).expect("submitted JWK");
+        let subject = id("spiffe://example.org/ns/default/sa/web");
+        let token = mint_wit_svid(
+            &f.authority,
+            &f.kid,
+            &WitSvidClaims {
+                spiffe_id: &subject,
+                workload_key: &workload_key,
+                issued_at: at(NOW),
+                expires_at: at(NOW + 600),
+                jti: None,
+            },
+        )
+        .expect("mint");
+        // The bundle as published (SPIFFE JWKS), read back.
+        let td = TrustDomain::new("example.org").expect("td");
+        let published = f.bundles[&td].to_spiffe_jwks().expect("jwks");
+        let bundle =
+            TrustDomainBundle::from_spiffe_jwks(td.clone(), published.as_bytes()).expect("bundle");
+        let wit = validate_wit(&token, &bundle, at(NOW), &WitValidation::default())
+            .expect("validates against the bundle's WIT authority");
+        assert_eq!(wit.spiffe_id(), Some(&subject));
+        assert_eq!(wit.cnf_key, workload_key, "cnf.jwk is the submitted key");
+        assert_eq!(wit.cnf_alg, JwsAlgorithm::Es256);
+        assert_eq!(wit.kid.as_deref(), Some(f.kid.as_str()));
+        assert_eq!(wit.expires_at, i64::try_from(NOW + 600).expect("i64"));
+        // The same key published only as a JWT authority does not validate WITs.
+        let mut jwt_only = TrustDomainBundle::new(td);
+        jwt_only
+            .jwt_authorities
+            .insert(f.kid.clone(), PublicJwk::for_signing_key(&f.authority));
+        assert!(matches!(
+            validate_wit(&token, &jwt_only, at(NOW), &WitValidation::default()),
+            Err(WimseError::NoAuthority { .. })
+        ));
+        // Nor does another WIT authority under the same kid.
+        let mut impostor = bundle.clone();
+        let other = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
+        impostor
+            .wit_authorities
+            .insert(f.kid.clone(), PublicJwk::for_signing_key(&other));
+        assert!(validate_wit(&token, &impostor, at(NOW), &WitValidation::default()).is_err());
+    }
+
     #[test]
     fn minted_wit_svid_has_the_profile_shape_and_validates() {
         let f = fixture();

@@ -130,19 +130,116 @@ mod tests {
         assert_ne!(genuine.public_key_der(), theirs);
     }
 
-    #[test]
-    fn truncations_and_bit_flips_never_panic() {
-        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
-        let csr = build_csr(&key, &id(), &["a.example".to_owned()]).expect("csr");
-        for len in 0..csr.len() {
-            assert!(verify_csr(&csr[..len]).is_err());
+    /// Where a byte of a CSR sits, which decides the error a bit flipped in it must give.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Part {
+        /// Tags, lengths, the version, the BIT STRING unused-bits counts and the EC point's
+        /// format byte: the DER no longer has the CSR's shape.
+        Structure,
+        /// The OIDs naming the key type and curve.
+        KeyOid,
+        /// The OID naming the signature algorithm.
+        SignatureOid,
+        /// The length of one of those OIDs: read shorter or longer, the DER either loses its
+        /// shape or names an algorithm nobody knows.
+        OidLength,
+        /// Signed bytes the parser does not interpret (the requested extensions) and the public
+        /// key's coordinates: only the signature check catches a change there (a point moved off
+        /// the curve fails inside it too).
+        SignedContent,
+        /// The signature value (a DER ECDSA-Sig-Value, parsed by the crypto library).
+        Signature,
+    }
+
+    /// The [`Part`] of every byte of one of our own CSRs.
+    fn layout(csr: &[u8]) -> Vec<Part> {
+        fn mark(parts: &mut [Part], csr: &[u8], bytes: &[u8], part: Part) {
+            let start = bytes.as_ptr() as usize - csr.as_ptr() as usize;
+            parts[start..start + bytes.len()].fill(part);
         }
-        for index in 0..csr.len() {
-            let mut flipped = csr.clone();
-            flipped[index] ^= 0x41;
-            // A flip may still parse (e.g. inside the ignored subject), but must never panic,
-            // and a flip inside the signed part must not verify.
-            let _ = verify_csr(&flipped);
+        let tlv = |input, tag| asn1::expect_tlv(input, tag, WHAT).expect("own CSR");
+        // Every byte not marked below is a tag, a length, the version or an unused-bits count.
+        let mut parts = vec![Part::Structure; csr.len()];
+        let signed = asn1::split_signed(csr, WHAT).expect("own CSR");
+        let (_version, rest) = tlv(signed.to_be_signed.content, TAG_INTEGER);
+        let (_subject, rest) = tlv(rest, TAG_SEQUENCE);
+        let (spki, rest) = tlv(rest, TAG_SEQUENCE);
+        let (attributes, _) = tlv(rest, 0xa0);
+        mark(&mut parts, csr, attributes.content, Part::SignedContent);
+        let (key_algorithm, rest) = tlv(spki.content, TAG_SEQUENCE);
+        let (key_type, curve) = tlv(key_algorithm.content, TAG_OID);
+        let (curve, _) = tlv(curve, TAG_OID);
+        for oid in [&key_type, &curve] {
+            mark(&mut parts, csr, oid.content, Part::KeyOid);
+            mark(&mut parts, csr, oid_length(oid), Part::OidLength);
+        }
+        let (key_bits, _) = tlv(rest, asn1::TAG_BIT_STRING);
+        let point = asn1::bit_string_bytes(key_bits.content).expect("whole octets");
+        // The point's first byte says "uncompressed" (the only form accepted): structure too.
+        mark(&mut parts, csr, &point[1..], Part::SignedContent);
+        let (signature_algorithm, _) = tlv(signed.algorithm, TAG_SEQUENCE);
+        let (signature_oid, _) = tlv(signature_algorithm.content, TAG_OID);
+        mark(&mut parts, csr, signature_oid.content, Part::SignatureOid);
+        mark(&mut parts, csr, oid_length(&signature_oid), Part::OidLength);
+        mark(&mut parts, csr, signed.signature, Part::Signature);
+        parts
+    }
+
+    /// The length bytes of a TLV.
+    fn oid_length<'a>(tlv: &asn1::Tlv<'a>) -> &'a [u8] {
+        &tlv.raw[1..tlv.raw.len() - tlv.content.len()]
+    }
+
+    /// The signature algorithm OID of a CSR whose DER structure is intact.
+    fn signature_oid(csr: &[u8]) -> &[u8] {
+        let signed = asn1::split_signed(csr, WHAT).expect("structure intact");
+        let (algorithm, _) = asn1::expect_tlv(signed.algorithm, TAG_SEQUENCE, WHAT).expect("alg");
+        let (oid, _) = asn1::expect_tlv(algorithm.content, TAG_OID, WHAT).expect("oid");
+        oid.content
+    }
+
+    #[test]
+    fn truncations_are_malformed_and_every_bit_flip_is_refused_for_what_it_breaks() {
+        let ecdsa_oids = [oid::ECDSA_SHA256, oid::ECDSA_SHA384, oid::ECDSA_SHA512];
+        for algorithm in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384] {
+            let key = SigningKey::generate(algorithm).expect("key");
+            let csr = build_csr(&key, &id(), &["a.example".to_owned()]).expect("csr");
+            for len in 0..csr.len() {
+                let result = verify_csr(&csr[..len]);
+                assert!(
+                    matches!(result, Err(X509Error::Malformed(_))),
+                    "{algorithm:?} truncated to {len}: {result:?}"
+                );
+            }
+            let parts = layout(&csr);
+            for (index, part) in parts.iter().enumerate() {
+                for bit in 0..8 {
+                    let mut flipped = csr.clone();
+                    flipped[index] ^= 1 << bit;
+                    let error = verify_csr(&flipped).expect_err("a flipped CSR never verifies");
+                    let expected = match part {
+                        Part::Structure => matches!(error, X509Error::Malformed(_)),
+                        // A flip inside the signature OID can name another ECDSA hash
+                        // (ecdsa-with-SHA256 and -SHA384 differ in one bit): a supported
+                        // algorithm, so the signature check is what refuses it.
+                        Part::SignatureOid if ecdsa_oids.contains(&signature_oid(&flipped)) => {
+                            error == X509Error::CsrSignature
+                        }
+                        Part::KeyOid | Part::SignatureOid => {
+                            matches!(error, X509Error::UnsupportedAlgorithm(_))
+                        }
+                        Part::OidLength => matches!(
+                            error,
+                            X509Error::Malformed(_) | X509Error::UnsupportedAlgorithm(_)
+                        ),
+                        Part::SignedContent | Part::Signature => error == X509Error::CsrSignature,
+                    };
+                    assert!(
+                        expected,
+                        "{algorithm:?}: bit {bit} of byte {index} ({part:?}) gave {error:?}"
+                    );
+                }
+            }
         }
     }
 
