@@ -13,14 +13,16 @@ use super::{FederatedBundles, NodeApiError};
 use crate::authority::SigningMaterial;
 
 type Serialized = Arc<BTreeMap<TrustDomain, TrustBundle>>;
+/// A cached value and what it was made from.
+type Cached<From, Value> = Mutex<Option<(Weak<From>, Value)>>;
 
 /// The last serialization of our bundle and of the federated bundles, each kept while the value
 /// it came from is the current one. Keyed by that value's allocation: a [`Weak`] keeps the
 /// address from being reused (without keeping the keys alive), so a hit is always the same value.
 #[derive(Debug, Default)]
 pub(super) struct BundleCache {
-    own: Mutex<Option<(Weak<SigningMaterial>, TrustBundle)>>,
-    federated: Mutex<Option<(Weak<BTreeMap<TrustDomain, TrustDomainBundle>>, Serialized)>>,
+    own: Cached<SigningMaterial, TrustBundle>,
+    federated: Cached<BTreeMap<TrustDomain, TrustDomainBundle>, Serialized>,
     /// Bundles serialized so far (a cache miss adds the number of bundles it serialized).
     serializations: AtomicU64,
 }

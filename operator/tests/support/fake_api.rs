@@ -62,7 +62,14 @@ impl FakeApi {
     /// A new JWT-shaped token (its `exp` bounds how long the node API caches the verdict) that
     /// TokenReview accepts for `audience` as service account `namespace/sa` bound to pod
     /// `pod`/`uid`.
-    pub(crate) fn token(&self, audience: &str, namespace: &str, sa: &str, pod: &str, uid: &str) -> String {
+    pub(crate) fn token(
+        &self,
+        audience: &str,
+        namespace: &str,
+        sa: &str,
+        pod: &str,
+        uid: &str,
+    ) -> String {
         let exp = SystemTime::now() + Duration::from_secs(600);
         let claims = json!({
             "exp": exp.duration_since(UNIX_EPOCH).unwrap().as_secs(),
