@@ -15,6 +15,8 @@ use crate::admin::{self, AdminState, Metrics};
 use crate::authority::{AuthorityArgs, SigningAuthority};
 use crate::config::{ConfigFlags, Settings};
 use crate::leader::{LeaseSettings, run_leader_election};
+#[cfg(test)]
+use crate::nodeapi::NodeApiLimits;
 use crate::nodeapi::{self, NodeApi, NodeApiArgs};
 use crate::reconcile::{FederationSet, ReconcileError, Reconciler};
 use crate::status::{DesiredStatus, StatusWriter};
@@ -276,4 +278,31 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .context("node API task")?
         .context("node API")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::nodeapi::NodeApiLimits;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunOptions,
+    }
+
+    #[test]
+    fn flags_are_consistent_and_debug_entries_stay_on_loopback() {
+        // Duplicate flag names or env variables across the flattened groups panic here.
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.run.debug_addr, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(cli.run.node_api.limits, NodeApiLimits::default());
+        let cli = Cli::try_parse_from(["x", "--debug-addr=[::1]:9000"]).unwrap();
+        assert_eq!(cli.run.debug_addr, "[::1]:9000".parse().unwrap());
+        let err = Cli::try_parse_from(["x", "--debug-addr=0.0.0.0:8081"]).unwrap_err();
+        assert!(err.to_string().contains("not a loopback address"), "{err}");
+    }
 }

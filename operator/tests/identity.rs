@@ -975,15 +975,15 @@ async fn node_api_limits_hold_against_a_real_api_server() {
     let csi_token = fixture
         .token("wimsey-csi", "wimsey-node", "csi", &csi)
         .await;
-    let (plugin, _t) = plugin(&server, &node, &csi_token);
-    let session = plugin.attest().await.unwrap();
+    let (csi_plugin, _t) = plugin(&server, &node, &csi_token);
+    let session = csi_plugin.attest().await.unwrap();
     // A token TokenReview rejects still counts against the rate.
     let (bad, _t) = plugin(&server, &node, "not-a-token");
     assert_eq!(
         code_of(bad.attest().await.unwrap_err()),
         tonic::Code::Unauthenticated
     );
-    let refused = code_of(plugin.attest().await.unwrap_err());
+    let refused = code_of(csi_plugin.attest().await.unwrap_err());
     assert_eq!(refused, tonic::Code::ResourceExhausted);
 
     let app_token = fixture.token("app", "wimsey", "app", &app).await;
