@@ -15,8 +15,6 @@ use crate::admin::{self, AdminState, Metrics};
 use crate::authority::{AuthorityArgs, SigningAuthority};
 use crate::config::{ConfigFlags, Settings};
 use crate::leader::{LeaseSettings, run_leader_election};
-#[cfg(test)]
-use crate::nodeapi::NodeApiLimits;
 use crate::nodeapi::{self, NodeApi, NodeApiArgs};
 use crate::reconcile::{FederationSet, ReconcileError, Reconciler};
 use crate::status::{DesiredStatus, StatusWriter};
