@@ -10,6 +10,7 @@ pub mod keys;
 pub mod rotation;
 pub mod spiffe_id;
 pub mod template;
+pub mod token_bucket;
 pub mod wimse_id;
 pub mod x509;
 

@@ -22,6 +22,8 @@ pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
 /// SPIRE Server's defaults.
 pub const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(300);
+/// The cluster name is one segment of node SVID IDs and parent IDs; EKS allows 100 characters.
+pub const MAX_CLUSTER_NAME_LEN: usize = 128;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -51,6 +53,8 @@ pub enum ConfigError {
     },
     #[error("invalid entryIDPrefix {0:?}: use letters, digits, '-' and '_'")]
     EntryIdPrefix(String),
+    #[error("invalid clusterName {value:?}: {reason}")]
+    ClusterName { value: String, reason: String },
 }
 
 impl ConfigError {
@@ -64,6 +68,7 @@ impl ConfigError {
             ConfigError::ParentIdTemplate(_) => "parent_id_template",
             ConfigError::Duration { .. } => "duration",
             ConfigError::EntryIdPrefix(_) => "entry_id_prefix",
+            ConfigError::ClusterName { .. } => "cluster_name",
         }
     }
 }
@@ -230,6 +235,7 @@ impl Settings {
             .or(file.cluster_name)
             .filter(|name| !name.is_empty())
             .ok_or(ConfigError::Missing("clusterName"))?;
+        check_cluster_name(&cluster_name)?;
         let ignore_patterns = flags
             .ignore_namespaces
             .or(file.ignore_namespaces)
@@ -315,6 +321,26 @@ impl Settings {
         .with_class(&self.class_name, self.watch_classless)
         .with_ignored_namespaces(Arc::new(self.ignore_namespaces.clone())))
     }
+}
+
+/// The cluster name goes into SPIFFE IDs as one path segment (`.../spire/agent/wimsey/<cluster>/
+/// <node>`), so it must be one: letters, digits, `.`, `-`, `_`, not `.` or `..`, and short.
+pub fn check_cluster_name(name: &str) -> Result<(), ConfigError> {
+    let invalid = |reason: String| ConfigError::ClusterName {
+        value: name.to_owned(),
+        reason,
+    };
+    if name.len() > MAX_CLUSTER_NAME_LEN {
+        return Err(invalid(format!(
+            "{} bytes long, at most {MAX_CLUSTER_NAME_LEN}",
+            name.len()
+        )));
+    }
+    wimsey_core::spiffe_id::validate_path_segment(name).map_err(|error| {
+        invalid(format!(
+            "not a valid SPIFFE ID path segment ({error}); use letters, digits, '.', '-' and '_'"
+        ))
+    })
 }
 
 /// The cluster domain as a pod's resolver sees it: kubelet writes a `search` line
@@ -499,6 +525,44 @@ mod tests {
             let err = Settings::resolve(FileConfig::default(), flags).unwrap_err();
             assert_eq!(err.label(), label, "{err}");
         }
+    }
+
+    #[test]
+    fn cluster_name_is_one_spiffe_path_segment() {
+        for good in [
+            "prod",
+            "eu-west-1.prod",
+            "kind_cluster",
+            &"c".repeat(MAX_CLUSTER_NAME_LEN),
+        ] {
+            assert!(check_cluster_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "a/b",
+            "..",
+            ".",
+            "my cluster",
+            "prod%2F",
+            "prod?x",
+            "clüster",
+            &"c".repeat(MAX_CLUSTER_NAME_LEN + 1),
+        ] {
+            let err = Settings::resolve(
+                FileConfig::default(),
+                ConfigFlags {
+                    cluster_name: Some(bad.to_owned()),
+                    ..flags()
+                },
+            )
+            .unwrap_err();
+            assert_eq!(err.label(), "cluster_name", "{bad}: {err}");
+            assert!(err.to_string().contains("clusterName"), "{err}");
+        }
+        let err = check_cluster_name("a/b").unwrap_err().to_string();
+        assert!(
+            err.contains("\"a/b\"") && err.contains("path segment"),
+            "{err}"
+        );
     }
 
     #[test]

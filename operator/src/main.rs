@@ -26,11 +26,12 @@ enum Command {
     Run(Box<RunOptions>),
     /// Print the registration entries a running operator holds.
     Entries {
-        /// The operator's admin server.
+        /// The operator's debug server (loopback only: run this in the pod, or through
+        /// `kubectl port-forward <operator pod> 8081`).
         #[arg(
             long,
             env = "WIMSEY_ADMIN_URL",
-            default_value = "http://127.0.0.1:8080"
+            default_value = "http://127.0.0.1:8081"
         )]
         admin_addr: String,
         /// Only this pod (UID or namespace/name).

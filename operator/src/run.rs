@@ -36,9 +36,12 @@ pub struct RunOptions {
     /// This replica's Lease identity; defaults to the host name.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
-    /// Address of /livez, /readyz, /metrics and /debug/entries.
+    /// Address of /livez, /readyz and /metrics.
     #[arg(long, env = "WIMSEY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
+    /// Address of /debug/entries: loopback only (reach it with `kubectl port-forward`).
+    #[arg(long, env = "WIMSEY_DEBUG_ADDR", default_value = "127.0.0.1:8081", value_parser = admin::loopback_addr)]
+    pub debug_addr: SocketAddr,
     #[arg(long, env = "WIMSEY_LOG_FORMAT", value_enum, default_value = "plain")]
     pub log_format: LogFormat,
     #[command(flatten)]
@@ -240,13 +243,23 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding the admin address {}", options.admin_addr))?;
     tracing::info!(addr = %options.admin_addr, "admin server listening");
+    let admin_state = AdminState {
+        store,
+        metrics: controller.metrics.clone(),
+        ready: controller.ready.clone(),
+    };
     let admin = tokio::spawn(admin::serve(
         listener,
-        AdminState {
-            store,
-            metrics: controller.metrics.clone(),
-            ready: controller.ready.clone(),
-        },
+        admin_state.clone(),
+        shutdown.clone(),
+    ));
+    let debug_listener = tokio::net::TcpListener::bind(options.debug_addr)
+        .await
+        .with_context(|| format!("binding the debug address {}", options.debug_addr))?;
+    tracing::info!(addr = %options.debug_addr, "debug server (/debug/entries) listening");
+    let debug = tokio::spawn(admin::serve_debug(
+        debug_listener,
+        admin_state,
         shutdown.clone(),
     ));
 
@@ -258,9 +271,40 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .await
         .context("admin server task")?
         .context("admin server")?;
+    debug
+        .await
+        .context("debug server task")?
+        .context("debug server")?;
     node_api
         .await
         .context("node API task")?
         .context("node API")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use super::*;
+    use crate::nodeapi::NodeApiLimits;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunOptions,
+    }
+
+    #[test]
+    fn flags_are_consistent_and_debug_entries_stay_on_loopback() {
+        // Duplicate flag names or env variables across the flattened groups panic here.
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(cli.run.debug_addr, "127.0.0.1:8081".parse().unwrap());
+        assert_eq!(cli.run.node_api.limits, NodeApiLimits::default());
+        let cli = Cli::try_parse_from(["x", "--debug-addr=[::1]:9000"]).unwrap();
+        assert_eq!(cli.run.debug_addr, "[::1]:9000".parse().unwrap());
+        let err = Cli::try_parse_from(["x", "--debug-addr=0.0.0.0:8081"]).unwrap_err();
+        assert!(err.to_string().contains("not a loopback address"), "{err}");
+    }
 }

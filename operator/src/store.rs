@@ -47,6 +47,10 @@ struct StoreState {
     /// Entries of ClusterStaticEntries, by entry ID (not tied to a pod).
     static_entries: BTreeMap<String, StoredEntry>,
     revision: u64,
+    /// Pod UID -> a counter bumped whenever that pod's record changes, for
+    /// [`EntryStore::subscribe_pod`]. Senders nobody listens to are dropped on the next
+    /// subscription.
+    pod_watchers: HashMap<String, watch::Sender<u64>>,
 }
 
 /// The in-memory entry store. Cheap to clone (shared).
@@ -88,6 +92,9 @@ impl EntryStore {
         for (uid, record) in records {
             if replace_pod(&mut state, &uid, record) {
                 changed += 1;
+                if let Some(watcher) = state.pod_watchers.get(&uid) {
+                    watcher.send_modify(|count| *count = count.wrapping_add(1));
+                }
             }
         }
         if changed > 0 {
@@ -149,6 +156,20 @@ impl EntryStore {
     /// A receiver whose value is the store revision; it changes after every effective write.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()
+    }
+
+    /// A receiver that changes whenever pod `uid`'s record changes (set, replaced or removed),
+    /// and for nothing else: a WatchPod stream is not woken by other pods' changes.
+    pub fn subscribe_pod(&self, uid: &str) -> watch::Receiver<u64> {
+        let mut state = self.write();
+        state
+            .pod_watchers
+            .retain(|_, watcher| watcher.receiver_count() > 0);
+        state
+            .pod_watchers
+            .entry(uid.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
     }
 
     fn bump(&self, mut state: std::sync::RwLockWriteGuard<'_, StoreState>) {
@@ -262,5 +283,32 @@ mod tests {
             0
         );
         assert_eq!(store.revision(), 1);
+    }
+
+    #[test]
+    fn pod_subscriptions_wake_only_for_their_pod() {
+        let store = EntryStore::new();
+        store.set_pod("a", Some(record("a", "n1")));
+        store.set_pod("b", Some(record("b", "n1")));
+        let mut a = store.subscribe_pod("a");
+        let mut b = store.subscribe_pod("b");
+        let a_again = store.subscribe_pod("a");
+        let mut moved = record("a", "n1");
+        moved.name = "renamed".into();
+        assert!(store.set_pod("a", Some(moved)));
+        assert!(a.has_changed().unwrap() && a_again.has_changed().unwrap());
+        assert!(!b.has_changed().unwrap(), "b's record did not change");
+        a.borrow_and_update();
+        // An unchanged write and a write to another pod wake nobody watching a.
+        store.set_pods([("c".to_owned(), Some(record("c", "n2")))]);
+        assert!(!a.has_changed().unwrap());
+        assert!(store.set_pod("a", None));
+        assert!(a.has_changed().unwrap(), "removal wakes");
+        assert!(!b.has_changed().unwrap());
+        b.borrow_and_update();
+        // Dropped subscriptions are forgotten.
+        drop((a, a_again, b));
+        let _c = store.subscribe_pod("c");
+        assert_eq!(store.read().pod_watchers.len(), 1);
     }
 }

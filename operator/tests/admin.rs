@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use wimsey_core::entries::{Entry, EntryOwner, OwnerKind, Selector};
 use wimsey_core::spiffe_id::SpiffeId;
 use wimsey_operator::admin::client::{entries_table, fetch_entries};
-use wimsey_operator::admin::{AdminState, Metrics, serve};
+use wimsey_operator::admin::{AdminState, Metrics, serve, serve_debug};
 use wimsey_operator::store::{EntryStore, PodRecord, StoredEntry};
 
 fn stored(id: &str, spiffe_id: &str, uid: &str) -> StoredEntry {
@@ -83,15 +83,15 @@ async fn probes_metrics_and_entries_over_http() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let server = tokio::spawn(serve(
-        listener,
-        AdminState {
-            store,
-            metrics,
-            ready,
-        },
-        shutdown.clone(),
-    ));
+    let state = AdminState {
+        store,
+        metrics,
+        ready,
+    };
+    let server = tokio::spawn(serve(listener, state.clone(), shutdown.clone()));
+    let debug_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let debug_addr = debug_listener.local_addr().unwrap();
+    let debug_server = tokio::spawn(serve_debug(debug_listener, state, shutdown.clone()));
 
     assert_eq!(get(addr, "/livez").await.0, 200);
     assert_eq!(
@@ -113,7 +113,18 @@ async fn probes_metrics_and_entries_over_http() {
         assert!(text.contains(needle), "{needle} missing from\n{text}");
     }
 
-    let admin = format!("http://{addr}");
+    // The entries are not on the admin address (which the pod network reaches), only on the
+    // loopback debug address.
+    assert_eq!(get(addr, "/debug/entries").await.0, 404);
+    let (status, body) = get(debug_addr, "/debug/entries").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("web-1"), "{body}");
+    assert_eq!(
+        get(debug_addr, "/metrics").await.0,
+        404,
+        "debug serves entries only"
+    );
+    let admin = format!("http://{debug_addr}");
     let all = fetch_entries(&admin, None, None).await.unwrap();
     assert_eq!(all["pods"].as_array().unwrap().len(), 2);
     let by_name = fetch_entries(&admin, Some("shop/web-2"), None)
@@ -145,4 +156,5 @@ async fn probes_metrics_and_entries_over_http() {
     assert!(fetch_entries("ftp://x", None, None).await.is_err());
     shutdown.cancel();
     server.await.unwrap().unwrap();
+    debug_server.await.unwrap().unwrap();
 }

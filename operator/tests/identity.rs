@@ -38,7 +38,7 @@ use wimsey_operator::authority::{
     SigningMaterial, StoredAuthority,
 };
 use wimsey_operator::config::{ConfigFlags, Settings};
-use wimsey_operator::nodeapi::{FederatedBundles, NodeApi, NodeApiArgs};
+use wimsey_operator::nodeapi::{FederatedBundles, NodeApi, NodeApiArgs, NodeApiLimits};
 use wimsey_operator::reconcile::PodDirectory;
 use wimsey_operator::store::{EntryStore, PodRecord, StoredEntry};
 use wimsey_proto::wimsey::node::v1::{
@@ -240,6 +240,15 @@ async fn start_server(fixture: &Fixture, store: &EntryStore) -> Server {
 }
 
 async fn start_server_with(fixture: &Fixture, store: &EntryStore, args: AuthorityArgs) -> Server {
+    start_server_limited(fixture, store, args, NodeApiLimits::default()).await
+}
+
+async fn start_server_limited(
+    fixture: &Fixture,
+    store: &EntryStore,
+    args: AuthorityArgs,
+    limits: NodeApiLimits,
+) -> Server {
     let shutdown = CancellationToken::new();
     let authority = SigningAuthority::start(
         fixture.client.clone(),
@@ -271,6 +280,7 @@ async fn start_server_with(fixture: &Fixture, store: &EntryStore, args: Authorit
             csi_service_account: "wimsey-csi".into(),
             node_token_audience: "wimsey-node".into(),
             pod_token_audience: "wimsey".into(),
+            limits,
         },
         federated_rx,
     );
@@ -977,6 +987,94 @@ async fn plugin_client_renews_at_half_life_and_reattests_when_the_node_svid_ends
     )
     .unwrap();
     source.detach(&app);
+    server.shutdown.cancel();
+    fixture.cleanup().await;
+}
+
+/// The node API's limits hold with a real TokenReview behind them (tests/node_api_limits.rs has
+/// the same against an in-memory API server, with more cases).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_api_limits_hold_against_a_real_api_server() {
+    let mut fixture = Fixture::new("limits").await;
+    let ns = fixture.namespace.clone();
+    let node = fixture.node("a").await;
+    for sa in ["wimsey-csi", "app"] {
+        fixture.service_account(sa).await;
+    }
+    let csi = fixture.pod("csi", "wimsey-csi", &node).await;
+    let app = fixture.pod("app", "app", &node).await;
+    let store = EntryStore::new();
+    let app_id = format!("spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/app");
+    store.set_pod(
+        &app,
+        Some(record(
+            &app,
+            &ns,
+            "app",
+            "app",
+            &node,
+            vec![entry(&app_id, &[])],
+        )),
+    );
+    let server = start_server_limited(
+        &fixture,
+        &store,
+        fixture.authority_args(),
+        NodeApiLimits {
+            attest_rate_per_source: 0.001,
+            attest_burst_per_source: 2,
+            max_jwt_audiences: 2,
+            max_request_bytes: 16 * 1024,
+            ..NodeApiLimits::default()
+        },
+    )
+    .await;
+    let csi_token = fixture
+        .token("wimsey-csi", "wimsey-node", "csi", &csi)
+        .await;
+    let (csi_plugin, _t) = plugin(&server, &node, &csi_token);
+    let session = csi_plugin.attest().await.unwrap();
+    // A token TokenReview rejects still counts against the rate.
+    let (bad, _t) = plugin(&server, &node, "not-a-token");
+    assert_eq!(
+        code_of(bad.attest().await.unwrap_err()),
+        tonic::Code::Unauthenticated
+    );
+    let refused = code_of(csi_plugin.attest().await.unwrap_err());
+    assert_eq!(refused, tonic::Code::ResourceExhausted);
+
+    let app_token = fixture.token("app", "wimsey", "app", &app).await;
+    let pod = PodRef {
+        pod_uid: app.clone(),
+        pod_token: app_token,
+    };
+    let mut grpc = session.grpc();
+    let status = grpc
+        .mint_jwt_svid(MintJwtSvidRequest {
+            pod: Some(pod.clone()),
+            spiffe_id: app_id.clone(),
+            audience: vec!["a".into(), "b".into(), "c".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let status = grpc
+        .mint_jwt_svid(MintJwtSvidRequest {
+            pod: Some(pod.clone()),
+            spiffe_id: "x".repeat(20 * 1024),
+            audience: vec!["a".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    grpc.mint_jwt_svid(MintJwtSvidRequest {
+        pod: Some(pod),
+        spiffe_id: app_id,
+        audience: vec!["a".into()],
+    })
+    .await
+    .unwrap();
+
     server.shutdown.cancel();
     fixture.cleanup().await;
 }

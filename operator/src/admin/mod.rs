@@ -1,10 +1,14 @@
-//! The admin HTTP server: `/livez`, `/readyz` (after every cache synced), `/metrics`
-//! (Prometheus text) and `GET /debug/entries` (the entry store as JSON, `?pod=<uid or ns/name>`,
-//! `?node=<name>`), plus the client `wimsey-operator entries` uses.
+//! The admin HTTP server: `/livez`, `/readyz` (after every cache synced) and `/metrics`
+//! (Prometheus text); and the debug server, on a loopback-only address of its own, with
+//! `GET /debug/entries` (the entry store as JSON, `?pod=<uid or ns/name>`, `?node=<name>`), plus
+//! the client `wimsey-operator entries` uses. The entries list every workload identity and
+//! where it runs, so they are reachable only from inside the pod (`kubectl port-forward`
+//! connects through the pod's loopback).
 
 pub mod client;
 pub mod metrics;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -36,16 +40,23 @@ pub struct EntriesQuery {
     pub node: Option<String>,
 }
 
+/// Probes and metrics.
 pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .with_state(state)
+}
+
+/// `/debug/entries`, for the loopback-only debug address.
+pub fn debug_router(state: AdminState) -> Router {
+    Router::new()
         .route("/debug/entries", get(debug_entries))
         .with_state(state)
 }
 
-/// Serves until `shutdown`.
+/// Serves probes and metrics until `shutdown`.
 pub async fn serve(
     listener: TcpListener,
     state: AdminState,
@@ -54,6 +65,32 @@ pub async fn serve(
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await
+}
+
+/// Serves `/debug/entries` until `shutdown`. `listener` must be bound to a loopback address
+/// (see [`loopback_addr`]).
+pub async fn serve_debug(
+    listener: TcpListener,
+    state: AdminState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, debug_router(state))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+}
+
+/// Parses the debug server's address, which must be a loopback one (`127.0.0.1:8081`, `[::1]:8081`).
+pub fn loopback_addr(value: &str) -> Result<SocketAddr, String> {
+    let addr: SocketAddr = value
+        .parse()
+        .map_err(|e| format!("{value:?} is not an address: {e}"))?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "{value:?} is not a loopback address: /debug/entries lists every workload identity, \
+             use 127.0.0.1 or [::1] and `kubectl port-forward`"
+        ));
+    }
+    Ok(addr)
 }
 
 async fn readyz(State(state): State<AdminState>) -> Response {
@@ -139,4 +176,27 @@ pub fn entries_json(store: &EntryStore, query: &EntriesQuery) -> Value {
         Vec::new()
     };
     json!({"pods": pods, "static": statics})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_debug_address_must_be_loopback() {
+        assert_eq!(
+            loopback_addr("127.0.0.1:8081").unwrap(),
+            "127.0.0.1:8081".parse().unwrap()
+        );
+        assert!(loopback_addr("[::1]:8081").is_ok());
+        for bad in [
+            "0.0.0.0:8081",
+            "[::]:8081",
+            "10.0.0.5:8081",
+            "localhost:8081",
+        ] {
+            assert!(loopback_addr(bad).is_err(), "{bad}");
+        }
+        assert!(loopback_addr("0.0.0.0:1").unwrap_err().contains("loopback"));
+    }
 }

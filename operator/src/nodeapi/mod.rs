@@ -17,6 +17,9 @@
 
 pub mod cluster;
 pub mod material;
+mod bundles;
+mod conn;
+pub mod limits;
 mod service;
 mod tls;
 pub mod verdict;
@@ -42,6 +45,7 @@ use crate::reconcile::PodDirectory;
 use crate::store::EntryStore;
 use cluster::{ClusterView, KubeReviewer, Reviewer};
 use material::NodeAuthority;
+pub use limits::NodeApiLimits;
 pub use tls::NodeIdentity;
 use verdict::{Cached, Verdict, VerdictCache, VerdictPolicy, reviewed_token, verdict_key};
 
@@ -85,6 +89,8 @@ pub struct NodeApiArgs {
     /// Audience of pod tokens (CSI tokenRequests).
     #[arg(long, env = "WIMSEY_POD_TOKEN_AUDIENCE", default_value = "wimsey")]
     pub pod_token_audience: String,
+    #[command(flatten)]
+    pub limits: NodeApiLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +111,10 @@ pub enum NodeApiError {
     ShuttingDown,
     #[error("entry {0} is not an entry of this pod")]
     UnknownEntry(String),
+    #[error("{0}")]
+    OverLimit(String),
+    #[error("{0}")]
+    ResourceExhausted(String),
     #[error("kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("the operator's caches have not synced yet; retry")]
@@ -128,6 +138,8 @@ impl NodeApiError {
             NodeApiError::NoIdentity => "no_identity",
             NodeApiError::ShuttingDown => "shutting_down",
             NodeApiError::UnknownEntry(_) => "unknown_entry",
+            NodeApiError::OverLimit(_) => "over_limit",
+            NodeApiError::ResourceExhausted(_) => "resource_exhausted",
             NodeApiError::Kube(_) => "kube",
             NodeApiError::NotSynced => "not_synced",
             NodeApiError::NotYetVisible(_) => "not_yet_visible",
@@ -144,6 +156,8 @@ impl NodeApiError {
             NodeApiError::Unauthenticated(_) => Code::Unauthenticated,
             NodeApiError::PermissionDenied(_) | NodeApiError::NoIdentity => Code::PermissionDenied,
             NodeApiError::UnknownEntry(_) => Code::NotFound,
+            NodeApiError::OverLimit(_) => Code::InvalidArgument,
+            NodeApiError::ResourceExhausted(_) => Code::ResourceExhausted,
             // Transient: the caller keeps what it has and retries.
             NodeApiError::Kube(_)
             | NodeApiError::ShuttingDown
@@ -180,6 +194,10 @@ pub(crate) struct State {
     verifier: Arc<tls::NodeCertVerifier>,
     /// Cancelled when serving stops, so open WatchPod streams end and shutdown can complete.
     stopping: CancellationToken,
+    attest_rate: limits::AttestRateLimit,
+    bundle_cache: bundles::BundleCache,
+    /// WatchPod rounds that found nothing new to send: a stream woken for nothing.
+    idle_watch_wakeups: std::sync::atomic::AtomicU64,
 }
 
 /// The node API server. Cheap to clone.
@@ -265,15 +283,26 @@ impl NodeApi {
                 authority,
                 store,
                 settings,
-                args,
                 cluster: cluster.view,
                 reviewer: cluster.reviewer,
                 verdicts: Mutex::new(VerdictCache::new(cluster.verdicts)),
                 federated,
                 verifier,
                 stopping: CancellationToken::new(),
+                attest_rate: limits::AttestRateLimit::new(&args.limits, std::time::Instant::now()),
+                bundle_cache: bundles::BundleCache::default(),
+                idle_watch_wakeups: std::sync::atomic::AtomicU64::new(0),
+                args,
             }),
         }
+    }
+
+    /// How many times a WatchPod stream woke and found nothing new for its pod (each stream is
+    /// woken only by its own pod's record and by bundle changes, so this stays near zero).
+    pub fn idle_watch_wakeups(&self) -> u64 {
+        self.state
+            .idle_watch_wakeups
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Binds `--node-api-addr` and serves until `shutdown`.
@@ -353,6 +382,12 @@ impl NodeApi {
             tokio::sync::mpsc::channel::<Result<tls::NodeConn, std::io::Error>>(64);
         let verifier = self.state.verifier.clone();
         let accept_shutdown = shutdown.clone();
+        let limits = self.state.args.limits.clone();
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            limits
+                .max_connections
+                .min(tokio::sync::Semaphore::MAX_PERMITS),
+        ));
         tokio::spawn(async move {
             loop {
                 let accepted = tokio::select! {
@@ -366,13 +401,23 @@ impl NodeApi {
                         continue;
                     }
                 };
+                // Over the cap the connection is closed at once (dropped), before any TLS work.
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::debug!(%peer, "node API connection refused: connection cap reached");
+                    continue;
+                };
+                if let Err(error) = conn::prepare_accepted(&tcp) {
+                    tracing::debug!(%error, %peer, "setting TCP_NODELAY");
+                }
+                let activity = conn::ConnActivity::new(tokio::time::Instant::now());
+                let tcp = conn::LimitedTcp::new(tcp, slot, activity.clone(), limits.idle_timeout);
                 let acceptor = acceptor.clone();
                 let connections = connections.clone();
                 let verifier = verifier.clone();
+                let read_timeout = limits.read_timeout;
                 // Handshakes run on their own task so a slow peer cannot hold up others.
                 tokio::spawn(async move {
-                    let handshake =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
+                    let handshake = tokio::time::timeout(read_timeout, acceptor.accept(tcp)).await;
                     let tls = match handshake {
                         Ok(Ok(tls)) => tls,
                         Ok(Err(error)) => {
@@ -386,15 +431,29 @@ impl NodeApi {
                         .1
                         .peer_certificates()
                         .and_then(|chain| verifier.identity_of(chain, SystemTime::now()).ok());
+                    let info = conn::ConnInfo {
+                        node,
+                        peer,
+                        activity,
+                    };
                     let _ = connections
-                        .send(Ok(tls::NodeConn { inner: tls, node }))
+                        .send(Ok(tls::NodeConn { inner: tls, info }))
                         .await;
                 });
             }
         });
         let incoming = tokio_stream::wrappers::ReceiverStream::new(incoming).boxed();
+        let limits = self.state.args.limits.clone();
+        let max_request_bytes = limits.max_request_bytes;
         tonic::transport::Server::builder()
-            .add_service(NodeServer::new(self))
+            .http2_keepalive_interval(Some(limits.keepalive_interval))
+            .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .layer(conn::RequestLimitsLayer {
+                max_bytes: max_request_bytes,
+                read_timeout: limits.read_timeout,
+            })
+            .add_service(NodeServer::new(self).max_decoding_message_size(max_request_bytes))
             .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
             .await
             .map_err(|e| NodeApiError::Internal(e.to_string()))

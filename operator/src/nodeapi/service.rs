@@ -17,9 +17,11 @@ use wimsey_proto::wimsey::node::v1::node_server::Node;
 use wimsey_proto::wimsey::node::v1::{
     AttestRequest, AttestResponse, Bundles, MintJwtSvidRequest, MintJwtSvidResponse,
     MintWitSvidRequest, MintWitSvidResponse, PodEntry, PodRef, PodUpdate, SignX509SvidsRequest,
-    SignX509SvidsResponse, TrustBundle, WatchPodRequest, X509Svid,
+    SignX509SvidsResponse, WatchPodRequest, X509Svid,
 };
 
+use super::conn::PeerAddr;
+use super::limits::{check_audiences, check_csr_count};
 use super::verdict::{
     PlacedPod, check_node_attestation, check_plugin_account, check_pod_token, node_id, place_pod,
     plugin_pod,
@@ -125,38 +127,29 @@ impl State {
     }
 
     /// Our bundle, and the federated bundles `record`'s entries federate with (none for `None`).
+    /// Serialized once per bundle generation ([`super::bundles::BundleCache`]).
     fn bundles(
         &self,
-        material: &SigningMaterial,
+        material: &Arc<SigningMaterial>,
         record: Option<&PodRecord>,
     ) -> Result<Bundles, NodeApiError> {
-        let own = TrustBundle {
-            trust_domain: material.bundle.trust_domain.name().to_owned(),
-            spiffe_bundle: material
-                .bundle
-                .to_spiffe_jwks()
-                .map_err(|e| NodeApiError::Internal(e.to_string()))?
-                .into_bytes(),
-        };
+        let own = self.bundle_cache.own(material)?;
         let wanted: BTreeSet<_> = record
             .iter()
             .flat_map(|r| r.entries.iter())
             .flat_map(|e| e.entry.federates_with.iter())
             .collect();
-        let federated = self.federated.borrow().clone();
-        let federated = wanted
-            .into_iter()
-            .filter_map(|td| federated.get(td))
-            .map(|bundle| {
-                Ok(TrustBundle {
-                    trust_domain: bundle.trust_domain.name().to_owned(),
-                    spiffe_bundle: bundle
-                        .to_spiffe_jwks()
-                        .map_err(|e| NodeApiError::Internal(e.to_string()))?
-                        .into_bytes(),
-                })
-            })
-            .collect::<Result<_, NodeApiError>>()?;
+        let federated = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            let serialized = self
+                .bundle_cache
+                .federated(&self.federated.borrow().clone())?;
+            wanted
+                .into_iter()
+                .filter_map(|td| serialized.get(td).cloned())
+                .collect()
+        };
         Ok(Bundles {
             own: Some(own),
             federated,
@@ -221,6 +214,12 @@ impl Node for NodeApi {
         request: Request<AttestRequest>,
     ) -> Result<Response<AttestResponse>, Status> {
         let state = &self.state;
+        // Before anything else: a flood must cost no TokenReview.
+        let source = request
+            .extensions()
+            .get::<PeerAddr>()
+            .map(|peer| peer.0.ip());
+        state.attest_rate.check(source, std::time::Instant::now())?;
         let request = request.into_inner();
         if request.token.is_empty() {
             return Err(NodeApiError::InvalidArgument("token").into());
@@ -290,6 +289,7 @@ impl Node for NodeApi {
         let state = &self.state;
         let node = state.caller_node(&request)?;
         let request = request.into_inner();
+        check_csr_count(request.csrs.len(), state.args.limits.max_csrs)?;
         let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
         let record = pod.entries()?;
         if request.csrs.is_empty() {
@@ -347,6 +347,11 @@ impl Node for NodeApi {
         let state = &self.state;
         let node = state.caller_node(&request)?;
         let request = request.into_inner();
+        check_audiences(
+            &request.audience,
+            state.args.limits.max_jwt_audiences,
+            state.args.limits.max_jwt_audience_bytes,
+        )?;
         if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
             return Err(NodeApiError::InvalidArgument("audience").into());
         }
@@ -425,7 +430,8 @@ impl Node for NodeApi {
         let pod_ref = request.pod.ok_or(NodeApiError::InvalidArgument("pod"))?;
         let mut recheck_at = state.authorize_pod(&node, Some(&pod_ref)).await?.recheck_at;
         let uid = pod_ref.pod_uid.clone();
-        let mut store_changes = state.store.subscribe();
+        // Woken by this pod's record only, not by every change in the store.
+        let mut store_changes = state.store.subscribe_pod(&uid);
         let mut material_changes = state.authority.subscribe();
         let mut federated_changes = state.federated.clone();
         let (updates, receiver) = tokio::sync::mpsc::channel(4);
@@ -454,6 +460,10 @@ impl Node for NodeApi {
                         return;
                     }
                     last = Some(update);
+                } else {
+                    state
+                        .idle_watch_wakeups
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 let expiry = recheck_at
                     .duration_since(SystemTime::now())

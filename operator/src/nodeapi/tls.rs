@@ -15,7 +15,6 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
@@ -23,6 +22,7 @@ use wimsey_core::keys::{KeyAlgorithm, SigningKey};
 use wimsey_core::x509::{SvidRequest, verify_svid};
 
 use super::NodeApiError;
+use super::conn::{ConnInfo, LimitedTcp};
 use super::verdict::{node_from_id, operator_id};
 use crate::authority::SigningMaterial;
 
@@ -225,18 +225,18 @@ impl ResolvesServerCert for ServingCert {
     }
 }
 
-/// One accepted TLS connection, carrying the node it authenticated as (if any) into every
-/// request's extensions.
+/// One accepted TLS connection, carrying the node it authenticated as (if any), the peer's
+/// address and its call counter into every request's extensions.
 pub(super) struct NodeConn {
-    pub(super) inner: TlsStream<TcpStream>,
-    pub(super) node: Option<NodeIdentity>,
+    pub(super) inner: TlsStream<LimitedTcp>,
+    pub(super) info: ConnInfo,
 }
 
 impl Connected for NodeConn {
-    type ConnectInfo = Option<NodeIdentity>;
+    type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.node.clone()
+        self.info.clone()
     }
 }
 
