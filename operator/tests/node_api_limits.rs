@@ -22,6 +22,8 @@ use wimsey_csi::node_client::{NodeClient, NodeClientConfig, NodeClientError, Nod
 use wimsey_operator::authority::{AuthorityArgs, SigningAuthority};
 use wimsey_operator::config::{ConfigFlags, Settings};
 use wimsey_operator::nodeapi::{FederatedBundles, NodeApi, NodeApiArgs, NodeApiLimits};
+use wimsey_operator::nodeapi::cluster::PodFacts;
+use wimsey_operator::reconcile::PodDirectory;
 use wimsey_operator::store::{EntryStore, PodRecord, StoredEntry};
 use wimsey_proto::wimsey::node::v1::{
     AttestRequest, EntryCsr, MintJwtSvidRequest, PodRef, SignX509SvidsRequest, WatchPodRequest,
@@ -42,6 +44,9 @@ struct Server {
     api: Arc<FakeApi>,
     node_api: NodeApi,
     store: EntryStore,
+    pods: PodDirectory,
+    /// Kept alive as `run` keeps it: it owns the channel that wakes streams on key rotation.
+    _authority: SigningAuthority,
     endpoint: String,
     bundle_file: tempfile::NamedTempFile,
     shutdown: CancellationToken,
@@ -81,10 +86,15 @@ async fn start(limits: NodeApiLimits) -> Server {
     .unwrap();
     let (federated, federated_rx) = watch::channel(FederatedBundles::default());
     let store = EntryStore::new();
+    // the informer's view of the pods: the plugin's pod, and each test pod as `pod()` adds it
+    let pods = PodDirectory::new();
+    pods.apply_facts(facts("csi-1", "csi-uid", NAMESPACE, "wimsey-csi"));
+    pods.mark_synced();
     let node_api = NodeApi::new(
         client,
         authority.clone(),
         store.clone(),
+        pods.clone(),
         settings,
         NodeApiArgs {
             node_api_addr: "127.0.0.1:0".parse().unwrap(),
@@ -110,6 +120,8 @@ async fn start(limits: NodeApiLimits) -> Server {
         api,
         node_api,
         store,
+        pods,
+        _authority: authority,
         endpoint,
         bundle_file,
         shutdown,
@@ -141,12 +153,24 @@ impl Server {
     /// Pod `name` on our node with one entry; returns its PodRef (with a valid pod token).
     fn pod(&self, name: &str, entry_path: &str) -> PodRef {
         let uid = format!("{name}-uid");
+        self.pods.apply_facts(facts(name, &uid, "app", "app"));
         self.store
             .set_pod(&uid, Some(record(&uid, name, vec![entry(entry_path)])));
         PodRef {
             pod_token: self.api.token("wimsey", "app", "app", name, &uid),
             pod_uid: uid,
         }
+    }
+}
+
+/// A pod on our node as the informer sees it.
+fn facts(name: &str, uid: &str, namespace: &str, service_account: &str) -> PodFacts {
+    PodFacts {
+        uid: uid.into(),
+        namespace: namespace.into(),
+        name: name.into(),
+        service_account: service_account.into(),
+        node_name: NODE.into(),
     }
 }
 

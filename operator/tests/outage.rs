@@ -248,6 +248,7 @@ async fn start(directory: PodDirectory, reviewer: Arc<FakeReviewer>, store: Entr
             csi_service_account: "wimsey-csi".into(),
             node_token_audience: "wimsey-node".into(),
             pod_token_audience: "wimsey".into(),
+            limits: Default::default(),
         },
         federated_rx,
     );

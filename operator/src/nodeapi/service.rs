@@ -437,8 +437,10 @@ impl Node for NodeApi {
         let (updates, receiver) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             let mut last: Option<PodUpdate> = None;
-            // Without a federation source the channel is closed: it then never changes.
+            // A closed channel (no federation source, or an authority that no longer rotates)
+            // never changes again: the stream goes on without it.
             let mut federated_open = true;
+            let mut material_open = true;
             loop {
                 // Re-check on every round: the pod may have moved, gone, or the credentials lapsed.
                 let record = match state.place(&uid, &node.node_name) {
@@ -493,7 +495,7 @@ impl Node for NodeApi {
                         }
                     }
                     changed = store_changes.changed() => if changed.is_err() { return },
-                    changed = material_changes.changed() => if changed.is_err() { return },
+                    changed = material_changes.changed(), if material_open => material_open = changed.is_ok(),
                     changed = federated_changes.changed(), if federated_open => federated_open = changed.is_ok(),
                 }
             }
