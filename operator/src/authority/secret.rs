@@ -578,3 +578,244 @@ fn secret_object(
         ..Secret::default()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use k8s_openapi::api::core::v1::Secret;
+
+    use super::*;
+    use crate::authority::KeyKind;
+    use crate::authority::store::MemoryStore;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        authority: AuthorityArgs,
+    }
+
+    /// The defaults: 24h CA, 24h JWT keys, 1h propagation, 12h X.509-SVIDs.
+    fn args() -> AuthorityArgs {
+        Cli::try_parse_from(["x"]).unwrap().authority
+    }
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A state created `ago` and never rotated since (the operator was down).
+    fn state_from(ago: Duration) -> StoredAuthority {
+        let mut stored = StoredAuthority::empty(&td());
+        rotate(
+            &mut stored,
+            &td(),
+            &args().lifetimes(),
+            SystemTime::now() - ago,
+        )
+        .unwrap();
+        stored
+    }
+
+    fn secret_of(stored: &StoredAuthority) -> Secret {
+        secret_object(stored, None).unwrap()
+    }
+
+    fn garbage(data: &[u8]) -> Secret {
+        Secret {
+            data: Some(BTreeMap::from([(
+                SECRET_DATA_KEY.to_owned(),
+                ByteString(data.to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    fn stored_in(store: &MemoryStore) -> StoredAuthority {
+        parse_secret(&store.secret().unwrap(), &td()).unwrap().0
+    }
+
+    async fn load(store: &Arc<MemoryStore>, metrics: &Arc<Metrics>) -> SigningAuthority {
+        SigningAuthority::load(store.clone(), td(), args(), metrics.clone())
+            .await
+            .expect("the authority starts")
+    }
+
+    fn reasons(store: &MemoryStore) -> Vec<&'static str> {
+        store
+            .events()
+            .into_iter()
+            .map(|(reason, _)| reason)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn start_after_two_days_down_replaces_the_ca_publishes_and_warns() {
+        let store = Arc::new(MemoryStore::default());
+        let before = state_from(48 * HOUR);
+        store.put_secret(secret_of(&before));
+        let metrics = Arc::new(Metrics::new());
+        let authority = load(&store, &metrics).await;
+
+        let material = authority.current();
+        assert!(material.ca.not_after() > SystemTime::now() + 12 * HOUR);
+        let written = stored_in(&store);
+        assert!(
+            written.generation > before.generation,
+            "recovery written back"
+        );
+        assert_eq!(material.generation, written.generation);
+        assert_eq!(store.bundle().map(|(g, _)| g), Some(written.generation));
+        assert_eq!(reasons(&store), vec![REASON_REPLACED]);
+        assert!(store.events()[0].1.contains(KeyKind::X509Ca.as_str()));
+        assert!(
+            metrics
+                .encode()
+                .contains("wimsey_operator_authority_replacements_total{kind=\"x509_ca\"} 1"),
+            "{}",
+            metrics.encode()
+        );
+    }
+
+    #[tokio::test]
+    async fn start_after_an_hour_down_changes_nothing() {
+        let store = Arc::new(MemoryStore::default());
+        let before = state_from(HOUR);
+        store.put_secret(secret_of(&before));
+        let authority = load(&store, &Arc::new(Metrics::new())).await;
+        assert_eq!(stored_in(&store), before);
+        assert_eq!(authority.current().generation, before.generation);
+        assert!(store.events().is_empty());
+    }
+
+    #[tokio::test]
+    async fn start_refuses_a_damaged_secret_and_never_replaces_it() {
+        let cases = [
+            (garbage(b"{\"format\": 1, oops"), "authority.json"),
+            (
+                Secret {
+                    data: Some(BTreeMap::from([(
+                        "other".to_owned(),
+                        ByteString(b"x".to_vec()),
+                    )])),
+                    ..Secret::default()
+                },
+                "no \"authority.json\" key",
+            ),
+        ];
+        for (secret, mention) in cases {
+            let store = Arc::new(MemoryStore::default());
+            let put = store.put_secret(secret);
+            let metrics = Arc::new(Metrics::new());
+            let error = SigningAuthority::load(store.clone(), td(), args(), metrics.clone())
+                .await
+                .expect_err("a damaged Secret stops the start");
+            assert!(error.to_string().contains(mention), "{error}");
+            assert_eq!(store.secret(), Some(put), "left as it was");
+            assert_eq!(reasons(&store), vec![REASON_UNREADABLE]);
+            assert!(
+                metrics
+                    .encode()
+                    .contains("wimsey_operator_authority_secret_unreadable 1")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_running_authority_keeps_its_last_good_keys_when_the_secret_turns_to_garbage() {
+        let store = Arc::new(MemoryStore::default());
+        store.put_secret(secret_of(&state_from(HOUR)));
+        let metrics = Arc::new(Metrics::new());
+        let authority = load(&store, &metrics).await;
+        let good = authority.current();
+        let held = authority.loaded().clone();
+
+        let broken = store.put_secret(garbage(b"[]"));
+        authority.observe(&broken).await;
+        authority.observe(&broken).await;
+        let now = authority.current();
+        assert!(Arc::ptr_eq(&good, &now), "same material still signs");
+        assert_eq!(reasons(&store), vec![REASON_UNREADABLE], "reported once");
+        assert!(store.events()[0].1.contains("authority.json"));
+        assert!(
+            metrics
+                .encode()
+                .contains("wimsey_operator_authority_secret_unreadable 1")
+        );
+        // Nothing overwrites it: a rotation that is due (at an injected time) conflicts on the
+        // resourceVersion of the last Secret that was read successfully.
+        assert!(!authority.rotate_once().await.unwrap());
+        let due = SystemTime::now() + 30 * HOUR;
+        let written = write_rotation(store.as_ref(), held, &td(), &args().lifetimes(), due)
+            .await
+            .unwrap();
+        assert!(matches!(written, Rotation::Conflict));
+        assert_eq!(store.secret(), Some(broken));
+
+        // Fixed by hand: readable again, nothing replaced.
+        let fixed = store.put_secret(secret_of(&authority.loaded().stored.clone()));
+        authority.observe(&fixed).await;
+        assert!(
+            metrics
+                .encode()
+                .contains("wimsey_operator_authority_secret_unreadable 0")
+        );
+        assert_eq!(authority.current().generation, good.generation);
+        assert_eq!(
+            authority.loaded().resource_version,
+            fixed.metadata.resource_version.unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restored_older_secret_is_used_and_written_back_newer() {
+        let store = Arc::new(MemoryStore::default());
+        // 11.5h old: the CA successor is due, so the running authority moves past the snapshot.
+        let snapshot = state_from(11 * HOUR + HOUR / 2);
+        store.put_secret(secret_of(&snapshot));
+        let authority = load(&store, &Arc::new(Metrics::new())).await;
+        let held = stored_in(&store);
+        assert!(held.generation > snapshot.generation);
+
+        let restored = store.put_secret(secret_of(&snapshot));
+        authority.observe(&restored).await;
+        let after = stored_in(&store);
+        assert!(after.generation > held.generation, "{after:?}");
+        assert!(reasons(&store).contains(&REASON_RESTORED));
+        let snapshot_ca = snapshot.x509_ca[0].certificate_der().unwrap();
+        assert_eq!(
+            authority.current().ca.certificate().as_bytes(),
+            snapshot_ca.as_slice(),
+            "the restored CA signs"
+        );
+        assert_eq!(authority.current().generation, after.generation);
+        assert_eq!(store.bundle().map(|(g, _)| g), Some(after.generation));
+    }
+
+    #[tokio::test]
+    async fn a_restored_secret_whose_ca_expired_is_recovered_at_once() {
+        let store = Arc::new(MemoryStore::default());
+        store.put_secret(secret_of(&state_from(HOUR)));
+        let authority = load(&store, &Arc::new(Metrics::new())).await;
+        let held_ca = authority.current().ca.certificate().clone();
+
+        let restored = store.put_secret(secret_of(&state_from(72 * HOUR)));
+        authority.observe(&restored).await;
+        let material = authority.current();
+        assert!(material.ca.not_after() > SystemTime::now() + 12 * HOUR);
+        assert!(
+            material.ca.certificate().as_bytes() != held_ca.as_bytes(),
+            "a new CA"
+        );
+        assert!(
+            material
+                .bundle
+                .x509_authorities
+                .iter()
+                .any(|der| der.as_slice() == held_ca.as_bytes()),
+            "the CA that signed until now stays published"
+        );
+        assert!(reasons(&store).contains(&REASON_REPLACED));
+    }
+}
