@@ -271,13 +271,11 @@ pub fn plan(set: &KeySet, policy: &RotationPolicy, now: SystemTime) -> Vec<Trans
                 .unwrap_or(rotation_due);
             match successor {
                 None if now >= prepare_due => out.push(Transition::PrepareNewKey),
-                None => {}
-                Some(next) => {
-                    if propagated(next) && now >= rotation_due {
-                        out.push(Transition::Activate(next.id.clone()));
-                        out.push(Transition::Retire(active.id.clone()));
-                    }
+                Some(next) if propagated(next) && now >= rotation_due => {
+                    out.push(Transition::Activate(next.id.clone()));
+                    out.push(Transition::Retire(active.id.clone()));
                 }
+                _ => {}
             }
         }
     }

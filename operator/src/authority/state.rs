@@ -1026,7 +1026,8 @@ mod tests {
     fn a_damaged_state_names_what_is_wrong() {
         let other = bootstrapped(&lifetimes());
         let other_cert = other.x509_ca[0].certificate.clone();
-        let cases: Vec<(Box<dyn FnOnce(&mut serde_json::Value)>, &[&str])> = vec![
+        type Edit = Box<dyn FnOnce(&mut serde_json::Value)>;
+        let cases: Vec<(Edit, &[&str])> = vec![
             (
                 Box::new(|j| {
                     j.as_object_mut().unwrap().remove("x509_ca");
