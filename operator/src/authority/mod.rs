@@ -112,6 +112,8 @@ pub enum AuthorityError {
     TrustDomainMismatch { stored: String, configured: String },
     #[error("no active {0} key")]
     NoActiveKey(&'static str),
+    #[error("the authority Secret kept changing while starting ({0} attempts)")]
+    Contended(u32),
     #[error("invalid authority settings: {0}")]
     Settings(&'static str),
     #[error("{0}")]
@@ -134,6 +136,7 @@ impl AuthorityError {
             AuthorityError::BadKey { .. } => "bad_key",
             AuthorityError::TrustDomainMismatch { .. } => "trust_domain_mismatch",
             AuthorityError::NoActiveKey(_) => "no_active_key",
+            AuthorityError::Contended(_) => "contended",
             AuthorityError::Settings(_) => "settings",
             AuthorityError::X509(_) => "x509",
             AuthorityError::Key(_) => "key",

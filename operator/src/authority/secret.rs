@@ -41,6 +41,8 @@ use crate::admin::Metrics;
 
 /// Upper bound on the rotation loop's sleep, so a missed watch event or clock jump heals.
 const MAX_ROTATION_SLEEP: Duration = Duration::from_secs(30);
+/// Reads of the Secret at start before giving up when other writers keep changing it.
+const START_ATTEMPTS: u32 = 3;
 /// Event reasons.
 pub const REASON_REPLACED: &str = "AuthorityReplaced";
 pub const REASON_UNREADABLE: &str = "AuthoritySecretUnreadable";
@@ -492,7 +494,7 @@ async fn load_current(
     trust_domain: &TrustDomain,
     lifetimes: &Lifetimes,
 ) -> Result<(Loaded, Rotated), AuthorityError> {
-    for _ in 0..3 {
+    for _ in 0..START_ATTEMPTS {
         let loaded = match store.get_secret().await? {
             Some(secret) => {
                 let (stored, resource_version) = parse_secret(&secret, trust_domain)?;
@@ -535,9 +537,7 @@ async fn load_current(
             Rotation::Conflict => continue,
         }
     }
-    Err(AuthorityError::Settings(
-        "the authority Secret kept changing while starting",
-    ))
+    Err(AuthorityError::Contended(START_ATTEMPTS))
 }
 
 /// Reads the Secret's state and checks all of it ([`check_stored`]).
