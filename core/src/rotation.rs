@@ -288,9 +288,11 @@ fn usable_or_early(key: &KeyRecord, policy: &RotationPolicy, now: SystemTime) ->
     key.usable_at(policy, now) || key.validity.is_some_and(|v| now < v.not_before)
 }
 
-/// The next instant at which [`plan`] may have something to do, or `None` when only a new
-/// transition (a key added, a phase changed) can change that.
-pub fn next_event(set: &KeySet, policy: &RotationPolicy) -> Option<SystemTime> {
+/// The next instant after `now` at which [`plan`] may have something to do, or `None` when only
+/// a new transition (a key added, a phase changed) can change that. Instants not after `now` are
+/// left out: the caller has just applied what was due, so they would only make it spin (e.g. an
+/// overdue rotation that waits for its successor to propagate).
+pub fn next_event(set: &KeySet, policy: &RotationPolicy, now: SystemTime) -> Option<SystemTime> {
     let has_successor = set
         .keys
         .iter()
@@ -318,6 +320,7 @@ pub fn next_event(set: &KeySet, policy: &RotationPolicy) -> Option<SystemTime> {
             };
             times.into_iter().flatten()
         })
+        .filter(|&t| t > now)
         .min()
 }
 
@@ -667,7 +670,10 @@ mod tests {
         assert!(!set.keys[0].usable_at(&p, start + 23 * HOUR + MIN));
         assert_eq!(set.keys[0].usable_until(&p), Some(start + 23 * HOUR));
         // The successor is prepared one propagation delay before that, and takes over on time.
-        assert_eq!(next_event(&set, &p), Some(start + 22 * HOUR + 30 * MIN));
+        assert_eq!(
+            next_event(&set, &p, start),
+            Some(start + 22 * HOUR + 30 * MIN)
+        );
         let now = start + 23 * HOUR + MIN;
         let steps = plan(&set, &p, now);
         assert_eq!(
@@ -724,15 +730,38 @@ mod tests {
         sim.tick();
         let start = sim.now;
         assert_eq!(
-            next_event(&sim.set, &policy()),
+            next_event(&sim.set, &policy(), sim.now),
             Some(start + 11 * HOUR + 30 * MIN)
         );
         sim.advance(11 * HOUR + 30 * MIN);
         sim.tick();
         // Successor published: the next thing is its activation, not the (past) prepare time.
-        assert_eq!(next_event(&sim.set, &policy()), Some(start + 12 * HOUR));
+        assert_eq!(
+            next_event(&sim.set, &policy(), sim.now),
+            Some(start + 12 * HOUR)
+        );
         sim.advance(30 * MIN);
         sim.tick();
-        assert_eq!(next_event(&sim.set, &policy()), Some(start + 13 * HOUR));
+        assert_eq!(
+            next_event(&sim.set, &policy(), sim.now),
+            Some(start + 13 * HOUR)
+        );
+    }
+
+    #[test]
+    fn next_event_of_an_overdue_rotation_is_the_successor_propagating() {
+        // Back after a long outage: the rotation is overdue, the successor was just published.
+        let mut sim = Sim::new();
+        sim.tick();
+        sim.advance(40 * HOUR);
+        assert_eq!(
+            sim.tick(),
+            vec![Transition::PrepareNewKey, Transition::Publish("k2".into())]
+        );
+        assert_eq!(
+            next_event(&sim.set, &policy(), sim.now),
+            Some(sim.now + policy().propagation_delay),
+            "not the past rotation time, which would make the caller spin"
+        );
     }
 }

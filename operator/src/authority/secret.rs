@@ -431,15 +431,17 @@ impl SigningAuthority {
 
     async fn rotation_loop(self, shutdown: CancellationToken) {
         loop {
+            let now = SystemTime::now();
             let next = self
                 .loaded()
                 .stored
-                .next_rotation_check(&self.inner.lifetimes);
+                .next_rotation_check(&self.inner.lifetimes, now);
+            // A failed write is retried within MAX_ROTATION_SLEEP; never spin.
             let sleep = next
-                .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                .unwrap_or_default()
+                .map_or(MAX_ROTATION_SLEEP, |t| {
+                    t.duration_since(now).unwrap_or_default()
+                })
                 .min(MAX_ROTATION_SLEEP)
-                // Never spin: a check that is due now is retried after a short pause on failure.
                 .max(Duration::from_millis(200));
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -324,12 +324,16 @@ impl StoredAuthority {
     }
 
     /// The earliest time at which [`rotate`] may have something to do (for sleeping until then).
-    pub fn next_rotation_check(&self, lifetimes: &Lifetimes) -> Option<SystemTime> {
+    pub fn next_rotation_check(
+        &self,
+        lifetimes: &Lifetimes,
+        now: SystemTime,
+    ) -> Option<SystemTime> {
         KeyKind::ALL
             .iter()
             .filter_map(|&kind| {
                 let set = self.key_set(kind).ok()?;
-                rotation::next_event(&set, &lifetimes.policy(kind))
+                rotation::next_event(&set, &lifetimes.policy(kind), now)
             })
             .min()
     }
@@ -730,7 +734,7 @@ mod tests {
         let mut stored = StoredAuthority::empty(&td());
         rotate(&mut stored, &td(), &l, at(0)).unwrap();
         // JWT keys: 6h - 1h = 5h, before the CA's 11h.
-        assert_eq!(stored.next_rotation_check(&l), Some(at(5 * 3600)));
+        assert_eq!(stored.next_rotation_check(&l, at(0)), Some(at(5 * 3600)));
     }
 
     #[test]
@@ -908,7 +912,7 @@ mod tests {
         for key in &mut stored.x509_ca {
             key.activated_at_ms = Some(to_ms(at(5 * HOUR)));
         }
-        let check = stored.next_rotation_check(&l).unwrap();
+        let check = stored.next_rotation_check(&l, at(0)).unwrap();
         assert!(check <= at(13 * HOUR), "{check:?}");
         rotate(&mut stored, &td(), &l, at(13 * HOUR)).unwrap();
         rotate(&mut stored, &td(), &l, at(14 * HOUR)).unwrap();
