@@ -7,6 +7,7 @@ pub mod bundle;
 pub mod entries;
 pub mod jose;
 pub mod keys;
+pub mod reserved;
 pub mod rotation;
 pub mod spiffe_id;
 pub mod template;

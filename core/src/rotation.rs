@@ -14,6 +14,14 @@
 //!
 //! The caller owns I/O: it generates key material when [`plan`] asks for it, persists the set, and
 //! applies the returned transitions with [`apply`]. Time is always passed in.
+//!
+//! A key may carry its own validity (a CA key: its certificate's notBefore/notAfter). A key is
+//! *usable* only while everything it signs ends before that validity does: from `valid_from` until
+//! `valid_until - max_signed_lifetime`. An active key that is not usable never signs again: the
+//! best usable successor, or else a new key, is activated at once ([`Transition::ActivateEarly`],
+//! skipping the propagation delay, because signing with a key validators have not seen yet is
+//! better than not signing at all, or than signing with one they will soon reject). This is what
+//! lets the authority start after any outage: the clock may have run past every stored key.
 
 use std::time::{Duration, SystemTime};
 
@@ -59,6 +67,15 @@ pub struct KeyRecord {
     pub published_at: Option<SystemTime>,
     pub activated_at: Option<SystemTime>,
     pub retired_at: Option<SystemTime>,
+    /// The key's own validity, if it has one (a CA certificate's notBefore and notAfter).
+    pub validity: Option<Validity>,
+}
+
+/// A key's own validity window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Validity {
+    pub not_before: SystemTime,
+    pub not_after: SystemTime,
 }
 
 impl KeyRecord {
@@ -70,7 +87,56 @@ impl KeyRecord {
             published_at: None,
             activated_at: None,
             retired_at: None,
+            validity: None,
         }
+    }
+
+    pub fn with_validity(mut self, validity: Option<Validity>) -> Self {
+        self.validity = validity;
+        self
+    }
+
+    /// Whether this key may sign at `now`: inside its validity, with room for the longest
+    /// lifetime it signs before that validity ends.
+    pub fn usable_at(&self, policy: &RotationPolicy, now: SystemTime) -> bool {
+        self.validity.is_none_or(|v| {
+            v.not_before <= now
+                && now
+                    .checked_add(policy.max_signed_lifetime)
+                    .is_some_and(|end| end <= v.not_after)
+        })
+    }
+
+    /// The last instant this key may sign, from its own validity (`None`: no such limit).
+    pub fn usable_until(&self, policy: &RotationPolicy) -> Option<SystemTime> {
+        self.validity.map(|v| {
+            v.not_after
+                .checked_sub(policy.max_signed_lifetime)
+                .unwrap_or(v.not_before)
+        })
+    }
+
+    /// Whether the key's own validity has ended: nothing chained to it can verify any more.
+    pub fn expired_at(&self, now: SystemTime) -> bool {
+        self.validity.is_some_and(|v| now >= v.not_after)
+    }
+
+    /// When a retired key may leave the bundle: once the longest lifetime it signed has passed
+    /// since it stopped signing, or once its own validity has ended, whichever is first.
+    fn drop_due(&self, policy: &RotationPolicy) -> Option<SystemTime> {
+        let after_signed = self.retired_at.map(|r| r + policy.max_signed_lifetime);
+        match (after_signed, self.validity.map(|v| v.not_after)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// When this active key must hand over: after its active lifetime, or when it stops being
+    /// usable, whichever is first.
+    fn rotation_due(&self, policy: &RotationPolicy) -> SystemTime {
+        let by_activation = policy.rotation_due(self.activated_at.unwrap_or(self.prepared_at));
+        self.usable_until(policy)
+            .map_or(by_activation, |until| by_activation.min(until))
     }
 
     /// Whether validators must know this key (it is in the trust bundle).
@@ -86,8 +152,11 @@ pub enum Transition {
     PrepareNewKey,
     Publish(String),
     Activate(String),
+    /// Activate without waiting for the propagation delay: nothing usable signs otherwise.
+    ActivateEarly(String),
     Retire(String),
-    /// Every SVID this key signed has expired: remove it from the bundle and delete it.
+    /// Every SVID this key signed has expired (or it never signed and never can): remove it from
+    /// the bundle and delete it.
     Drop(String),
 }
 
@@ -103,6 +172,8 @@ pub enum RotationError {
         published: Duration,
         required: Duration,
     },
+    #[error("key {0:?} cannot be activated early while another key is active")]
+    StillActive(String),
 }
 
 impl RotationError {
@@ -111,6 +182,7 @@ impl RotationError {
             RotationError::UnknownKey(_) => "unknown_key",
             RotationError::InvalidTransition { .. } => "invalid_transition",
             RotationError::NotPropagated { .. } => "not_propagated",
+            RotationError::StillActive(_) => "still_active",
         }
     }
 }
@@ -147,56 +219,109 @@ impl KeySet {
 pub fn plan(set: &KeySet, policy: &RotationPolicy, now: SystemTime) -> Vec<Transition> {
     let mut out = Vec::new();
     for key in &set.keys {
-        if key.phase == Phase::Prepared {
-            out.push(Transition::Publish(key.id.clone()));
-        }
-        if key.phase == Phase::Retired
-            && key
-                .retired_at
-                .is_some_and(|r| now >= r + policy.max_signed_lifetime)
-        {
-            out.push(Transition::Drop(key.id.clone()));
+        match key.phase {
+            Phase::Retired if key.drop_due(policy).is_some_and(|due| now >= due) => {
+                out.push(Transition::Drop(key.id.clone()));
+            }
+            // A key that never signed and never can: nothing is chained to it.
+            Phase::Prepared | Phase::Published
+                if key.activated_at.is_none() && !usable_or_early(key, policy, now) =>
+            {
+                out.push(Transition::Drop(key.id.clone()));
+            }
+            Phase::Prepared => out.push(Transition::Publish(key.id.clone())),
+            _ => {}
         }
     }
-    // The successor: the newest key that is prepared or published and not yet active.
+    // The successor: the newest key that is prepared or published, not yet active, and usable.
     let successor = set
         .keys
         .iter()
         .filter(|k| matches!(k.phase, Phase::Prepared | Phase::Published))
+        .filter(|k| k.usable_at(policy, now))
         .max_by_key(|k| k.prepared_at);
+    let propagated = |key: &KeyRecord| {
+        key.published_at
+            .is_some_and(|p| now >= p + policy.propagation_delay)
+    };
     match set.active() {
+        // Nothing signs: activate at once. At first start no validator exists yet, so this is
+        // the ordinary bootstrap; later it is a recovery.
         None => match successor {
             None => out.push(Transition::PrepareNewKey),
-            Some(next) => {
-                // At first start no validator exists yet, so the first key may sign at once.
-                let propagated = next
-                    .published_at
-                    .is_some_and(|p| now >= p + policy.propagation_delay);
-                if !set.ever_active() || propagated {
-                    out.push(Transition::Activate(next.id.clone()));
-                }
+            Some(next) if !set.ever_active() || propagated(next) => {
+                out.push(Transition::Activate(next.id.clone()))
             }
+            Some(next) => out.push(Transition::ActivateEarly(next.id.clone())),
         },
-        Some(active) => {
-            let activated_at = active.activated_at.unwrap_or(active.prepared_at);
+        // The active key may not sign any more (expired, or too close to its end for the
+        // longest lifetime it signs): it retires now and the successor takes over at once.
+        Some(active) if !active.usable_at(policy, now) => {
+            out.push(Transition::Retire(active.id.clone()));
             match successor {
-                None if now >= policy.prepare_due(activated_at) => {
-                    out.push(Transition::PrepareNewKey)
+                None => out.push(Transition::PrepareNewKey),
+                Some(next) if propagated(next) => out.push(Transition::Activate(next.id.clone())),
+                Some(next) => out.push(Transition::ActivateEarly(next.id.clone())),
+            }
+        }
+        Some(active) => {
+            let rotation_due = active.rotation_due(policy);
+            let prepare_due = rotation_due
+                .checked_sub(policy.propagation_delay)
+                .unwrap_or(rotation_due);
+            match successor {
+                None if now >= prepare_due => out.push(Transition::PrepareNewKey),
+                Some(next) if propagated(next) && now >= rotation_due => {
+                    out.push(Transition::Activate(next.id.clone()));
+                    out.push(Transition::Retire(active.id.clone()));
                 }
-                None => {}
-                Some(next) => {
-                    let propagated = next
-                        .published_at
-                        .is_some_and(|p| now >= p + policy.propagation_delay);
-                    if propagated && now >= policy.rotation_due(activated_at) {
-                        out.push(Transition::Activate(next.id.clone()));
-                        out.push(Transition::Retire(active.id.clone()));
-                    }
-                }
+                _ => {}
             }
         }
     }
     out
+}
+
+/// A fresh key (prepared at `now`) is kept even if the caller gave it no room to be usable yet:
+/// the caller's settings are checked elsewhere, and dropping it would loop forever.
+fn usable_or_early(key: &KeyRecord, policy: &RotationPolicy, now: SystemTime) -> bool {
+    key.usable_at(policy, now) || key.validity.is_some_and(|v| now < v.not_before)
+}
+
+/// The next instant after `now` at which [`plan`] may have something to do, or `None` when only
+/// a new transition (a key added, a phase changed) can change that. Instants not after `now` are
+/// left out: the caller has just applied what was due, so they would only make it spin (e.g. an
+/// overdue rotation that waits for its successor to propagate).
+pub fn next_event(set: &KeySet, policy: &RotationPolicy, now: SystemTime) -> Option<SystemTime> {
+    let has_successor = set
+        .keys
+        .iter()
+        .any(|k| matches!(k.phase, Phase::Prepared | Phase::Published));
+    set.keys
+        .iter()
+        .flat_map(|key| {
+            let times: [Option<SystemTime>; 3] = match key.phase {
+                Phase::Prepared => [Some(key.prepared_at), None, None],
+                Phase::Published => [
+                    key.published_at.map(|p| p + policy.propagation_delay),
+                    key.usable_until(policy),
+                    key.validity.map(|v| v.not_before),
+                ],
+                Phase::Active => {
+                    let due = key.rotation_due(policy);
+                    let prepare = due.checked_sub(policy.propagation_delay).unwrap_or(due);
+                    [
+                        Some(if has_successor { due } else { prepare }),
+                        key.usable_until(policy),
+                        None,
+                    ]
+                }
+                Phase::Retired => [key.drop_due(policy), None, None],
+            };
+            times.into_iter().flatten()
+        })
+        .filter(|&t| t > now)
+        .min()
 }
 
 /// Applies one transition, checking that it is legal.
@@ -206,15 +331,23 @@ pub fn apply(
     policy: &RotationPolicy,
     now: SystemTime,
 ) -> Result<(), RotationError> {
+    let mut early = false;
     let (id, to) = match transition {
         Transition::PrepareNewKey => return Ok(()),
         Transition::Publish(id) => (id, Phase::Published),
         Transition::Activate(id) => (id, Phase::Active),
+        Transition::ActivateEarly(id) => {
+            if set.active().is_some() {
+                return Err(RotationError::StillActive(id.clone()));
+            }
+            early = true;
+            (id, Phase::Active)
+        }
         Transition::Retire(id) => (id, Phase::Retired),
         Transition::Drop(id) => {
             let before = set.keys.len();
             set.keys
-                .retain(|k| !(k.id == *id && k.phase == Phase::Retired));
+                .retain(|k| !(k.id == *id && k.phase != Phase::Active));
             return if set.keys.len() < before {
                 Ok(())
             } else {
@@ -239,7 +372,7 @@ pub fn apply(
             to,
         });
     }
-    if to == Phase::Active && ever_active {
+    if to == Phase::Active && ever_active && !early {
         let published_for = key
             .published_at
             .and_then(|p| now.duration_since(p).ok())
@@ -456,8 +589,9 @@ mod tests {
     }
 
     #[test]
-    fn losing_the_active_key_waits_for_propagation_of_the_next() {
-        // If the active key disappears (e.g. deleted by hand), a new key must still propagate.
+    fn losing_the_active_key_activates_the_next_at_once() {
+        // If the active key disappears (e.g. deleted by hand), nothing signs: waiting for the
+        // propagation delay would leave the trust domain without an authority meanwhile.
         let mut sim = Sim::new();
         sim.tick();
         sim.set
@@ -468,10 +602,166 @@ mod tests {
         let steps = sim.tick();
         assert_eq!(
             steps,
+            vec![
+                Transition::PrepareNewKey,
+                Transition::Publish("k2".into()),
+                Transition::ActivateEarly("k2".into())
+            ]
+        );
+        assert_eq!(sim.set.active().map(|k| k.id.as_str()), Some("k2"));
+    }
+
+    fn validity(from: SystemTime, lifetime: Duration) -> Option<Validity> {
+        Some(Validity {
+            not_before: from,
+            not_after: from + lifetime,
+        })
+    }
+
+    /// A set with one active key whose own validity is `lifetime` from `start`.
+    fn active_with_validity(start: SystemTime, lifetime: Duration) -> KeySet {
+        let mut key = KeyRecord::prepared("old", start).with_validity(validity(start, lifetime));
+        key.phase = Phase::Active;
+        key.published_at = Some(start);
+        key.activated_at = Some(start);
+        KeySet { keys: vec![key] }
+    }
+
+    #[test]
+    fn an_expired_active_key_is_replaced_at_once_and_dropped() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut set = active_with_validity(start, 24 * HOUR);
+        let now = start + 48 * HOUR;
+        assert_eq!(
+            plan(&set, &policy(), now),
+            vec![Transition::Retire("old".into()), Transition::PrepareNewKey]
+        );
+        apply(&mut set, &Transition::Retire("old".into()), &policy(), now).unwrap();
+        set.keys
+            .push(KeyRecord::prepared("new", now).with_validity(validity(now, 24 * HOUR)));
+        // Its certificate has ended: nothing chained to it verifies, so it leaves the bundle.
+        let steps = plan(&set, &policy(), now);
+        assert_eq!(
+            steps,
+            vec![
+                Transition::Drop("old".into()),
+                Transition::Publish("new".into()),
+                Transition::ActivateEarly("new".into())
+            ]
+        );
+        for step in &steps {
+            apply(&mut set, step, &policy(), now).unwrap();
+        }
+        assert_eq!(set.keys.len(), 1);
+        assert_eq!(set.active().map(|k| k.id.as_str()), Some("new"));
+        assert!(plan(&set, &policy(), now).is_empty());
+    }
+
+    #[test]
+    fn a_key_too_close_to_its_end_never_signs_and_stays_published_until_it_ends() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let p = RotationPolicy {
+            active_lifetime: 100 * HOUR,
+            ..policy()
+        };
+        let mut set = active_with_validity(start, 24 * HOUR);
+        // Usable until 23h (24h minus the 1h longest signed lifetime).
+        assert!(set.keys[0].usable_at(&p, start + 23 * HOUR));
+        assert!(!set.keys[0].usable_at(&p, start + 23 * HOUR + MIN));
+        assert_eq!(set.keys[0].usable_until(&p), Some(start + 23 * HOUR));
+        // The successor is prepared one propagation delay before that, and takes over on time.
+        assert_eq!(
+            next_event(&set, &p, start),
+            Some(start + 22 * HOUR + 30 * MIN)
+        );
+        let now = start + 23 * HOUR + MIN;
+        let steps = plan(&set, &p, now);
+        assert_eq!(
+            steps,
+            vec![Transition::Retire("old".into()), Transition::PrepareNewKey]
+        );
+        apply(&mut set, &steps[0], &p, now).unwrap();
+        // Retired at 23h01 with 59 min of its certificate left: kept until the certificate ends,
+        // not for the full hour after retirement.
+        assert_eq!(set.keys[0].drop_due(&p), Some(start + 24 * HOUR));
+        assert!(
+            plan(&set, &p, start + 24 * HOUR - Duration::from_secs(1))
+                .iter()
+                .all(|t| !matches!(t, Transition::Drop(_)))
+        );
+        assert!(plan(&set, &p, start + 24 * HOUR).contains(&Transition::Drop("old".into())));
+    }
+
+    #[test]
+    fn an_unusable_successor_is_dropped_and_a_usable_one_preferred() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut set = active_with_validity(start, 24 * HOUR);
+        let mut stale =
+            KeyRecord::prepared("stale", start).with_validity(validity(start, 24 * HOUR));
+        stale.phase = Phase::Published;
+        stale.published_at = Some(start);
+        set.keys.push(stale);
+        let now = start + 30 * HOUR;
+        assert_eq!(
+            plan(&set, &policy(), now),
+            vec![
+                Transition::Drop("stale".into()),
+                Transition::Retire("old".into()),
+                Transition::PrepareNewKey
+            ]
+        );
+        let early = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(
+            apply(
+                &mut set,
+                &Transition::ActivateEarly("stale".into()),
+                &policy(),
+                early
+            )
+            .unwrap_err()
+            .label(),
+            "still_active"
+        );
+    }
+
+    #[test]
+    fn next_event_waits_for_the_successor_not_the_past_prepare_time() {
+        let mut sim = Sim::new();
+        sim.tick();
+        let start = sim.now;
+        assert_eq!(
+            next_event(&sim.set, &policy(), sim.now),
+            Some(start + 11 * HOUR + 30 * MIN)
+        );
+        sim.advance(11 * HOUR + 30 * MIN);
+        sim.tick();
+        // Successor published: the next thing is its activation, not the (past) prepare time.
+        assert_eq!(
+            next_event(&sim.set, &policy(), sim.now),
+            Some(start + 12 * HOUR)
+        );
+        sim.advance(30 * MIN);
+        sim.tick();
+        assert_eq!(
+            next_event(&sim.set, &policy(), sim.now),
+            Some(start + 13 * HOUR)
+        );
+    }
+
+    #[test]
+    fn next_event_of_an_overdue_rotation_is_the_successor_propagating() {
+        // Back after a long outage: the rotation is overdue, the successor was just published.
+        let mut sim = Sim::new();
+        sim.tick();
+        sim.advance(40 * HOUR);
+        assert_eq!(
+            sim.tick(),
             vec![Transition::PrepareNewKey, Transition::Publish("k2".into())]
         );
-        assert!(sim.set.active().is_none());
-        sim.advance(30 * MIN);
-        assert_eq!(sim.tick(), vec![Transition::Activate("k2".into())]);
+        assert_eq!(
+            next_event(&sim.set, &policy(), sim.now),
+            Some(sim.now + policy().propagation_delay),
+            "not the past rotation time, which would make the caller spin"
+        );
     }
 }

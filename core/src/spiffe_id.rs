@@ -60,8 +60,10 @@ pub enum SpiffeIdError {
     NotInTrustDomain { id: String, trust_domain: String },
     #[error("SPIFFE ID {0} has no path; a workload ID needs one")]
     RootPath(String),
-    #[error("SPIFFE ID {0} is in the reserved /spire namespace")]
-    ReservedPath(String),
+    #[error(
+        "SPIFFE ID {id} is reserved: paths under {namespace} are the system's own identities (see wimsey_core::reserved)"
+    )]
+    ReservedPath { id: String, namespace: &'static str },
 }
 
 impl SpiffeIdError {
@@ -87,7 +89,7 @@ impl SpiffeIdError {
             SpiffeIdError::TooLong(_) => "too_long",
             SpiffeIdError::NotInTrustDomain { .. } => "not_in_trust_domain",
             SpiffeIdError::RootPath(_) => "root_path",
-            SpiffeIdError::ReservedPath(_) => "reserved_path",
+            SpiffeIdError::ReservedPath { .. } => "reserved_path",
         }
     }
 }
@@ -241,7 +243,7 @@ impl SpiffeId {
     }
 
     /// The rule for IDs we register for workloads: in our trust domain, with a path, and outside
-    /// the `/spire` namespace that SPIRE reserves for its own servers and agents.
+    /// the namespaces reserved for the system's own identities ([`crate::reserved`]).
     pub fn check_workload_id(&self, trust_domain: &TrustDomain) -> Result<(), SpiffeIdError> {
         if !self.is_member_of(trust_domain) {
             return Err(SpiffeIdError::NotInTrustDomain {
@@ -252,11 +254,7 @@ impl SpiffeId {
         if self.is_root() {
             return Err(SpiffeIdError::RootPath(self.uri.clone()));
         }
-        let path = self.path();
-        if path == "/spire" || path.starts_with("/spire/") {
-            return Err(SpiffeIdError::ReservedPath(self.uri.clone()));
-        }
-        Ok(())
+        crate::reserved::check_not_reserved(self)
     }
 
     pub fn into_string(self) -> String {

@@ -204,10 +204,11 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // `settings`, `options.namespace`, `store` and `shutdown`.
     let mut authority_args = options.authority;
     authority_args.authority_namespace = options.namespace.clone();
-    let authority = SigningAuthority::start(
+    let authority = SigningAuthority::start_with_metrics(
         client.clone(),
         settings.trust_domain.clone(),
         authority_args,
+        controller.metrics.clone(),
         shutdown.clone(),
     )
     .await

@@ -828,6 +828,9 @@ async fn replicas_rotate_keys_together_through_the_secret() {
         key_propagation_delay: Duration::from_secs(1),
         max_x509_svid_ttl: Duration::from_secs(2),
         max_jwt_svid_ttl: Duration::from_secs(1),
+        // Everything a CA signs must fit in half its lifetime.
+        node_svid_ttl: Duration::from_secs(2),
+        server_svid_ttl: Duration::from_secs(2),
         ..fixture.authority_args()
     };
     let shutdown = CancellationToken::new();

@@ -5,10 +5,13 @@ use super::dns::validate_dns_name;
 use super::entry::{DeclaredEntry, Entry, EntryOwner, OwnerKind, Selector};
 use super::render::{parse_duration_field, parse_federates_with};
 use super::views::StaticEntryView;
+use crate::reserved::check_not_reserved;
 use crate::spiffe_id::SpiffeId;
 
 /// Validates a ClusterStaticEntry into an entry. Both IDs must parse as SPIFFE IDs in any trust
-/// domain (static entries are for off-cluster workloads, downstream servers and node aliases).
+/// domain (static entries are for off-cluster workloads, downstream servers and node aliases);
+/// the `spiffeID` must not be one of the system's own ([`crate::reserved`]), in any trust domain.
+/// The `parentID` may be (an entry parented to a node or to `/spire/server` is the usual case).
 /// Class filtering is the caller's ([`super::handles_class`]); ignored namespaces do not apply.
 pub fn render_static_entry(view: &StaticEntryView) -> Result<DeclaredEntry, EntryError> {
     let parse_id = |field: &str, value: &str| {
@@ -25,8 +28,14 @@ pub fn render_static_entry(view: &StaticEntryView) -> Result<DeclaredEntry, Entr
             reason,
         })?;
     }
+    let spiffe_id = parse_id("spiffeID", &view.spiffe_id)?;
+    check_not_reserved(&spiffe_id).map_err(|source| EntryError::InvalidSpiffeId {
+        field: "spiffeID".to_owned(),
+        value: view.spiffe_id.clone(),
+        source,
+    })?;
     let entry = Entry {
-        spiffe_id: parse_id("spiffeID", &view.spiffe_id)?,
+        spiffe_id,
         parent_id: parse_id("parentID", &view.parent_id)?,
         selectors: view
             .selectors

@@ -1272,3 +1272,72 @@ fn error_labels_are_stable() {
         assert_eq!(error.label(), label);
     }
 }
+
+// ---- reserved identities ------------------------------------------------------------------
+
+/// Every ID the system itself uses, as built by `crate::reserved`, with a template rendering it.
+fn reserved_ids() -> Vec<(SpiffeId, &'static str)> {
+    let td = TrustDomain::new("example.org").unwrap();
+    vec![
+        (
+            crate::reserved::operator_id(&td).unwrap(),
+            "spiffe://{{ .TrustDomain }}/wimsey/operator",
+        ),
+        (
+            crate::reserved::bundle_endpoint_id(&td).unwrap(),
+            "spiffe://example.org/wimsey/bundle-endpoint",
+        ),
+        (
+            crate::reserved::node_csr_placeholder_id(&td).unwrap(),
+            "spiffe://example.org/wimsey/node",
+        ),
+        (
+            crate::reserved::node_id(&td, "prod", "node-1").unwrap(),
+            "spiffe://{{ .TrustDomain }}/spire/agent/wimsey/{{ .ClusterName }}/{{ .PodSpec.NodeName }}",
+        ),
+        (
+            td.id_from_path("/spire/server").unwrap(),
+            "spiffe://example.org/spire/server",
+        ),
+    ]
+}
+
+#[test]
+fn cluster_spiffe_id_cannot_render_a_reserved_id() {
+    for (reserved, template) in reserved_ids() {
+        let result = render(&[ClusterSpiffeIdView {
+            spiffe_id_template: template.into(),
+            ..view("grab", 1)
+        }]);
+        let error = only_error(&result);
+        assert_eq!(error.label(), "invalid_spiffe_id", "{template}");
+        let message = error.to_string();
+        assert!(message.contains(reserved.as_str()), "{message}");
+        assert!(message.contains("reserved"), "{message}");
+        assert!(matches!(outcome(&result, "grab"), SpecOutcome::Failed(_)));
+    }
+}
+
+#[test]
+fn cluster_static_entry_cannot_claim_a_reserved_id_in_any_trust_domain() {
+    let mut ids: Vec<SpiffeId> = reserved_ids().into_iter().map(|(id, _)| id).collect();
+    ids.push(id("spiffe://remote.org/wimsey/operator"));
+    for reserved in ids {
+        let error = render_static_entry(&StaticEntryView {
+            spiffe_id: reserved.to_string(),
+            ..static_view("grab", 1)
+        })
+        .expect_err(reserved.as_str());
+        assert_eq!(error.label(), "invalid_spiffe_id");
+        let message = error.to_string();
+        assert!(message.contains("spiffeID"), "{message}");
+        assert!(message.contains(reserved.as_str()), "{message}");
+        assert!(message.contains("reserved"), "{message}");
+    }
+    // A reserved parent is fine: entries hang off nodes and the server.
+    render_static_entry(&StaticEntryView {
+        parent_id: "spiffe://example.org/spire/agent/wimsey/prod/node-1".into(),
+        ..static_view("child", 1)
+    })
+    .expect("a node may be a parent");
+}

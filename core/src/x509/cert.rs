@@ -88,6 +88,12 @@ impl ParsedCert<'_> {
 }
 
 /// Parses one DER certificate. Any structural problem is an error, never a panic.
+/// A certificate's notBefore and notAfter (for deciding when a stored CA may sign).
+pub fn certificate_validity(der: &[u8]) -> Result<(SystemTime, SystemTime), X509Error> {
+    let cert = parse_certificate(der)?;
+    Ok((cert.not_before, cert.not_after))
+}
+
 pub(crate) fn parse_certificate(der: &[u8]) -> Result<ParsedCert<'_>, X509Error> {
     let signed = asn1::split_signed(der, WHAT)?;
     let mut rest = signed.to_be_signed.content;

@@ -24,6 +24,7 @@ mod verify;
 mod test_builder;
 
 pub use authority::{Authority, CLOCK_SKEW_BACKDATE, CaParams, IssuedSvid, SvidRequest};
+pub use cert::certificate_validity;
 pub use csr::{VerifiedCsr, build_csr, verify_csr};
 pub use verify::{SvidWithKey, VerifiedSvid, parse_svid_with_key, verify_svid, verify_svid_der};
 

@@ -23,6 +23,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::transport::Channel;
 use wimsey_core::bundle::{TrustDomainBundle, parse_x509_authorities_pem};
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
+use wimsey_core::reserved;
 use wimsey_core::x509::build_csr;
 use wimsey_core::{SpiffeId, TrustDomain};
 use wimsey_proto::wimsey::node::v1::node_client::NodeClient as NodeGrpc;
@@ -68,8 +69,7 @@ impl NodeClientConfig {
         node_name: String,
         trust_domain: TrustDomain,
     ) -> Result<Self, NodeClientError> {
-        let server_id = trust_domain
-            .id_from_path("/wimsey/operator")
+        let server_id = reserved::operator_id(&trust_domain)
             .map_err(|e| NodeClientError::Config(format!("operator ID: {e}")))?;
         Ok(Self {
             endpoint: normalize_endpoint(endpoint.as_ref())?,
@@ -281,9 +281,7 @@ impl NodeClient {
         self.merge_bundle_file();
         let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)?;
         // The server takes only the key from the CSR; the ID here just describes the request.
-        let placeholder = config
-            .trust_domain
-            .id_from_path("/wimsey/node")
+        let placeholder = reserved::node_csr_placeholder_id(&config.trust_domain)
             .map_err(|e| NodeClientError::InvalidResponse(e.to_string()))?;
         let csr = build_csr(&key, &placeholder, &[])?;
         let issued_at = SystemTime::now();

@@ -18,6 +18,11 @@ struct StateLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabels {
     reason: &'static str,
 }
@@ -36,6 +41,9 @@ pub struct Metrics {
     render_failures: Family<ReasonLabels, Counter>,
     queue_depth: Gauge,
     is_leader: Gauge,
+    authority_replacements: Family<KindLabels, Counter>,
+    authority_secret_unreadable: Gauge,
+    authority_secret_errors: Family<ReasonLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -80,8 +88,29 @@ impl Metrics {
             "1 while this replica holds the Lease (and writes status)",
             is_leader.clone(),
         );
+        let authority_replacements = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "authority_replacements",
+            "Signing keys activated at once because no usable key was left (e.g. after an outage longer than the CA lifetime), by kind",
+            authority_replacements.clone(),
+        );
+        let authority_secret_unreadable = Gauge::default();
+        registry.register(
+            "authority_secret_unreadable",
+            "1 while the authority Secret cannot be read; the last good keys keep signing",
+            authority_secret_unreadable.clone(),
+        );
+        let authority_secret_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "authority_secret_errors",
+            "Authority Secret reads that failed, by error",
+            authority_secret_errors.clone(),
+        );
         Self {
             registry,
+            authority_replacements,
+            authority_secret_unreadable,
+            authority_secret_errors,
             reconcile_duration,
             entries,
             render_failures,
@@ -117,6 +146,23 @@ impl Metrics {
 
     pub fn set_leader(&self, leader: bool) {
         self.is_leader.set(i64::from(leader));
+    }
+
+    pub fn count_authority_replacement(&self, kind: &'static str) {
+        self.authority_replacements
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    /// Records whether the authority Secret could be read, and why not.
+    pub fn set_authority_secret_error(&self, error: Option<&'static str>) {
+        self.authority_secret_unreadable
+            .set(i64::from(error.is_some()));
+        if let Some(reason) = error {
+            self.authority_secret_errors
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
     }
 
     /// The Prometheus text exposition.

@@ -11,6 +11,7 @@
 
 mod secret;
 pub mod state;
+pub mod store;
 
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use wimsey_core::keys::KeyError;
 use wimsey_core::rotation::RotationError;
 use wimsey_core::x509::X509Error;
 
-pub use secret::SigningAuthority;
+pub use secret::{REASON_REPLACED, REASON_RESTORED, REASON_UNREADABLE, SigningAuthority};
 pub use state::{KeyKind, Lifetimes, SigningMaterial, StoredAuthority, TokenKey};
 
 /// The Secret key holding the authority's JSON state.
@@ -83,6 +84,8 @@ impl AuthorityArgs {
             propagation_delay: self.key_propagation_delay,
             max_x509_svid_ttl: self.max_x509_svid_ttl,
             max_jwt_svid_ttl: self.max_jwt_svid_ttl,
+            node_svid_ttl: self.node_svid_ttl,
+            server_svid_ttl: self.server_svid_ttl,
         }
     }
 }
@@ -93,14 +96,24 @@ pub enum AuthorityError {
     Kube(#[from] kube::Error),
     #[error("the authority Secret has no {0:?} key")]
     MissingData(&'static str),
-    #[error("the authority Secret holds invalid JSON: {0}")]
+    #[error("the authority Secret's {SECRET_DATA_KEY:?} is not an authority document: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("the authority Secret holds an invalid {0}")]
+    #[error(
+        "the authority Secret's {SECRET_DATA_KEY:?} has an unusable {set} key {id:?}: {problem}"
+    )]
+    BadKey {
+        set: &'static str,
+        id: String,
+        problem: String,
+    },
+    #[error("the authority Secret's {SECRET_DATA_KEY:?} holds an invalid {0}")]
     Corrupt(&'static str),
     #[error("the authority Secret is for trust domain {stored:?}, configured is {configured:?}")]
     TrustDomainMismatch { stored: String, configured: String },
     #[error("no active {0} key")]
     NoActiveKey(&'static str),
+    #[error("the authority Secret kept changing while starting ({0} attempts)")]
+    Contended(u32),
     #[error("invalid authority settings: {0}")]
     Settings(&'static str),
     #[error("{0}")]
@@ -120,8 +133,10 @@ impl AuthorityError {
             AuthorityError::MissingData(_) => "missing_data",
             AuthorityError::Json(_) => "json",
             AuthorityError::Corrupt(_) => "corrupt",
+            AuthorityError::BadKey { .. } => "bad_key",
             AuthorityError::TrustDomainMismatch { .. } => "trust_domain_mismatch",
             AuthorityError::NoActiveKey(_) => "no_active_key",
+            AuthorityError::Contended(_) => "contended",
             AuthorityError::Settings(_) => "settings",
             AuthorityError::X509(_) => "x509",
             AuthorityError::Key(_) => "key",

@@ -1,5 +1,21 @@
-//! The authority's Kubernetes edge: the Secret (create-once, watch, guarded replace) and the
-//! bundle ConfigMap.
+//! The running authority: loads the Secret through an [`AuthorityStore`], recovers and rotates
+//! before anything signs, writes rotations back with a resourceVersion guard, publishes the
+//! bundle, and follows the Secret.
+//!
+//! What it does on a bad day:
+//! * Operator down longer than the CA lifetime: [`rotate`] runs before the signing material is
+//!   built, so an expired CA is retired and a new one activated at once (Warning Event
+//!   `AuthorityReplaced`, metric `authority_replacements`), instead of crash-looping.
+//! * Secret edited into something unreadable: at start, a clear error naming what is wrong and
+//!   no start (nothing replaces a root it cannot read); while running, the last good keys keep
+//!   signing, and the problem is logged, counted (`authority_secret_unreadable`) and reported
+//!   (Warning Event `AuthoritySecretUnreadable`). The Secret is never overwritten meanwhile: every
+//!   write is guarded by the resourceVersion of a Secret that was read successfully. Readiness is
+//!   deliberately unchanged: taking the node API out of its Service would turn a damaged Secret
+//!   into an outage.
+//! * Secret restored to an older one (etcd restore): see [`adopt_restored`]; the restored keys are
+//!   used while usable, replaced at once if not, and the keys held here stay published (retired)
+//!   while what they signed may still be valid.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -7,25 +23,33 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::Client;
+use kube::api::ObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wimsey_core::TrustDomain;
 
-use super::state::{Lifetimes, SigningMaterial, StoredAuthority, rotate};
-use super::{
-    AuthorityArgs, AuthorityError, BUNDLE_PEM_KEY, BUNDLE_SPIFFE_KEY, GENERATION_ANNOTATION,
-    SECRET_DATA_KEY,
+use super::state::{
+    Lifetimes, Observed, Rotated, SigningMaterial, StoredAuthority, adopt_restored, check_stored,
+    classify, rotate,
 };
+use super::store::{AuthorityStore, KubeStore, MANAGED_BY, Written};
+use super::{AuthorityArgs, AuthorityError, BUNDLE_PEM_KEY, BUNDLE_SPIFFE_KEY, SECRET_DATA_KEY};
+use crate::admin::Metrics;
 
-const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "wimsey");
 /// Upper bound on the rotation loop's sleep, so a missed watch event or clock jump heals.
 const MAX_ROTATION_SLEEP: Duration = Duration::from_secs(30);
+/// Reads of the Secret at start before giving up when other writers keep changing it.
+const START_ATTEMPTS: u32 = 3;
+/// Event reasons.
+pub const REASON_REPLACED: &str = "AuthorityReplaced";
+pub const REASON_UNREADABLE: &str = "AuthoritySecretUnreadable";
+pub const REASON_RESTORED: &str = "AuthoritySecretRestored";
 
 /// What this replica last loaded from the Secret.
+#[derive(Clone)]
 struct Loaded {
     stored: StoredAuthority,
     resource_version: String,
@@ -35,9 +59,11 @@ struct Inner {
     trust_domain: TrustDomain,
     lifetimes: Lifetimes,
     args: AuthorityArgs,
-    secrets: Api<Secret>,
-    config_maps: Api<ConfigMap>,
+    store: Arc<dyn AuthorityStore>,
+    metrics: Arc<Metrics>,
     loaded: Mutex<Loaded>,
+    /// Whether the last read of the Secret failed (to report the change once, not every read).
+    unreadable: Mutex<bool>,
     material: watch::Sender<Arc<SigningMaterial>>,
 }
 
@@ -57,34 +83,66 @@ impl std::fmt::Debug for SigningAuthority {
 }
 
 impl SigningAuthority {
-    /// Loads the authority Secret, creating it if it does not exist (losing a creation race is
-    /// fine: the winner's Secret is loaded), publishes the bundle ConfigMap, and spawns the watch
-    /// and rotation tasks, which run until `shutdown`.
+    /// [`SigningAuthority::start_with_metrics`] with metrics of its own.
     pub async fn start(
         client: Client,
         trust_domain: TrustDomain,
         args: AuthorityArgs,
         shutdown: CancellationToken,
     ) -> Result<Self, AuthorityError> {
-        let authority = Self::load(client, trust_domain, args).await?;
-        tokio::spawn(authority.clone().watch_secret(shutdown.clone()));
+        Self::start_with_metrics(
+            client,
+            trust_domain,
+            args,
+            Arc::new(Metrics::new()),
+            shutdown,
+        )
+        .await
+    }
+
+    /// Loads the authority Secret, creating it if it does not exist (losing a creation race is
+    /// fine: the winner's Secret is loaded), recovers overdue rotations, publishes the bundle
+    /// ConfigMap, and spawns the watch and rotation tasks, which run until `shutdown`.
+    pub async fn start_with_metrics(
+        client: Client,
+        trust_domain: TrustDomain,
+        args: AuthorityArgs,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, AuthorityError> {
+        let store = Arc::new(KubeStore::new(
+            client,
+            &args.authority_namespace,
+            &args.authority_secret,
+            &args.bundle_configmap,
+        ));
+        let authority = Self::load(store.clone(), trust_domain, args, metrics).await?;
+        tokio::spawn(authority.clone().watch_secret(store, shutdown.clone()));
         tokio::spawn(authority.clone().rotation_loop(shutdown));
         Ok(authority)
     }
 
-    /// [`SigningAuthority::start`] without the background tasks (tests, one-shot tools).
+    /// Loads (or creates) the Secret and brings it up to date before anything signs, without
+    /// background tasks (tests, one-shot tools).
     pub async fn load(
-        client: Client,
+        store: Arc<dyn AuthorityStore>,
         trust_domain: TrustDomain,
         args: AuthorityArgs,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, AuthorityError> {
         let lifetimes = args.lifetimes();
         lifetimes.check()?;
-        let namespace = args.authority_namespace.as_str();
-        let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-        let config_maps: Api<ConfigMap> = Api::namespaced(client, namespace);
-        let loaded =
-            load_or_create(&secrets, &args.authority_secret, &trust_domain, &lifetimes).await?;
+        let (loaded, rotated) = match load_current(store.as_ref(), &trust_domain, &lifetimes).await
+        {
+            Ok(current) => current,
+            Err(error) => {
+                metrics.set_authority_secret_error(Some(error.label()));
+                tracing::error!(%error, label = error.label(), "authority Secret unusable; not starting");
+                store.warn(REASON_UNREADABLE, error.to_string()).await;
+                return Err(error);
+            }
+        };
+        metrics.set_authority_secret_error(None);
         let material = SigningMaterial::from_stored(
             &loaded.stored,
             &trust_domain,
@@ -97,14 +155,14 @@ impl SigningAuthority {
                 trust_domain,
                 lifetimes,
                 args,
-                secrets,
-                config_maps,
+                store,
+                metrics,
                 loaded: Mutex::new(loaded),
+                unreadable: Mutex::new(false),
                 material,
             }),
         };
-        // Keys may be overdue (the operator was down): bring them up to date before serving.
-        authority.rotate_once().await?;
+        authority.report_replaced(&rotated).await;
         authority.publish_bundle().await?;
         Ok(authority)
     }
@@ -132,100 +190,79 @@ impl SigningAuthority {
         self.inner.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adopts a state read from the API server if it is newer than ours.
-    fn adopt(
-        &self,
-        stored: StoredAuthority,
-        resource_version: String,
-    ) -> Result<bool, AuthorityError> {
-        let mut loaded = self.loaded();
-        if stored.generation < loaded.stored.generation {
-            return Ok(false);
-        }
-        let newer = stored.generation > loaded.stored.generation;
-        if newer {
-            let material = SigningMaterial::from_stored(
-                &stored,
-                &self.inner.trust_domain,
-                &self.inner.lifetimes,
-                SystemTime::now(),
-            )?;
-            self.inner.material.send_replace(Arc::new(material));
-        }
-        *loaded = Loaded {
+    /// Takes `stored` as the state to sign with. If it cannot sign (it needs a rotation first)
+    /// it still becomes the base of the next guarded write, and the old material keeps signing.
+    fn install(&self, stored: StoredAuthority, resource_version: String) {
+        let material = SigningMaterial::from_stored(
+            &stored,
+            &self.inner.trust_domain,
+            &self.inner.lifetimes,
+            SystemTime::now(),
+        );
+        let generation = stored.generation;
+        *self.loaded() = Loaded {
             stored,
             resource_version,
         };
-        Ok(newer)
-    }
-
-    /// Applies due rotations and writes them back, guarded by the resourceVersion we loaded. On
-    /// a conflict (another replica wrote first) reloads and tries again with what it wrote.
-    pub async fn rotate_once(&self) -> Result<bool, AuthorityError> {
-        for _ in 0..3 {
-            let (mut stored, resource_version) = {
-                let loaded = self.loaded();
-                (loaded.stored.clone(), loaded.resource_version.clone())
-            };
-            if !rotate(
-                &mut stored,
-                &self.inner.trust_domain,
-                &self.inner.lifetimes,
-                SystemTime::now(),
-            )? {
-                return Ok(false);
+        match material {
+            Ok(material) => {
+                self.inner.material.send_replace(Arc::new(material));
             }
-            let secret = secret_object(
-                &self.inner.args.authority_secret,
-                &stored,
-                Some(resource_version),
-            )?;
-            match self
-                .inner
-                .secrets
-                .replace(
-                    &self.inner.args.authority_secret,
-                    &PostParams::default(),
-                    &secret,
-                )
-                .await
-            {
-                Ok(written) => {
-                    let rv = written.metadata.resource_version.unwrap_or_default();
-                    tracing::info!(generation = stored.generation, "authority keys rotated");
-                    self.adopt(stored, rv)?;
-                    self.publish_bundle().await?;
-                    return Ok(true);
-                }
-                Err(kube::Error::Api(status)) if status.code == 409 => {
-                    tracing::debug!("authority Secret changed under us; reloading");
-                    let secret = self
-                        .inner
-                        .secrets
-                        .get(&self.inner.args.authority_secret)
-                        .await?;
-                    let (stored, rv) = parse_secret(&secret)?;
-                    self.adopt(stored, rv)?;
-                }
-                Err(error) => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(%error, generation, "authority state needs a rotation before it signs");
             }
         }
-        Ok(false)
+    }
+
+    /// Applies due rotations (and recoveries) and writes them back, guarded by the
+    /// resourceVersion we loaded. On a conflict another writer got there first: the watch
+    /// brings its state, and the rotation loop tries again.
+    pub async fn rotate_once(&self) -> Result<bool, AuthorityError> {
+        let loaded = self.loaded().clone();
+        let written = write_rotation(
+            self.inner.store.as_ref(),
+            loaded,
+            &self.inner.trust_domain,
+            &self.inner.lifetimes,
+            SystemTime::now(),
+        )
+        .await?;
+        match written {
+            Rotation::Unchanged => Ok(false),
+            Rotation::Conflict => {
+                tracing::debug!("authority Secret changed under us; the watch brings it");
+                Ok(false)
+            }
+            Rotation::Written(loaded, rotated) => {
+                tracing::info!(
+                    generation = loaded.stored.generation,
+                    "authority keys rotated"
+                );
+                self.install(loaded.stored, loaded.resource_version);
+                self.report_replaced(&rotated).await;
+                self.publish_bundle().await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn report_replaced(&self, rotated: &Rotated) {
+        for kind in &rotated.replaced {
+            self.inner
+                .metrics
+                .count_authority_replacement(kind.as_str());
+            let note = format!(
+                "no usable {} signing key was left (expired, or too close to expiry for the longest lifetime it signs); a new key was activated at once, without the propagation delay",
+                kind.as_str()
+            );
+            tracing::warn!(kind = kind.as_str(), "{note}");
+            self.inner.store.warn(REASON_REPLACED, note).await;
+        }
     }
 
     /// Writes the bundle ConfigMap unless it already shows this generation or a newer one.
     pub async fn publish_bundle(&self) -> Result<(), AuthorityError> {
         let material = self.current();
-        let name = &self.inner.args.bundle_configmap;
-        let existing = self.inner.config_maps.get_opt(name).await?;
-        let published_generation = existing
-            .as_ref()
-            .and_then(|cm| cm.metadata.annotations.as_ref())
-            .and_then(|a| a.get(GENERATION_ANNOTATION))
-            .and_then(|g| g.parse::<u64>().ok());
-        if published_generation.is_some_and(|g| g >= material.generation) {
-            return Ok(());
-        }
         let data = BTreeMap::from([
             (
                 BUNDLE_PEM_KEY.to_owned(),
@@ -236,45 +273,146 @@ impl SigningAuthority {
                 material.bundle.to_spiffe_jwks()?,
             ),
         ]);
-        let config_map = ConfigMap {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                labels: Some(BTreeMap::from([(MANAGED_BY.0.into(), MANAGED_BY.1.into())])),
-                annotations: Some(BTreeMap::from([(
-                    GENERATION_ANNOTATION.to_owned(),
-                    material.generation.to_string(),
-                )])),
-                resource_version: existing.and_then(|cm| cm.metadata.resource_version),
-                ..ObjectMeta::default()
-            },
-            data: Some(data),
-            ..ConfigMap::default()
+        self.inner
+            .store
+            .publish_bundle(material.generation, data)
+            .await?;
+        Ok(())
+    }
+
+    /// Handles one observed version of the Secret (a watch event).
+    pub async fn observe(&self, secret: &Secret) {
+        let parsed = parse_secret(secret, &self.inner.trust_domain);
+        let (stored, resource_version) = match parsed {
+            Ok(parsed) => parsed,
+            Err(error) => {
+                self.report_unreadable(&error).await;
+                return;
+            }
         };
-        let result = if config_map.metadata.resource_version.is_some() {
-            self.inner
-                .config_maps
-                .replace(name, &PostParams::default(), &config_map)
-                .await
-        } else {
-            self.inner
-                .config_maps
-                .create(&PostParams::default(), &config_map)
-                .await
+        self.report_readable();
+        let held = self.loaded().stored.clone();
+        let changed = match classify(&held, &stored) {
+            Observed::Same => {
+                self.loaded().resource_version = resource_version;
+                false
+            }
+            Observed::Newer => {
+                self.install(stored, resource_version);
+                true
+            }
+            Observed::Older => self.restore(&held).await,
         };
-        match result {
-            Ok(_) => Ok(()),
-            // Another replica wrote it in between; it retries with its own generation.
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
-            Err(error) => Err(error.into()),
+        if changed {
+            tracing::info!(
+                generation = self.current().generation,
+                "authority keys reloaded"
+            );
+            // Recovers at once if what was installed cannot sign.
+            if let Err(error) = self.rotate_once().await {
+                tracing::warn!(%error, label = error.label(), "rotating authority keys");
+            }
+            if let Err(error) = self.publish_bundle().await {
+                tracing::warn!(%error, label = error.label(), "publishing the bundle");
+            }
         }
     }
 
-    async fn watch_secret(self, shutdown: CancellationToken) {
-        let config = watcher::Config::default().fields(&format!(
-            "metadata.name={}",
-            self.inner.args.authority_secret
-        ));
-        let mut events = watcher(self.inner.secrets.clone(), config)
+    /// The Secret looks older than what we hold. A late watch event looks the same, so it is
+    /// confirmed with a fresh read; a confirmed restore is merged ([`adopt_restored`]) and
+    /// written back. Returns whether the held state changed.
+    async fn restore(&self, held: &StoredAuthority) -> bool {
+        let current = match self.inner.store.get_secret().await {
+            Ok(Some(secret)) => parse_secret(&secret, &self.inner.trust_domain),
+            Ok(None) => return false,
+            Err(error) => {
+                tracing::warn!(%error, "re-reading the authority Secret");
+                return false;
+            }
+        };
+        let (restored, resource_version) = match current {
+            Ok(current) => current,
+            Err(error) => {
+                self.report_unreadable(&error).await;
+                return false;
+            }
+        };
+        match classify(held, &restored) {
+            Observed::Same => return false,
+            Observed::Newer => {
+                self.install(restored, resource_version);
+                return true;
+            }
+            Observed::Older => {}
+        }
+        let merged = adopt_restored(&restored, held, SystemTime::now());
+        let note = format!(
+            "the authority Secret went back from generation {} to {}; its keys are used again, and the newer keys held here stay published until what they signed has expired",
+            held.generation, restored.generation
+        );
+        tracing::warn!(
+            held = held.generation,
+            restored = restored.generation,
+            "authority Secret restored to an older state"
+        );
+        match secret_object(&merged, Some(resource_version)) {
+            Ok(secret) => match self.inner.store.replace_secret(secret).await {
+                Ok(Written::Ok(rv)) => {
+                    self.install(merged, rv);
+                    self.inner.store.warn(REASON_RESTORED, note).await;
+                    true
+                }
+                Ok(Written::Conflict) => false,
+                Err(error) => {
+                    tracing::warn!(%error, "writing the restored authority state");
+                    false
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, "encoding the restored authority state");
+                false
+            }
+        }
+    }
+
+    async fn report_unreadable(&self, error: &AuthorityError) {
+        self.inner
+            .metrics
+            .set_authority_secret_error(Some(error.label()));
+        tracing::error!(
+            %error,
+            label = error.label(),
+            generation = self.current().generation,
+            "authority Secret unreadable; signing with the last good keys and never overwriting it"
+        );
+        let first = !std::mem::replace(&mut *self.unreadable(), true);
+        if first {
+            let note = format!(
+                "{error}; signing continues with the last good keys (generation {}); fix or restore the Secret",
+                self.current().generation
+            );
+            self.inner.store.warn(REASON_UNREADABLE, note).await;
+        }
+    }
+
+    fn report_readable(&self) {
+        if std::mem::replace(&mut *self.unreadable(), false) {
+            self.inner.metrics.set_authority_secret_error(None);
+            tracing::info!("authority Secret readable again");
+        }
+    }
+
+    fn unreadable(&self) -> std::sync::MutexGuard<'_, bool> {
+        self.inner
+            .unreadable
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn watch_secret(self, store: Arc<KubeStore>, shutdown: CancellationToken) {
+        let config =
+            watcher::Config::default().fields(&format!("metadata.name={}", store.secret_name()));
+        let mut events = watcher(store.secrets().clone(), config)
             .default_backoff()
             .applied_objects()
             .boxed();
@@ -286,40 +424,24 @@ impl SigningAuthority {
             match next {
                 None => return,
                 Some(Err(error)) => tracing::warn!(%error, "watching the authority Secret"),
-                Some(Ok(secret)) => {
-                    let adopted =
-                        parse_secret(&secret).and_then(|(stored, rv)| self.adopt(stored, rv));
-                    match adopted {
-                        Ok(true) => {
-                            tracing::info!(
-                                generation = self.current().generation,
-                                "authority keys reloaded"
-                            );
-                            if let Err(error) = self.publish_bundle().await {
-                                tracing::warn!(%error, label = error.label(), "publishing the bundle");
-                            }
-                        }
-                        Ok(false) => {}
-                        Err(error) => {
-                            tracing::error!(%error, label = error.label(), "authority Secret unusable")
-                        }
-                    }
-                }
+                Some(Ok(secret)) => self.observe(&secret).await,
             }
         }
     }
 
     async fn rotation_loop(self, shutdown: CancellationToken) {
         loop {
+            let now = SystemTime::now();
             let next = self
                 .loaded()
                 .stored
-                .next_rotation_check(&self.inner.lifetimes);
+                .next_rotation_check(&self.inner.lifetimes, now);
+            // A failed write is retried within MAX_ROTATION_SLEEP; never spin.
             let sleep = next
-                .and_then(|t| t.duration_since(SystemTime::now()).ok())
-                .unwrap_or_default()
+                .map_or(MAX_ROTATION_SLEEP, |t| {
+                    t.duration_since(now).unwrap_or_default()
+                })
                 .min(MAX_ROTATION_SLEEP)
-                // Never spin: a check that is due now is retried after a short pause on failure.
                 .max(Duration::from_millis(200));
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -332,64 +454,120 @@ impl SigningAuthority {
     }
 }
 
-async fn load_or_create(
-    secrets: &Api<Secret>,
-    name: &str,
-    trust_domain: &TrustDomain,
-    lifetimes: &Lifetimes,
-) -> Result<Loaded, AuthorityError> {
-    if let Some(secret) = secrets.get_opt(name).await? {
-        let (stored, resource_version) = parse_secret(&secret)?;
-        return Ok(Loaded {
-            stored,
-            resource_version,
-        });
-    }
-    let mut stored = StoredAuthority::empty(trust_domain);
-    rotate(&mut stored, trust_domain, lifetimes, SystemTime::now())?;
-    let secret = secret_object(name, &stored, None)?;
-    match secrets.create(&PostParams::default(), &secret).await {
-        Ok(created) => {
-            tracing::info!(secret = name, "authority created");
-            Ok(Loaded {
-                stored,
-                resource_version: created.metadata.resource_version.unwrap_or_default(),
-            })
-        }
-        // Another replica created it first: use theirs, so the trust domain has one CA.
-        Err(kube::Error::Api(status)) if status.code == 409 => {
-            let (stored, resource_version) = parse_secret(&secrets.get(name).await?)?;
-            Ok(Loaded {
-                stored,
-                resource_version,
-            })
-        }
-        Err(error) => Err(error.into()),
-    }
+/// What a guarded rotation write did.
+enum Rotation {
+    Unchanged,
+    Conflict,
+    Written(Loaded, Rotated),
 }
 
-fn parse_secret(secret: &Secret) -> Result<(StoredAuthority, String), AuthorityError> {
+async fn write_rotation(
+    store: &dyn AuthorityStore,
+    loaded: Loaded,
+    trust_domain: &TrustDomain,
+    lifetimes: &Lifetimes,
+    now: SystemTime,
+) -> Result<Rotation, AuthorityError> {
+    let Loaded {
+        mut stored,
+        resource_version,
+    } = loaded;
+    let rotated = rotate(&mut stored, trust_domain, lifetimes, now)?;
+    if !rotated.changed {
+        return Ok(Rotation::Unchanged);
+    }
+    let secret = secret_object(&stored, Some(resource_version))?;
+    Ok(match store.replace_secret(secret).await? {
+        Written::Ok(resource_version) => Rotation::Written(
+            Loaded {
+                stored,
+                resource_version,
+            },
+            rotated,
+        ),
+        Written::Conflict => Rotation::Conflict,
+    })
+}
+
+/// The Secret as it is now, brought up to date: read (or created), then rotated and written back
+/// before anything signs, so that an outage longer than the CA lifetime heals here.
+async fn load_current(
+    store: &dyn AuthorityStore,
+    trust_domain: &TrustDomain,
+    lifetimes: &Lifetimes,
+) -> Result<(Loaded, Rotated), AuthorityError> {
+    for _ in 0..START_ATTEMPTS {
+        let loaded = match store.get_secret().await? {
+            Some(secret) => {
+                let (stored, resource_version) = parse_secret(&secret, trust_domain)?;
+                Loaded {
+                    stored,
+                    resource_version,
+                }
+            }
+            None => {
+                let mut stored = StoredAuthority::empty(trust_domain);
+                rotate(&mut stored, trust_domain, lifetimes, SystemTime::now())?;
+                match store.create_secret(secret_object(&stored, None)?).await? {
+                    Written::Ok(resource_version) => {
+                        tracing::info!("authority created");
+                        return Ok((
+                            Loaded {
+                                stored,
+                                resource_version,
+                            },
+                            Rotated::default(),
+                        ));
+                    }
+                    // Another replica created it first: use theirs, so the domain has one CA.
+                    Written::Conflict => continue,
+                }
+            }
+        };
+        match write_rotation(
+            store,
+            loaded.clone(),
+            trust_domain,
+            lifetimes,
+            SystemTime::now(),
+        )
+        .await?
+        {
+            Rotation::Unchanged => return Ok((loaded, Rotated::default())),
+            Rotation::Written(loaded, rotated) => return Ok((loaded, rotated)),
+            // Another replica rotated at the same time: read what it wrote.
+            Rotation::Conflict => continue,
+        }
+    }
+    Err(AuthorityError::Contended(START_ATTEMPTS))
+}
+
+/// Reads the Secret's state and checks all of it ([`check_stored`]).
+fn parse_secret(
+    secret: &Secret,
+    trust_domain: &TrustDomain,
+) -> Result<(StoredAuthority, String), AuthorityError> {
     let data = secret
         .data
         .as_ref()
         .and_then(|d| d.get(SECRET_DATA_KEY))
         .ok_or(AuthorityError::MissingData(SECRET_DATA_KEY))?;
     let stored: StoredAuthority = serde_json::from_slice(&data.0)?;
+    check_stored(&stored, trust_domain)?;
     Ok((
         stored,
         secret.metadata.resource_version.clone().unwrap_or_default(),
     ))
 }
 
+/// The Secret for `stored`; the store gives it its name.
 fn secret_object(
-    name: &str,
     stored: &StoredAuthority,
     resource_version: Option<String>,
 ) -> Result<Secret, AuthorityError> {
     let json = serde_json::to_vec(stored)?;
     Ok(Secret {
         metadata: ObjectMeta {
-            name: Some(name.to_owned()),
             labels: Some(BTreeMap::from([(MANAGED_BY.0.into(), MANAGED_BY.1.into())])),
             resource_version,
             ..ObjectMeta::default()
@@ -401,4 +579,245 @@ fn secret_object(
         )])),
         ..Secret::default()
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use k8s_openapi::api::core::v1::Secret;
+
+    use super::*;
+    use crate::authority::KeyKind;
+    use crate::authority::store::MemoryStore;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        authority: AuthorityArgs,
+    }
+
+    /// The defaults: 24h CA, 24h JWT keys, 1h propagation, 12h X.509-SVIDs.
+    fn args() -> AuthorityArgs {
+        Cli::try_parse_from(["x"]).unwrap().authority
+    }
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("example.org").unwrap()
+    }
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    /// A state created `ago` and never rotated since (the operator was down).
+    fn state_from(ago: Duration) -> StoredAuthority {
+        let mut stored = StoredAuthority::empty(&td());
+        rotate(
+            &mut stored,
+            &td(),
+            &args().lifetimes(),
+            SystemTime::now() - ago,
+        )
+        .unwrap();
+        stored
+    }
+
+    fn secret_of(stored: &StoredAuthority) -> Secret {
+        secret_object(stored, None).unwrap()
+    }
+
+    fn garbage(data: &[u8]) -> Secret {
+        Secret {
+            data: Some(BTreeMap::from([(
+                SECRET_DATA_KEY.to_owned(),
+                ByteString(data.to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    fn stored_in(store: &MemoryStore) -> StoredAuthority {
+        parse_secret(&store.secret().unwrap(), &td()).unwrap().0
+    }
+
+    async fn load(store: &Arc<MemoryStore>, metrics: &Arc<Metrics>) -> SigningAuthority {
+        SigningAuthority::load(store.clone(), td(), args(), metrics.clone())
+            .await
+            .expect("the authority starts")
+    }
+
+    fn reasons(store: &MemoryStore) -> Vec<&'static str> {
+        store
+            .events()
+            .into_iter()
+            .map(|(reason, _)| reason)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn start_after_two_days_down_replaces_the_ca_publishes_and_warns() {
+        let store = Arc::new(MemoryStore::default());
+        let before = state_from(48 * HOUR);
+        store.put_secret(secret_of(&before));
+        let metrics = Arc::new(Metrics::new());
+        let authority = load(&store, &metrics).await;
+
+        let material = authority.current();
+        assert!(material.ca.not_after() > SystemTime::now() + 12 * HOUR);
+        let written = stored_in(&store);
+        assert!(
+            written.generation > before.generation,
+            "recovery written back"
+        );
+        assert_eq!(material.generation, written.generation);
+        assert_eq!(store.bundle().map(|(g, _)| g), Some(written.generation));
+        assert_eq!(reasons(&store), vec![REASON_REPLACED]);
+        assert!(store.events()[0].1.contains(KeyKind::X509Ca.as_str()));
+        assert!(
+            metrics
+                .encode()
+                .contains("wimsey_operator_authority_replacements_total{kind=\"x509_ca\"} 1"),
+            "{}",
+            metrics.encode()
+        );
+    }
+
+    #[tokio::test]
+    async fn start_after_an_hour_down_changes_nothing() {
+        let store = Arc::new(MemoryStore::default());
+        let before = state_from(HOUR);
+        store.put_secret(secret_of(&before));
+        let authority = load(&store, &Arc::new(Metrics::new())).await;
+        assert_eq!(stored_in(&store), before);
+        assert_eq!(authority.current().generation, before.generation);
+        assert!(store.events().is_empty());
+    }
+
+    #[tokio::test]
+    async fn start_refuses_a_damaged_secret_and_never_replaces_it() {
+        let cases = [
+            (garbage(b"{\"format\": 1, oops"), "authority.json"),
+            (
+                Secret {
+                    data: Some(BTreeMap::from([(
+                        "other".to_owned(),
+                        ByteString(b"x".to_vec()),
+                    )])),
+                    ..Secret::default()
+                },
+                "no \"authority.json\" key",
+            ),
+        ];
+        for (secret, mention) in cases {
+            let store = Arc::new(MemoryStore::default());
+            let put = store.put_secret(secret);
+            let metrics = Arc::new(Metrics::new());
+            let error = SigningAuthority::load(store.clone(), td(), args(), metrics.clone())
+                .await
+                .expect_err("a damaged Secret stops the start");
+            assert!(error.to_string().contains(mention), "{error}");
+            assert_eq!(store.secret(), Some(put), "left as it was");
+            assert_eq!(reasons(&store), vec![REASON_UNREADABLE]);
+            assert!(
+                metrics
+                    .encode()
+                    .contains("wimsey_operator_authority_secret_unreadable 1")
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_running_authority_keeps_its_last_good_keys_when_the_secret_turns_to_garbage() {
+        let store = Arc::new(MemoryStore::default());
+        store.put_secret(secret_of(&state_from(HOUR)));
+        let metrics = Arc::new(Metrics::new());
+        let authority = load(&store, &metrics).await;
+        let good = authority.current();
+        let held = authority.loaded().clone();
+
+        let broken = store.put_secret(garbage(b"[]"));
+        authority.observe(&broken).await;
+        authority.observe(&broken).await;
+        let now = authority.current();
+        assert!(Arc::ptr_eq(&good, &now), "same material still signs");
+        assert_eq!(reasons(&store), vec![REASON_UNREADABLE], "reported once");
+        assert!(store.events()[0].1.contains("authority.json"));
+        assert!(
+            metrics
+                .encode()
+                .contains("wimsey_operator_authority_secret_unreadable 1")
+        );
+        // Nothing overwrites it: a rotation that is due (at an injected time) conflicts on the
+        // resourceVersion of the last Secret that was read successfully.
+        assert!(!authority.rotate_once().await.unwrap());
+        let due = SystemTime::now() + 30 * HOUR;
+        let written = write_rotation(store.as_ref(), held, &td(), &args().lifetimes(), due)
+            .await
+            .unwrap();
+        assert!(matches!(written, Rotation::Conflict));
+        assert_eq!(store.secret(), Some(broken));
+
+        // Fixed by hand: readable again, nothing replaced.
+        let fixed = store.put_secret(secret_of(&authority.loaded().stored.clone()));
+        authority.observe(&fixed).await;
+        assert!(
+            metrics
+                .encode()
+                .contains("wimsey_operator_authority_secret_unreadable 0")
+        );
+        assert_eq!(authority.current().generation, good.generation);
+        assert_eq!(
+            authority.loaded().resource_version,
+            fixed.metadata.resource_version.unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restored_older_secret_is_used_and_written_back_newer() {
+        let store = Arc::new(MemoryStore::default());
+        // 11.5h old: the CA successor is due, so the running authority moves past the snapshot.
+        let snapshot = state_from(11 * HOUR + HOUR / 2);
+        store.put_secret(secret_of(&snapshot));
+        let authority = load(&store, &Arc::new(Metrics::new())).await;
+        let held = stored_in(&store);
+        assert!(held.generation > snapshot.generation);
+
+        let restored = store.put_secret(secret_of(&snapshot));
+        authority.observe(&restored).await;
+        let after = stored_in(&store);
+        assert!(after.generation > held.generation, "{after:?}");
+        assert!(reasons(&store).contains(&REASON_RESTORED));
+        let snapshot_ca = snapshot.x509_ca[0].certificate_der().unwrap();
+        assert_eq!(
+            authority.current().ca.certificate().as_bytes(),
+            snapshot_ca.as_slice(),
+            "the restored CA signs"
+        );
+        assert_eq!(authority.current().generation, after.generation);
+        assert_eq!(store.bundle().map(|(g, _)| g), Some(after.generation));
+    }
+
+    #[tokio::test]
+    async fn a_restored_secret_whose_ca_expired_is_recovered_at_once() {
+        let store = Arc::new(MemoryStore::default());
+        store.put_secret(secret_of(&state_from(HOUR)));
+        let authority = load(&store, &Arc::new(Metrics::new())).await;
+        let held_ca = authority.current().ca.certificate().clone();
+
+        let restored = store.put_secret(secret_of(&state_from(72 * HOUR)));
+        authority.observe(&restored).await;
+        let material = authority.current();
+        assert!(material.ca.not_after() > SystemTime::now() + 12 * HOUR);
+        assert!(
+            material.ca.certificate().as_bytes() != held_ca.as_bytes(),
+            "a new CA"
+        );
+        assert!(
+            material
+                .bundle
+                .x509_authorities
+                .iter()
+                .any(|der| der.as_slice() == held_ca.as_bytes()),
+            "the CA that signed until now stays published"
+        );
+        assert!(reasons(&store).contains(&REASON_REPLACED));
+    }
 }

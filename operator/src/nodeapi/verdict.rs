@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
+use wimsey_core::reserved;
 use wimsey_core::{SpiffeId, TrustDomain};
 use zeroize::Zeroizing;
 
@@ -19,33 +20,23 @@ use crate::store::PodRecord;
 pub const EXTRA_POD_NAME: &str = "authentication.kubernetes.io/pod-name";
 pub const EXTRA_POD_UID: &str = "authentication.kubernetes.io/pod-uid";
 
-/// The operator's own serving identity.
+/// The node name in a node SVID ID of our trust domain and cluster, or `None`.
+pub use wimsey_core::reserved::node_from_id;
+
+/// The operator's own serving identity (`wimsey_core::reserved::operator_id`).
 pub fn operator_id(trust_domain: &TrustDomain) -> Result<SpiffeId, NodeApiError> {
-    trust_domain
-        .id_from_path("/wimsey/operator")
-        .map_err(|_| NodeApiError::InvalidArgument("trust domain"))
+    reserved::operator_id(trust_domain).map_err(|_| NodeApiError::InvalidArgument("trust domain"))
 }
 
-/// A node's SVID ID: `spiffe://<td>/spire/agent/wimsey/<cluster>/<node name>`. Node names are DNS
-/// subdomains, so they are valid path segments as they are.
+/// A node's SVID ID (`wimsey_core::reserved::node_id`): a node name that is not a valid path
+/// segment is refused.
 pub fn node_id(
     trust_domain: &TrustDomain,
     cluster: &str,
     node: &str,
 ) -> Result<SpiffeId, NodeApiError> {
-    trust_domain
-        .id_from_segments(&["spire", "agent", "wimsey", cluster, node])
+    reserved::node_id(trust_domain, cluster, node)
         .map_err(|_| NodeApiError::InvalidArgument("node_name"))
-}
-
-/// The node name in a node SVID ID of our trust domain and cluster, or `None`.
-pub fn node_from_id(trust_domain: &TrustDomain, cluster: &str, id: &SpiffeId) -> Option<String> {
-    if !id.is_member_of(trust_domain) {
-        return None;
-    }
-    let rest = id.path().strip_prefix("/spire/agent/wimsey/")?;
-    let (id_cluster, node) = rest.split_once('/')?;
-    (id_cluster == cluster && !node.is_empty() && !node.contains('/')).then(|| node.to_owned())
 }
 
 /// What an authenticated, pod-bound service-account token says about its holder.
