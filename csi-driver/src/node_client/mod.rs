@@ -9,6 +9,7 @@
 mod pod;
 pub mod schedule;
 mod tls;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -26,6 +27,7 @@ use zeroize::Zeroizing;
 
 use crate::identity_source::{IdentitySource, PodInfo};
 pub use pod::NodePod;
+pub use transport::NodeApiTransport;
 
 /// Where the plugin's own token and the bootstrap bundle are mounted by default.
 pub const DEFAULT_TOKEN_PATH: &str = "/var/run/secrets/wimsey/token";
@@ -45,6 +47,8 @@ pub struct NodeClientConfig {
     pub token_path: PathBuf,
     /// PEM X.509 roots to trust the operator with before the first attestation.
     pub bundle_path: PathBuf,
+    /// TCP_NODELAY, HTTP/2 keepalive and timeouts of the node API connection.
+    pub transport: NodeApiTransport,
 }
 
 impl NodeClientConfig {
@@ -65,6 +69,7 @@ impl NodeClientConfig {
             server_id,
             token_path: PathBuf::from(DEFAULT_TOKEN_PATH),
             bundle_path: PathBuf::from(DEFAULT_BUNDLE_PATH),
+            transport: NodeApiTransport::default(),
         })
     }
 }
@@ -253,6 +258,7 @@ impl NodeClient {
             &config.trust_domain,
             &config.server_id,
             Some(&cert),
+            &config.transport,
         )?;
         Ok(NodeSession {
             spiffe_id: response.spiffe_id,
@@ -288,6 +294,7 @@ impl NodeClient {
             &config.trust_domain,
             &config.server_id,
             None,
+            &config.transport,
         )?;
         Ok(NodeGrpc::new(channel))
     }
