@@ -186,6 +186,7 @@ async fn start_plugin() -> Plugin {
                 state_dir: dir.path().join("state"),
                 spire_agent_socket_dir: None,
                 files_tmpfs_size: "1m".into(),
+                workload_api: Default::default(),
             },
         )
         .expect("manager"),

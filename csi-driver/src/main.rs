@@ -18,9 +18,9 @@ use wimsey_csi::csi::{
 };
 use wimsey_csi::identity_source::IdentitySource;
 use wimsey_csi::node_client::{
-    DEFAULT_BUNDLE_PATH, DEFAULT_TOKEN_PATH, NodeClient, NodeClientConfig,
+    DEFAULT_BUNDLE_PATH, DEFAULT_TOKEN_PATH, NodeApiTransport, NodeClient, NodeClientConfig,
 };
-use wimsey_csi::workload_api::bind_unix_socket;
+use wimsey_csi::workload_api::{WorkloadApiLimits, bind_unix_socket};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -73,6 +73,10 @@ struct Args {
     /// PEM trust bundle to verify the node API's certificate with.
     #[arg(long, env = "WIMSEY_BUNDLE_PATH", default_value = DEFAULT_BUNDLE_PATH)]
     bundle_path: PathBuf,
+    #[command(flatten)]
+    workload_api: WorkloadApiLimits,
+    #[command(flatten)]
+    node_api_transport: NodeApiTransport,
 }
 
 fn main() -> ExitCode {
@@ -125,6 +129,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("node API client configuration")?;
     config.token_path = args.node_token_path.clone();
     config.bundle_path = args.bundle_path.clone();
+    config.transport = args.node_api_transport.clone();
     let client = NodeClient::new(config).context("starting the node API client")?;
     info!(node_api = %addr, "identities from the operator's node API");
     run_with_source(Arc::new(client), args).await
@@ -143,6 +148,7 @@ async fn run_with_source<S: IdentitySource>(source: Arc<S>, args: Args) -> anyho
                 state_dir: args.state_dir.clone(),
                 spire_agent_socket_dir: args.spire_agent_socket_dir.clone(),
                 files_tmpfs_size: args.files_tmpfs_size.clone(),
+                workload_api: args.workload_api.clone(),
             },
         )
         .context("opening the state directory")?,

@@ -49,6 +49,7 @@ impl Plugin {
                     state_dir: dir.join("state"),
                     spire_agent_socket_dir: spire_dir,
                     files_tmpfs_size: "1m".into(),
+                    workload_api: Default::default(),
                 },
             )
             .expect("manager"),
