@@ -14,7 +14,9 @@
 use super::error::WorkloadApiError;
 
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 16;
-pub const DEFAULT_MAX_STREAMS_PER_POD: usize = 128;
+/// Room for clients that open stream after stream: a stream the client has dropped holds its
+/// permit until the server has processed the reset, so 100 such clients can briefly hold ~200.
+pub const DEFAULT_MAX_STREAMS_PER_POD: usize = 512;
 /// Every Workload API request is a few short strings; the largest legitimate one is a
 /// `ValidateJWTSVID` carrying a token of up to [`DEFAULT_MAX_JWT_SVID_BYTES`].
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 64 * 1024;
