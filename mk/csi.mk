@@ -51,10 +51,11 @@ TEST_TARGETS += test-csi-sanity
 
 # The node part of `make bench-csi` (the cluster part, bench-csi-cluster, is in mk/demo.mk):
 # NodePublishVolume p50/p99 per mode over the real CSI socket with real mounts, and the Workload API
-# of one published pod (first response on a new connection; fetches/s with 100 concurrent clients).
+# of one published pod (first response on a new connection; fetches/s with 100 concurrent clients;
+# FetchJWTSVID p50/p99 cached and cold).
 # In process with the tests' issuer, built --release; needs root for the mounts.
 .PHONY: bench-csi-node bench-csi
-bench-csi-node: ## CSI node plugin: publish latency per mode, Workload API first response and fetches/s
+bench-csi-node: ## CSI node plugin: publish latency per mode, Workload API first response, fetches/s, FetchJWTSVID cached/cold
 	$(CARGO) bench -p wimsey-csi --bench csi_node
 
 bench-csi: bench-csi-node

@@ -1,5 +1,8 @@
 //! Compiles the .proto files with protox (a protobuf compiler in Rust), so building needs no
-//! `protoc` on the machine.
+//! `protoc` on the machine. Also writes the Workload API's encoded file descriptor set (with its
+//! imports) for gRPC server reflection.
+
+use std::path::PathBuf;
 
 const PROTOS: [&str; 4] = [
     "proto/workloadapi.proto",
@@ -8,6 +11,9 @@ const PROTOS: [&str; 4] = [
     "proto/wimsey/node/v1/node.proto",
 ];
 
+/// The file under `OUT_DIR` that `wimsey_proto::workload::FILE_DESCRIPTOR_SET` includes.
+const WORKLOAD_DESCRIPTOR_SET: &str = "workloadapi_descriptor_set.bin";
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let descriptors = protox::compile(PROTOS, ["proto"])?;
@@ -15,5 +21,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_fds(descriptors)?;
+
+    let workload = protox::Compiler::new(["proto"])?
+        .include_imports(true)
+        .open_file("workloadapi.proto")?
+        .encode_file_descriptor_set();
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(out_dir.join(WORKLOAD_DESCRIPTOR_SET), workload)?;
     Ok(())
 }

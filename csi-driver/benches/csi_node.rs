@@ -1,7 +1,9 @@
 //! `make bench-csi-node` (part of `make bench-csi`): the CSI node plugin in process, run as root.
 //! NodePublishVolume latency per mode over the real CSI Unix socket with real mounts into a temp
 //! dir, then the Workload API of one published pod (through its bind-mounted socket): first-response
-//! latency of FetchX509SVID on a new connection, and fetches per second with 100 concurrent clients.
+//! latency of FetchX509SVID on a new connection, fetches per second with 100 concurrent clients, and
+//! FetchJWTSVID on one connection, cached (the same audiences again: answered from the pod's cache)
+//! and cold (a new audience set each call: a mint).
 //! Identities come from the tests' in-process issuer (real SVIDs from core's `Authority`), so the
 //! figures are the plugin's own cost, not the node API's. As with the real node API client, a
 //! pod's keys are generated and its SVIDs signed on a spawned task, not inside NodePublishVolume.
@@ -36,6 +38,8 @@ struct Plan {
     publishes_per_mode: usize,
     first_response_samples: usize,
     concurrent_duration: Duration,
+    /// FetchJWTSVID calls per row (cached, cold).
+    jwt_samples: usize,
     /// Whether figures are judged against the targets (never for an unoptimized smoke run).
     judge: bool,
 }
@@ -44,6 +48,7 @@ const MEASURE: Plan = Plan {
     publishes_per_mode: 1000,
     first_response_samples: 500,
     concurrent_duration: Duration::from_secs(3),
+    jwt_samples: 1000,
     judge: true,
 };
 
@@ -51,6 +56,7 @@ const SMOKE: Plan = Plan {
     publishes_per_mode: 20,
     first_response_samples: 20,
     concurrent_duration: Duration::from_millis(300),
+    jwt_samples: 20,
     judge: false,
 };
 const CONCURRENT_CLIENTS: usize = 100;
@@ -188,8 +194,8 @@ async fn start_plugin() -> Plugin {
                 state_dir: dir.path().join("state"),
                 spire_agent_socket_dir: None,
                 files_tmpfs_size: "1m".into(),
-                http2_front: Default::default(),
                 files_tmpfs_inodes: wimsey_csi::csi::manager::DEFAULT_FILES_TMPFS_INODES,
+                workload_api: Default::default(),
             },
         )
         .expect("manager"),
@@ -328,10 +334,72 @@ async fn measure(plan: Plan, root: &Path, csi_socket: &Path, source: &TestSource
         ok: None,
     });
 
+    jwt_svid_latency(plan, &pod_socket, &mut rows).await;
+
     node.node_unpublish_volume(unpublish_request("bench-pod", &target))
         .await
         .expect("unpublish pod volume");
     rows
+}
+
+/// One FetchJWTSVID call; returns the token.
+async fn fetch_jwt_svid(
+    client: &mut pb::spiffe_workload_api_client::SpiffeWorkloadApiClient<Channel>,
+    audience: &str,
+) -> String {
+    let response = client
+        .fetch_jwtsvid(support::with_header(pb::JwtsvidRequest {
+            audience: vec![audience.to_owned()],
+            spiffe_id: String::new(),
+        }))
+        .await
+        .expect("FetchJWTSVID")
+        .into_inner();
+    assert_eq!(response.svids.len(), 1);
+    response.svids[0].svid.clone()
+}
+
+/// FetchJWTSVID p50/p99 on one connection to the pod's socket: the same audience again (from
+/// the pod's JWT-SVID cache), and a new audience each call (a mint; with the in-process issuer,
+/// so no node API round trip is in the figure).
+async fn jwt_svid_latency(plan: Plan, pod_socket: &Path, rows: &mut Vec<Row>) {
+    let samples_per_row = plan.jwt_samples;
+    let mut client = support::raw_client(pod_socket).await;
+    let warm = fetch_jwt_svid(&mut client, "bench-cached").await;
+    let mut cached = Vec::with_capacity(samples_per_row);
+    for _ in 0..samples_per_row {
+        let start = Instant::now();
+        let token = fetch_jwt_svid(&mut client, "bench-cached").await;
+        cached.push(start.elapsed());
+        assert_eq!(token, warm, "answered from the cache");
+    }
+    let mut cold = Vec::with_capacity(samples_per_row);
+    for i in 0..samples_per_row {
+        let audience = format!("bench-cold-{i}");
+        let start = Instant::now();
+        let token = fetch_jwt_svid(&mut client, &audience).await;
+        cold.push(start.elapsed());
+        assert_ne!(token, warm);
+    }
+    for (name, samples, target_p50) in [
+        ("cached", &mut cached, Duration::from_millis(1)),
+        ("cold", &mut cold, Duration::from_millis(5)),
+    ] {
+        samples.sort();
+        let p50 = percentile(samples, 50);
+        rows.push(Row {
+            measure: format!("FetchJWTSVID {name} p50 ({samples_per_row} calls, one connection)"),
+            value: ms(p50),
+            target: format!("< {}", ms(target_p50)),
+            ok: plan.judge.then_some(p50 < target_p50),
+        });
+        rows.push(Row {
+            measure: format!("FetchJWTSVID {name} p99"),
+            value: ms(percentile(samples, 99)),
+            target: "-".into(),
+            ok: None,
+        });
+    }
 }
 
 fn main() {
@@ -384,7 +452,10 @@ fn main() {
         );
     }
     println!(
-        "(Workload API clients: raw tonic client of wimsey_proto::workload with the security header)"
+        "(Workload API clients: raw tonic client of wimsey_proto::workload with the security header;"
+    );
+    println!(
+        " JWT-SVIDs minted by the in-process test issuer: a cold call's node API round trip is not in it)"
     );
     if !plan.judge {
         println!(

@@ -22,9 +22,9 @@ use wimsey_csi::csi::{
 };
 use wimsey_csi::identity_source::IdentitySource;
 use wimsey_csi::node_client::{
-    DEFAULT_BUNDLE_PATH, DEFAULT_TOKEN_PATH, NodeClient, NodeClientConfig,
+    DEFAULT_BUNDLE_PATH, DEFAULT_TOKEN_PATH, NodeApiTransport, NodeClient, NodeClientConfig,
 };
-use wimsey_csi::workload_api::bind_unix_socket;
+use wimsey_csi::workload_api::{WorkloadApiLimits, bind_unix_socket};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
@@ -101,6 +101,10 @@ struct Args {
     #[arg(long, env = "WIMSEY_HTTP2_MAX_HEADER_BLOCK", default_value_t = 16 * 1024,
         value_parser = clap::value_parser!(u32).range(1024..=1024 * 1024))]
     http2_max_header_block: u32,
+    #[command(flatten)]
+    workload_api: WorkloadApiLimits,
+    #[command(flatten)]
+    node_api_transport: NodeApiTransport,
 }
 
 impl Args {
@@ -170,6 +174,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.bundle_path = args.bundle_path.clone();
     config.call_timeout = args.node_api_call_timeout;
     config.denial_grace = args.denial_grace;
+    config.transport = args.node_api_transport.clone();
     let client = NodeClient::new(config).context("starting the node API client")?;
     info!(node_api = %addr, "identities from the operator's node API");
     run_with_source(Arc::new(client), args).await
@@ -188,8 +193,11 @@ async fn run_with_source<S: IdentitySource>(source: Arc<S>, args: Args) -> anyho
                 state_dir: args.state_dir.clone(),
                 spire_agent_socket_dir: args.spire_agent_socket_dir.clone(),
                 files_tmpfs_size: args.files_tmpfs_size.clone(),
-                http2_front: args.http2_front(),
                 files_tmpfs_inodes: args.files_tmpfs_inodes,
+                workload_api: WorkloadApiLimits {
+                    front: args.http2_front(),
+                    ..args.workload_api.clone()
+                },
             },
         )
         .context("opening the state directory")?,

@@ -50,8 +50,8 @@ impl Plugin {
                     state_dir: dir.join("state"),
                     spire_agent_socket_dir: spire_dir,
                     files_tmpfs_size: "1m".into(),
-                    http2_front: Default::default(),
                     files_tmpfs_inodes: DEFAULT_FILES_TMPFS_INODES,
+                    workload_api: Default::default(),
                 },
             )
             .expect("manager"),
@@ -721,7 +721,7 @@ fn a_state_dir_another_user_owns_is_refused() {
         spire_agent_socket_dir: None,
         files_tmpfs_size: "1m".into(),
         files_tmpfs_inodes: DEFAULT_FILES_TMPFS_INODES,
-        http2_front: Default::default(),
+        workload_api: Default::default(),
     };
     let error = VolumeManager::new(TestSource::new(), config).expect_err("refused");
     assert!(error.to_string().contains("owned by uid 65534"), "{error}");

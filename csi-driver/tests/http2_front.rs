@@ -137,7 +137,7 @@ async fn hpack_bombs_in_a_loop_leave_memory_flat_and_other_clients_served() {
             state_dir: dir.path().join("state"),
             spire_agent_socket_dir: None,
             files_tmpfs_size: "1m".into(),
-            http2_front: Default::default(),
+            workload_api: Default::default(),
             files_tmpfs_inodes: wimsey_csi::csi::manager::DEFAULT_FILES_TMPFS_INODES,
         },
     )

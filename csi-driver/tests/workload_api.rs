@@ -344,14 +344,11 @@ async fn calls_wait_for_a_pod_not_ready_yet_then_answer_unavailable() {
     let first_sync_wait = Duration::from_millis(300);
     let service = wimsey_csi::workload_api::WorkloadApiService::new(pod.clone(), shutdown.clone())
         .with_first_sync_wait(first_sync_wait);
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service.into_server())
-            .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::UnixListenerStream::new(listener),
-                shutdown.clone().cancelled_owned(),
-            ),
-    );
+    let server = tokio::spawn(wimsey_csi::workload_api::serve_workload_api_service(
+        listener,
+        service,
+        shutdown.clone(),
+    ));
     let mut raw = support::raw_client(&socket).await;
 
     // Still not ready when the wait is over: Unavailable, and not before the wait.
@@ -584,7 +581,16 @@ async fn socket_is_private_replaces_a_stale_one_and_is_removed_after_shutdown() 
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn({
         let (socket, pod, shutdown) = (socket.clone(), pod.clone(), shutdown.clone());
-        async move { wimsey_csi::workload_api::serve_unix_socket(&socket, 0o600, pod, shutdown).await }
+        async move {
+            wimsey_csi::workload_api::serve_unix_socket(
+                &socket,
+                0o600,
+                pod,
+                Default::default(),
+                shutdown,
+            )
+            .await
+        }
     });
     // The stale socket is replaced by a live one.
     let client = tokio::time::timeout(WAIT, async {
@@ -628,4 +634,108 @@ async fn socket_is_private_replaces_a_stale_one_and_is_removed_after_shutdown() 
     std::fs::write(&socket, b"not a socket").expect("file");
     let error = wimsey_csi::workload_api::bind_unix_socket(&socket, 0o600).expect_err("refused");
     assert_eq!(error.label(), "not_a_socket");
+}
+
+/// gRPC server reflection (Workload Endpoint spec: SHOULD), as `grpcurl -plaintext -unix
+/// <socket> list` uses it: no security header, no proto file.
+#[tokio::test]
+async fn server_reflection_lists_and_describes_the_workload_api() {
+    use prost::Message;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let world = World::new();
+    let server = serve(&world, world.issued(&[(WEB, "")])).await;
+    let mut client = ServerReflectionClient::new(support::unix_channel(&server.socket).await);
+    let request = |message: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(message),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([
+            request(MessageRequest::ListServices(String::new())),
+            request(MessageRequest::FileContainingSymbol(
+                "SpiffeWorkloadAPI".into(),
+            )),
+        ]))
+        .await
+        .expect("reflection stream")
+        .into_inner();
+
+    let Some(MessageResponse::ListServicesResponse(list)) = responses
+        .message()
+        .await
+        .expect("list")
+        .expect("a response")
+        .message_response
+    else {
+        panic!("a list of services");
+    };
+    let services: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+    assert!(services.contains(&"SpiffeWorkloadAPI"), "{services:?}");
+
+    let Some(MessageResponse::FileDescriptorResponse(files)) = responses
+        .message()
+        .await
+        .expect("file")
+        .expect("a response")
+        .message_response
+    else {
+        panic!("the file declaring SpiffeWorkloadAPI");
+    };
+    let files: Vec<prost_types::FileDescriptorProto> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|bytes| prost_types::FileDescriptorProto::decode(bytes.as_slice()).expect("decodes"))
+        .collect();
+    let workload = files
+        .iter()
+        .find(|f| f.name() == "workloadapi.proto")
+        .expect("workloadapi.proto");
+    let service = workload
+        .service
+        .iter()
+        .find(|s| s.name() == "SpiffeWorkloadAPI")
+        .expect("the service");
+    let fetch_jwt = service
+        .method
+        .iter()
+        .find(|m| m.name() == "FetchJWTSVID")
+        .expect("FetchJWTSVID");
+    assert_eq!(fetch_jwt.input_type(), ".JWTSVIDRequest");
+    assert!(
+        workload
+            .message_type
+            .iter()
+            .any(|m| m.name() == "JWTSVIDRequest"),
+        "the request message is described too"
+    );
+
+    // Older clients speak v1alpha only.
+    use tonic_reflection::pb::v1alpha as alpha;
+    let mut old = alpha::server_reflection_client::ServerReflectionClient::new(
+        support::unix_channel(&server.socket).await,
+    );
+    let response = old
+        .server_reflection_info(tokio_stream::iter([alpha::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(
+                alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+            ),
+        }]))
+        .await
+        .expect("v1alpha stream")
+        .into_inner()
+        .message()
+        .await
+        .expect("list")
+        .expect("a response");
+    let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("a list of services");
+    };
+    assert!(list.service.iter().any(|s| s.name == "SpiffeWorkloadAPI"));
 }

@@ -19,10 +19,12 @@ use wimsey_core::keys::{KeyAlgorithm, SigningKey};
 use wimsey_core::x509::build_csr;
 use wimsey_core::{SpiffeId, TrustDomain};
 use wimsey_csi::node_client::{NodeClient, NodeClientConfig, NodeClientError, NodeSession};
+use wimsey_operator::admin::metrics::Metrics;
+use wimsey_operator::authority::store::MemoryStore;
 use wimsey_operator::authority::{AuthorityArgs, SigningAuthority};
 use wimsey_operator::config::{ConfigFlags, Settings};
-use wimsey_operator::nodeapi::{FederatedBundles, NodeApi, NodeApiArgs, NodeApiLimits};
 use wimsey_operator::nodeapi::cluster::PodFacts;
+use wimsey_operator::nodeapi::{FederatedBundles, NodeApi, NodeApiArgs, NodeApiLimits};
 use wimsey_operator::reconcile::PodDirectory;
 use wimsey_operator::store::{EntryStore, PodRecord, StoredEntry};
 use wimsey_proto::wimsey::node::v1::{
@@ -72,9 +74,14 @@ async fn start(limits: NodeApiLimits) -> Server {
         args.authority_namespace = NAMESPACE.into();
         args
     };
-    let authority = SigningAuthority::load(client.clone(), trust_domain(), authority_args)
-        .await
-        .unwrap();
+    let authority = SigningAuthority::load(
+        Arc::new(MemoryStore::default()),
+        trust_domain(),
+        authority_args,
+        Arc::new(Metrics::new()),
+    )
+    .await
+    .unwrap();
     let settings = Settings::resolve(
         Default::default(),
         ConfigFlags {

@@ -16,6 +16,12 @@ pub mod workload {
     /// The metadata key every Workload API request must carry, with the value [`SECURITY_HEADER_VALUE`].
     pub const SECURITY_HEADER: &str = "workload.spiffe.io";
     pub const SECURITY_HEADER_VALUE: &str = "true";
+
+    /// The encoded `FileDescriptorSet` of `workloadapi.proto` and its imports
+    /// (`google/protobuf/struct.proto`), for gRPC server reflection: with it `grpcurl` and other
+    /// reflection clients call the Workload API without a copy of the proto file.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/workloadapi_descriptor_set.bin"));
 }
 
 /// Container Storage Interface.

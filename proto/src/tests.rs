@@ -111,3 +111,29 @@ fn field_numbers_round_trip_on_the_wire() {
     };
     assert_eq!(publish.encode_to_vec(), vec![0x30, 0x01]);
 }
+
+#[test]
+fn workload_descriptor_set_holds_the_service_and_its_imports() {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(crate::workload::FILE_DESCRIPTOR_SET)
+        .expect("descriptor set decodes");
+    let names: BTreeSet<&str> = set.file.iter().map(|f| f.name()).collect();
+    assert_eq!(
+        names,
+        BTreeSet::from(["workloadapi.proto", "google/protobuf/struct.proto"])
+    );
+    let workload = set
+        .file
+        .iter()
+        .find(|f| f.name() == "workloadapi.proto")
+        .expect("workloadapi.proto");
+    assert_eq!(workload.package(), "", "no proto package");
+    let service = workload
+        .service
+        .iter()
+        .find(|s| s.name() == "SpiffeWorkloadAPI")
+        .expect("service");
+    let methods: BTreeSet<&str> = service.method.iter().map(|m| m.name()).collect();
+    assert!(methods.contains("FetchJWTSVID") && methods.contains("ValidateJWTSVID"));
+    assert_eq!(methods.len(), 7);
+}

@@ -19,7 +19,6 @@ use tracing::{info, warn};
 use wimsey_core::jose::jws::CompactJws;
 use zeroize::Zeroizing;
 
-use super::authority::{FrontLimits, local_authority_incoming};
 use super::error::CsiError;
 use super::files::{VolumeRoot, render_files, write_atomically};
 use super::mounts;
@@ -27,8 +26,8 @@ use super::records::{RecordStore, VolumeRecord};
 use super::request::{FilesConfig, PublishSpec, VolumeMode};
 use crate::identity_source::{IdentitySource, PodInfo};
 use crate::workload_api::{
-    IdentitySnapshot, PodIdentity, WorkloadApiService, bind_unix_socket,
-    bind_unix_socket_in_new_dir,
+    IdentitySnapshot, PodIdentity, WorkloadApiLimits, bind_unix_socket,
+    bind_unix_socket_in_new_dir, serve_workload_api,
 };
 
 /// The socket's name inside the per-volume directory (`SPIFFE_ENDPOINT_SOCKET=unix:///<mount>/socket`).
@@ -54,10 +53,10 @@ pub struct ManagerConfig {
     pub spire_agent_socket_dir: Option<PathBuf>,
     /// tmpfs size for `files` volumes (mount option `size=`, see [`mounts::parse_tmpfs_size`]).
     pub files_tmpfs_size: String,
-    /// What a pod's Workload API socket accepts in HTTP/2 header blocks.
-    pub http2_front: FrontLimits,
     /// Inode cap for `files` volumes (mount option `nr_inodes=`, at least 1).
     pub files_tmpfs_inodes: u64,
+    /// Bounds on each pod's Workload API server.
+    pub workload_api: WorkloadApiLimits,
 }
 
 struct ActiveVolume {
@@ -330,22 +329,10 @@ impl<S: IdentitySource> VolumeManager<S> {
                 };
                 let pod = Arc::new(self.attach(spec)?);
                 let volume_id = spec.volume_id.clone();
-                let stop = stop.clone();
-                let limits = self.config.http2_front;
+                let (stop, limits) = (stop.clone(), self.config.workload_api.clone());
                 Some(tokio::spawn(async move {
-                    // Behind the authority front: gRPC C-core clients (py-spiffe) send the
-                    // socket path as :authority, which tonic alone rejects.
-                    let service = WorkloadApiService::new(pod, stop.clone());
-                    let served = tonic::transport::Server::builder()
-                        .http2_max_header_list_size(limits.server_max_header_list_size())
-                        .add_service(service.into_server())
-                        .serve_with_incoming_shutdown(
-                            local_authority_incoming(listener, limits),
-                            stop.cancelled_owned(),
-                        )
-                        .await;
-                    if let Err(error) = served {
-                        warn!(volume_id, error = %error, "Workload API server ended");
+                    if let Err(error) = serve_workload_api(listener, pod, limits, stop).await {
+                        warn!(volume_id, error = %error, label = error.label(), "Workload API server ended");
                     }
                 }))
             }

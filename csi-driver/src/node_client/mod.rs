@@ -14,6 +14,7 @@ pub mod grace;
 mod pod;
 pub mod schedule;
 mod tls;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +34,7 @@ use zeroize::Zeroizing;
 use crate::identity_source::{IdentitySource, PodInfo};
 pub use grace::DEFAULT_DENIAL_GRACE;
 pub use pod::NodePod;
+pub use transport::NodeApiTransport;
 
 /// The default deadline of one unary node API call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,6 +61,8 @@ pub struct NodeClientConfig {
     pub call_timeout: Duration,
     /// How long a denial must hold before a pod's SVIDs (and files) are taken away.
     pub denial_grace: Duration,
+    /// TCP_NODELAY, HTTP/2 keepalive and timeouts of the node API connection.
+    pub transport: NodeApiTransport,
 }
 
 impl NodeClientConfig {
@@ -80,6 +84,7 @@ impl NodeClientConfig {
             bundle_path: PathBuf::from(DEFAULT_BUNDLE_PATH),
             call_timeout: DEFAULT_CALL_TIMEOUT,
             denial_grace: DEFAULT_DENIAL_GRACE,
+            transport: NodeApiTransport::default(),
         })
     }
 }
@@ -317,6 +322,7 @@ impl NodeClient {
             &config.trust_domain,
             &config.server_id,
             Some(&cert),
+            &config.transport,
         )?;
         Ok(NodeSession {
             spiffe_id: response.spiffe_id,
@@ -353,6 +359,7 @@ impl NodeClient {
             &config.trust_domain,
             &config.server_id,
             None,
+            &config.transport,
         )?;
         Ok(NodeGrpc::new(channel))
     }

@@ -16,6 +16,7 @@ use wimsey_core::{SpiffeId, TrustDomain};
 use zeroize::Zeroizing;
 
 use super::NodeClientError;
+use super::transport::NodeApiTransport;
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -92,13 +93,14 @@ pub(super) struct ClientCert {
 }
 
 /// A lazily connecting gRPC channel to `endpoint` (`host:port`) over TLS, verifying the server
-/// as `server_id` and presenting `client_cert` when given.
+/// as `server_id` and presenting `client_cert` when given, with `transport`'s settings.
 pub(super) fn channel(
     endpoint: &str,
     roots: SharedRoots,
     trust_domain: &TrustDomain,
     server_id: &SpiffeId,
     client_cert: Option<&ClientCert>,
+    transport: &NodeApiTransport,
 ) -> Result<Channel, NodeClientError> {
     let provider = provider();
     let verifier = OperatorVerifier {
@@ -134,15 +136,18 @@ pub(super) fn channel(
     let server_name = ServerName::try_from(host.to_owned())
         .map_err(|_| NodeClientError::Endpoint(endpoint.to_owned()))?;
     let address = endpoint.to_owned();
-    let uri = Endpoint::from_shared(format!("http://{endpoint}"))
-        .map_err(|_| NodeClientError::Endpoint(endpoint.to_owned()))?
-        .connect_timeout(Duration::from_secs(10));
+    let uri = transport.configure(
+        Endpoint::from_shared(format!("http://{endpoint}"))
+            .map_err(|_| NodeClientError::Endpoint(endpoint.to_owned()))?,
+    );
+    let transport = transport.clone();
     Ok(uri.connect_with_connector_lazy(tower::service_fn(move |_| {
         let connector = connector.clone();
         let server_name = server_name.clone();
         let address = address.clone();
+        let transport = transport.clone();
         async move {
-            let tcp = tokio::net::TcpStream::connect(&address).await?;
+            let tcp = transport.dial(&address).await?;
             let tls = connector.connect(server_name, tcp).await?;
             Ok::<_, std::io::Error>(TokioIo::new(tls))
         }

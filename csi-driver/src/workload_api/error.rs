@@ -34,6 +34,16 @@ pub enum WorkloadApiError {
     Bundle(BundleError),
     #[error("the Workload API server is shutting down")]
     ShuttingDown,
+    #[error("too many audiences: at most {max} per request")]
+    TooManyAudiences { max: usize },
+    #[error("audience too long: at most {max} bytes")]
+    AudienceTooLong { max: usize },
+    #[error("svid too long: at most {max} bytes")]
+    SvidTooLong { max: usize },
+    #[error("request message of {len} bytes is over the limit of {max} bytes")]
+    RequestTooLarge { len: usize, max: usize },
+    #[error("too many concurrent calls to this pod's Workload API: at most {max}")]
+    TooManyStreams { max: usize },
 }
 
 impl WorkloadApiError {
@@ -52,18 +62,31 @@ impl WorkloadApiError {
             WorkloadApiError::MintFailed(_) => "mint_failed",
             WorkloadApiError::Bundle(_) => "bundle",
             WorkloadApiError::ShuttingDown => "shutting_down",
+            WorkloadApiError::TooManyAudiences { .. } => "too_many_audiences",
+            WorkloadApiError::AudienceTooLong { .. } => "audience_too_long",
+            WorkloadApiError::SvidTooLong { .. } => "svid_too_long",
+            WorkloadApiError::RequestTooLarge { .. } => "request_too_large",
+            WorkloadApiError::TooManyStreams { .. } => "too_many_streams",
         }
     }
 
     /// The gRPC code clients act on: InvalidArgument is not retried; Unavailable and
-    /// PermissionDenied are retried with backoff; Unimplemented is not retried.
+    /// PermissionDenied are retried with backoff; Unimplemented is not retried. A limit on sizes
+    /// of fields is InvalidArgument (the request is wrong as it is); a limit on the whole message
+    /// or on concurrent calls is ResourceExhausted (go-spiffe retries it with backoff).
     pub fn code(&self) -> Code {
         match self {
             WorkloadApiError::MissingSecurityHeader
             | WorkloadApiError::MissingAudience
             | WorkloadApiError::MissingSvid
             | WorkloadApiError::InvalidRequestedId(_)
-            | WorkloadApiError::InvalidJwtSvid(_) => Code::InvalidArgument,
+            | WorkloadApiError::InvalidJwtSvid(_)
+            | WorkloadApiError::TooManyAudiences { .. }
+            | WorkloadApiError::AudienceTooLong { .. }
+            | WorkloadApiError::SvidTooLong { .. } => Code::InvalidArgument,
+            WorkloadApiError::RequestTooLarge { .. } | WorkloadApiError::TooManyStreams { .. } => {
+                Code::ResourceExhausted
+            }
             WorkloadApiError::NoIdentity | WorkloadApiError::NotEntitled => Code::PermissionDenied,
             WorkloadApiError::NotReady
             | WorkloadApiError::MintFailed(_)

@@ -4,18 +4,25 @@
 //!   [`PodIdentity`] trait that supplies it and mints JWT-SVIDs.
 //! - [`responses`]: plain functions from a snapshot to Workload API messages.
 //! - [`service`]: the tonic service (security header, streaming, error mapping).
-//! - [`socket`]: binding the per-pod Unix socket and serving until shutdown.
+//! - [`limits`]: the named bounds on what a pod may ask (streams, sizes, audiences) and their
+//!   checks; [`admission`]: the layer that enforces the stream and request size bounds.
+//! - [`jwt_cache`]: minted JWT-SVIDs reused per pod until their half-life.
+//! - [`socket`]: binding the per-pod Unix socket.
+//! - [`server`]: the pod's gRPC server (Workload API, reflection, limits) until shutdown.
 
+pub mod admission;
 pub mod error;
 pub mod identity;
+pub mod jwt_cache;
+pub mod limits;
 pub mod responses;
+pub mod server;
 pub mod service;
 pub mod socket;
 
 pub use error::WorkloadApiError;
 pub use identity::{IdentitySnapshot, IssuedIdentities, PodIdentity, WitSvidEntry, X509SvidEntry};
+pub use limits::WorkloadApiLimits;
+pub use server::{serve_unix_socket, serve_workload_api, serve_workload_api_service};
 pub use service::WorkloadApiService;
-pub use socket::{
-    SocketError, bind_unix_socket, bind_unix_socket_in_new_dir, serve_unix_socket,
-    serve_workload_api,
-};
+pub use socket::{SocketError, bind_unix_socket, bind_unix_socket_in_new_dir};

@@ -4,6 +4,8 @@
 //! (bundle streams skip a message equal to the last one, as SPIRE does). A snapshot with no
 //! identity ends the stream with `PermissionDenied`, one not ready with `Unavailable`. A call
 //! that finds the pod not ready yet first waits up to [`FIRST_SYNC_WAIT`] for its identities.
+//! Request fields are bounded by [`WorkloadApiLimits`]; JWT-SVIDs come from the pod's
+//! [`PodJwtSvidCache`] until their half-life, and are minted only on a miss.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -20,6 +22,8 @@ use wimsey_proto::workload::spiffe_workload_api_server::{
 
 use super::error::WorkloadApiError;
 use super::identity::{IdentitySnapshot, IssuedIdentities, PodIdentity};
+use super::jwt_cache::{CacheKey, PodJwtSvidCache};
+use super::limits::WorkloadApiLimits;
 use super::responses;
 
 /// Responses buffered per stream before the sender waits for the client.
@@ -37,17 +41,41 @@ pub struct WorkloadApiService<P> {
     identity: Arc<P>,
     shutdown: CancellationToken,
     first_sync_wait: Duration,
+    limits: WorkloadApiLimits,
+    jwt_svids: Arc<PodJwtSvidCache>,
 }
 
 impl<P: PodIdentity> WorkloadApiService<P> {
     /// Open streams end with `Unavailable` when `shutdown` is cancelled, so a graceful server
-    /// shutdown does not wait for clients that never hang up.
+    /// shutdown does not wait for clients that never hang up. Uses the default limits.
     pub fn new(identity: Arc<P>, shutdown: CancellationToken) -> Self {
+        let limits = WorkloadApiLimits::default();
+        let jwt_svids = Arc::new(PodJwtSvidCache::new(
+            identity.current(),
+            limits.max_cached_jwt_svids,
+        ));
         Self {
             identity,
             shutdown,
             first_sync_wait: FIRST_SYNC_WAIT,
+            limits,
+            jwt_svids,
         }
+    }
+
+    /// Replaces the default limits (and empties the JWT-SVID cache, sized by them).
+    #[must_use]
+    pub fn with_limits(mut self, limits: WorkloadApiLimits) -> Self {
+        self.jwt_svids = Arc::new(PodJwtSvidCache::new(
+            self.identity.current(),
+            limits.max_cached_jwt_svids,
+        ));
+        self.limits = limits;
+        self
+    }
+
+    pub fn limits(&self) -> &WorkloadApiLimits {
+        &self.limits
     }
 
     /// Replaces [`FIRST_SYNC_WAIT`].
@@ -57,9 +85,29 @@ impl<P: PodIdentity> WorkloadApiService<P> {
         self
     }
 
-    /// The service ready to add to a tonic server.
+    /// The service ready to add to a tonic server. tonic's own message size limit is set too,
+    /// as a backstop: the admission layer refuses an oversized message first, with the right code.
     pub fn into_server(self) -> SpiffeWorkloadApiServer<Self> {
-        SpiffeWorkloadApiServer::new(self)
+        let max_request_bytes = self.limits.max_request_bytes;
+        SpiffeWorkloadApiServer::new(self).max_decoding_message_size(max_request_bytes)
+    }
+
+    /// A JWT-SVID for `key` from the pod's cache, minted (and cached) on a miss.
+    async fn jwt_svid(
+        &self,
+        key: CacheKey,
+    ) -> Result<zeroize::Zeroizing<String>, WorkloadApiError> {
+        let generation = match self.jwt_svids.lookup(&key, SystemTime::now()) {
+            Ok(token) => return Ok(token),
+            Err(generation) => generation,
+        };
+        let token = self
+            .identity
+            .mint_jwt_svid(key.spiffe_id(), key.audience())
+            .await?;
+        self.jwt_svids
+            .store(generation, key, token.clone(), SystemTime::now());
+        Ok(token)
     }
 
     /// Renders from the pod's snapshot once it is past `NotReady` (or the wait is over).
@@ -270,6 +318,7 @@ impl<P: PodIdentity> SpiffeWorkloadApi for WorkloadApiService<P> {
         const RPC: &str = "FetchJWTSVID";
         rpc_result(RPC, check_security_header(request.metadata()))?;
         let request = request.into_inner();
+        rpc_result(RPC, self.limits.check_jwt_audiences(&request.audience))?;
         rpc_result(RPC, responses::check_audience(&request.audience))?;
         let requested = rpc_result(RPC, responses::requested_spiffe_id(&request.spiffe_id))?;
         let targets: Vec<(wimsey_core::SpiffeId, String)> = rpc_result(
@@ -286,8 +335,7 @@ impl<P: PodIdentity> SpiffeWorkloadApi for WorkloadApiService<P> {
         for (spiffe_id, hint) in targets {
             let token = rpc_result(
                 RPC,
-                self.identity
-                    .mint_jwt_svid(&spiffe_id, &request.audience)
+                self.jwt_svid(CacheKey::new(&spiffe_id, &request.audience))
                     .await,
             )?;
             svids.push(pb::Jwtsvid {
@@ -319,6 +367,11 @@ impl<P: PodIdentity> SpiffeWorkloadApi for WorkloadApiService<P> {
         const RPC: &str = "ValidateJWTSVID";
         rpc_result(RPC, check_security_header(request.metadata()))?;
         let request = request.into_inner();
+        rpc_result(
+            RPC,
+            self.limits
+                .check_validate_request(&request.audience, &request.svid),
+        )?;
         let response = rpc_result(
             RPC,
             self.issued_settled(|identities| {

@@ -5,14 +5,8 @@ use std::fs;
 use std::io;
 use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tokio::net::UnixListener;
-use tokio_stream::wrappers::UnixListenerStream;
-use tokio_util::sync::CancellationToken;
-
-use super::identity::PodIdentity;
-use super::service::WorkloadApiService;
 
 /// The socket mode when none is configured: only the owner (the pod runs as the same user as
 /// the plugin, or is given access by a group-mode choice) may connect.
@@ -32,6 +26,8 @@ pub enum SocketError {
     },
     #[error("serving the Workload API: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("building the gRPC reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 impl SocketError {
@@ -42,11 +38,12 @@ impl SocketError {
             SocketError::NotASocket(_) => "not_a_socket",
             SocketError::Io { .. } => "io",
             SocketError::Serve(_) => "serve",
+            SocketError::Reflection(_) => "reflection",
         }
     }
 }
 
-fn io_error<'a>(
+pub(super) fn io_error<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(io::Error) -> SocketError + 'a {
@@ -127,38 +124,4 @@ fn remove_stale_socket(path: &Path) -> Result<(), SocketError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_error("inspect", path)(e)),
     }
-}
-
-/// Serves the Workload API for `identity` on `listener` until `shutdown` is cancelled; open
-/// streams are ended first so the graceful shutdown completes.
-pub async fn serve_workload_api<P: PodIdentity>(
-    listener: UnixListener,
-    identity: Arc<P>,
-    shutdown: CancellationToken,
-) -> Result<(), SocketError> {
-    let service = WorkloadApiService::new(identity, shutdown.clone());
-    tonic::transport::Server::builder()
-        .add_service(service.into_server())
-        .serve_with_incoming_shutdown(
-            UnixListenerStream::new(listener),
-            shutdown.cancelled_owned(),
-        )
-        .await?;
-    Ok(())
-}
-
-/// Binds `path` with `mode`, serves the Workload API until `shutdown`, then removes the socket.
-pub async fn serve_unix_socket<P: PodIdentity>(
-    path: &Path,
-    mode: u32,
-    identity: Arc<P>,
-    shutdown: CancellationToken,
-) -> Result<(), SocketError> {
-    let listener = bind_unix_socket(path, mode)?;
-    let served = serve_workload_api(listener, identity, shutdown).await;
-    let removed = match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("remove", path)(e)),
-        _ => Ok(()),
-    };
-    served.and(removed)
 }

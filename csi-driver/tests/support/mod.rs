@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -23,7 +24,7 @@ use wimsey_csi::identity_source::{IdentitySource, PodInfo};
 use wimsey_csi::workload_api::socket::DEFAULT_SOCKET_MODE;
 use wimsey_csi::workload_api::{
     IdentitySnapshot, IssuedIdentities, PodIdentity, SocketError, WitSvidEntry, WorkloadApiError,
-    X509SvidEntry, bind_unix_socket, serve_workload_api,
+    WorkloadApiLimits, X509SvidEntry, bind_unix_socket, serve_workload_api,
 };
 use zeroize::Zeroizing;
 
@@ -162,11 +163,18 @@ impl World {
     }
 }
 
+/// Lifetime of the JWT-SVIDs a [`TestPod`] mints.
+pub const JWT_SVID_TTL: Duration = Duration::from_secs(300);
+
 /// The in-memory identity source of one pod.
 pub struct TestPod {
     snapshots: watch::Sender<Arc<IdentitySnapshot>>,
     jwt_key: Arc<SigningKey>,
     jwt_kid: String,
+    /// JWT-SVIDs minted so far (what a node API round trip would be).
+    mints: AtomicUsize,
+    /// Seconds to move a minted token's `iat` (and `exp`) into the past.
+    jwt_backdate_secs: AtomicU64,
 }
 
 impl TestPod {
@@ -175,11 +183,23 @@ impl TestPod {
             snapshots: watch::Sender::new(Arc::new(initial)),
             jwt_key: Arc::clone(&issuer.jwt_key),
             jwt_kid: issuer.jwt_kid.clone(),
+            mints: AtomicUsize::new(0),
+            jwt_backdate_secs: AtomicU64::new(0),
         }
     }
 
     pub fn publish(&self, snapshot: IdentitySnapshot) {
         self.snapshots.send_replace(Arc::new(snapshot));
+    }
+
+    /// How many JWT-SVIDs this pod has minted.
+    pub fn mints(&self) -> usize {
+        self.mints.load(Ordering::SeqCst)
+    }
+
+    /// Mint tokens issued `by` ago (still valid, but possibly past their half-life).
+    pub fn backdate_jwt_svids(&self, by: Duration) {
+        self.jwt_backdate_secs.store(by.as_secs(), Ordering::SeqCst);
     }
 }
 
@@ -193,12 +213,14 @@ impl PodIdentity for TestPod {
         spiffe_id: &SpiffeId,
         audience: &[String],
     ) -> Result<Zeroizing<String>, WorkloadApiError> {
-        let now = SystemTime::now();
+        self.mints.fetch_add(1, Ordering::SeqCst);
+        let issued_at =
+            SystemTime::now() - Duration::from_secs(self.jwt_backdate_secs.load(Ordering::SeqCst));
         let claims = JwtSvidClaims {
             spiffe_id,
             audience,
-            issued_at: now,
-            expires_at: now + Duration::from_secs(300),
+            issued_at,
+            expires_at: issued_at + JWT_SVID_TTL,
             jti: None,
         };
         mint_jwt_svid(&self.jwt_key, &self.jwt_kid, &claims)
@@ -223,7 +245,24 @@ impl Server {
         Self::start_at(pod, dir, socket).await
     }
 
+    /// A server with `limits` instead of the defaults.
+    pub async fn start_with_limits(pod: TestPod, limits: WorkloadApiLimits) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let socket = dir.path().join("socket");
+        Self::start_with(pod, dir, socket, limits).await
+    }
+
     pub async fn start_at(pod: TestPod, dir: tempfile::TempDir, socket: PathBuf) -> Self {
+        Self::start_with(pod, dir, socket, WorkloadApiLimits::default()).await
+    }
+
+    /// The server the plugin runs for a pod (limits, reflection, the authority front).
+    async fn start_with(
+        pod: TestPod,
+        dir: tempfile::TempDir,
+        socket: PathBuf,
+        limits: WorkloadApiLimits,
+    ) -> Self {
         let pod = Arc::new(pod);
         let shutdown = CancellationToken::new();
         // Bound before the server task starts, so clients can connect at once.
@@ -231,6 +270,7 @@ impl Server {
         let task = tokio::spawn(serve_workload_api(
             listener,
             Arc::clone(&pod),
+            limits,
             shutdown.clone(),
         ));
         Self {

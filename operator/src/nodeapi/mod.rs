@@ -15,11 +15,11 @@
 //! server outage: pods the operator has not seen yet, pods whose tokens it never verified, and
 //! changes to ClusterSPIFFEIDs (all answered `Unavailable` until the API server is back).
 
-pub mod cluster;
-pub mod material;
 mod bundles;
+pub mod cluster;
 mod conn;
 pub mod limits;
+pub mod material;
 mod service;
 mod tls;
 pub mod verdict;
@@ -44,8 +44,8 @@ use crate::config::Settings;
 use crate::reconcile::PodDirectory;
 use crate::store::EntryStore;
 use cluster::{ClusterView, KubeReviewer, Reviewer};
-use material::NodeAuthority;
 pub use limits::NodeApiLimits;
+use material::NodeAuthority;
 pub use tls::NodeIdentity;
 use verdict::{Cached, Verdict, VerdictCache, VerdictPolicy, reviewed_token, verdict_key};
 

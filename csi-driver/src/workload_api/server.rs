@@ -1,0 +1,79 @@
+//! The gRPC server on one pod's socket, as the plugin runs it: the Workload API and gRPC server
+//! reflection (the Workload Endpoint spec's SHOULD, so `grpcurl -plaintext -unix <socket> list`
+//! works without a proto file), behind the pod's limits and the `:authority` front.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
+
+use super::admission::AdmissionLayer;
+use super::identity::PodIdentity;
+use super::limits::WorkloadApiLimits;
+use super::service::WorkloadApiService;
+use super::socket::{SocketError, bind_unix_socket, io_error};
+use crate::csi::authority::local_authority_incoming;
+
+/// Serves the Workload API for `identity` with `limits` on `listener` until `shutdown` is
+/// cancelled; open streams are ended first so the graceful shutdown completes.
+pub async fn serve_workload_api<P: PodIdentity>(
+    listener: UnixListener,
+    identity: Arc<P>,
+    limits: WorkloadApiLimits,
+    shutdown: CancellationToken,
+) -> Result<(), SocketError> {
+    let service = WorkloadApiService::new(identity, shutdown.clone()).with_limits(limits);
+    serve_workload_api_service(listener, service, shutdown).await
+}
+
+/// Serves `service` (with its limits) and server reflection on `listener` until `shutdown`.
+///
+/// Behind the authority front: gRPC C-core clients (py-spiffe) send the socket path as
+/// `:authority`, which tonic alone rejects.
+pub async fn serve_workload_api_service<P: PodIdentity>(
+    listener: UnixListener,
+    service: WorkloadApiService<P>,
+    shutdown: CancellationToken,
+) -> Result<(), SocketError> {
+    let limits = service.limits().clone();
+    // Both reflection versions, as grpc-go's reflection.Register (and so SPIRE's agent) does:
+    // grpcurl asks for v1 first, older clients only know v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(wimsey_proto::workload::FILE_DESCRIPTOR_SET)
+    };
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .http2_max_header_list_size(limits.front.server_max_header_list_size())
+        .layer(AdmissionLayer::new(&limits))
+        .add_service(service.into_server())
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?)
+        .serve_with_incoming_shutdown(
+            local_authority_incoming(listener, limits.front),
+            shutdown.cancelled_owned(),
+        )
+        .await?;
+    Ok(())
+}
+
+/// Binds `path` with `mode`, serves the Workload API with `limits` until `shutdown`, then
+/// removes the socket.
+pub async fn serve_unix_socket<P: PodIdentity>(
+    path: &Path,
+    mode: u32,
+    identity: Arc<P>,
+    limits: WorkloadApiLimits,
+    shutdown: CancellationToken,
+) -> Result<(), SocketError> {
+    let listener = bind_unix_socket(path, mode)?;
+    let served = serve_workload_api(listener, identity, limits, shutdown).await;
+    let removed = match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("remove", path)(e)),
+        _ => Ok(()),
+    };
+    served.and(removed)
+}
