@@ -83,6 +83,6 @@ test-attacks: ## attacks from inside pods on the node-level cluster (part of mak
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) WIMSEY_E2E=1 CLUSTER_PROVIDER=$$($(CLUSTER_SH) provider) \
 		CLUSTER_LEVEL=$$(cat $(WIMSEY_CLUSTER_DIR)/level) \
 		WIMSEY_IMAGE_TAG=$$(cat $(WIMSEY_IMAGES_DIR)/tag 2>/dev/null || kind-tests/images.sh tag) \
-		$(CARGO) test -p wimsey-kind-tests --test attacks -- --show-output
+		$(CARGO) test -p wimsey-kind-tests --test attacks --test authority_recovery -- --show-output
 
 TEST_TARGETS += test-attacks

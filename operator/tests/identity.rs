@@ -32,10 +32,12 @@ use wimsey_core::{SpiffeId, TrustDomain};
 use wimsey_csi::identity_source::{IdentitySource, PodInfo};
 use wimsey_csi::node_client::{NodeClient, NodeClientConfig, NodeClientError};
 use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity};
+use wimsey_operator::admin::Metrics;
 use wimsey_operator::authority::state::StoredPhase;
+use wimsey_operator::authority::store::KubeStore;
 use wimsey_operator::authority::{
-    AuthorityArgs, BUNDLE_PEM_KEY, BUNDLE_SPIFFE_KEY, KeyKind, SECRET_DATA_KEY, SigningAuthority,
-    SigningMaterial, StoredAuthority,
+    AuthorityArgs, AuthorityError, BUNDLE_PEM_KEY, BUNDLE_SPIFFE_KEY, KeyKind, SECRET_DATA_KEY,
+    SigningAuthority, SigningMaterial, StoredAuthority,
 };
 use wimsey_operator::config::{ConfigFlags, Settings};
 use wimsey_operator::nodeapi::{FederatedBundles, NodeApi, NodeApiArgs, NodeApiLimits};
@@ -135,6 +137,24 @@ impl Fixture {
                 .await
                 .unwrap();
         response.status.unwrap().token
+    }
+
+    /// The authority over this namespace's Secret, as one replica loads it at start.
+    async fn load_authority(&self) -> Result<SigningAuthority, AuthorityError> {
+        let args = self.authority_args();
+        let store = KubeStore::new(
+            self.client.clone(),
+            &args.authority_namespace,
+            &args.authority_secret,
+            &args.bundle_configmap,
+        );
+        SigningAuthority::load(
+            Arc::new(store),
+            trust_domain(),
+            args,
+            Arc::new(Metrics::new()),
+        )
+        .await
     }
 
     fn authority_args(&self) -> AuthorityArgs {
@@ -333,18 +353,7 @@ fn csr_for(id: &str) -> Vec<u8> {
 async fn authority_secret_is_created_once_and_the_bundle_is_published() {
     let fixture = Fixture::new("authority").await;
     // Two replicas starting at the same moment.
-    let (a, b) = tokio::join!(
-        SigningAuthority::load(
-            fixture.client.clone(),
-            trust_domain(),
-            fixture.authority_args()
-        ),
-        SigningAuthority::load(
-            fixture.client.clone(),
-            trust_domain(),
-            fixture.authority_args()
-        ),
-    );
+    let (a, b) = tokio::join!(fixture.load_authority(), fixture.load_authority(),);
     let (a, b) = (a.unwrap(), b.unwrap());
     let (ca_a, ca_b) = (a.current(), b.current());
     assert_eq!(
@@ -380,13 +389,7 @@ async fn authority_secret_is_created_once_and_the_bundle_is_published() {
     assert_eq!(bundle.sequence_number, Some(ca_a.generation));
 
     // A third replica later loads the same keys.
-    let c = SigningAuthority::load(
-        fixture.client.clone(),
-        trust_domain(),
-        fixture.authority_args(),
-    )
-    .await
-    .unwrap();
+    let c = fixture.load_authority().await.unwrap();
     assert_eq!(c.current().ca.certificate(), ca_a.ca.certificate());
     fixture.cleanup().await;
 }
