@@ -1,6 +1,6 @@
 //! The node API's limits, in process: a real server on a loopback TCP port with real TLS, the CSI
-//! plugin's own client, and an in-memory API server (`support/fake_api.rs`) answering the Secret,
-//! ConfigMap, Pod and TokenReview calls. The same server against a real API server is in
+//! plugin's own client, and an in-memory API server (`support/fake_api.rs`) answering the Pod and
+//! TokenReview calls (the authority runs over its in-memory store). The same server against a real API server is in
 //! `identity.rs`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -14,7 +14,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use wimsey_core::entries::{Entry, EntryOwner, OwnerKind, Selector};
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
 use wimsey_core::x509::build_csr;
 use wimsey_core::{SpiffeId, TrustDomain};
@@ -32,6 +31,7 @@ use wimsey_proto::wimsey::node::v1::{
 };
 
 use support::fake_api::FakeApi;
+use support::fixtures::{pod_facts, pod_record, stored_entry};
 
 const TRUST_DOMAIN: &str = "limits.example";
 const NAMESPACE: &str = "wimsey-system";
@@ -172,51 +172,15 @@ impl Server {
 
 /// A pod on our node as the informer sees it.
 fn facts(name: &str, uid: &str, namespace: &str, service_account: &str) -> PodFacts {
-    PodFacts {
-        uid: uid.into(),
-        namespace: namespace.into(),
-        name: name.into(),
-        service_account: service_account.into(),
-        node_name: NODE.into(),
-    }
+    pod_facts(uid, namespace, name, service_account, NODE)
 }
 
 fn entry(path: &str) -> StoredEntry {
-    let id = SpiffeId::parse(&format!("spiffe://{TRUST_DOMAIN}{path}")).unwrap();
-    StoredEntry {
-        id: format!("e{}", path.replace('/', "-")),
-        entry: Entry {
-            spiffe_id: id,
-            parent_id: SpiffeId::parse(&format!("spiffe://{TRUST_DOMAIN}/spire/agent/x")).unwrap(),
-            selectors: vec![Selector::new("k8s", "ns:app")],
-            x509_svid_ttl: Duration::ZERO,
-            jwt_svid_ttl: Duration::ZERO,
-            federates_with: Vec::new(),
-            admin: false,
-            downstream: false,
-            dns_names: Vec::new(),
-            hint: String::new(),
-            store_svid: false,
-        },
-        owner: EntryOwner {
-            kind: OwnerKind::ClusterSpiffeId,
-            name: "test".into(),
-            uid: "u".into(),
-            creation_timestamp: 0,
-            deletion_timestamp: None,
-        },
-    }
+    stored_entry(&format!("spiffe://{TRUST_DOMAIN}{path}"))
 }
 
 fn record(uid: &str, name: &str, entries: Vec<StoredEntry>) -> PodRecord {
-    PodRecord {
-        uid: uid.into(),
-        namespace: "app".into(),
-        name: name.into(),
-        service_account: "app".into(),
-        node_name: NODE.into(),
-        entries,
-    }
+    pod_record(&facts(name, uid, "app", "app"), entries)
 }
 
 fn code_of(error: NodeClientError) -> tonic::Status {

@@ -11,6 +11,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod support;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,10 +23,9 @@ use futures_util::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use wimsey_core::entries::{Entry, EntryOwner, OwnerKind, Selector};
+use wimsey_core::TrustDomain;
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
 use wimsey_core::x509::build_csr;
-use wimsey_core::{SpiffeId, TrustDomain};
 use wimsey_csi::identity_source::{IdentitySource, PodInfo};
 use wimsey_csi::node_client::{NodeClient, NodeClientConfig, NodeClientError};
 use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity};
@@ -36,9 +37,11 @@ use wimsey_operator::nodeapi::material::NodeAuthority;
 use wimsey_operator::nodeapi::verdict::{EXTRA_POD_NAME, EXTRA_POD_UID, VerdictPolicy};
 use wimsey_operator::nodeapi::{ClusterAccess, FederatedBundles, NodeApi, NodeApiArgs};
 use wimsey_operator::reconcile::PodDirectory;
-use wimsey_operator::store::{EntryStore, PodRecord, StoredEntry};
+use wimsey_operator::store::{EntryStore, StoredEntry};
 use wimsey_proto::wimsey::node::v1::{EntryCsr, MintJwtSvidRequest, PodRef, SignX509SvidsRequest};
 use zeroize::Zeroizing;
+
+use support::fixtures::{pod_facts, pod_record, stored_entry};
 
 const TRUST_DOMAIN: &str = "outage-test.example";
 const CLUSTER: &str = "c1";
@@ -159,54 +162,6 @@ fn settings() -> Settings {
     .unwrap()
 }
 
-fn facts(uid: &str, namespace: &str, name: &str, sa: &str, node: &str) -> PodFacts {
-    PodFacts {
-        uid: uid.into(),
-        namespace: namespace.into(),
-        name: name.into(),
-        service_account: sa.into(),
-        node_name: node.into(),
-    }
-}
-
-fn entry(spiffe_id: &str) -> StoredEntry {
-    let id = SpiffeId::parse(spiffe_id).unwrap();
-    StoredEntry {
-        id: format!("e-{}", id.path().replace('/', "-")),
-        entry: Entry {
-            spiffe_id: id,
-            parent_id: SpiffeId::parse(&format!("spiffe://{TRUST_DOMAIN}/spire/agent/x")).unwrap(),
-            selectors: vec![Selector::new("k8s", "ns:x")],
-            x509_svid_ttl: Duration::ZERO,
-            jwt_svid_ttl: Duration::ZERO,
-            federates_with: Vec::new(),
-            admin: false,
-            downstream: false,
-            dns_names: Vec::new(),
-            hint: String::new(),
-            store_svid: false,
-        },
-        owner: EntryOwner {
-            kind: OwnerKind::ClusterSpiffeId,
-            name: "test".into(),
-            uid: "u".into(),
-            creation_timestamp: 0,
-            deletion_timestamp: None,
-        },
-    }
-}
-
-fn record(pod: &PodFacts, entries: Vec<StoredEntry>) -> PodRecord {
-    PodRecord {
-        uid: pod.uid.clone(),
-        namespace: pod.namespace.clone(),
-        name: pod.name.clone(),
-        service_account: pod.service_account.clone(),
-        node_name: pod.node_name.clone(),
-        entries,
-    }
-}
-
 /// A node API on loopback over `directory` and `reviewer`.
 struct Server {
     endpoint: String,
@@ -309,17 +264,17 @@ fn jwt_request(pod: &PodFacts, token: &str, entry: &StoredEntry) -> MintJwtSvidR
 #[tokio::test]
 async fn verified_pods_keep_their_identities_while_token_review_is_down() {
     let hour = Duration::from_secs(3600);
-    let csi = facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
-    let app = facts("app-uid", APP_NS, "app", "app", "n1");
-    let newcomer = facts("new-uid", APP_NS, "newcomer", "app", "n1");
-    let elsewhere = facts("far-uid", APP_NS, "far", "app", "n2");
+    let csi = pod_facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
+    let app = pod_facts("app-uid", APP_NS, "app", "app", "n1");
+    let newcomer = pod_facts("new-uid", APP_NS, "newcomer", "app", "n1");
+    let elsewhere = pod_facts("far-uid", APP_NS, "far", "app", "n2");
     let directory = PodDirectory::new();
     let store = EntryStore::new();
-    let app_entry = entry(&format!("spiffe://{TRUST_DOMAIN}/ns/{APP_NS}/sa/app"));
+    let app_entry = stored_entry(&format!("spiffe://{TRUST_DOMAIN}/ns/{APP_NS}/sa/app"));
     for pod in [&csi, &app, &newcomer, &elsewhere] {
         directory.apply_facts(pod.clone());
         if pod.namespace == APP_NS {
-            store.set_pod(&pod.uid, Some(record(pod, vec![app_entry.clone()])));
+            store.set_pod(&pod.uid, Some(pod_record(pod, vec![app_entry.clone()])));
         }
     }
     directory.mark_synced();
@@ -394,7 +349,7 @@ async fn verified_pods_keep_their_identities_while_token_review_is_down() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
-    let unknown = facts("unknown-uid", APP_NS, "unknown", "app", "n1");
+    let unknown = pod_facts("unknown-uid", APP_NS, "unknown", "app", "n1");
     let status = grpc
         .sign_x509_svids(sign_request(&unknown, &newcomer_token, &app_entry))
         .await
@@ -428,7 +383,7 @@ async fn verified_pods_keep_their_identities_while_token_review_is_down() {
 #[tokio::test]
 async fn the_node_api_is_unavailable_until_its_caches_have_synced() {
     let hour = Duration::from_secs(3600);
-    let csi = facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
+    let csi = pod_facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
     let directory = PodDirectory::new();
     directory.apply_facts(csi.clone());
     let reviewer = Arc::new(FakeReviewer::default());
@@ -475,14 +430,14 @@ fn issued(snapshot: &IdentitySnapshot) -> bool {
 async fn the_plugin_keeps_svids_through_unavailable_and_drops_them_after_a_held_denial() {
     let hour = Duration::from_secs(3600);
     let grace = Duration::from_secs(3);
-    let csi = facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
-    let app = facts("app-uid", APP_NS, "app", "app", "n1");
+    let csi = pod_facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
+    let app = pod_facts("app-uid", APP_NS, "app", "app", "n1");
     let directory = PodDirectory::new();
     let store = EntryStore::new();
-    let app_entry = entry(&format!("spiffe://{TRUST_DOMAIN}/ns/{APP_NS}/sa/app"));
+    let app_entry = stored_entry(&format!("spiffe://{TRUST_DOMAIN}/ns/{APP_NS}/sa/app"));
     directory.apply_facts(csi.clone());
     directory.apply_facts(app.clone());
-    store.set_pod(&app.uid, Some(record(&app, vec![app_entry.clone()])));
+    store.set_pod(&app.uid, Some(pod_record(&app, vec![app_entry.clone()])));
     directory.mark_synced();
     let reviewer = Arc::new(FakeReviewer::default());
     let csi_token = token(&csi.uid, 1, hour);
@@ -517,7 +472,7 @@ async fn the_plugin_keeps_svids_through_unavailable_and_drops_them_after_a_held_
 
     // The operator's entries lag behind the pod (Unavailable): the stream ends, the plugin
     // retries, and the pod keeps its SVIDs for longer than the grace.
-    let mut lagging = record(&app, vec![app_entry.clone()]);
+    let mut lagging = pod_record(&app, vec![app_entry.clone()]);
     lagging.node_name = String::new();
     store.set_pod(&app.uid, Some(lagging));
     let kept = tokio::time::timeout(2 * grace, async {
@@ -537,7 +492,7 @@ async fn the_plugin_keeps_svids_through_unavailable_and_drops_them_after_a_held_
     let mut moved = app.clone();
     moved.node_name = "n2".into();
     directory.apply_facts(moved.clone());
-    store.set_pod(&app.uid, Some(record(&moved, vec![app_entry.clone()])));
+    store.set_pod(&app.uid, Some(pod_record(&moved, vec![app_entry.clone()])));
     let denied_at = std::time::Instant::now();
     source.attach(pod_info(&token(&app.uid, 2, hour)));
     wait_for_snapshot(&mut snapshots, "NoIdentity after the grace", |s| {

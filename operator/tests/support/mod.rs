@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub(crate) mod fake_api;
+pub(crate) mod fixtures;
 pub(crate) mod h2_raw;
