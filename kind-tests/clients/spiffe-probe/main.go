@@ -18,7 +18,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -46,8 +48,11 @@ func main() {
 		}
 		return
 	case "idle":
-		// keeps a files-mode pod running so tests can exec into it
-		select {}
+		// keeps a files-mode pod running so tests can exec into it, until it is told to stop
+		stop := make(chan os.Signal, 1)
+		signal.Notify(stop, syscall.SIGTERM, os.Interrupt)
+		<-stop
+		return
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	audience := fs.String("audience", "wimsey-e2e", "JWT-SVID audience (jwt)")
