@@ -130,6 +130,8 @@ pub struct ClusterSPIFFEIDSpec {
 
     /// Hint passed to workloads to choose among several SVIDs.
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// At most 1024 bytes, as the Workload API specification bounds a hint.
+    #[schemars(length(max = 1024))]
     pub hint: String,
 }
 

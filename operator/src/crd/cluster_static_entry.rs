@@ -87,6 +87,8 @@ pub struct ClusterStaticEntrySpec {
     pub dns_names: Vec<String>,
 
     #[serde(default, skip_serializing_if = "String::is_empty")]
+    /// At most 1024 bytes, as the Workload API specification bounds a hint.
+    #[schemars(length(max = 1024))]
     pub hint: String,
 
     #[serde(default, skip_serializing_if = "is_false")]

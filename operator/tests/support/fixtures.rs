@@ -25,7 +25,7 @@ pub(crate) fn stored_entry(spiffe_id: &str) -> StoredEntry {
     let parent = SpiffeId::parse(&format!("spiffe://{}/spire/agent/x", id.trust_domain()))
         .expect("a parent ID");
     StoredEntry {
-        id: format!("e-{}", id.path().replace('/', "-")),
+        id: format!("e{}", id.path().replace('/', "-")),
         entry: Entry {
             spiffe_id: id,
             parent_id: parent,
