@@ -86,25 +86,26 @@ async fn attacks(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
     victim.still_served().await?;
     plugin.never_restarted().await?;
 
-    // 3. A flood of streams on several connections: the limits refuse the excess, the victim (on its
-    // own socket) is not starved.
+    // 3. A flood of streams: 40 connections of 16 streams each (the per-connection limit), 640 in
+    // all, past the per-pod limit (512). The excess is refused; the victim, on its own socket, is
+    // not starved.
     let rss_before = plugin.rss_bytes()?;
     let flood = attack(
         &pods,
         "attacker",
-        &["stream-flood", "-conns", "8", "-n", "100"],
+        &["stream-flood", "-conns", "40", "-n", "16"],
     )
     .await?;
     let rss_after = plugin.rss_bytes()?;
     println!("{flood}");
-    report_rss("stream-flood 8x100", rss_before, rss_after);
+    report_rss("stream-flood 40x16", rss_before, rss_after);
     ensure!(
-        field(&flood, "ok")? < 800,
-        "800 concurrent streams from one pod were all served: no per-pod limit: {flood}"
+        field(&flood, "ok")? < 640,
+        "640 concurrent streams from one pod were all served: no per-pod limit: {flood}"
     );
     ensure!(
         flood.contains("ResourceExhausted"),
-        "the streams over the limit were not refused with RESOURCE_EXHAUSTED: {flood}"
+        "the streams over the per-pod limit were not refused with RESOURCE_EXHAUSTED: {flood}"
     );
     check_rss_growth(rss_before, rss_after)?;
     victim.still_served().await?;
