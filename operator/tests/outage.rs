@@ -178,14 +178,31 @@ impl Drop for Server {
 }
 
 async fn start(directory: PodDirectory, reviewer: Arc<FakeReviewer>, store: EntryStore) -> Server {
-    let args = authority_args();
-    let material = material(&args);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    start_on(
+        listener,
+        material(&authority_args()),
+        directory,
+        reviewer,
+        store,
+    )
+}
+
+/// A node API serving `material` on `listener`; the bundle file holds `material`'s roots, as
+/// kubelet's copy of the bundle ConfigMap would.
+fn start_on(
+    listener: tokio::net::TcpListener,
+    material: SigningMaterial,
+    directory: PodDirectory,
+    reviewer: Arc<FakeReviewer>,
+    store: EntryStore,
+) -> Server {
     let bundle_file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bundle_file.path(), material.bundle.x509_authorities_pem()).unwrap();
     let (material_tx, material_rx) = watch::channel(Arc::new(material));
     let (federated_tx, federated_rx) = watch::channel(FederatedBundles::default());
     let api = NodeApi::with_cluster(
-        NodeAuthority::new(material_rx, args),
+        NodeAuthority::new(material_rx, authority_args()),
         store,
         ClusterAccess {
             view: Arc::new(directory),
@@ -207,7 +224,6 @@ async fn start(directory: PodDirectory, reviewer: Arc<FakeReviewer>, store: Entr
         },
         federated_rx,
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = listener.local_addr().unwrap().to_string();
     let shutdown = CancellationToken::new();
     tokio::spawn(api.serve(listener, shutdown.clone()));
@@ -505,4 +521,115 @@ async fn the_plugin_keeps_svids_through_unavailable_and_drops_them_after_a_held_
         denied_at.elapsed()
     );
     source.detach(&app.uid);
+}
+
+/// Whether `snapshot` holds an X.509-SVID that chains to `roots`.
+fn issued_under(snapshot: &IdentitySnapshot, roots: &[Vec<u8>]) -> bool {
+    let IdentitySnapshot::Issued(identities) = snapshot else {
+        return false;
+    };
+    identities.x509_svids.first().is_some_and(|svid| {
+        wimsey_core::x509::verify_svid(&svid.chain, |_| Some(roots), SystemTime::now()).is_ok()
+    })
+}
+
+/// The operator comes back with a new CA (its old one expired while it was down) and without the
+/// old one in its bundle. The plugin's node session is then refused in TLS; it must attest again
+/// with the bundle file kubelet refreshed, long before the session's own renewal time.
+/// `next_ca_published` is the case where the plugin already trusts the new CA (it was published
+/// ahead): the plugin's handshake succeeds and the operator's refusal arrives as a TLS alert.
+async fn plugin_reattests_when_the_ca_is_replaced(next_ca_published: bool) {
+    let hour = Duration::from_secs(3600);
+    let csi = pod_facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
+    let app = pod_facts("app-uid", APP_NS, "app", "app", "n1");
+    let directory = PodDirectory::new();
+    let store = EntryStore::new();
+    let app_entry = stored_entry(&format!("spiffe://{TRUST_DOMAIN}/ns/{APP_NS}/sa/app"));
+    directory.apply_facts(csi.clone());
+    directory.apply_facts(app.clone());
+    store.set_pod(&app.uid, Some(pod_record(&app, vec![app_entry.clone()])));
+    directory.mark_synced();
+    let reviewer = Arc::new(FakeReviewer::default());
+    let csi_token = token(&csi.uid, 1, hour);
+    reviewer.accept(
+        &csi_token,
+        "wimsey-node",
+        NAMESPACE,
+        "wimsey-csi",
+        ("csi-n1", &csi.uid),
+    );
+    let app_token = token(&app.uid, 1, hour);
+    reviewer.accept(&app_token, "wimsey", APP_NS, "app", ("app", &app.uid));
+
+    let args = authority_args();
+    let replacement = material(&args);
+    let mut first = material(&args);
+    if next_ca_published {
+        first
+            .bundle
+            .x509_authorities
+            .extend(replacement.bundle.x509_authorities.clone());
+    }
+    let old_roots = first.bundle.x509_authorities[..1].to_vec();
+    let new_roots = replacement.bundle.x509_authorities.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let server = start_on(
+        listener,
+        first,
+        directory.clone(),
+        reviewer.clone(),
+        store.clone(),
+    );
+
+    // The plugin's own copy of the bundle file: it outlives the first server.
+    let bundle_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::copy(server.bundle_file.path(), bundle_file.path()).unwrap();
+    let token_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token_file.path(), &csi_token).unwrap();
+    let mut config = NodeClientConfig::new(&server.endpoint, "n1".into(), trust_domain()).unwrap();
+    config.token_path = token_file.path().to_owned();
+    config.bundle_path = bundle_file.path().to_owned();
+    let source = NodeClient::new(config).unwrap();
+    let pod = source.attach(PodInfo {
+        uid: app.uid.clone(),
+        namespace: APP_NS.into(),
+        name: "app".into(),
+        service_account: "app".into(),
+        token: Some(Zeroizing::new(app_token.clone())),
+    });
+    let mut snapshots = pod.current();
+    wait_for_snapshot(&mut snapshots, "SVIDs under the first CA", |s| {
+        issued_under(s, &old_roots)
+    })
+    .await;
+
+    // The operator restarts on the same address with only the replacement CA; kubelet refreshes
+    // the plugin's bundle file from the new ConfigMap.
+    drop(server);
+    let replaced = loop {
+        match tokio::net::TcpListener::bind(address).await {
+            Ok(listener) => break listener,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    };
+    let server = start_on(replaced, replacement, directory, reviewer, store);
+    std::fs::copy(server.bundle_file.path(), bundle_file.path()).unwrap();
+
+    // Within the test's 30 s, not at the node session's half-life (30 min).
+    wait_for_snapshot(&mut snapshots, "SVIDs under the replacement CA", |s| {
+        issued_under(s, &new_roots)
+    })
+    .await;
+    source.detach(&app.uid);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_attests_again_when_the_ca_it_trusts_is_replaced() {
+    plugin_reattests_when_the_ca_is_replaced(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_attests_again_when_its_node_certificate_is_refused() {
+    plugin_reattests_when_the_ca_is_replaced(true).await;
 }

@@ -183,7 +183,11 @@ pub struct NodeSession {
     renew_at: SystemTime,
     /// Failed re-attestations since this session was issued.
     failed_renewals: u32,
+    /// No re-attestation before this (backoff after a failed one), even when refused.
+    retry_not_before: SystemTime,
     channel: Channel,
+    /// Set when TLS on `channel` fails: the operator no longer takes this session.
+    refusal: tls::TlsRefusal,
 }
 
 impl NodeSession {
@@ -234,15 +238,21 @@ impl NodeClient {
         &self.inner.config
     }
 
-    /// The mTLS channel, attesting first if there is no node SVID or it is past half-life. When
-    /// re-attestation fails, a session that is still valid is kept (and re-attestation retried
-    /// with backoff).
+    /// The mTLS channel, attesting first if there is no node SVID, it is past half-life, or TLS
+    /// on it failed (the operator replaced its CA). When re-attestation fails, a session that is
+    /// still valid is kept (and re-attestation retried with backoff).
     pub(crate) async fn channel(&self) -> Result<Channel, NodeClientError> {
         let mut session = self.inner.session.lock().await;
-        if let Some(current) = session.as_ref()
-            && SystemTime::now() < current.renew_at
-        {
-            return Ok(current.channel.clone());
+        if let Some(current) = session.as_mut() {
+            let now = SystemTime::now();
+            if current.refusal.take() {
+                tracing::warn!(node = %self.inner.config.node_name,
+                    "TLS to the node API failed on this node's session; attesting again");
+                current.renew_at = current.renew_at.min(now.max(current.retry_not_before));
+            }
+            if now < current.renew_at {
+                return Ok(current.channel.clone());
+            }
         }
         match self.attest().await {
             Ok(fresh) => {
@@ -267,6 +277,7 @@ impl NodeClient {
                     "re-attestation failed; keeping the node session while it is valid");
                 current.failed_renewals = current.failed_renewals.saturating_add(1);
                 current.renew_at = retry_at;
+                current.retry_not_before = retry_at;
                 Ok(current.channel.clone())
             }
         }
@@ -316,6 +327,7 @@ impl NodeClient {
             chain: response.svid_chain,
             key_pkcs8: key.pkcs8_der(),
         };
+        let refusal = tls::TlsRefusal::default();
         let channel = tls::channel(
             &config.endpoint,
             self.inner.roots.clone(),
@@ -323,13 +335,16 @@ impl NodeClient {
             &config.server_id,
             Some(&cert),
             &config.transport,
+            refusal.clone(),
         )?;
         Ok(NodeSession {
             spiffe_id: response.spiffe_id,
             expires_at,
             renew_at: schedule::renew_at(issued_at, expires_at),
             failed_renewals: 0,
+            retry_not_before: UNIX_EPOCH,
             channel,
+            refusal,
         })
     }
 
@@ -360,6 +375,8 @@ impl NodeClient {
             &config.server_id,
             None,
             &config.transport,
+            // Attestation has no session to give up.
+            tls::TlsRefusal::default(),
         )?;
         Ok(NodeGrpc::new(channel))
     }
