@@ -3,6 +3,7 @@
 //! Nothing here does network or file I/O, talks to Kubernetes, or reads the clock: callers pass
 //! the current time in, so every rule is testable with fixed inputs.
 
+pub mod backoff;
 pub mod bundle;
 pub mod entries;
 pub mod jose;

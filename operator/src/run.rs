@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use kube::Client;
@@ -10,9 +11,10 @@ use kube::runtime::events::Reporter;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use wimsey_core::backoff::{backoff, jitter};
 
 use crate::admin::{self, AdminState, Metrics};
-use crate::authority::{AuthorityArgs, SigningAuthority};
+use crate::authority::{AuthorityArgs, AuthorityError, SigningAuthority};
 use crate::config::{ConfigFlags, Settings};
 use crate::leader::{LeaseSettings, run_leader_election};
 use crate::nodeapi::{self, NodeApi, NodeApiArgs};
@@ -158,6 +160,72 @@ impl Controller {
     }
 }
 
+/// The authority, once the API server lets it load: errors reaching the API server (it is down,
+/// RBAC not applied yet, the Secret contended) are retried with backoff instead of exiting, which
+/// would put the replica in CrashLoopBackOff and delay it by minutes after the API server returns.
+/// A Secret that cannot be used ends the process.
+async fn start_authority(
+    client: Client,
+    trust_domain: wimsey_core::TrustDomain,
+    args: AuthorityArgs,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<SigningAuthority, AuthorityError> {
+    retry_while_retryable(|| {
+        SigningAuthority::start_with_metrics(
+            client.clone(),
+            trust_domain.clone(),
+            args.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        )
+    })
+    .await
+}
+
+/// Runs `attempt` until it succeeds or fails with an error that retrying cannot fix.
+async fn retry_while_retryable<T, F, Fut>(mut attempt: F) -> Result<T, AuthorityError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AuthorityError>>,
+{
+    let mut failures = 0u32;
+    loop {
+        match attempt().await {
+            Err(error) if error.is_retryable() => {
+                let wait = backoff(
+                    failures,
+                    Duration::from_secs(1),
+                    Duration::from_secs(15),
+                    jitter(),
+                );
+                tracing::warn!(%error, label = error.label(), retry_in = ?wait,
+                    "the authority cannot load yet; retrying");
+                failures = failures.saturating_add(1);
+                tokio::time::sleep(wait).await;
+            }
+            done => return done,
+        }
+    }
+}
+
+/// True while every one of `gates` is true.
+fn all_ready(gates: Vec<watch::Receiver<bool>>) -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(gates.iter().all(|g| *g.borrow()));
+    tokio::spawn(async move {
+        let mut gates = gates;
+        loop {
+            tx.send_replace(gates.iter().all(|g| *g.borrow()));
+            let changes = gates.iter_mut().map(|g| Box::pin(g.changed()));
+            let (changed, _, _) = futures_util::future::select_all(changes).await;
+            if changed.is_err() || tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
 /// Resolves SIGTERM or SIGINT.
 async fn shutdown_signal() {
     let terminate = async {
@@ -200,19 +268,51 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         shutdown.clone(),
     )?;
 
-    // Identity services (the authority and the node API) are spawned here, with `client`,
-    // `settings`, `options.namespace`, `store` and `shutdown`.
+    // The admin server comes first, so kubelet's liveness probe passes while the authority waits
+    // for the API server; /readyz stays false until the caches synced and the node API serves.
+    let (authority_loaded, authority_ready) = watch::channel(false);
+    let listener = tokio::net::TcpListener::bind(options.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin address {}", options.admin_addr))?;
+    tracing::info!(addr = %options.admin_addr, "admin server listening");
+    let admin_state = AdminState {
+        store: store.clone(),
+        metrics: controller.metrics.clone(),
+        ready: all_ready(vec![controller.ready.clone(), authority_ready]),
+    };
+    let admin = tokio::spawn(admin::serve(
+        listener,
+        admin_state.clone(),
+        shutdown.clone(),
+    ));
+    let debug_listener = tokio::net::TcpListener::bind(options.debug_addr)
+        .await
+        .with_context(|| format!("binding the debug address {}", options.debug_addr))?;
+    tracing::info!(addr = %options.debug_addr, "debug server (/debug/entries) listening");
+    let debug = tokio::spawn(admin::serve_debug(
+        debug_listener,
+        admin_state,
+        shutdown.clone(),
+    ));
+
     let mut authority_args = options.authority;
     authority_args.authority_namespace = options.namespace.clone();
-    let authority = SigningAuthority::start_with_metrics(
+    let starting = start_authority(
         client.clone(),
         settings.trust_domain.clone(),
         authority_args,
         controller.metrics.clone(),
         shutdown.clone(),
-    )
-    .await
-    .context("starting the authority")?;
+    );
+    let authority = tokio::select! {
+        started = starting => started.context("starting the authority")?,
+        () = shutdown_signal() => {
+            tracing::info!("shutting down before the authority started");
+            shutdown.cancel();
+            controller.stop().await;
+            return Ok(());
+        }
+    };
     // Federated bundles come from the ClusterFederatedTrustDomains' trustDomainBundle fields.
     let mut federation = controller.federation.clone();
     let (federated_bundles, federated) =
@@ -240,29 +340,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     tracing::info!(addr = %node_api_addr, "node API listening");
     let node_api = tokio::spawn(node_api.run(shutdown.clone()));
 
-    let listener = tokio::net::TcpListener::bind(options.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin address {}", options.admin_addr))?;
-    tracing::info!(addr = %options.admin_addr, "admin server listening");
-    let admin_state = AdminState {
-        store,
-        metrics: controller.metrics.clone(),
-        ready: controller.ready.clone(),
-    };
-    let admin = tokio::spawn(admin::serve(
-        listener,
-        admin_state.clone(),
-        shutdown.clone(),
-    ));
-    let debug_listener = tokio::net::TcpListener::bind(options.debug_addr)
-        .await
-        .with_context(|| format!("binding the debug address {}", options.debug_addr))?;
-    tracing::info!(addr = %options.debug_addr, "debug server (/debug/entries) listening");
-    let debug = tokio::spawn(admin::serve_debug(
-        debug_listener,
-        admin_state,
-        shutdown.clone(),
-    ));
+    authority_loaded.send_replace(true);
 
     shutdown_signal().await;
     tracing::info!("shutting down");
@@ -288,6 +366,56 @@ mod tests {
     use clap::{CommandFactory, Parser};
 
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_authority_waits_for_the_api_server_but_not_for_a_broken_secret() {
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let started = tokio::time::Instant::now();
+        let loaded = retry_while_retryable(|| {
+            let call = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if call < 5 {
+                    Err(AuthorityError::Contended(call))
+                } else {
+                    Ok(call)
+                }
+            }
+        })
+        .await;
+        assert_eq!(loaded.unwrap(), 5);
+        // 1 + 2 + 4 + 8 + 15 s at most, at least half of that.
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_secs(15), "{waited:?}");
+        assert!(waited <= Duration::from_secs(30), "{waited:?}");
+
+        let calls = std::sync::atomic::AtomicU32::new(0);
+        let broken = retry_while_retryable(|| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async { Err::<(), _>(AuthorityError::Corrupt("x509 authority")) }
+        })
+        .await;
+        assert!(matches!(broken, Err(AuthorityError::Corrupt(_))));
+        assert_eq!(calls.into_inner(), 1);
+    }
+
+    #[tokio::test]
+    async fn ready_only_when_every_gate_is() {
+        let (a_tx, a) = watch::channel(false);
+        let (b_tx, b) = watch::channel(false);
+        let mut ready = all_ready(vec![a, b]);
+        assert!(!*ready.borrow_and_update());
+        a_tx.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), ready.changed())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!*ready.borrow_and_update());
+        b_tx.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r))
+            .await
+            .unwrap()
+            .unwrap();
+    }
     use crate::nodeapi::NodeApiLimits;
 
     #[derive(Debug, Parser)]

@@ -460,14 +460,14 @@ fn create_private_dir(path: &Path) -> Result<(), CsiError> {
     Ok(())
 }
 
-/// Backoff after a failed write: 1 s doubling to 30 s, with up to 25% jitter.
+/// Backoff after a failed write: 1 s doubling to 30 s, jittered.
 fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_secs(1u64 << failures.min(5)).min(Duration::from_secs(30));
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or_default();
-    base + base.mul_f64(f64::from(nanos % 250) / 1000.0)
+    wimsey_core::backoff::backoff(
+        failures,
+        Duration::from_secs(1),
+        Duration::from_secs(30),
+        wimsey_core::backoff::jitter(),
+    )
 }
 
 /// Rewrites the volume's files on every snapshot change; JWT-SVIDs are re-minted at half their

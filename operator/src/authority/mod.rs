@@ -127,6 +127,13 @@ pub enum AuthorityError {
 }
 
 impl AuthorityError {
+    /// Whether trying again later can succeed: the API server was unreachable or refused us
+    /// (down, RBAC not applied yet), or other replicas kept changing the Secret. A Secret whose
+    /// contents cannot be used, or bad settings, stay wrong until someone fixes them.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, AuthorityError::Kube(_) | AuthorityError::Contended(_))
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             AuthorityError::Kube(_) => "kube",

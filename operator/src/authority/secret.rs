@@ -135,6 +135,7 @@ impl SigningAuthority {
         let (loaded, rotated) = match load_current(store.as_ref(), &trust_domain, &lifetimes).await
         {
             Ok(current) => current,
+            Err(error) if error.is_retryable() => return Err(error),
             Err(error) => {
                 metrics.set_authority_secret_error(Some(error.label()));
                 tracing::error!(%error, label = error.label(), "authority Secret unusable; not starting");
