@@ -438,14 +438,19 @@ async fn wait_for_snapshot(
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
-fn issued(snapshot: &IdentitySnapshot) -> bool {
-    matches!(snapshot, IdentitySnapshot::Issued(_))
+/// Node n1 with its plugin pod and one app pod that has one entry; both pods' tokens accepted.
+struct OnePod {
+    app: PodFacts,
+    directory: PodDirectory,
+    store: EntryStore,
+    app_entry: StoredEntry,
+    reviewer: Arc<FakeReviewer>,
+    csi_token: String,
+    app_token: String,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_plugin_keeps_svids_through_unavailable_and_drops_them_after_a_held_denial() {
+fn one_pod_on_n1() -> OnePod {
     let hour = Duration::from_secs(3600);
-    let grace = Duration::from_secs(3);
     let csi = pod_facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
     let app = pod_facts("app-uid", APP_NS, "app", "app", "n1");
     let directory = PodDirectory::new();
@@ -466,6 +471,34 @@ async fn the_plugin_keeps_svids_through_unavailable_and_drops_them_after_a_held_
     );
     let app_token = token(&app.uid, 1, hour);
     reviewer.accept(&app_token, "wimsey", APP_NS, "app", ("app", &app.uid));
+    OnePod {
+        app,
+        directory,
+        store,
+        app_entry,
+        reviewer,
+        csi_token,
+        app_token,
+    }
+}
+
+fn issued(snapshot: &IdentitySnapshot) -> bool {
+    matches!(snapshot, IdentitySnapshot::Issued(_))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plugin_keeps_svids_through_unavailable_and_drops_them_after_a_held_denial() {
+    let hour = Duration::from_secs(3600);
+    let grace = Duration::from_secs(3);
+    let OnePod {
+        app,
+        directory,
+        store,
+        app_entry,
+        reviewer,
+        csi_token,
+        app_token,
+    } = one_pod_on_n1();
     let server = start(directory.clone(), reviewer.clone(), store.clone()).await;
 
     let token_file = tempfile::NamedTempFile::new().unwrap();
@@ -539,27 +572,15 @@ fn issued_under(snapshot: &IdentitySnapshot, roots: &[Vec<u8>]) -> bool {
 /// `next_ca_published` is the case where the plugin already trusts the new CA (it was published
 /// ahead): the plugin's handshake succeeds and the operator's refusal arrives as a TLS alert.
 async fn plugin_reattests_when_the_ca_is_replaced(next_ca_published: bool) {
-    let hour = Duration::from_secs(3600);
-    let csi = pod_facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
-    let app = pod_facts("app-uid", APP_NS, "app", "app", "n1");
-    let directory = PodDirectory::new();
-    let store = EntryStore::new();
-    let app_entry = stored_entry(&format!("spiffe://{TRUST_DOMAIN}/ns/{APP_NS}/sa/app"));
-    directory.apply_facts(csi.clone());
-    directory.apply_facts(app.clone());
-    store.set_pod(&app.uid, Some(pod_record(&app, vec![app_entry.clone()])));
-    directory.mark_synced();
-    let reviewer = Arc::new(FakeReviewer::default());
-    let csi_token = token(&csi.uid, 1, hour);
-    reviewer.accept(
-        &csi_token,
-        "wimsey-node",
-        NAMESPACE,
-        "wimsey-csi",
-        ("csi-n1", &csi.uid),
-    );
-    let app_token = token(&app.uid, 1, hour);
-    reviewer.accept(&app_token, "wimsey", APP_NS, "app", ("app", &app.uid));
+    let OnePod {
+        app,
+        directory,
+        store,
+        reviewer,
+        csi_token,
+        app_token,
+        ..
+    } = one_pod_on_n1();
 
     let args = authority_args();
     let replacement = material(&args);
