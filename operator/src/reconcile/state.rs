@@ -10,11 +10,13 @@ use std::sync::Arc;
 use wimsey_core::entries::{
     ClusterSpiffeIdView, CompiledSpec, EntryError, NamespaceSelection, NamespaceView, NodeView,
     PodView, RenderConfig, SpecOutcome, StaticEntryView, handles_class, namespace_selection,
-    render_pod_entries, render_static_entry, resolve_conflicts, service_dns_names,
+    reached_fields, render_pod_entries, render_static_entry, resolve_conflicts, service_dns_names,
 };
 
 use super::federation::{FederationInput, FederationOutcome, FederationSet, build_federation_set};
 use super::ids::entry_id;
+use super::kept::{KeptFields, KeptKind, KeptTracker};
+use super::shared::{Fields, SharedPool};
 use crate::crd::{
     ClusterFederatedTrustDomainStatus, ClusterSPIFFEIDStatus, ClusterStaticEntryStatus,
 };
@@ -170,9 +172,17 @@ type DetailedOutcome = (
     Option<String>,
 );
 
+/// A pod's label or annotation map, shared with the other pods that have the same one.
+type SharedMap = Arc<BTreeMap<String, String>>;
+
 #[derive(Debug, Clone)]
 struct PodState {
+    /// The view without its maps, which are shared with the pods that have the same ones.
     view: PodView,
+    labels: SharedMap,
+    annotations: SharedMap,
+    extra_meta: Arc<Fields>,
+    extra_spec: Arc<Fields>,
     outcomes: Vec<(Arc<str>, Outcome)>,
     /// Deleted from the cluster; removed from the store by the next pass.
     deleted: bool,
@@ -198,6 +208,12 @@ pub struct ClusterState {
     pub(crate) federations: BTreeMap<String, FederationState>,
     federation_set: Arc<FederationSet>,
     tallies: HashMap<Arc<str>, SpecTally>,
+    /// What the Pod and Node watches keep of each object, and the relists awaited.
+    kept: KeptTracker,
+    /// The distinct label and annotation maps of the pods.
+    maps: SharedPool<BTreeMap<String, String>>,
+    /// The distinct kept template fields of the pods.
+    fields: SharedPool<Fields>,
     dirty: Dirty,
 }
 
@@ -207,6 +223,8 @@ fn pod_key(view: &PodView) -> String {
 
 impl ClusterState {
     pub fn new(config: RenderConfig, entry_id_prefix: &str) -> Self {
+        let mut kept = KeptTracker::new();
+        kept.reached(&reached_fields(std::iter::empty(), &config));
         Self {
             config,
             entry_id_prefix: entry_id_prefix.to_owned(),
@@ -224,8 +242,28 @@ impl ClusterState {
             federations: BTreeMap::new(),
             federation_set: Arc::default(),
             tallies: HashMap::new(),
+            kept,
+            maps: SharedPool::default(),
+            fields: SharedPool::default(),
             dirty: Dirty::default(),
         }
+    }
+
+    /// What to keep of each pod and node (see [`super::kept`]). From the first call on, a
+    /// ClusterSPIFFEID reaching a field not kept makes [`ClusterState::relists_wanted`] non-empty.
+    pub fn kept_fields(&mut self) -> KeptFields {
+        self.kept.hand_out()
+    }
+
+    /// The kinds to relist, with the version of the kept fields the relist must use: each kind
+    /// whose kept fields widened since they were handed out and not relisted since.
+    pub fn relists_wanted(&self) -> Vec<(KeptKind, u64)> {
+        self.kept.awaiting()
+    }
+
+    /// A relist of `kind` converted with kept fields of `version` has been fully applied.
+    pub fn relisted(&mut self, kind: KeptKind, version: u64) {
+        self.kept.relisted(kind, version);
     }
 
     pub fn config(&self) -> &RenderConfig {
@@ -268,9 +306,17 @@ impl ClusterState {
     /// A pod was added or changed. An unchanged view (a status-only update) renders nothing.
     pub fn apply_pod(&mut self, mut view: PodView) {
         view.service_dns_names = self.dns_names_for(&view.namespace, &view.name);
+        let labels = std::mem::take(&mut view.labels);
+        let annotations = std::mem::take(&mut view.annotations);
+        let extra_meta = Fields(std::mem::take(&mut view.extra_meta));
+        let extra_spec = Fields(std::mem::take(&mut view.extra_spec));
         let uid = view.uid.clone();
         if let Some(old) = self.pods.get(&uid)
             && old.view == view
+            && *old.labels == labels
+            && *old.annotations == annotations
+            && *old.extra_meta == extra_meta
+            && *old.extra_spec == extra_spec
             && !old.deleted
         {
             return;
@@ -280,15 +326,27 @@ impl ClusterState {
                 if !old.deleted {
                     self.unindex_pod(&old.view);
                 }
+                self.maps.release(old.labels);
+                self.maps.release(old.annotations);
+                self.fields.release(old.extra_meta);
+                self.fields.release(old.extra_spec);
                 old.outcomes
             }
             None => Vec::new(),
         };
         self.index_pod(&view);
+        let labels = self.maps.share(labels);
+        let annotations = self.maps.share(annotations);
+        let extra_meta = self.fields.share(extra_meta);
+        let extra_spec = self.fields.share(extra_spec);
         self.pods.insert(
             uid.clone(),
             PodState {
                 view,
+                labels,
+                annotations,
+                extra_meta,
+                extra_spec,
                 outcomes,
                 deleted: false,
             },
@@ -415,6 +473,14 @@ impl ClusterState {
             .filter_map(|s| s.compiled.clone().ok())
             .collect();
         self.dirty.status = true;
+        let reached = reached_fields(&self.compiled, &self.config);
+        for kind in self.kept.reached(&reached) {
+            tracing::info!(
+                kind = kind.name(),
+                spec = name,
+                "a ClusterSPIFFEID reaches fields not kept; relisting once"
+            );
+        }
         let new = self.compiled_spec(name).cloned();
         let affected: Vec<&CompiledSpec> = old.iter().chain(new.iter()).collect();
         let namespaces: Vec<String> = self
@@ -583,8 +649,18 @@ impl ClusterState {
 
     /// Reconciles `dirty` into `store`: renders each dirty pod once, and the static entries and
     /// the federation set when they changed.
-    pub fn reconcile_dirty(&mut self, dirty: Dirty, store: &EntryStore) -> PassReport {
+    pub fn reconcile_dirty(&mut self, mut dirty: Dirty, store: &EntryStore) -> PassReport {
         let mut report = PassReport::default();
+        if self.kept.holding() {
+            // Some pods or nodes lack a field a template now reaches: render them once the
+            // relist has brought it, not from data that would render wrong. Deleted pods still
+            // leave the store now.
+            let (gone, held): (HashSet<String>, HashSet<String>) = std::mem::take(&mut dirty.pods)
+                .into_iter()
+                .partition(|uid| self.pods.get(uid).is_none_or(|pod| pod.deleted));
+            self.dirty.pods.extend(held);
+            dirty.pods = gone;
+        }
         let uids: Vec<String> = dirty.pods.into_iter().collect();
         let rendered = self.render_pods(&uids);
         let mut writes = Vec::with_capacity(uids.len());
@@ -656,7 +732,15 @@ impl ClusterState {
         if state.deleted {
             return PodRender::Deleted;
         }
-        let view = &state.view;
+        // The whole view again, for this render only.
+        let whole = PodView {
+            labels: BTreeMap::clone(&state.labels),
+            annotations: BTreeMap::clone(&state.annotations),
+            extra_meta: state.extra_meta.0.clone(),
+            extra_spec: state.extra_spec.0.clone(),
+            ..state.view.clone()
+        };
+        let view = &whole;
         let (record, outcomes) = match self.namespaces.get(&view.namespace) {
             // Not seen yet: rendered again when the namespace arrives.
             None => (None, Vec::new()),
@@ -722,6 +806,10 @@ impl ClusterState {
                 let state = self.pods.remove(uid)?;
                 let key = pod_key(&state.view);
                 self.retally(&key, &state.outcomes, &[]);
+                self.maps.release(state.labels);
+                self.maps.release(state.annotations);
+                self.fields.release(state.extra_meta);
+                self.fields.release(state.extra_spec);
                 return None;
             }
             PodRender::Rendered(record, outcomes) => (record, outcomes),
