@@ -202,7 +202,11 @@ impl Walker<'_> {
         let value = self.pipeline(&branch.pipe, dot);
         self.use_whole(&value);
         self.bind(&branch.pipe, Origin::Detached);
-        let inner = if is_with { Origin::Detached } else { dot.clone() };
+        let inner = if is_with {
+            Origin::Detached
+        } else {
+            dot.clone()
+        };
         self.list(&branch.then, &inner);
         self.vars.truncate(scope);
         self.list(&branch.otherwise, dot);

@@ -81,8 +81,13 @@ fn range_reaches_every_element_and_what_the_body_reads() {
     assert!(!containers.is_whole());
     // Variables follow their values; `$` is the root.
     assert_eq!(
-        reached("{{ range $i, $c := .PodSpec.Containers }}{{ $c.Image }}{{ $.PodMeta.Name }}{{ end }}"),
-        tree(&[&["PodSpec", "Containers", "*", "Image"], &["PodMeta", "Name"]])
+        reached(
+            "{{ range $i, $c := .PodSpec.Containers }}{{ $c.Image }}{{ $.PodMeta.Name }}{{ end }}"
+        ),
+        tree(&[
+            &["PodSpec", "Containers", "*", "Image"],
+            &["PodMeta", "Name"]
+        ])
     );
     assert_eq!(
         reached("{{ $c := index .PodSpec.Containers 1 }}{{ $c.Image }}"),
@@ -115,7 +120,8 @@ fn values_used_as_a_whole_are_reached_whole() {
 
 #[test]
 fn covers_tells_whether_a_tree_already_keeps_another() {
-    let kept = reached("{{ .PodMeta.Namespace }}{{ range .PodSpec.Containers }}{{ .Name }}{{ end }}");
+    let kept =
+        reached("{{ .PodMeta.Namespace }}{{ range .PodSpec.Containers }}{{ .Name }}{{ end }}");
     assert!(kept.covers(&reached("{{ .PodMeta.Namespace }}")));
     assert!(kept.covers(&reached("{{ (index .PodSpec.Containers 0).Name }}")));
     assert!(!kept.covers(&reached("{{ (index .PodSpec.Containers 0).Image }}")));

@@ -125,7 +125,8 @@ impl KeptTracker {
 
     /// A relist of `kind` with the fields of `version` is complete.
     pub fn relisted(&mut self, kind: KeptKind, version: u64) {
-        self.awaiting.retain(|(k, v)| !(*k == kind && *v <= version));
+        self.awaiting
+            .retain(|(k, v)| !(*k == kind && *v <= version));
     }
 
     /// The relists awaited: kind and the version they must be done at.
@@ -155,7 +156,11 @@ mod tests {
     #[test]
     fn nothing_is_relisted_before_the_fields_are_used() {
         let mut tracker = KeptTracker::new();
-        assert!(tracker.reached(&reached(&["{{ .PodSpec.Hostname }}"])).is_empty());
+        assert!(
+            tracker
+                .reached(&reached(&["{{ .PodSpec.Hostname }}"]))
+                .is_empty()
+        );
         assert!(!tracker.holding());
         assert_eq!(tracker.hand_out().pods, 1);
     }
@@ -163,11 +168,18 @@ mod tests {
     #[test]
     fn a_template_reaching_a_new_field_relists_that_kind_once() {
         let mut tracker = KeptTracker::new();
-        tracker.reached(&reached(&["{{ .PodMeta.Namespace }}", "{{ .NodeMeta.UID }}"]));
+        tracker.reached(&reached(&[
+            "{{ .PodMeta.Namespace }}",
+            "{{ .NodeMeta.UID }}",
+        ]));
         let before = tracker.hand_out();
 
         // Already kept: no relist, nothing held.
-        assert!(tracker.reached(&reached(&["{{ .PodMeta.Namespace }}"])).is_empty());
+        assert!(
+            tracker
+                .reached(&reached(&["{{ .PodMeta.Namespace }}"]))
+                .is_empty()
+        );
         assert!(!tracker.holding());
 
         // The container image is new, for pods only.

@@ -99,7 +99,11 @@ fn a_template_reaching_a_field_not_kept_relists_once_and_then_renders_it() {
     // render failure, "can't evaluate field Image").
     let held = state.reconcile(&store);
     assert_eq!(held.pods_rendered, 0);
-    assert!(held.render_failures.is_empty(), "{:?}", held.render_failures);
+    assert!(
+        held.render_failures.is_empty(),
+        "{:?}",
+        held.render_failures
+    );
     assert_eq!(store.pod("pod-uid-1").unwrap().entries.len(), 1);
     assert_eq!(state.tally("by-image").map_or(0, |t| t.render_failures), 0);
 
@@ -114,7 +118,11 @@ fn a_template_reaching_a_field_not_kept_relists_once_and_then_renders_it() {
     assert!(state.relists_wanted().is_empty());
     let report = state.reconcile(&store);
     assert_eq!(report.pods_rendered, 1);
-    assert!(report.render_failures.is_empty(), "{:?}", report.render_failures);
+    assert!(
+        report.render_failures.is_empty(),
+        "{:?}",
+        report.render_failures
+    );
 
     let record = store.pod("pod-uid-1").unwrap();
     let pinned = record
@@ -134,7 +142,10 @@ fn a_template_reaching_a_field_not_kept_relists_once_and_then_renders_it() {
         .collect();
     assert_eq!(
         selectors,
-        ["k8s:pod-uid:pod-uid-1", "k8s:pod-image:registry.example/app:1"]
+        [
+            "k8s:pod-uid:pod-uid-1",
+            "k8s:pod-image:registry.example/app:1"
+        ]
     );
     assert_eq!(record.entries.len(), 2);
 

@@ -367,7 +367,10 @@ pub(super) fn go_fields<T: serde::Serialize>(
         Ok(serde_json::Value::Object(map)) => map,
         _ => &empty,
     };
-    match roots.shapes.struct_value(shape, Some(type_name), object, keep) {
+    match roots
+        .shapes
+        .struct_value(shape, Some(type_name), object, keep)
+    {
         Value::Struct { fields, .. } => fields,
         _ => BTreeMap::new(),
     }

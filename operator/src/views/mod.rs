@@ -19,8 +19,8 @@ use wimsey_core::entries::{
 };
 use wimsey_core::template::{FieldTree, Value};
 
-pub use go_value::go_template_value;
 use go_value::go_fields;
+pub use go_value::go_template_value;
 
 use crate::crd::{ClusterSPIFFEID, ClusterStaticEntry};
 
@@ -134,13 +134,21 @@ pub fn static_entry_view(resource: &ClusterStaticEntry) -> StaticEntryView {
 /// for pods, annotations (in the view, filtered). `managedFields` is bookkeeping no template
 /// needs, and `resourceVersion` changes on every status update, which would re-render the pod
 /// each time.
-fn meta_fields(meta: &ObjectMeta, keep: &FieldTree, annotations_in_view: bool) -> BTreeMap<String, Value> {
+fn meta_fields(
+    meta: &ObjectMeta,
+    keep: &FieldTree,
+    annotations_in_view: bool,
+) -> BTreeMap<String, Value> {
     if keep.is_empty() {
         return BTreeMap::new();
     }
     // Built field by field: cloning the whole ObjectMeta would copy managedFields first.
     let trimmed = ObjectMeta {
-        annotations: if annotations_in_view { None } else { meta.annotations.clone() },
+        annotations: if annotations_in_view {
+            None
+        } else {
+            meta.annotations.clone()
+        },
         creation_timestamp: meta.creation_timestamp.clone(),
         deletion_grace_period_seconds: meta.deletion_grace_period_seconds,
         deletion_timestamp: meta.deletion_timestamp.clone(),
@@ -199,7 +207,14 @@ pub fn pod_view_keeping(pod: &Pod, keep: &FieldTree) -> PodView {
         node_name: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
         extra_meta: meta_fields(&pod.metadata, meta_keep, true),
         extra_spec: spec
-            .map(|s| go_fields("*v1.PodSpec", s, |r| r.pod_spec, keep.field("PodSpec").unwrap_or(&NOTHING)))
+            .map(|s| {
+                go_fields(
+                    "*v1.PodSpec",
+                    s,
+                    |r| r.pod_spec,
+                    keep.field("PodSpec").unwrap_or(&NOTHING),
+                )
+            })
             .unwrap_or_default(),
         service_dns_names: Vec::new(),
     }
@@ -218,11 +233,22 @@ pub fn node_view_keeping(node: &Node, keep: &FieldTree) -> NodeView {
         name: node.name_any(),
         uid: node.uid().unwrap_or_default(),
         labels: string_map(&node.metadata.labels),
-        extra_meta: meta_fields(&node.metadata, keep.field("NodeMeta").unwrap_or(&NOTHING), false),
+        extra_meta: meta_fields(
+            &node.metadata,
+            keep.field("NodeMeta").unwrap_or(&NOTHING),
+            false,
+        ),
         extra_spec: node
             .spec
             .as_ref()
-            .map(|s| go_fields("*v1.NodeSpec", s, |r| r.node_spec, keep.field("NodeSpec").unwrap_or(&NOTHING)))
+            .map(|s| {
+                go_fields(
+                    "*v1.NodeSpec",
+                    s,
+                    |r| r.node_spec,
+                    keep.field("NodeSpec").unwrap_or(&NOTHING),
+                )
+            })
             .unwrap_or_default(),
     }
 }

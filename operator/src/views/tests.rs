@@ -396,7 +396,12 @@ fn views_keep_only_what_templates_reach() {
     let step = |s: &str| Step::Name(s.to_owned());
     keep.insert(&[step("PodMeta"), step("Annotations"), step("team")], true);
     keep.insert(
-        &[step("PodSpec"), step("Containers"), Step::Element, step("Image")],
+        &[
+            step("PodSpec"),
+            step("Containers"),
+            Step::Element,
+            step("Image"),
+        ],
         true,
     );
     let view = pod_view_keeping(&pod, &keep);
