@@ -18,7 +18,8 @@ use k8s_openapi::api::core::v1::Pod;
 use support::{NAMESPACES, NODES};
 use wimsey_core::entries::{ClusterSpiffeIdView, LabelSelector, RenderConfig};
 use wimsey_core::spiffe_id::TrustDomain;
-use wimsey_operator::reconcile::{ClusterState, PodDirectory, ResourceMeta, SpecInput};
+use wimsey_core::template::FieldTree;
+use wimsey_operator::reconcile::{ClusterState, KeptKind, PodDirectory, ResourceMeta, SpecInput};
 use wimsey_operator::store::EntryStore;
 use wimsey_operator::views;
 
@@ -113,10 +114,10 @@ fn specs(variant: &Variant<'_>) -> Vec<SpecInput> {
     ]
 }
 
-/// What the Pod watch does with one object: the production conversion, then the state and the
-/// node API's directory.
-fn feed_pod(state: &mut ClusterState, directory: &PodDirectory, pod: &Pod) {
-    let view = views::pod_view(pod);
+/// What the Pod watch does with one object: the production conversion (keeping what the
+/// templates reach), then the state and the node API's directory.
+fn feed_pod(state: &mut ClusterState, directory: &PodDirectory, pod: &Pod, kept: &FieldTree) {
+    let view = views::pod_view_keeping(pod, kept);
     directory.apply(&view);
     state.apply_pod(view);
 }
@@ -155,8 +156,10 @@ fn run_size(pods: usize) {
     for input in specs(&INITIAL) {
         state.apply_spec(input);
     }
+    // The Pod and Node watches start once the ClusterSPIFFEIDs are listed.
+    let kept = state.kept_fields();
     for n in 0..NODES {
-        state.apply_node(views::node_view(&support::node(n)));
+        state.apply_node(views::node_view_keeping(&support::node(n), &kept.tree));
     }
     // The initial list: objects arrive one by one and are dropped once converted.
     let started = Instant::now();
@@ -164,7 +167,8 @@ fn run_size(pods: usize) {
         feed_pod(
             &mut state,
             &directory,
-            &support::pod(index, pods_per_namespace, 0)
+            &support::pod(index, pods_per_namespace, 0),
+            &kept.tree,
         );
     }
     let list = started.elapsed();
@@ -183,7 +187,7 @@ fn run_size(pods: usize) {
         versions[index] = 1 + update as u32;
         let object = support::pod(index, pods_per_namespace, versions[index]);
         let started = Instant::now();
-        feed_pod(&mut state, &directory, &object);
+        feed_pod(&mut state, &directory, &object, &kept.tree);
         let report = state.reconcile(&store);
         latencies.push(started.elapsed());
         assert_eq!(report.pods_rendered, 1);
@@ -216,9 +220,31 @@ fn run_size(pods: usize) {
     for input in specs(&widened) {
         state.apply_spec(input);
     }
+    // The relist: the watches of the widened kinds list everything again.
+    let mut widen_relisted = 0usize;
+    let relists = state.relists_wanted();
+    assert!(!relists.is_empty(), "the image was not kept before");
+    let widened_fields = state.kept_fields();
+    for (kind, _) in relists {
+        match kind {
+            KeptKind::Pods => {
+                for index in 0..pods {
+                    let object = support::pod(index, pods_per_namespace, versions[index]);
+                    feed_pod(&mut state, &directory, &object, &widened_fields.tree);
+                    widen_relisted += 1;
+                }
+            }
+            KeptKind::Nodes => {
+                for n in 0..NODES {
+                    let node = views::node_view_keeping(&support::node(n), &widened_fields.tree);
+                    state.apply_node(node);
+                }
+            }
+        }
+        state.relisted(kind, widened_fields.version(kind));
+    }
     let widen_report = state.reconcile(&store);
     let widen_change = started.elapsed();
-    let widen_relisted = 0usize;
 
     // A cluster-wide one: the fallback spec (no selector) gets a new template.
     let mut fallback = specs(&widened).remove(2);
