@@ -228,8 +228,8 @@ fn run_size(pods: usize) {
     for (kind, _) in relists {
         match kind {
             KeptKind::Pods => {
-                for index in 0..pods {
-                    let object = support::pod(index, pods_per_namespace, versions[index]);
+                for (index, version) in versions.iter().enumerate() {
+                    let object = support::pod(index, pods_per_namespace, *version);
                     feed_pod(&mut state, &directory, &object, &widened_fields.tree);
                     widen_relisted += 1;
                 }

@@ -299,25 +299,22 @@ impl Walker<'_> {
         piped: Option<Origin>,
         dot: &Origin,
     ) -> Origin {
-        if name == "index" && piped.is_none() {
-            if let Some((collection, keys)) = args.split_first() {
-                let base = self.operand(collection, dot);
-                let steps: Option<Vec<Step>> = keys.iter().map(constant_key).collect();
-                match (base, steps) {
-                    (Origin::Data(mut path), Some(steps)) => {
-                        path.extend(steps);
-                        return Origin::Data(path);
-                    }
-                    (base, _) => {
-                        self.use_whole(&base);
-                        for key in keys {
-                            let value = self.operand(key, dot);
-                            self.use_whole(&value);
-                        }
-                        return Origin::Detached;
-                    }
-                }
+        if name == "index"
+            && piped.is_none()
+            && let Some((collection, keys)) = args.split_first()
+        {
+            let base = self.operand(collection, dot);
+            let steps: Option<Vec<Step>> = keys.iter().map(constant_key).collect();
+            if let (Origin::Data(mut path), Some(steps)) = (base.clone(), steps) {
+                path.extend(steps);
+                return Origin::Data(path);
             }
+            self.use_whole(&base);
+            for key in keys {
+                let value = self.operand(key, dot);
+                self.use_whole(&value);
+            }
+            return Origin::Detached;
         }
         // Every other function (and `and`/`or`, which return one of their arguments) may look at
         // all of each argument.
