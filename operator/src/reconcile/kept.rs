@@ -200,4 +200,17 @@ mod tests {
         tracker.relisted(KeptKind::Pods, after.pods);
         assert!(!tracker.holding());
     }
+
+    #[test]
+    fn one_list_with_the_latest_fields_covers_every_widening_before_it() {
+        let mut tracker = KeptTracker::new();
+        tracker.hand_out();
+        tracker.reached(&reached(&["{{ .PodSpec.Hostname }}"]));
+        tracker.reached(&reached(&["{{ .PodSpec.Subdomain }}"]));
+        assert_eq!(tracker.awaiting().len(), 1, "one relist, not two");
+        let latest = tracker.current().pods;
+        // A watch that had not listed yet starts with the latest fields: its first list counts.
+        tracker.relisted(KeptKind::Pods, latest);
+        assert!(!tracker.holding());
+    }
 }

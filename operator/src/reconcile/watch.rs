@@ -199,7 +199,8 @@ struct KeptSource {
 /// Watches one kind. A relist (after a lost watch) reports the objects that disappeared
 /// meanwhile as deletions, so the state never keeps a ghost. With a [`KeptSource`] the watch
 /// starts once the kept fields are known, and starts over (one relist) whenever its kind's kept
-/// fields widen; the relist's end is reported as [`Change::Relisted`].
+/// fields widen; the end of every list is reported as [`Change::Relisted`] with the version of
+/// the kept fields it was converted with.
 async fn watch_kind<K>(
     api: Api<K>,
     kind: &'static str,
@@ -299,9 +300,13 @@ async fn watch_kind<K>(
                         tracing::info!(kind, objects = known.len(), "cache synced");
                         alive &= send(Change::Synced(kind));
                     }
-                    if relisting && let Some(source) = &kept {
-                        relisting = false;
-                        tracing::info!(kind, objects = known.len(), "relist done");
+                    // Every full list says which kept fields it was converted with: a widening
+                    // that came before this watch first listed is covered by that first list.
+                    if let Some(source) = &kept {
+                        if relisting {
+                            relisting = false;
+                            tracing::info!(kind, objects = known.len(), "relist done");
+                        }
                         alive &= send(Change::Relisted(source.kind, version));
                     }
                     alive
