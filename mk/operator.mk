@@ -28,3 +28,10 @@ TEST_TARGETS += test-operator-cp
 # ClusterSPIFFEIDs): initial render, pod update p50/p99, ClusterSPIFFEID change, MiB per 10k pods.
 bench-operator: ## operator reconciler: render times and memory vs targets, built --release
 	$(CARGO) bench -p wimsey-operator --bench reconcile
+
+.PHONY: bench-operator-idle
+# Needs the cluster that `make cluster-up` brings up, with the CRDs applied; runs the operator on
+# this host through a request-counting proxy for IDLE_SECONDS (default 300).
+bench-operator-idle: ## an idle operator on the running cluster: CPU time and API requests over 5 minutes
+	$(CARGO) build --release -p wimsey-operator --bin wimsey-operator
+	operator/benches/idle.sh

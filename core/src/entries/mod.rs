@@ -36,7 +36,7 @@ pub use entry::{
 };
 pub use render::{
     CompiledSpec, NamespaceSelection, PodEntries, SpecError, SpecOutcome, SpecResult,
-    namespace_selection, render_pod_entries,
+    namespace_selection, reached_fields, render_pod_entries,
 };
 pub use selector::{LabelSelector, LabelSelectorOperator, LabelSelectorRequirement};
 pub use static_entry::render_static_entry;

@@ -14,7 +14,7 @@ use super::views::{
     ClusterSpiffeIdView, NamespaceView, NodeView, PodView, RenderConfig, handles_class,
 };
 use crate::spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
-use crate::template::{Template, Value};
+use crate::template::{FieldTree, Template, Value};
 
 /// A ClusterSPIFFEID whose templates are parsed and whose fields are validated: what the
 /// admission webhook of spire-controller-manager checks, done once per spec generation.
@@ -116,6 +116,14 @@ impl CompiledSpec {
 
     pub fn name(&self) -> &str {
         &self.owner.name
+    }
+
+    /// Adds to `tree` every part of the template data this spec's templates can reach.
+    pub fn reach_into(&self, tree: &mut FieldTree) {
+        self.spiffe_id.reach_into(tree);
+        for template in self.dns_names.iter().chain(&self.workload_selectors) {
+            template.reach_into(tree);
+        }
     }
 
     /// The namespace selector alone (a missing selector selects every namespace).
@@ -405,4 +413,18 @@ fn pod_data_and_parent(
         });
     }
     Ok((pod_template_data(config, pod, node), parent_id))
+}
+
+/// Every part of the template data that `specs` and the parent ID template can reach: what the
+/// operator must keep of each pod and node (the rest is never read).
+pub fn reached_fields<'a>(
+    specs: impl IntoIterator<Item = &'a CompiledSpec>,
+    config: &RenderConfig,
+) -> FieldTree {
+    let mut tree = FieldTree::new();
+    config.parent_id_template.reach_into(&mut tree);
+    for spec in specs {
+        spec.reach_into(&mut tree);
+    }
+    tree
 }

@@ -27,21 +27,28 @@ fn fail<T>(pos: Pos, context: &str, message: impl Into<String>) -> Result<T> {
 /// Upper bound on output size, so a hostile template cannot exhaust memory through `range`.
 const MAX_OUTPUT: usize = 1 << 20;
 
-struct State {
+struct State<'d> {
+    /// The data, which `$` names unless a template assigns `$`; borrowed, as cloning it for every
+    /// render would copy every pod's labels again.
+    root: &'d Value,
+    /// What `$` holds after a template assigns it.
+    assigned_root: Option<Value>,
     vars: Vec<(String, Value)>,
     out: String,
 }
 
 pub(super) fn render(nodes: &[Node], data: &Value) -> Result<String> {
     let mut state = State {
-        vars: vec![("$".to_owned(), data.clone())],
+        root: data,
+        assigned_root: None,
+        vars: Vec::new(),
         out: String::new(),
     };
     state.walk_list(nodes, data)?;
     Ok(state.out)
 }
 
-impl State {
+impl State<'_> {
     fn walk_list(&mut self, nodes: &[Node], dot: &Value) -> Result<()> {
         for node in nodes {
             self.walk(node, dot)?;
@@ -80,6 +87,9 @@ impl State {
             if pipe.assign {
                 if let Some(slot) = self.vars.iter_mut().rev().find(|(n, _)| n == name) {
                     slot.1 = value.clone();
+                } else if name == "$" {
+                    // `$` is declared before the template starts.
+                    self.assigned_root = Some(value.clone());
                 }
             } else {
                 self.vars.push((name.clone(), value.clone()));
@@ -179,6 +189,7 @@ impl State {
             Term::Dot => dot,
             Term::Var(name) => match self.vars.iter().rev().find(|(n, _)| n == name) {
                 Some((_, v)) => v,
+                None if name == "$" => self.assigned_root.as_ref().unwrap_or(self.root),
                 None => return fail(op.pos, &op.text, format!("undefined variable: {name}")),
             },
             Term::Str(s) => {

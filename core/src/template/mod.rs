@@ -11,8 +11,10 @@
 mod exec;
 mod lex;
 mod parse;
+mod reach;
 mod value;
 
+pub use reach::{FieldTree, Step};
 pub use value::Value;
 
 use std::fmt;
@@ -95,6 +97,11 @@ impl Template {
         &self.source
     }
 
+    /// Adds to `tree` every part of the data this template can reach (see [`FieldTree`]).
+    pub fn reach_into(&self, tree: &mut FieldTree) {
+        reach::reach(&self.nodes, tree);
+    }
+
     /// Renders the template with `data` as dot (and `$`).
     pub fn render(&self, data: &Value) -> Result<String, TemplateError> {
         exec::render(&self.nodes, data).map_err(|e| TemplateError::Exec {
@@ -106,5 +113,7 @@ impl Template {
     }
 }
 
+#[cfg(test)]
+mod reach_tests;
 #[cfg(test)]
 mod tests;

@@ -7,15 +7,20 @@
 pub mod directory;
 pub mod federation;
 pub mod ids;
+pub mod kept;
+mod shared;
 pub mod state;
 pub mod watch;
 
+#[cfg(test)]
+mod relist_tests;
 #[cfg(test)]
 mod tests;
 
 pub use directory::PodDirectory;
 pub use federation::{FederatedTrustDomain, FederationSet};
 pub use ids::entry_id;
+pub use kept::{KeptFields, KeptKind};
 pub use state::{
     ClusterState, Dirty, PassReport, ResourceMeta, SliceInput, SpecInput, StaticInput,
 };

@@ -19,9 +19,11 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wimsey_core::entries::NamespaceView;
+use wimsey_core::template::FieldTree;
 
 use super::directory::PodDirectory;
 use super::federation::{FederationInput, FederationSet};
+use super::kept::{KeptFields, KeptKind};
 use super::state::{ClusterState, ResourceMeta, SliceInput, SpecInput, StaticInput};
 use crate::admin::metrics::Metrics;
 use crate::config::{ConfigError, Settings};
@@ -33,6 +35,9 @@ use crate::views;
 /// Events applied per batch before rendering, so a flood of events is coalesced but rendering
 /// still happens regularly.
 const MAX_BATCH: usize = 5000;
+
+/// The kind whose first list decides the kept fields the Pod and Node watches start with.
+const SPEC_KIND: &str = "ClusterSPIFFEID";
 
 /// The label naming an EndpointSlice's Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -79,6 +84,8 @@ enum Change {
     Delete(Key),
     /// The first full list of a kind has been delivered.
     Synced(&'static str),
+    /// A relist of a kind, converted with the kept fields of this version, has been delivered.
+    Relisted(KeptKind, u64),
 }
 
 fn meta_of<K: Resource>(resource: &K) -> ResourceMeta {
@@ -179,77 +186,135 @@ fn apply_change(
         Change::Synced(kind) => {
             synced.insert(kind);
         }
+        Change::Relisted(kind, version) => state.relisted(kind, version),
     }
 }
 
+/// Where a watch gets the fields to keep, for the kinds converted with them.
+struct KeptSource {
+    kind: KeptKind,
+    fields: watch::Receiver<Option<KeptFields>>,
+}
+
 /// Watches one kind. A relist (after a lost watch) reports the objects that disappeared
-/// meanwhile as deletions, so the state never keeps a ghost.
+/// meanwhile as deletions, so the state never keeps a ghost. With a [`KeptSource`] the watch
+/// starts once the kept fields are known, and starts over (one relist) whenever its kind's kept
+/// fields widen; the end of every list is reported as [`Change::Relisted`] with the version of
+/// the kept fields it was converted with.
 async fn watch_kind<K>(
     api: Api<K>,
     kind: &'static str,
     key_of: fn(&K) -> Key,
-    object_of: fn(&K) -> Object,
+    object_of: fn(&K, &FieldTree) -> Object,
     changes: mpsc::UnboundedSender<Change>,
+    mut kept: Option<KeptSource>,
     shutdown: CancellationToken,
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
 {
-    let mut stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
     let mut known: HashSet<Key> = HashSet::new();
-    let mut listing: Option<HashSet<Key>> = None;
     let mut synced = false;
+    let mut relisting = false;
     let send = |change| changes.send(change).is_ok();
     loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => return,
-            next = stream.next() => next,
-        };
-        let event = match next {
-            None => return,
-            Some(Err(error)) => {
-                tracing::warn!(kind, %error, "watch failed; retrying");
-                continue;
-            }
-            Some(Ok(event)) => event,
-        };
-        let alive = match event {
-            WatchEvent::Apply(object) | WatchEvent::InitApply(object) => {
-                let key = key_of(&object);
-                if let Some(listing) = &mut listing {
-                    listing.insert(key.clone());
+        let (tree, version) = match &mut kept {
+            None => (Arc::new(FieldTree::new()), 0),
+            Some(source) => {
+                let ready = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    ready = source.fields.wait_for(Option::is_some) => ready.map(|f| f.clone()),
+                };
+                match ready {
+                    Ok(Some(fields)) => (fields.tree.clone(), fields.version(source.kind)),
+                    _ => return,
                 }
-                known.insert(key);
-                send(Change::Apply(Box::new(object_of(&object))))
             }
-            WatchEvent::Delete(object) => {
-                let key = key_of(&object);
-                known.remove(&key);
-                send(Change::Delete(key))
-            }
-            WatchEvent::Init => {
-                listing = Some(HashSet::new());
-                true
-            }
-            WatchEvent::InitDone => {
-                let mut alive = true;
-                if let Some(seen) = listing.take() {
-                    for gone in known.difference(&seen) {
-                        alive &= send(Change::Delete(gone.clone()));
+        };
+        let mut stream = watcher::watcher(api.clone(), watcher::Config::default())
+            .default_backoff()
+            .boxed();
+        let mut listing: Option<HashSet<Key>> = None;
+        loop {
+            let widened = async {
+                match &mut kept {
+                    None => std::future::pending::<bool>().await,
+                    Some(source) => {
+                        let kind = source.kind;
+                        source
+                            .fields
+                            .wait_for(|f| f.as_ref().is_some_and(|f| f.version(kind) != version))
+                            .await
+                            .is_ok()
                     }
-                    known = seen;
                 }
-                if !synced {
-                    synced = true;
-                    tracing::info!(kind, objects = known.len(), "cache synced");
-                    alive &= send(Change::Synced(kind));
+            };
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return,
+                widened = widened => {
+                    if !widened {
+                        return;
+                    }
+                    // Start over: the new watcher lists everything again with the new fields.
+                    tracing::info!(kind, "kept fields widened; relisting");
+                    relisting = true;
+                    break;
                 }
-                alive
+                next = stream.next() => next,
+            };
+            let event = match next {
+                None => return,
+                Some(Err(error)) => {
+                    tracing::warn!(kind, %error, "watch failed; retrying");
+                    continue;
+                }
+                Some(Ok(event)) => event,
+            };
+            let alive = match event {
+                WatchEvent::Apply(object) | WatchEvent::InitApply(object) => {
+                    let key = key_of(&object);
+                    if let Some(listing) = &mut listing {
+                        listing.insert(key.clone());
+                    }
+                    known.insert(key);
+                    send(Change::Apply(Box::new(object_of(&object, &tree))))
+                }
+                WatchEvent::Delete(object) => {
+                    let key = key_of(&object);
+                    known.remove(&key);
+                    send(Change::Delete(key))
+                }
+                WatchEvent::Init => {
+                    listing = Some(HashSet::new());
+                    true
+                }
+                WatchEvent::InitDone => {
+                    let mut alive = true;
+                    if let Some(seen) = listing.take() {
+                        for gone in known.difference(&seen) {
+                            alive &= send(Change::Delete(gone.clone()));
+                        }
+                        known = seen;
+                    }
+                    if !synced {
+                        synced = true;
+                        tracing::info!(kind, objects = known.len(), "cache synced");
+                        alive &= send(Change::Synced(kind));
+                    }
+                    // Every full list says which kept fields it was converted with: a widening
+                    // that came before this watch first listed is covered by that first list.
+                    if let Some(source) = &kept {
+                        if relisting {
+                            relisting = false;
+                            tracing::info!(kind, objects = known.len(), "relist done");
+                        }
+                        alive &= send(Change::Relisted(source.kind, version));
+                    }
+                    alive
+                }
+            };
+            if !alive {
+                return;
             }
-        };
-        if !alive {
-            return;
         }
     }
 }
@@ -311,14 +376,19 @@ impl Reconciler {
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let client = &self.client;
         let mut watches: Vec<JoinHandle<()>> = Vec::new();
+        let (kept_tx, kept_rx) = watch::channel(None::<KeptFields>);
         macro_rules! spawn_watch {
             ($kind:ty, $name:literal, $key:expr, $object:expr) => {
+                spawn_watch!($kind, $name, $key, $object, None)
+            };
+            ($kind:ty, $name:literal, $key:expr, $object:expr, $kept:expr) => {
                 watches.push(tokio::spawn(watch_kind::<$kind>(
                     Api::all(client.clone()),
                     $name,
                     $key,
                     $object,
                     changes_tx.clone(),
+                    $kept,
                     shutdown.clone(),
                 )))
             };
@@ -327,37 +397,53 @@ impl Reconciler {
             Namespace,
             "Namespace",
             |r| Key::Namespace(r.name_any()),
-            |r| { Object::Namespace(views::namespace_view(r)) }
+            |r, _| { Object::Namespace(views::namespace_view(r)) }
         );
-        spawn_watch!(Node, "Node", |r| Key::Node(r.name_any()), |r| Object::Node(
-            views::node_view(r)
-        ));
-        spawn_watch!(Pod, "Pod", |r| Key::Pod(r.uid().unwrap_or_default()), |r| {
-            Object::Pod(views::pod_view(r))
-        });
+        // Pods and nodes start once the ClusterSPIFFEIDs are listed, so the first list already
+        // keeps what their templates reach (no relist at startup).
+        spawn_watch!(
+            Node,
+            "Node",
+            |r| Key::Node(r.name_any()),
+            |r, kept| Object::Node(views::node_view_keeping(r, kept)),
+            Some(KeptSource {
+                kind: KeptKind::Nodes,
+                fields: kept_rx.clone(),
+            })
+        );
+        spawn_watch!(
+            Pod,
+            "Pod",
+            |r| Key::Pod(r.uid().unwrap_or_default()),
+            |r, kept| Object::Pod(views::pod_view_keeping(r, kept)),
+            Some(KeptSource {
+                kind: KeptKind::Pods,
+                fields: kept_rx,
+            })
+        );
         spawn_watch!(
             EndpointSlice,
             "EndpointSlice",
             |r| Key::Slice(r.namespace().unwrap_or_default(), r.name_any()),
-            |r| Object::Slice(slice_input(r))
+            |r, _| Object::Slice(slice_input(r))
         );
         spawn_watch!(
             ClusterSPIFFEID,
             "ClusterSPIFFEID",
             |r| Key::Spec(r.name_any()),
-            |r| { Object::Spec(spec_input(r)) }
+            |r, _| { Object::Spec(spec_input(r)) }
         );
         spawn_watch!(
             ClusterStaticEntry,
             "ClusterStaticEntry",
             |r| Key::Static(r.name_any()),
-            |r| Object::Static(static_input(r))
+            |r, _| Object::Static(static_input(r))
         );
         spawn_watch!(
             ClusterFederatedTrustDomain,
             "ClusterFederatedTrustDomain",
             |r| Key::Federation(r.name_any()),
-            |r| Object::Federation(federation_input(r))
+            |r, _| Object::Federation(federation_input(r))
         );
         drop(changes_tx);
 
@@ -365,6 +451,7 @@ impl Reconciler {
         let (statuses_tx, statuses) = watch::channel(Arc::new(Vec::new()));
         let (federation_tx, federation) = watch::channel(Arc::new(FederationSet::new()));
         let outputs = Outputs {
+            kept: kept_tx,
             ready: ready_tx,
             statuses: statuses_tx,
             federation: federation_tx,
@@ -400,9 +487,24 @@ impl Reconciler {
 
 #[derive(Debug)]
 struct Outputs {
+    /// What the Pod and Node watches keep; `None` until the ClusterSPIFFEIDs are listed.
+    kept: watch::Sender<Option<KeptFields>>,
     ready: watch::Sender<bool>,
     statuses: watch::Sender<Arc<Vec<DesiredStatus>>>,
     federation: watch::Sender<Arc<FederationSet>>,
+}
+
+/// Hands the kept fields to the Pod and Node watches when they are new (first, or widened).
+fn publish_kept_fields(state: &mut ClusterState, kept: &watch::Sender<Option<KeptFields>>) {
+    let fields = state.kept_fields();
+    kept.send_if_modified(|current| {
+        if current.as_ref() == Some(&fields) {
+            false
+        } else {
+            *current = Some(fields);
+            true
+        }
+    });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -435,6 +537,9 @@ async fn run_loop(
             }
         }
         metrics.observe_phase("events", started.elapsed().as_secs_f64());
+        if synced.contains(SPEC_KIND) {
+            publish_kept_fields(&mut state, &outputs.kept);
+        }
         metrics.set_queue_depth(state.pending().len() + changes.len());
         if !all_synced {
             if synced.len() < kinds {

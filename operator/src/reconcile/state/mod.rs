@@ -2,23 +2,26 @@
 //! decide which pods a change touches, and the rendering of dirty pods into the entry store.
 //!
 //! Nothing here talks to the API server: the watch tasks feed it views, and the benchmark and
-//! the unit tests drive it directly.
+//! the unit tests drive it directly. The reconcile pass (rendering dirty pods into the store) is
+//! in [`pass`].
+
+mod pass;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use wimsey_core::entries::{
-    ClusterSpiffeIdView, CompiledSpec, EntryError, NamespaceSelection, NamespaceView, NodeView,
-    PodView, RenderConfig, SpecOutcome, StaticEntryView, handles_class, namespace_selection,
-    render_pod_entries, render_static_entry, resolve_conflicts, service_dns_names,
+    ClusterSpiffeIdView, CompiledSpec, EntryError, NamespaceView, NodeView, PodView, RenderConfig,
+    StaticEntryView, handles_class, reached_fields, service_dns_names,
 };
 
-use super::federation::{FederationInput, FederationOutcome, FederationSet, build_federation_set};
-use super::ids::entry_id;
+use super::federation::{FederationInput, FederationOutcome, FederationSet};
+use super::kept::{KeptFields, KeptKind, KeptTracker};
+use super::shared::{Fields, SharedPool};
 use crate::crd::{
     ClusterFederatedTrustDomainStatus, ClusterSPIFFEIDStatus, ClusterStaticEntryStatus,
 };
-use crate::store::{EntryStore, PodRecord, StoredEntry};
+use crate::store::PodRecord;
 
 /// One pod's render, computed without touching the state.
 enum PodRender {
@@ -170,9 +173,17 @@ type DetailedOutcome = (
     Option<String>,
 );
 
+/// A pod's label or annotation map, shared with the other pods that have the same one.
+type SharedMap = Arc<BTreeMap<String, String>>;
+
 #[derive(Debug, Clone)]
 struct PodState {
+    /// The view without its maps, which are shared with the pods that have the same ones.
     view: PodView,
+    labels: SharedMap,
+    annotations: SharedMap,
+    extra_meta: Arc<Fields>,
+    extra_spec: Arc<Fields>,
     outcomes: Vec<(Arc<str>, Outcome)>,
     /// Deleted from the cluster; removed from the store by the next pass.
     deleted: bool,
@@ -198,6 +209,12 @@ pub struct ClusterState {
     pub(crate) federations: BTreeMap<String, FederationState>,
     federation_set: Arc<FederationSet>,
     tallies: HashMap<Arc<str>, SpecTally>,
+    /// What the Pod and Node watches keep of each object, and the relists awaited.
+    kept: KeptTracker,
+    /// The distinct label and annotation maps of the pods.
+    maps: SharedPool<BTreeMap<String, String>>,
+    /// The distinct kept template fields of the pods.
+    fields: SharedPool<Fields>,
     dirty: Dirty,
 }
 
@@ -207,6 +224,8 @@ fn pod_key(view: &PodView) -> String {
 
 impl ClusterState {
     pub fn new(config: RenderConfig, entry_id_prefix: &str) -> Self {
+        let mut kept = KeptTracker::new();
+        kept.reached(&reached_fields(std::iter::empty(), &config));
         Self {
             config,
             entry_id_prefix: entry_id_prefix.to_owned(),
@@ -224,8 +243,28 @@ impl ClusterState {
             federations: BTreeMap::new(),
             federation_set: Arc::default(),
             tallies: HashMap::new(),
+            kept,
+            maps: SharedPool::default(),
+            fields: SharedPool::default(),
             dirty: Dirty::default(),
         }
+    }
+
+    /// What to keep of each pod and node (see [`super::kept`]). From the first call on, a
+    /// ClusterSPIFFEID reaching a field not kept makes [`ClusterState::relists_wanted`] non-empty.
+    pub fn kept_fields(&mut self) -> KeptFields {
+        self.kept.hand_out()
+    }
+
+    /// The kinds to relist, with the version of the kept fields the relist must use: each kind
+    /// whose kept fields widened since they were handed out and not relisted since.
+    pub fn relists_wanted(&self) -> Vec<(KeptKind, u64)> {
+        self.kept.awaiting()
+    }
+
+    /// A relist of `kind` converted with kept fields of `version` has been fully applied.
+    pub fn relisted(&mut self, kind: KeptKind, version: u64) {
+        self.kept.relisted(kind, version);
     }
 
     pub fn config(&self) -> &RenderConfig {
@@ -268,9 +307,17 @@ impl ClusterState {
     /// A pod was added or changed. An unchanged view (a status-only update) renders nothing.
     pub fn apply_pod(&mut self, mut view: PodView) {
         view.service_dns_names = self.dns_names_for(&view.namespace, &view.name);
+        let labels = std::mem::take(&mut view.labels);
+        let annotations = std::mem::take(&mut view.annotations);
+        let extra_meta = Fields(std::mem::take(&mut view.extra_meta));
+        let extra_spec = Fields(std::mem::take(&mut view.extra_spec));
         let uid = view.uid.clone();
         if let Some(old) = self.pods.get(&uid)
             && old.view == view
+            && *old.labels == labels
+            && *old.annotations == annotations
+            && *old.extra_meta == extra_meta
+            && *old.extra_spec == extra_spec
             && !old.deleted
         {
             return;
@@ -280,15 +327,27 @@ impl ClusterState {
                 if !old.deleted {
                     self.unindex_pod(&old.view);
                 }
+                self.maps.release(old.labels);
+                self.maps.release(old.annotations);
+                self.fields.release(old.extra_meta);
+                self.fields.release(old.extra_spec);
                 old.outcomes
             }
             None => Vec::new(),
         };
         self.index_pod(&view);
+        let labels = self.maps.share(labels);
+        let annotations = self.maps.share(annotations);
+        let extra_meta = self.fields.share(extra_meta);
+        let extra_spec = self.fields.share(extra_spec);
         self.pods.insert(
             uid.clone(),
             PodState {
                 view,
+                labels,
+                annotations,
+                extra_meta,
+                extra_spec,
                 outcomes,
                 deleted: false,
             },
@@ -415,6 +474,14 @@ impl ClusterState {
             .filter_map(|s| s.compiled.clone().ok())
             .collect();
         self.dirty.status = true;
+        let reached = reached_fields(&self.compiled, &self.config);
+        for kind in self.kept.reached(&reached) {
+            tracing::info!(
+                kind = kind.name(),
+                spec = name,
+                "a ClusterSPIFFEID reaches fields not kept; relisting once"
+            );
+        }
         let new = self.compiled_spec(name).cloned();
         let affected: Vec<&CompiledSpec> = old.iter().chain(new.iter()).collect();
         let namespaces: Vec<String> = self
@@ -566,288 +633,6 @@ impl ClusterState {
         self.federations
             .get(name)
             .map(|f| (&f.input, f.outcome.as_ref(), f.input.status.as_ref()))
-    }
-
-    // ---- the pass
-
-    /// Takes what is pending (for a caller that wants to see it), leaving nothing pending.
-    pub fn take_pending(&mut self) -> Dirty {
-        std::mem::take(&mut self.dirty)
-    }
-
-    /// Reconciles everything pending into `store`.
-    pub fn reconcile(&mut self, store: &EntryStore) -> PassReport {
-        let dirty = self.take_pending();
-        self.reconcile_dirty(dirty, store)
-    }
-
-    /// Reconciles `dirty` into `store`: renders each dirty pod once, and the static entries and
-    /// the federation set when they changed.
-    pub fn reconcile_dirty(&mut self, dirty: Dirty, store: &EntryStore) -> PassReport {
-        let mut report = PassReport::default();
-        let uids: Vec<String> = dirty.pods.into_iter().collect();
-        let rendered = self.render_pods(&uids);
-        let mut writes = Vec::with_capacity(uids.len());
-        for (uid, render) in uids.into_iter().zip(rendered) {
-            report.pods_rendered += 1;
-            let record = self.apply_render(&uid, render, &mut report);
-            writes.push((uid, record));
-        }
-        report.store_writes = store.set_pods(writes);
-        if dirty.statics {
-            report.statics_changed = self.reconcile_statics(store);
-        }
-        if dirty.federations {
-            let inputs: Vec<&FederationInput> =
-                self.federations.values().map(|f| &f.input).collect();
-            let (set, outcomes) = build_federation_set(&inputs, &self.config);
-            for (name, outcome) in outcomes {
-                if let Some(state) = self.federations.get_mut(&name) {
-                    state.outcome = Some(outcome);
-                }
-            }
-            if *self.federation_set != set {
-                self.federation_set = Arc::new(set);
-                report.federations_changed = true;
-            }
-        }
-        report
-    }
-
-    /// Renders `uids` (the pure part: templates, selectors, masking), on several threads when
-    /// there are enough pods to be worth it. The result is in `uids`' order.
-    fn render_pods(&self, uids: &[String]) -> Vec<PodRender> {
-        const PODS_PER_THREAD: usize = 2_000;
-        let threads = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(uids.len() / PODS_PER_THREAD)
-            .max(1);
-        if threads == 1 {
-            return uids.iter().map(|uid| self.render_pod(uid)).collect();
-        }
-        let chunk = uids.len().div_ceil(threads);
-        std::thread::scope(|scope| {
-            let workers: Vec<_> = uids
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|uid| self.render_pod(uid))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|worker| match worker.join() {
-                    Ok(part) => part,
-                    // A panic in rendering is a bug; surface it where it happened.
-                    Err(panic) => std::panic::resume_unwind(panic),
-                })
-                .collect()
-        })
-    }
-
-    /// What rendering one pod gives, before it is applied to the counters.
-    fn render_pod(&self, uid: &str) -> PodRender {
-        let Some(state) = self.pods.get(uid) else {
-            return PodRender::Unknown;
-        };
-        if state.deleted {
-            return PodRender::Deleted;
-        }
-        let view = &state.view;
-        let (record, outcomes) = match self.namespaces.get(&view.namespace) {
-            // Not seen yet: rendered again when the namespace arrives.
-            None => (None, Vec::new()),
-            Some(namespace) => {
-                let node = self.nodes.get(&view.node_name);
-                let rendered =
-                    render_pod_entries(view, node, namespace, &self.compiled, &self.config);
-                let entries: Vec<StoredEntry> = rendered
-                    .entries
-                    .into_iter()
-                    .map(|declared| StoredEntry {
-                        id: entry_id(&self.entry_id_prefix, &declared.entry.key()),
-                        entry: declared.entry,
-                        owner: declared.owner,
-                    })
-                    .collect();
-                let record = (!entries.is_empty()).then(|| PodRecord {
-                    uid: view.uid.clone(),
-                    namespace: view.namespace.clone(),
-                    name: view.name.clone(),
-                    service_account: view.service_account.clone(),
-                    node_name: view.node_name.clone(),
-                    entries,
-                });
-                let detailed: Vec<DetailedOutcome> = rendered
-                    .results
-                    .iter()
-                    .filter_map(|r| {
-                        let kind = outcome_kind(&r.outcome)?;
-                        let failure = match &r.outcome {
-                            SpecOutcome::Failed(e) => Some((e.to_string(), e.label())),
-                            _ => None,
-                        };
-                        let masked = match &r.outcome {
-                            SpecOutcome::Masked { by } => Some(by.to_string()),
-                            _ => None,
-                        };
-                        // The tally's key, so a pod's outcomes share one allocation per spec.
-                        let spec = self
-                            .tallies
-                            .get_key_value(r.spec.as_str())
-                            .map_or_else(|| Arc::from(r.spec.as_str()), |(k, _)| k.clone());
-                        Some((spec, kind, failure, masked))
-                    })
-                    .collect();
-                (record, detailed)
-            }
-        };
-        PodRender::Rendered(record, outcomes)
-    }
-
-    /// Applies one pod's render to the per-spec counters; returns the record to store (`None`:
-    /// the pod has no entries or is gone).
-    fn apply_render(
-        &mut self,
-        uid: &str,
-        render: PodRender,
-        report: &mut PassReport,
-    ) -> Option<PodRecord> {
-        let (record, outcomes) = match render {
-            PodRender::Unknown => return None,
-            PodRender::Deleted => {
-                let state = self.pods.remove(uid)?;
-                let key = pod_key(&state.view);
-                self.retally(&key, &state.outcomes, &[]);
-                return None;
-            }
-            PodRender::Rendered(record, outcomes) => (record, outcomes),
-        };
-        let view = &self.pods.get(uid)?.view;
-        for (_, _, failure, _) in &outcomes {
-            if let Some((_, label)) = failure {
-                *report.render_failures.entry(label).or_default() += 1;
-            }
-        }
-        let key = pod_key(view);
-        let old = self
-            .pods
-            .get_mut(uid)
-            .map(|s| std::mem::take(&mut s.outcomes))
-            .unwrap_or_default();
-        self.retally(&key, &old, &outcomes);
-        if let Some(state) = self.pods.get_mut(uid) {
-            state.outcomes = outcomes
-                .iter()
-                .map(|(s, k, _, _)| (s.clone(), *k))
-                .collect();
-        }
-        record
-    }
-
-    /// Moves one pod's contribution to the per-spec counters from `old` to `new`.
-    fn retally(&mut self, key: &str, old: &[(Arc<str>, Outcome)], new: &[DetailedOutcome]) {
-        for (spec, outcome) in old {
-            if let Some(tally) = self.tallies.get_mut(spec) {
-                count(tally, *outcome, -1);
-                tally.failures.remove(key);
-                tally.masked_by.remove(key);
-            }
-        }
-        for (spec, outcome, failure, masked) in new {
-            let tally = self.tallies.entry(spec.clone()).or_default();
-            count(tally, *outcome, 1);
-            if let Some(failure) = failure {
-                tally.failures.insert(key.to_owned(), failure.clone());
-            }
-            if let Some(by) = masked {
-                tally.masked_by.insert(key.to_owned(), by.clone());
-            }
-        }
-    }
-
-    fn reconcile_statics(&mut self, store: &EntryStore) -> bool {
-        let mut declared = Vec::new();
-        for (name, state) in &mut self.statics {
-            let view = &state.input.view;
-            if !handles_class(&self.config, &view.class_name) {
-                state.outcome = Some(StaticOutcome::NotOurs);
-                continue;
-            }
-            match render_static_entry(view) {
-                Ok(entry) => declared.push((name.clone(), entry)),
-                Err(error) => state.outcome = Some(StaticOutcome::Invalid(error)),
-            }
-        }
-        let resolved = resolve_conflicts(declared.iter().map(|(_, d)| d.clone()));
-        let mut stored = Vec::new();
-        for winner in resolved.entries {
-            let id = entry_id(&self.entry_id_prefix, &winner.entry.key());
-            if let Some(state) = self.statics.get_mut(&winner.owner.name) {
-                state.outcome = Some(StaticOutcome::Set { id: id.clone() });
-            }
-            stored.push(StoredEntry {
-                id,
-                entry: winner.entry,
-                owner: winner.owner,
-            });
-        }
-        for masked in resolved.masked {
-            if let Some(state) = self.statics.get_mut(&masked.owner.name) {
-                state.outcome = Some(StaticOutcome::Masked {
-                    by: masked.masked_by.to_string(),
-                });
-            }
-        }
-        store.set_static_entries(stored)
-    }
-
-    /// How a spec sees every known namespace: (selected, ignored).
-    pub fn namespace_counts(&self, spec: &CompiledSpec) -> (i64, i64) {
-        let mut selected = 0;
-        let mut ignored = 0;
-        for namespace in self.namespaces.values() {
-            match namespace_selection(spec, namespace, &self.config) {
-                NamespaceSelection::Selected => selected += 1,
-                NamespaceSelection::Ignored => ignored += 1,
-                NamespaceSelection::NotSelected => {}
-            }
-        }
-        (selected, ignored)
-    }
-
-    /// Masked and failed entries over all specs (for the entries-by-state metric).
-    pub fn masked_and_failed(&self) -> (i64, i64) {
-        self.tallies.values().fold((0, 0), |(m, f), t| {
-            (m + t.entries_masked, f + t.render_failures)
-        })
-    }
-}
-
-fn outcome_kind(outcome: &SpecOutcome) -> Option<Outcome> {
-    match outcome {
-        SpecOutcome::NamespaceNotSelected
-        | SpecOutcome::NamespaceIgnored
-        | SpecOutcome::PodNotSelected => None,
-        SpecOutcome::FallbackSkipped | SpecOutcome::Failed(EntryError::PodNotScheduled) => {
-            Some(Outcome::SelectedOnly)
-        }
-        SpecOutcome::Set => Some(Outcome::Set),
-        SpecOutcome::Masked { .. } => Some(Outcome::Masked),
-        SpecOutcome::Failed(_) => Some(Outcome::Failed),
-    }
-}
-
-fn count(tally: &mut SpecTally, outcome: Outcome, delta: i64) {
-    tally.pods_selected += delta;
-    match outcome {
-        Outcome::Set => tally.entries_to_set += delta,
-        Outcome::Masked => tally.entries_masked += delta,
-        Outcome::Failed => tally.render_failures += delta,
-        Outcome::SelectedOnly => {}
     }
 }
 
