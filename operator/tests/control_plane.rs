@@ -663,6 +663,93 @@ mod reconciler {
         fixture.cleanup().await;
     }
 
+    /// The Pod watch keeps only what the templates reach. A ClusterSPIFFEID applied later that
+    /// reads a field not kept (a container image) makes the watch list every pod again, and the
+    /// entry carries the field's value: against a real API server, through the real watch.
+    #[tokio::test]
+    async fn a_template_reaching_a_field_not_kept_relists_and_renders_it() {
+        const CLASS: &str = "wimsey-cp-relist";
+        let client = client().await;
+        install_crds(&client).await;
+        let mut fixture = Fixture::new(&client, "wimsey-cp-relist-node").await;
+        fixture
+            .namespace("wimsey-cp-relist", json!({"wimsey-cp": "relist"}))
+            .await;
+        let pod = fixture.pod("wimsey-cp-relist", "one", json!({})).await;
+        let mut applied = Vec::new();
+        let spec = |name: &str, extra: Value| {
+            let mut spec = json!({
+                "className": CLASS,
+                "spiffeIDTemplate": format!("spiffe://example.org/{name}/{{{{ .PodMeta.Name }}}}"),
+                "namespaceSelector": {"matchLabels": {"wimsey-cp": "relist"}},
+            });
+            spec.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            json!({
+                "apiVersion": "spire.spiffe.io/v1alpha1",
+                "kind": "ClusterSPIFFEID",
+                "metadata": {"name": name},
+                "spec": spec,
+            })
+        };
+        let narrow = "wimsey-cp-relist-narrow";
+        applied.push((
+            apply_cr(&client, spec(narrow, json!({}))).await,
+            narrow.to_owned(),
+        ));
+        let controller = start(
+            &client,
+            settings("example.org", Some(CLASS)),
+            "wimsey-cp-relist",
+            "wimsey-cp-relist",
+            "wimsey-cp-relist-test",
+        );
+        wait_ready(&controller).await;
+        let store = controller.store.clone();
+        wait_for("the narrow entry", SYNC, || async {
+            store.pod(&pod).filter(|r| r.entries.len() == 1)
+        })
+        .await;
+
+        let wide = "wimsey-cp-relist-image";
+        applied.push((
+            apply_cr(
+                &client,
+                spec(
+                    wide,
+                    json!({"workloadSelectorTemplates": [
+                        "k8s:pod-image:{{ (index .PodSpec.Containers 0).Image }}"
+                    ]}),
+                ),
+            )
+            .await,
+            wide.to_owned(),
+        ));
+        let record = wait_for("the entry reading the container image", SYNC, || async {
+            store.pod(&pod).filter(|r| r.entries.len() == 2)
+        })
+        .await;
+        let image_entry = record
+            .entries
+            .iter()
+            .find(|e| e.entry.spiffe_id.as_str().contains(wide))
+            .expect("the wide spec's entry");
+        let selectors: Vec<String> = image_entry
+            .entry
+            .selectors
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            selectors.contains(&"k8s:pod-image:registry.k8s.io/pause:3.10".to_owned()),
+            "{selectors:?}"
+        );
+        controller.stop().await;
+        delete_all(&applied).await;
+        fixture.cleanup().await;
+    }
+
     #[tokio::test]
     async fn endpoint_slices_give_auto_populated_dns_names() {
         const CLASS: &str = "wimsey-cp-dns";
