@@ -208,6 +208,7 @@ async fn start_plugin() -> Plugin {
         listener,
         Arc::clone(&manager),
         "bench-node".into(),
+        wimsey_runtime::readiness::always_ready(),
         shutdown.clone(),
     ));
     Plugin {

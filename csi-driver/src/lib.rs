@@ -6,8 +6,12 @@
 //!   [`workload_api::PodIdentity`] and served on a Unix socket only that pod can reach.
 //! - [`node_client`]: the operator's node API client, the [`identity_source::IdentitySource`] that
 //!   supplies every pod's identities.
+//! - [`admin`]: `/livez`, `/readyz` and `/metrics`, and what ready means for the plugin.
+//! - [`metrics`]: the plugin's Prometheus metrics, served on the admin address.
 
+pub mod admin;
 pub mod csi;
 pub mod identity_source;
+pub mod metrics;
 pub mod node_client;
 pub mod workload_api;

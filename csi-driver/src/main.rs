@@ -1,17 +1,19 @@
 //! wimsey-csi: the CSI node plugin binary. Serves CSI Identity+Node on `--csi-socket`, registers
 //! with kubelet through `--registration-dir`, and serves every recorded volume again at start.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
-use tokio::signal::unix::{SignalKind, signal};
+use clap::Parser;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use wimsey_core::TrustDomain;
+use wimsey_csi::admin::{plugin_readiness, serve_admin};
 use wimsey_csi::csi::authority::FrontLimits;
 use wimsey_csi::csi::manager::DEFAULT_FILES_TMPFS_INODES;
 use wimsey_csi::csi::mounts::parse_tmpfs_size;
@@ -21,16 +23,16 @@ use wimsey_csi::csi::{
     serve_registration,
 };
 use wimsey_csi::identity_source::IdentitySource;
+use wimsey_csi::metrics::Metrics;
 use wimsey_csi::node_client::{
     DEFAULT_BUNDLE_PATH, DEFAULT_TOKEN_PATH, NodeApiTransport, NodeClient, NodeClientConfig,
 };
 use wimsey_csi::workload_api::{WorkloadApiLimits, bind_unix_socket};
+use wimsey_runtime::{LogArgs, cancel_on_shutdown_signal, init_logging};
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-enum LogFormat {
-    Json,
-    Plain,
-}
+/// The admin address by default: 9809, in the range CSI sidecars' health ports use (9808 is the
+/// livenessprobe sidecar's), on every interface of the pod (for kubelet's probes and scrapers).
+const DEFAULT_ADMIN_ADDR: &str = "0.0.0.0:9809";
 
 /// The wimsey CSI node plugin.
 #[derive(Debug, Parser)]
@@ -66,8 +68,11 @@ struct Args {
     #[arg(long, env = "WIMSEY_FILES_TMPFS_INODES", default_value_t = DEFAULT_FILES_TMPFS_INODES,
           value_parser = clap::value_parser!(u64).range(1..))]
     files_tmpfs_inodes: u64,
-    #[arg(long, env = "WIMSEY_LOG_FORMAT", value_enum, default_value = "plain")]
-    log_format: LogFormat,
+    #[command(flatten)]
+    log: LogArgs,
+    /// Address of /livez, /readyz and /metrics.
+    #[arg(long, env = "WIMSEY_ADMIN_ADDR", default_value = DEFAULT_ADMIN_ADDR)]
+    admin_addr: SocketAddr,
     /// The operator's node API, `host:port` or `https://host:port`. Without it the
     /// plugin issues no identities and only `spire-agent` volumes are useful.
     #[arg(long, env = "WIMSEY_NODE_API_ADDR")]
@@ -124,7 +129,7 @@ fn parse_duration(value: &str) -> Result<Duration, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_format);
+    init_logging(&args.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -144,24 +149,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Plain => builder.init(),
-    }
-}
-
 async fn run(args: Args) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    // Every task holds this token (or a child): SIGTERM/SIGINT cancels it, and so does a fatal
+    // error below.
+    let shutdown = CancellationToken::new();
+    cancel_on_shutdown_signal(shutdown.clone());
     let Some(addr) = args.node_api_addr.clone() else {
         warn!(
             "no --node-api-addr: workload-api and files volumes get no identity; spire-agent volumes work"
         );
-        return run_with_source(Arc::new(NoIdentitySource::default()), args).await;
+        let source = Arc::new(NoIdentitySource::default());
+        return run_with_source(source, None, args, metrics, shutdown).await;
     };
     let trust_domain = args
         .trust_domain
@@ -175,17 +174,49 @@ async fn run(args: Args) -> anyhow::Result<()> {
     config.call_timeout = args.node_api_call_timeout;
     config.denial_grace = args.denial_grace;
     config.transport = args.node_api_transport.clone();
-    let client = NodeClient::new(config).context("starting the node API client")?;
+    let client = NodeClient::with_metrics(config, Arc::clone(&metrics))
+        .context("starting the node API client")?;
     info!(node_api = %addr, "identities from the operator's node API");
-    run_with_source(Arc::new(client), args).await
+    let session = client.session_state();
+    let keeper = client.clone();
+    let keeper_shutdown = shutdown.clone();
+    tokio::spawn(async move { keeper.keep_session(keeper_shutdown).await });
+    run_with_source(Arc::new(client), Some(session), args, metrics, shutdown).await
 }
 
-async fn run_with_source<S: IdentitySource>(source: Arc<S>, args: Args) -> anyhow::Result<()> {
-    let csi_socket = PathBuf::from(
-        args.csi_socket
-            .strip_prefix("unix://")
-            .unwrap_or(&args.csi_socket),
+/// Runs the plugin until SIGTERM/SIGINT; `node_session` is the node API session's gate (none
+/// without a node API).
+async fn run_with_source<S: IdentitySource>(
+    source: Arc<S>,
+    node_session: Option<watch::Receiver<bool>>,
+    args: Args,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let registration_failed = CancellationToken::new();
+    let registration_service = (!args.registration_dir.is_empty()).then(|| {
+        RegistrationService::new(
+            csi_socket_path(&args.csi_socket).display().to_string(),
+            registration_failed.clone(),
+        )
+    });
+    let ready = plugin_readiness(
+        registration_service
+            .as_ref()
+            .map(RegistrationService::registered),
+        node_session,
     );
+    // The admin server comes first, so liveness passes while the volumes are restored.
+    let admin_listener = wimsey_runtime::admin::bind(args.admin_addr).await?;
+    info!(addr = %args.admin_addr, "admin server (/livez, /readyz, /metrics) listening");
+    let admin = tokio::spawn(serve_admin(
+        admin_listener,
+        ready.clone(),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+
+    let csi_socket = csi_socket_path(&args.csi_socket);
     let manager = Arc::new(
         VolumeManager::new(
             source,
@@ -200,46 +231,40 @@ async fn run_with_source<S: IdentitySource>(source: Arc<S>, args: Args) -> anyho
                 },
             },
         )
-        .context("opening the state directory")?,
+        .context("opening the state directory")?
+        .with_metrics(metrics),
     );
     let restored = manager
         .restore()
         .await
         .context("restoring recorded volumes")?;
     info!(restored, state_dir = %args.state_dir.display(), "volumes restored");
+    manager.record_active_volumes().await;
 
-    let shutdown = CancellationToken::new();
-    let registration_failed = CancellationToken::new();
     create_parent(&csi_socket)?;
     let csi_listener = bind_unix_socket(&csi_socket, 0o600).context("binding the CSI socket")?;
     let mut csi_server = tokio::spawn(serve_csi(
         csi_listener,
         Arc::clone(&manager),
         args.node_id.clone(),
+        ready,
         shutdown.clone(),
     ));
     info!(driver = DRIVER_NAME, socket = %csi_socket.display(), node_id = %args.node_id, "serving CSI");
 
     // Registered only once the CSI socket answers: kubelet calls NodeGetInfo right away.
-    let registration = if args.registration_dir.is_empty() {
-        None
-    } else {
+    let registration = if let Some(service) = registration_service {
         let path = registration_socket(Path::new(&args.registration_dir));
         let listener = bind_unix_socket(&path, 0o600).context("binding the registration socket")?;
-        let service = RegistrationService::new(
-            csi_socket.display().to_string(),
-            registration_failed.clone(),
-        );
         let task = tokio::spawn(serve_registration(listener, service, shutdown.clone()));
         info!(socket = %path.display(), "serving kubelet plugin registration");
         Some((path, task))
+    } else {
+        None
     };
 
-    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let outcome = tokio::select! {
-        _ = sigterm.recv() => { info!("SIGTERM: shutting down, mounts and records stay"); Ok(()) }
-        _ = sigint.recv() => { info!("SIGINT: shutting down, mounts and records stay"); Ok(()) }
+        () = shutdown.cancelled() => { info!("mounts and records stay"); Ok(()) }
         () = registration_failed.cancelled() => Err(anyhow::anyhow!("kubelet refused the plugin registration")),
         ended = &mut csi_server => Err(match ended {
             Ok(Ok(())) => anyhow::anyhow!("the CSI server stopped"),
@@ -258,7 +283,17 @@ async fn run_with_source<S: IdentitySource>(source: Arc<S>, args: Args) -> anyho
     }
     let _ = std::fs::remove_file(&csi_socket);
     manager.shutdown().await;
+    match admin.await {
+        Ok(Err(error)) => warn!(%error, "admin server failed"),
+        Err(error) => warn!(%error, "admin server task failed"),
+        Ok(Ok(())) => {}
+    }
     outcome
+}
+
+/// The CSI socket's path from `--csi-socket` (a path, or `unix:///path`).
+fn csi_socket_path(flag: &str) -> PathBuf {
+    PathBuf::from(flag.strip_prefix("unix://").unwrap_or(flag))
 }
 
 /// Creates a socket's missing parent directories, root-only: kubelet, which connects, is root.
@@ -277,6 +312,30 @@ fn create_parent(path: &Path) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn admin_and_log_flags_default_and_keep_their_names() {
+        use clap::CommandFactory;
+        Args::command().debug_assert();
+        let args = Args::try_parse_from(["wimsey-csi", "--node-id", "n1"]).unwrap();
+        assert_eq!(args.admin_addr, DEFAULT_ADMIN_ADDR.parse().unwrap());
+        assert_eq!(args.log, LogArgs::default());
+        let args = Args::try_parse_from([
+            "wimsey-csi",
+            "--node-id",
+            "n1",
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "--admin-addr",
+            "127.0.0.1:9000",
+        ])
+        .unwrap();
+        assert_eq!(args.log.log_format, wimsey_runtime::LogFormat::Json);
+        assert_eq!(args.log.log_level, "debug");
+        assert_eq!(args.admin_addr, "127.0.0.1:9000".parse().unwrap());
+    }
 
     #[test]
     fn outage_settings_default_and_parse_go_durations() {

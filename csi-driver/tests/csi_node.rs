@@ -64,6 +64,7 @@ impl Plugin {
             listener,
             Arc::clone(&manager),
             "node-1".into(),
+            wimsey_runtime::readiness::always_ready(),
             shutdown.clone(),
         ));
         Self {
@@ -1052,4 +1053,207 @@ async fn path_authority_is_accepted_on_workload_and_registration_sockets() {
     assert_eq!(info.endpoint, "/plugin/csi.sock");
     shutdown.cancel();
     task.await.expect("join").expect("server");
+}
+
+/// `GET path` over HTTP/1.0 on the admin address: the status and the body.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect admin");
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
+        .await
+        .expect("request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .await
+        .expect("response");
+    let status = response[9..12].parse().expect("status code");
+    let body = response.split_once("\r\n\r\n").expect("head").1.to_owned();
+    (status, body)
+}
+
+async fn readyz_becomes(addr: std::net::SocketAddr, want: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = http_get(addr, "/readyz").await;
+        if status == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {status}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn metrics_show(addr: std::net::SocketAddr, lines: &[&str]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, text) = http_get(addr, "/metrics").await;
+        assert_eq!(status, 200);
+        if lines.iter().all(|line| text.contains(line)) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{lines:?} not all in /metrics:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The plugin wired as `wimsey-csi` wires it: one Metrics for the manager and every pod server,
+/// readiness from kubelet's registration, the admin address and CSI Probe answering from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_address_and_probe_follow_registration_and_count_volumes() {
+    use wimsey_csi::admin::{plugin_readiness, serve_admin};
+    use wimsey_csi::metrics::Metrics;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = Arc::new(Metrics::new());
+    let manager = Arc::new(
+        VolumeManager::new(
+            TestSource::new(),
+            ManagerConfig {
+                state_dir: dir.path().join("state"),
+                spire_agent_socket_dir: None,
+                files_tmpfs_size: "1m".into(),
+                files_tmpfs_inodes: DEFAULT_FILES_TMPFS_INODES,
+                workload_api: Default::default(),
+            },
+        )
+        .expect("manager")
+        .with_metrics(Arc::clone(&metrics)),
+    );
+    let shutdown = CancellationToken::new();
+    let registration =
+        RegistrationService::new("/plugin/csi.sock".into(), CancellationToken::new());
+    let ready = plugin_readiness(Some(registration.registered()), None);
+    let admin_listener = wimsey_runtime::admin::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind admin");
+    let admin_addr = admin_listener.local_addr().expect("admin addr");
+    let admin = tokio::spawn(serve_admin(
+        admin_listener,
+        ready.clone(),
+        Arc::clone(&metrics),
+        shutdown.clone(),
+    ));
+    let csi_socket = dir.path().join("csi.sock");
+    let csi_server = tokio::spawn(serve_csi(
+        bind_unix_socket(&csi_socket, 0o600).expect("bind CSI"),
+        Arc::clone(&manager),
+        "node-1".into(),
+        ready,
+        shutdown.clone(),
+    ));
+    let reg_socket = registration_socket(dir.path());
+    let reg_server = tokio::spawn(serve_registration(
+        bind_unix_socket(&reg_socket, 0o600).expect("bind registration"),
+        registration,
+        shutdown.clone(),
+    ));
+
+    // Before kubelet confirms the registration: alive, not ready, and Probe says so.
+    let mut identity = IdentityClient::new(support::unix_channel(&csi_socket).await);
+    let probe = identity.probe(csi::ProbeRequest {}).await.expect("probe");
+    assert_eq!(probe.into_inner().ready, Some(false));
+    assert_eq!(http_get(admin_addr, "/livez").await.0, 200);
+    assert_eq!(http_get(admin_addr, "/readyz").await.0, 503);
+
+    let mut kubelet =
+        reg::registration_client::RegistrationClient::new(support::unix_channel(&reg_socket).await);
+    kubelet
+        .notify_registration_status(reg::RegistrationStatus {
+            plugin_registered: true,
+            error: String::new(),
+        })
+        .await
+        .expect("notify");
+    readyz_becomes(admin_addr, 200).await;
+    let probe = identity.probe(csi::ProbeRequest {}).await.expect("probe");
+    assert_eq!(probe.into_inner().ready, Some(true));
+
+    // A publish is counted with its mode and result, and its volume is active.
+    let mut node = NodeClient::new(support::unix_channel(&csi_socket).await);
+    let target = dir.path().join("pod/mount");
+    std::fs::create_dir_all(dir.path().join("pod")).expect("parent");
+    node.node_publish_volume(publish_request("vol-metrics", &target, "uid-m", &[]))
+        .await
+        .expect("publish");
+    metrics_show(
+        admin_addr,
+        &[
+            "wimsey_csi_volume_operations_total{operation=\"publish\",mode=\"workload-api\",result=\"ok\"} 1",
+            "wimsey_csi_volume_operation_duration_seconds_count{operation=\"publish\",mode=\"workload-api\",result=\"ok\"} 1",
+            "wimsey_csi_active_volumes{mode=\"workload-api\"} 1",
+            "wimsey_csi_active_volumes{mode=\"files\"} 0",
+        ],
+    )
+    .await;
+
+    // The pod's Workload API calls are counted by RPC; an open stream shows while it is open.
+    let socket = target.join(SOCKET_NAME);
+    let client = WorkloadApiClient::connect_to(format!("unix://{}", socket.display()))
+        .await
+        .expect("connect spiffe client");
+    let mut stream = client.stream_x509_contexts().await.expect("stream");
+    use futures_util::StreamExt;
+    stream.next().await.expect("first").expect("context");
+    metrics_show(admin_addr, &["wimsey_csi_workload_api_streams 1"]).await;
+    drop(stream);
+    let jwt = client.fetch_jwt_svid(&["metrics"], None).await;
+    assert!(jwt.is_ok(), "{jwt:?}");
+    metrics_show(
+        admin_addr,
+        &[
+            "wimsey_csi_workload_api_streams 0",
+            "wimsey_csi_workload_api_calls_total{rpc=\"FetchJWTSVID\",code=\"OK\"} 1",
+            "wimsey_csi_workload_api_calls_total{rpc=\"FetchX509SVID\"",
+        ],
+    )
+    .await;
+
+    // A bad request counts under mode "unknown" with its code; unpublish empties the gauge.
+    let bad = node
+        .node_publish_volume(publish_request(
+            "vol-bad",
+            &target,
+            "uid-m",
+            &[("mode", "nope")],
+        ))
+        .await;
+    assert_invalid(bad, "mode");
+    node.node_unpublish_volume(unpublish_request("vol-metrics", &target))
+        .await
+        .expect("unpublish");
+    metrics_show(
+        admin_addr,
+        &[
+            "wimsey_csi_volume_operations_total{operation=\"publish\",mode=\"unknown\",result=\"INVALID_ARGUMENT\"} 1",
+            "wimsey_csi_volume_operations_total{operation=\"unpublish\",mode=\"workload-api\",result=\"ok\"} 1",
+            "wimsey_csi_active_volumes{mode=\"workload-api\"} 0",
+        ],
+    )
+    .await;
+
+    // kubelet withdrawing the registration makes the plugin unready again.
+    kubelet
+        .notify_registration_status(reg::RegistrationStatus {
+            plugin_registered: false,
+            error: "test".into(),
+        })
+        .await
+        .expect("notify");
+    readyz_becomes(admin_addr, 503).await;
+
+    shutdown.cancel();
+    admin.await.expect("join").expect("admin");
+    csi_server.await.expect("join").expect("csi");
+    reg_server.await.expect("join").expect("registration");
+    manager.shutdown().await;
 }

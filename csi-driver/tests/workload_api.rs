@@ -347,6 +347,7 @@ async fn calls_wait_for_a_pod_not_ready_yet_then_answer_unavailable() {
     let server = tokio::spawn(wimsey_csi::workload_api::serve_workload_api_service(
         listener,
         service,
+        Default::default(),
         shutdown.clone(),
     ));
     let mut raw = support::raw_client(&socket).await;
@@ -586,6 +587,7 @@ async fn socket_is_private_replaces_a_stale_one_and_is_removed_after_shutdown() 
                 &socket,
                 0o600,
                 pod,
+                Default::default(),
                 Default::default(),
                 shutdown,
             )

@@ -5,7 +5,8 @@
 //!   image names), [`namespace`] (a temporary namespace per test, dumped on failure and deleted),
 //!   [`wait`] (wait for a condition with a timeout), [`diagnostics`] (pod status, events and logs) and
 //!   [`exec`] (run a command in a pod), [`identity`] (a ClusterSPIFFEID per test and the pods that read
-//!   their identity), and [`wimsey`] (install wimsey from `crds/` and `config/`).
+//!   their identity), [`plugin_admin`] (the CSI plugin's `/readyz` and `/metrics` through a pod
+//!   port-forward) and [`wimsey`] (install wimsey from `crds/` and `config/`).
 
 pub mod oci;
 
@@ -19,6 +20,8 @@ pub mod exec;
 pub mod identity;
 #[cfg(feature = "cluster")]
 pub mod namespace;
+#[cfg(feature = "cluster")]
+pub mod plugin_admin;
 #[cfg(feature = "cluster")]
 pub mod wait;
 #[cfg(feature = "cluster")]

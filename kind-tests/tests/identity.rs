@@ -17,6 +17,7 @@ use wimsey_kind_tests::identity::{
     APP, FILES_DIR, POD_TIMEOUT, SVID_TIMEOUT, delete_cluster_spiffe_id, expected_id, files_pod,
     parse_x509_lines, probe, start_probe_pod, wait_for_svids, with_identity,
 };
+use wimsey_kind_tests::plugin_admin::{admin_get, ensure_at_least, plugin_pod_on};
 use wimsey_kind_tests::wait::{pod_ready, poll_until, wait_for};
 use wimsey_kind_tests::wimsey::{self, NAMESPACE, PLUGIN};
 use wimsey_kind_tests::{Cluster, TestNamespace};
@@ -80,6 +81,55 @@ async fn workload_svids(ns: &TestNamespace) -> Result<()> {
         rotated.iter().all(|l| l.id == want),
         "rotated SVIDs {rotated:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn plugin_readyz_and_metrics_show_the_published_volume() -> Result<()> {
+    let _shared = PLUGIN_LOCK.read().await;
+    with_identity(
+        "plugin_readyz_and_metrics_show_the_published_volume",
+        "admin",
+        None,
+        |cluster, ns, _| async move {
+            let r = plugin_admin(&cluster, &ns).await;
+            (ns, r)
+        },
+    )
+    .await
+}
+
+/// The plugin on the probe pod's node is ready, and its metrics count the probe's publish, its
+/// active volume and stream, and a node session. Other tests publish on the same plugin at the
+/// same time, so counts are lower bounds.
+async fn plugin_admin(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
+    let pods = start_probe_pod(ns, "probe").await?;
+    wait_for_svids(&pods, "probe", 1, SVID_TIMEOUT).await?;
+    let node = pods
+        .get("probe")
+        .await?
+        .spec
+        .and_then(|s| s.node_name)
+        .context("the probe pod has no node")?;
+    let plugin = plugin_pod_on(cluster, &node).await?;
+
+    let (status, body) = admin_get(cluster, &plugin, "/livez").await?;
+    ensure!(status == 200, "/livez answered {status} {body:?}");
+    let (status, body) = admin_get(cluster, &plugin, "/readyz").await?;
+    ensure!(status == 200, "/readyz answered {status} {body:?}");
+
+    let (status, text) = admin_get(cluster, &plugin, "/metrics").await?;
+    ensure!(status == 200, "/metrics answered {status}");
+    for series in [
+        r#"wimsey_csi_volume_operations_total{operation="publish",mode="workload-api",result="ok"}"#,
+        r#"wimsey_csi_volume_operation_duration_seconds_count{operation="publish",mode="workload-api",result="ok"}"#,
+        r#"wimsey_csi_active_volumes{mode="workload-api"}"#,
+        // spiffe-probe watch keeps its X.509 stream open.
+        "wimsey_csi_workload_api_streams",
+        "wimsey_csi_node_session_established",
+    ] {
+        ensure_at_least(&text, series, 1.0)?;
+    }
     Ok(())
 }
 

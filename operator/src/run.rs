@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wimsey_core::backoff::{backoff, jitter};
+use wimsey_runtime::{LogArgs, all_ready, init_logging, shutdown_signal};
 
 use crate::admin::{self, AdminState, Metrics};
 use crate::authority::{AuthorityArgs, AuthorityError, SigningAuthority};
@@ -21,12 +22,6 @@ use crate::nodeapi::{self, NodeApi, NodeApiArgs};
 use crate::reconcile::{FederationSet, PodDirectory, ReconcileError, Reconciler};
 use crate::status::{DesiredStatus, StatusWriter};
 use crate::store::EntryStore;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct RunOptions {
@@ -44,25 +39,12 @@ pub struct RunOptions {
     /// Address of /debug/entries: loopback only (reach it with `kubectl port-forward`).
     #[arg(long, env = "WIMSEY_DEBUG_ADDR", default_value = "127.0.0.1:8081", value_parser = admin::loopback_addr)]
     pub debug_addr: SocketAddr,
-    #[arg(long, env = "WIMSEY_LOG_FORMAT", value_enum, default_value = "plain")]
-    pub log_format: LogFormat,
+    #[command(flatten)]
+    pub log: LogArgs,
     #[command(flatten)]
     pub authority: AuthorityArgs,
     #[command(flatten)]
     pub node_api: NodeApiArgs,
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 fn hostname() -> String {
@@ -209,44 +191,8 @@ where
     }
 }
 
-/// True while every one of `gates` is true.
-fn all_ready(gates: Vec<watch::Receiver<bool>>) -> watch::Receiver<bool> {
-    let (tx, rx) = watch::channel(gates.iter().all(|g| *g.borrow()));
-    tokio::spawn(async move {
-        let mut gates = gates;
-        loop {
-            tx.send_replace(gates.iter().all(|g| *g.borrow()));
-            let changes = gates.iter_mut().map(|g| Box::pin(g.changed()));
-            let (changed, _, _) = futures_util::future::select_all(changes).await;
-            if changed.is_err() || tx.is_closed() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Resolves SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        () = terminate => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
-    init_logging(options.log_format);
+    init_logging(&options.log);
     let settings = Settings::from_flags(options.config).context("configuration")?;
     tracing::info!(
         trust_domain = settings.trust_domain.name(),
@@ -271,9 +217,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     // The admin server comes first, so kubelet's liveness probe passes while the authority waits
     // for the API server; /readyz stays false until the caches synced and the node API serves.
     let (authority_loaded, authority_ready) = watch::channel(false);
-    let listener = tokio::net::TcpListener::bind(options.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin address {}", options.admin_addr))?;
+    let listener = wimsey_runtime::admin::bind(options.admin_addr).await?;
     tracing::info!(addr = %options.admin_addr, "admin server listening");
     let admin_state = AdminState {
         store: store.clone(),
@@ -285,9 +229,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         admin_state.clone(),
         shutdown.clone(),
     ));
-    let debug_listener = tokio::net::TcpListener::bind(options.debug_addr)
-        .await
-        .with_context(|| format!("binding the debug address {}", options.debug_addr))?;
+    let debug_listener = wimsey_runtime::admin::bind(options.debug_addr).await?;
     tracing::info!(addr = %options.debug_addr, "debug server (/debug/entries) listening");
     let debug = tokio::spawn(admin::serve_debug(
         debug_listener,
@@ -398,24 +340,6 @@ mod tests {
         assert_eq!(calls.into_inner(), 1);
     }
 
-    #[tokio::test]
-    async fn ready_only_when_every_gate_is() {
-        let (a_tx, a) = watch::channel(false);
-        let (b_tx, b) = watch::channel(false);
-        let mut ready = all_ready(vec![a, b]);
-        assert!(!*ready.borrow_and_update());
-        a_tx.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(5), ready.changed())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(!*ready.borrow_and_update());
-        b_tx.send_replace(true);
-        tokio::time::timeout(Duration::from_secs(5), ready.wait_for(|r| *r))
-            .await
-            .unwrap()
-            .unwrap();
-    }
     use crate::nodeapi::NodeApiLimits;
 
     #[derive(Debug, Parser)]

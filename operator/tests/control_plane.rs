@@ -234,7 +234,7 @@ mod reconciler {
         let mut lease_settings = LeaseSettings::new(lease_ns, identity);
         lease_settings.name = lease.into();
         // Logs (RUST_LOG) show up with --show-output when a test fails.
-        wimsey_operator::run::init_logging(wimsey_operator::run::LogFormat::Plain);
+        wimsey_runtime::init_logging(&wimsey_runtime::LogArgs::default());
         Controller::start(
             client.clone(),
             settings,

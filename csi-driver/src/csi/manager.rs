@@ -25,6 +25,7 @@ use super::mounts;
 use super::records::{RecordStore, VolumeRecord};
 use super::request::{FilesConfig, PublishSpec, VolumeMode};
 use crate::identity_source::{IdentitySource, PodInfo};
+use crate::metrics::Metrics;
 use crate::workload_api::{
     IdentitySnapshot, PodIdentity, WorkloadApiLimits, bind_unix_socket,
     bind_unix_socket_in_new_dir, serve_workload_api,
@@ -75,6 +76,7 @@ pub struct VolumeManager<S: IdentitySource> {
     // calls for the same volume trivially safe.
     volumes: Mutex<BTreeMap<String, ActiveVolume>>,
     shutdown: CancellationToken,
+    metrics: Arc<Metrics>,
 }
 
 impl<S: IdentitySource> std::fmt::Debug for VolumeManager<S> {
@@ -99,7 +101,36 @@ impl<S: IdentitySource> VolumeManager<S> {
             volumes_dir,
             volumes: Mutex::new(BTreeMap::new()),
             shutdown: CancellationToken::new(),
+            metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// Records into `metrics` (each pod's Workload API calls, the active volumes) instead of a
+    /// private instance.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The mode of a published volume.
+    pub async fn mode_of(&self, volume_id: &str) -> Option<VolumeMode> {
+        let volumes = self.volumes.lock().await;
+        volumes.get(volume_id).map(|v| v.record.mode)
+    }
+
+    /// Sets the active volume gauge from the volumes served now.
+    pub async fn record_active_volumes(&self) {
+        let volumes = self.volumes.lock().await;
+        let mut counts = BTreeMap::new();
+        for volume in volumes.values() {
+            *counts.entry(volume.record.mode).or_insert(0) += 1;
+        }
+        self.metrics.set_active_volumes(&counts);
     }
 
     /// The per-volume directory of a `workload-api` volume: named by a hash of the volume ID,
@@ -330,8 +361,11 @@ impl<S: IdentitySource> VolumeManager<S> {
                 let pod = Arc::new(self.attach(spec)?);
                 let volume_id = spec.volume_id.clone();
                 let (stop, limits) = (stop.clone(), self.config.workload_api.clone());
+                let metrics = Arc::clone(&self.metrics);
                 Some(tokio::spawn(async move {
-                    if let Err(error) = serve_workload_api(listener, pod, limits, stop).await {
+                    if let Err(error) =
+                        serve_workload_api(listener, pod, limits, metrics, stop).await
+                    {
                         warn!(volume_id, error = %error, label = error.label(), "Workload API server ended");
                     }
                 }))

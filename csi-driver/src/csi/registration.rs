@@ -2,8 +2,10 @@
 //! DaemonSet needs no node-driver-registrar sidecar.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::net::UnixListener;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{error, info};
@@ -22,17 +24,28 @@ pub fn registration_socket(registry_dir: &Path) -> PathBuf {
 }
 
 /// Answers kubelet's GetInfo; a failed registration cancels `failed` so the process can exit and
-/// be restarted (as node-driver-registrar does).
+/// be restarted (as node-driver-registrar does); a successful one opens the
+/// [`registered`](RegistrationService::registered) readiness gate.
 #[derive(Debug, Clone)]
 pub struct RegistrationService {
     endpoint: String,
     failed: CancellationToken,
+    registered: Arc<watch::Sender<bool>>,
 }
 
 impl RegistrationService {
     /// `endpoint` is the CSI socket's path as kubelet (on the host) sees it.
     pub fn new(endpoint: String, failed: CancellationToken) -> Self {
-        Self { endpoint, failed }
+        Self {
+            endpoint,
+            failed,
+            registered: Arc::new(watch::channel(false).0),
+        }
+    }
+
+    /// True once kubelet reported the plugin registered (`NotifyRegistrationStatus`).
+    pub fn registered(&self) -> watch::Receiver<bool> {
+        self.registered.subscribe()
     }
 
     pub fn into_server(self) -> RegistrationServer<Self> {
@@ -61,7 +74,9 @@ impl Registration for RegistrationService {
         let status = request.into_inner();
         if status.plugin_registered {
             info!(driver = DRIVER_NAME, "registered with kubelet");
+            self.registered.send_replace(true);
         } else {
+            self.registered.send_replace(false);
             error!(driver = DRIVER_NAME, error = %status.error, "kubelet refused the registration");
             self.failed.cancel();
         }

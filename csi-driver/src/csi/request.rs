@@ -52,7 +52,7 @@ const FILES_ATTRS: [&str; 8] = [
 const MAX_VOLUME_ID_LEN: usize = 128;
 
 /// How a volume delivers identity (volume attribute `mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VolumeMode {
     /// A per-pod Workload API socket in a directory bind-mounted read-only at the target.
@@ -64,6 +64,9 @@ pub enum VolumeMode {
 }
 
 impl VolumeMode {
+    /// Every mode, for per-mode metrics.
+    pub const ALL: [Self; 3] = [Self::WorkloadApi, Self::Files, Self::SpireAgent];
+
     pub fn parse(value: &str) -> Result<Self, CsiError> {
         match value {
             "workload-api" => Ok(Self::WorkloadApi),

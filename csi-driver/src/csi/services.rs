@@ -1,7 +1,9 @@
 //! The CSI Identity and Node services (csi-contract.md §3.3, §3.4) over the volume manager.
 
 use std::sync::Arc;
+use std::time::Instant;
 
+use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 use tracing::warn;
 use wimsey_proto::csi::v1 as csi;
@@ -12,17 +14,25 @@ use wimsey_proto::csi::v1::node_service_capability::rpc::Type as NodeCap;
 use super::error::CsiError;
 use super::manager::VolumeManager;
 use super::mounts;
-use super::request::{parse_publish, parse_unpublish, parse_volume_stats};
+use super::request::{VolumeMode, parse_publish, parse_unpublish, parse_volume_stats};
 use crate::identity_source::IdentitySource;
+use crate::metrics::{RESULT_OK, UNKNOWN_MODE, VolumeOperation, code_label};
 
 /// The CSI driver name (the CSIDriver object's name).
 pub const DRIVER_NAME: &str = "csi.wimsey.dev";
 
-/// Identity: name, version, no plugin capabilities (a node-only driver has no controller).
-#[derive(Debug, Clone, Default)]
-pub struct IdentityService;
+/// Identity: name, version, no plugin capabilities (a node-only driver has no controller), and
+/// `Probe` answering from the plugin's readiness (the same gate as the admin `/readyz`).
+#[derive(Debug, Clone)]
+pub struct IdentityService {
+    ready: watch::Receiver<bool>,
+}
 
 impl IdentityService {
+    pub fn new(ready: watch::Receiver<bool>) -> Self {
+        Self { ready }
+    }
+
     pub fn into_server(self) -> IdentityServer<Self> {
         IdentityServer::new(self)
     }
@@ -52,7 +62,8 @@ impl Identity for IdentityService {
         &self,
         _request: Request<csi::ProbeRequest>,
     ) -> Result<Response<csi::ProbeResponse>, Status> {
-        Ok(Response::new(csi::ProbeResponse { ready: Some(true) }))
+        let ready = *self.ready.borrow();
+        Ok(Response::new(csi::ProbeResponse { ready: Some(ready) }))
     }
 }
 
@@ -70,6 +81,23 @@ impl<S: IdentitySource> NodeService<S> {
 
     pub fn into_server(self) -> NodeServer<Self> {
         NodeServer::new(self)
+    }
+
+    /// Counts a publish or unpublish with its latency, and refreshes the active volume gauge.
+    async fn observe(
+        &self,
+        operation: VolumeOperation,
+        mode: &'static str,
+        outcome: &Result<(), Status>,
+        started: Instant,
+    ) {
+        let result = match outcome {
+            Ok(()) => RESULT_OK,
+            Err(status) => code_label(status.code()),
+        };
+        let metrics = self.manager.metrics();
+        metrics.observe_volume_operation(operation, mode, result, started.elapsed().as_secs_f64());
+        self.manager.record_active_volumes().await;
     }
 }
 
@@ -103,8 +131,15 @@ impl<S: IdentitySource> Node for NodeService<S> {
         request: Request<csi::NodePublishVolumeRequest>,
     ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
         const RPC: &str = "NodePublishVolume";
-        let spec = parse_publish(request.get_ref()).map_err(|e| fail(RPC, e))?;
-        self.manager.publish(spec).await.map_err(|e| fail(RPC, e))?;
+        let started = Instant::now();
+        let (mode, published) = match parse_publish(request.get_ref()) {
+            Ok(spec) => (spec.mode.as_str(), self.manager.publish(spec).await),
+            Err(error) => (UNKNOWN_MODE, Err(error)),
+        };
+        let published = published.map_err(|e| fail(RPC, e));
+        self.observe(VolumeOperation::Publish, mode, &published, started)
+            .await;
+        published?;
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
     }
 
@@ -113,11 +148,19 @@ impl<S: IdentitySource> Node for NodeService<S> {
         request: Request<csi::NodeUnpublishVolumeRequest>,
     ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
         const RPC: &str = "NodeUnpublishVolume";
-        let (volume_id, target) = parse_unpublish(request.get_ref()).map_err(|e| fail(RPC, e))?;
-        self.manager
-            .unpublish(&volume_id, &target)
-            .await
-            .map_err(|e| fail(RPC, e))?;
+        let started = Instant::now();
+        let (mode, unpublished) = match parse_unpublish(request.get_ref()) {
+            Ok((volume_id, target)) => {
+                let mode = self.manager.mode_of(&volume_id).await;
+                let mode = mode.map_or(UNKNOWN_MODE, VolumeMode::as_str);
+                (mode, self.manager.unpublish(&volume_id, &target).await)
+            }
+            Err(error) => (UNKNOWN_MODE, Err(error)),
+        };
+        let unpublished = unpublished.map_err(|e| fail(RPC, e));
+        self.observe(VolumeOperation::Unpublish, mode, &unpublished, started)
+            .await;
+        unpublished?;
         Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
     }
 

@@ -21,6 +21,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use wimsey_core::bundle::{TrustDomainBundle, parse_x509_authorities_pem};
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
@@ -32,9 +34,13 @@ use wimsey_proto::wimsey::node::v1::{AttestRequest, Bundles};
 use zeroize::Zeroizing;
 
 use crate::identity_source::{IdentitySource, PodInfo};
+use crate::metrics::Metrics;
 pub use grace::DEFAULT_DENIAL_GRACE;
 pub use pod::NodePod;
 pub use transport::NodeApiTransport;
+
+/// How often [`NodeClient::keep_session`] looks at the session (renewal itself is at half-life).
+const SESSION_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The default deadline of one unary node API call.
 pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,6 +209,9 @@ struct Inner {
     session: tokio::sync::Mutex<Option<NodeSession>>,
     pods: Mutex<HashMap<String, NodePod>>,
     runtime: tokio::runtime::Handle,
+    metrics: Arc<Metrics>,
+    /// True while `session` holds an unexpired node SVID: a readiness gate of the plugin.
+    session_established: watch::Sender<bool>,
 }
 
 /// The node API client; implements [`IdentitySource`]. Cheap to clone.
@@ -222,7 +231,16 @@ impl std::fmt::Debug for NodeClient {
 impl NodeClient {
     /// Reads the bootstrap bundle. Must be called inside a tokio runtime; pod tasks run there.
     pub fn new(config: NodeClientConfig) -> Result<Self, NodeClientError> {
+        Self::with_metrics(config, Arc::new(Metrics::new()))
+    }
+
+    /// [`NodeClient::new`], recording failures and the session state into `metrics`.
+    pub fn with_metrics(
+        config: NodeClientConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, NodeClientError> {
         let roots = read_bundle_file(&config)?;
+        metrics.set_node_session(false);
         Ok(Self {
             inner: Arc::new(Inner {
                 config,
@@ -230,8 +248,68 @@ impl NodeClient {
                 session: tokio::sync::Mutex::new(None),
                 pods: Mutex::new(HashMap::new()),
                 runtime: tokio::runtime::Handle::current(),
+                metrics,
+                session_established: watch::channel(false).0,
             }),
         })
+    }
+
+    /// True while the plugin holds a valid node session.
+    pub fn session_state(&self) -> watch::Receiver<bool> {
+        self.inner.session_established.subscribe()
+    }
+
+    pub(crate) fn count_issuance_error(&self, label: &'static str) {
+        self.inner.metrics.count_issuance_error(label);
+    }
+
+    /// Attests at once and keeps the node session current even while no pod needs it, so the
+    /// session state (readiness, the gauge) says whether this node can get identities. Returns
+    /// when `shutdown` is cancelled.
+    pub async fn keep_session(&self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.channel().await {
+                Ok(_) => {
+                    failures = 0;
+                    SESSION_CHECK_INTERVAL
+                }
+                Err(error) => {
+                    tracing::warn!(%error, label = error.label(), node = %self.inner.config.node_name,
+                        "no node session yet; retrying");
+                    failures = failures.saturating_add(1);
+                    schedule::backoff(
+                        failures,
+                        Duration::from_secs(1),
+                        SESSION_CHECK_INTERVAL,
+                        schedule::jitter(),
+                    )
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// The mTLS channel ([`NodeClient::session_channel`]); counts a failure and publishes the
+    /// session state.
+    pub(crate) async fn channel(&self) -> Result<Channel, NodeClientError> {
+        let channel = self.session_channel().await;
+        if let Err(error) = &channel {
+            self.count_issuance_error(error.label());
+        }
+        let established = self
+            .inner
+            .session
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|session| SystemTime::now() < session.expires_at);
+        self.inner.session_established.send_replace(established);
+        self.inner.metrics.set_node_session(established);
+        channel
     }
 
     pub fn config(&self) -> &NodeClientConfig {
@@ -241,7 +319,7 @@ impl NodeClient {
     /// The mTLS channel, attesting first if there is no node SVID, it is past half-life, or TLS
     /// on it failed (the operator replaced its CA). When re-attestation fails, a session that is
     /// still valid is kept (and re-attestation retried with backoff).
-    pub(crate) async fn channel(&self) -> Result<Channel, NodeClientError> {
+    async fn session_channel(&self) -> Result<Channel, NodeClientError> {
         let mut session = self.inner.session.lock().await;
         if let Some(current) = session.as_mut() {
             let now = SystemTime::now();
@@ -275,6 +353,7 @@ impl NodeClient {
                 };
                 tracing::warn!(%error, label = error.label(), node = %self.inner.config.node_name,
                     "re-attestation failed; keeping the node session while it is valid");
+                self.count_issuance_error(error.label());
                 current.failed_renewals = current.failed_renewals.saturating_add(1);
                 current.renew_at = retry_at;
                 current.retry_not_before = retry_at;

@@ -311,6 +311,7 @@ async fn watch_round(shared: &Shared, progress: &mut Progress) -> RoundEnd {
                 }
                 Err(error) => {
                     tracing::warn!(%error, label = error.label(), pod = %shared.uid, "renewing SVIDs");
+                    shared.client.count_issuance_error(error.label());
                     renew = Some(
                         SystemTime::now() + backoff(sign_attempt, RETRY_BASE, RETRY_MAX, jitter()),
                     );
@@ -328,6 +329,8 @@ fn on_status(shared: &Shared, progress: &mut Progress, status: tonic::Status) ->
     // keep what the pod has and retry with backoff.
     if status.code() == tonic::Code::PermissionDenied {
         shared.denied(progress, status.message());
+    } else {
+        shared.client.count_issuance_error("watch");
     }
     tracing::debug!(code = ?status.code(), message = status.message(), pod = %shared.uid, "pod watch ended");
     RoundEnd::Retry

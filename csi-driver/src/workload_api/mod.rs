@@ -6,11 +6,13 @@
 //! - [`service`]: the tonic service (security header, streaming, error mapping).
 //! - [`limits`]: the named bounds on what a pod may ask (streams, sizes, audiences) and their
 //!   checks; [`admission`]: the layer that enforces the stream and request size bounds.
+//! - [`call_metrics`]: the layer that counts calls by RPC and code, and open streams.
 //! - [`jwt_cache`]: minted JWT-SVIDs reused per pod until their half-life.
 //! - [`socket`]: binding the per-pod Unix socket.
 //! - [`server`]: the pod's gRPC server (Workload API, reflection, limits) until shutdown.
 
 pub mod admission;
+pub mod call_metrics;
 pub mod error;
 pub mod identity;
 pub mod jwt_cache;

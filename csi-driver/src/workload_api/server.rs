@@ -11,11 +11,13 @@ use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::AdmissionLayer;
+use super::call_metrics::CallMetricsLayer;
 use super::identity::PodIdentity;
 use super::limits::WorkloadApiLimits;
 use super::service::WorkloadApiService;
 use super::socket::{SocketError, bind_unix_socket, io_error};
 use crate::csi::authority::local_authority_incoming;
+use crate::metrics::Metrics;
 
 /// Serves the Workload API for `identity` with `limits` on `listener` until `shutdown` is
 /// cancelled; open streams are ended first so the graceful shutdown completes.
@@ -23,19 +25,22 @@ pub async fn serve_workload_api<P: PodIdentity>(
     listener: UnixListener,
     identity: Arc<P>,
     limits: WorkloadApiLimits,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), SocketError> {
     let service = WorkloadApiService::new(identity, shutdown.clone()).with_limits(limits);
-    serve_workload_api_service(listener, service, shutdown).await
+    serve_workload_api_service(listener, service, metrics, shutdown).await
 }
 
-/// Serves `service` (with its limits) and server reflection on `listener` until `shutdown`.
+/// Serves `service` (with its limits) and server reflection on `listener` until `shutdown`,
+/// counting calls into `metrics`.
 ///
 /// Behind the authority front: gRPC C-core clients (py-spiffe) send the socket path as
 /// `:authority`, which tonic alone rejects.
 pub async fn serve_workload_api_service<P: PodIdentity>(
     listener: UnixListener,
     service: WorkloadApiService<P>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), SocketError> {
     let limits = service.limits().clone();
@@ -48,6 +53,8 @@ pub async fn serve_workload_api_service<P: PodIdentity>(
     tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_streams_per_connection)
         .http2_max_header_list_size(limits.front.server_max_header_list_size())
+        // The first layer is the outermost: refusals by admission are counted too.
+        .layer(CallMetricsLayer::new(metrics))
         .layer(AdmissionLayer::new(&limits))
         .add_service(service.into_server())
         .add_service(reflection().build_v1()?)
@@ -60,17 +67,18 @@ pub async fn serve_workload_api_service<P: PodIdentity>(
     Ok(())
 }
 
-/// Binds `path` with `mode`, serves the Workload API with `limits` until `shutdown`, then
+/// Binds `path` with `mode`, serves the Workload API with `limits` (and `metrics`) until `shutdown`, then
 /// removes the socket.
 pub async fn serve_unix_socket<P: PodIdentity>(
     path: &Path,
     mode: u32,
     identity: Arc<P>,
     limits: WorkloadApiLimits,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), SocketError> {
     let listener = bind_unix_socket(path, mode)?;
-    let served = serve_workload_api(listener, identity, limits, shutdown).await;
+    let served = serve_workload_api(listener, identity, limits, metrics, shutdown).await;
     let removed = match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("remove", path)(e)),
         _ => Ok(()),

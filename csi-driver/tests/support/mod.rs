@@ -271,6 +271,7 @@ impl Server {
             listener,
             Arc::clone(&pod),
             limits,
+            Default::default(),
             shutdown.clone(),
         ));
         Self {

@@ -13,7 +13,6 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{Query, State};
-use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -21,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use wimsey_runtime::AdminError;
 
 use crate::store::{EntryStore, PodRecord, StoredEntry};
 pub use metrics::Metrics;
@@ -40,13 +40,13 @@ pub struct EntriesQuery {
     pub node: Option<String>,
 }
 
-/// Probes and metrics.
+/// Probes (the shared runtime's `/livez`, and `/readyz` from `state.ready`) and metrics.
 pub fn router(state: AdminState) -> Router {
-    Router::new()
-        .route("/livez", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+    let ready = state.ready.clone();
+    let metrics = Router::new()
         .route("/metrics", get(metrics_text))
-        .with_state(state)
+        .with_state(state);
+    wimsey_runtime::admin::router(ready, metrics)
 }
 
 /// `/debug/entries`, for the loopback-only debug address.
@@ -61,10 +61,8 @@ pub async fn serve(
     listener: TcpListener,
     state: AdminState,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+) -> Result<(), AdminError> {
+    wimsey_runtime::admin::serve_router(listener, router(state), shutdown).await
 }
 
 /// Serves `/debug/entries` until `shutdown`. `listener` must be bound to a loopback address
@@ -73,10 +71,8 @@ pub async fn serve_debug(
     listener: TcpListener,
     state: AdminState,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, debug_router(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+) -> Result<(), AdminError> {
+    wimsey_runtime::admin::serve_router(listener, debug_router(state), shutdown).await
 }
 
 /// Parses the debug server's address, which must be a loopback one (`127.0.0.1:8081`, `[::1]:8081`).
@@ -93,23 +89,8 @@ pub fn loopback_addr(value: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
-async fn readyz(State(state): State<AdminState>) -> Response {
-    if *state.ready.borrow() {
-        (StatusCode::OK, "ok").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches not synced").into_response()
-    }
-}
-
 async fn metrics_text(State(state): State<AdminState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    wimsey_runtime::admin::metrics_response(state.metrics.encode())
 }
 
 async fn debug_entries(
