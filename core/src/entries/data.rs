@@ -15,25 +15,38 @@ const OBJECT_META: &str = "*v1.ObjectMeta";
 
 /// Data for a pod's `spiffeIDTemplate`, `dnsNameTemplates` and `workloadSelectorTemplates`.
 pub fn pod_template_data(config: &RenderConfig, pod: &PodView, node: &NodeView) -> Value {
+    pod_template_data_on(config, pod, node_meta_value(node), node_spec_value(node))
+}
+
+/// As [`pod_template_data`], with the node's `.NodeMeta` and `.NodeSpec` already built (they are
+/// the same for every pod on the node, so a render pass builds them once per node).
+pub(super) fn pod_template_data_on(
+    config: &RenderConfig,
+    pod: &PodView,
+    node_meta: Value,
+    node_spec: Value,
+) -> Value {
     template_data(
         config,
         pod_meta_value(pod),
         pod_spec_value(pod),
-        node_meta_value(node),
-        node_spec_value(node),
+        node_meta,
+        node_spec,
     )
 }
 
 /// Data for the parent ID template: as for the pod, but `.PodMeta` and `.PodSpec` are nil, as
 /// in spire-controller-manager.
 pub fn parent_template_data(config: &RenderConfig, node: &NodeView) -> Value {
-    template_data(
-        config,
-        Value::Nil,
-        Value::Nil,
-        node_meta_value(node),
-        node_spec_value(node),
-    )
+    parent_template_data_on(config, node_meta_value(node), node_spec_value(node))
+}
+
+pub(super) fn parent_template_data_on(
+    config: &RenderConfig,
+    node_meta: Value,
+    node_spec: Value,
+) -> Value {
+    template_data(config, Value::Nil, Value::Nil, node_meta, node_spec)
 }
 
 fn template_data(
@@ -123,7 +136,7 @@ fn pod_spec_value(pod: &PodView) -> Value {
     Value::structure("*v1.PodSpec", fields)
 }
 
-fn node_meta_value(node: &NodeView) -> Value {
+pub(super) fn node_meta_value(node: &NodeView) -> Value {
     object_meta(
         &node.name,
         "",
@@ -134,7 +147,7 @@ fn node_meta_value(node: &NodeView) -> Value {
     )
 }
 
-fn node_spec_value(node: &NodeView) -> Value {
+pub(super) fn node_spec_value(node: &NodeView) -> Value {
     let mut fields: BTreeMap<String, Value> = [
         ("PodCIDR", Value::from("")),
         ("PodCIDRs", Value::Nil),

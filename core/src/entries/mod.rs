@@ -35,8 +35,8 @@ pub use entry::{
     resolve_conflicts,
 };
 pub use render::{
-    CompiledSpec, NamespaceSelection, PodEntries, SpecError, SpecOutcome, SpecResult,
-    namespace_selection, reached_fields, render_pod_entries,
+    CompiledSpec, NamespaceSelection, NodeData, PodEntries, SpecError, SpecOutcome, SpecResult,
+    namespace_selection, reached_fields, render_pod_entries, render_pod_entries_on,
 };
 pub use selector::{LabelSelector, LabelSelectorOperator, LabelSelectorRequirement};
 pub use static_entry::render_static_entry;

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use super::EntryError;
-use super::data::{parent_template_data, pod_template_data};
+use super::data::{
+    node_meta_value, node_spec_value, parent_template_data_on, pod_template_data_on,
+};
 use super::dns::validate_dns_name;
 use super::duration::parse_go_duration;
 use super::entry::{
@@ -297,6 +299,46 @@ pub fn render_pod_entries(
     specs: &[CompiledSpec],
     config: &RenderConfig,
 ) -> PodEntries {
+    let node = node.map(|node| NodeData::new(node, config));
+    render_pod_entries_on(pod, node.as_ref(), namespace, specs, config)
+}
+
+/// What rendering needs of a node, the same for every pod on it: its `.NodeMeta` and
+/// `.NodeSpec` and the rendered parent ID. A pass over many pods builds it once per node
+/// instead of once per pod (100 nodes against 50k pods).
+#[derive(Debug, Clone)]
+pub struct NodeData {
+    name: String,
+    meta: Value,
+    spec: Value,
+    parent_id: Result<SpiffeId, EntryError>,
+}
+
+impl NodeData {
+    pub fn new(node: &NodeView, config: &RenderConfig) -> Self {
+        let meta = node_meta_value(node);
+        let spec = node_spec_value(node);
+        let parent_id = parent_id(
+            config,
+            parent_template_data_on(config, meta.clone(), spec.clone()),
+        );
+        Self {
+            name: node.name.clone(),
+            meta,
+            spec,
+            parent_id,
+        }
+    }
+}
+
+/// [`render_pod_entries`] with the node's data already built (see [`NodeData`]).
+pub fn render_pod_entries_on(
+    pod: &PodView,
+    node: Option<&NodeData>,
+    namespace: &NamespaceView,
+    specs: &[CompiledSpec],
+    config: &RenderConfig,
+) -> PodEntries {
     let mut outcomes: Vec<Option<SpecOutcome>> = vec![None; specs.len()];
     // Non-fallback specs first, each group in the given order (a stable sort).
     let mut order: Vec<usize> = (0..specs.len())
@@ -388,7 +430,7 @@ pub fn render_pod_entries(
 /// The pod's template data and parent ID, the same for every spec.
 fn pod_data_and_parent(
     pod: &PodView,
-    node: Option<&NodeView>,
+    node: Option<&NodeData>,
     config: &RenderConfig,
 ) -> Result<(Value, SpiffeId), EntryError> {
     if pod.node_name.is_empty() {
@@ -397,11 +439,14 @@ fn pod_data_and_parent(
     let node = node
         .filter(|node| node.name == pod.node_name)
         .ok_or_else(|| EntryError::NodeNotFound(pod.node_name.clone()))?;
-    let parent_id = render_id(
-        "parentIDTemplate",
-        &config.parent_id_template,
-        &parent_template_data(config, node),
-    )?;
+    let parent_id = node.parent_id.clone()?;
+    let data = pod_template_data_on(config, pod, node.meta.clone(), node.spec.clone());
+    Ok((data, parent_id))
+}
+
+/// The parent ID rendered from a node's parent template data; it must be in the trust domain.
+fn parent_id(config: &RenderConfig, data: Value) -> Result<SpiffeId, EntryError> {
+    let parent_id = render_id("parentIDTemplate", &config.parent_id_template, &data)?;
     if !parent_id.is_member_of(&config.trust_domain) {
         return Err(EntryError::InvalidSpiffeId {
             field: "parentIDTemplate".to_owned(),
@@ -412,7 +457,7 @@ fn pod_data_and_parent(
             },
         });
     }
-    Ok((pod_template_data(config, pod, node), parent_id))
+    Ok(parent_id)
 }
 
 /// Every part of the template data that `specs` and the parent ID template can reach: what the

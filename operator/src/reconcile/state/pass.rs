@@ -2,12 +2,12 @@
 //! their contributions to the per-spec counters, and writes the store; static entries and the
 //! federation set when they changed.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use wimsey_core::entries::{
-    CompiledSpec, EntryError, NamespaceSelection, PodView, SpecOutcome, handles_class,
-    namespace_selection, render_pod_entries, render_static_entry, resolve_conflicts,
+    CompiledSpec, EntryError, NamespaceSelection, NodeData, PodView, SpecOutcome, handles_class,
+    namespace_selection, render_pod_entries_on, render_static_entry, resolve_conflicts,
 };
 
 use super::super::federation::{FederationInput, build_federation_set};
@@ -79,12 +79,25 @@ impl ClusterState {
     /// there are enough pods to be worth it. The result is in `uids`' order.
     fn render_pods(&self, uids: &[String]) -> Vec<PodRender> {
         const PODS_PER_THREAD: usize = 2_000;
+        // Each node's template values and parent ID once per pass, not once per pod.
+        let mut nodes: HashMap<&str, NodeData> = HashMap::new();
+        for uid in uids {
+            let Some(name) = self.pods.get(uid).map(|p| p.view.node_name.as_str()) else {
+                continue;
+            };
+            if !nodes.contains_key(name)
+                && let Some(node) = self.nodes.get(name)
+            {
+                nodes.insert(name, NodeData::new(node, &self.config));
+            }
+        }
+        let nodes = &nodes;
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(uids.len() / PODS_PER_THREAD)
             .max(1);
         if threads == 1 {
-            return uids.iter().map(|uid| self.render_pod(uid)).collect();
+            return uids.iter().map(|uid| self.render_pod(uid, nodes)).collect();
         }
         let chunk = uids.len().div_ceil(threads);
         std::thread::scope(|scope| {
@@ -93,7 +106,7 @@ impl ClusterState {
                 .map(|part| {
                     scope.spawn(move || {
                         part.iter()
-                            .map(|uid| self.render_pod(uid))
+                            .map(|uid| self.render_pod(uid, nodes))
                             .collect::<Vec<_>>()
                     })
                 })
@@ -110,7 +123,7 @@ impl ClusterState {
     }
 
     /// What rendering one pod gives, before it is applied to the counters.
-    fn render_pod(&self, uid: &str) -> PodRender {
+    fn render_pod(&self, uid: &str, nodes: &HashMap<&str, NodeData>) -> PodRender {
         let Some(state) = self.pods.get(uid) else {
             return PodRender::Unknown;
         };
@@ -130,9 +143,9 @@ impl ClusterState {
             // Not seen yet: rendered again when the namespace arrives.
             None => (None, Vec::new()),
             Some(namespace) => {
-                let node = self.nodes.get(&view.node_name);
+                let node = nodes.get(view.node_name.as_str());
                 let rendered =
-                    render_pod_entries(view, node, namespace, &self.compiled, &self.config);
+                    render_pod_entries_on(view, node, namespace, &self.compiled, &self.config);
                 let entries: Vec<StoredEntry> = rendered
                     .entries
                     .into_iter()
