@@ -5,10 +5,7 @@
 //! server is taken away for three TTLs while it does:
 //! - frozen: SIGSTOP, then SIGCONT;
 //! - stopped: SIGTERM (SIGKILL if it has not exited after a minute), then the local provider's
-//!   idempotent `up.sh` starts it again. During this outage the operator replica holding the
-//!   Lease is also killed (SIGKILL to its container's processes on this host, as a crash or an
-//!   OOM kill would end it): kubelet restarts it with no API server to load the authority from,
-//!   and it must wait rather than crash-loop, and be Ready again once the API server is back.
+//!   idempotent `up.sh` starts it again.
 //!
 //! The probe's log cannot be read through the API server meanwhile, so it is read from kubelet's
 //! pod log directory on this host (`/var/log/pods/<ns>_<pod>_<uid>/probe/`). The test asserts
@@ -21,7 +18,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, Client};
@@ -31,7 +27,7 @@ use serde_json::json;
 use wimsey_kind_tests::cluster::Provider;
 use wimsey_kind_tests::exec::exec;
 use wimsey_kind_tests::wait::{pod_ready, poll_until, wait_for};
-use wimsey_kind_tests::wimsey::{self, NAMESPACE, OPERATOR, repo_root};
+use wimsey_kind_tests::wimsey::{self, repo_root};
 use wimsey_kind_tests::workloads::probe_pod;
 use wimsey_kind_tests::{Cluster, TestNamespace};
 
@@ -248,99 +244,6 @@ fn host_log(namespace: &str, pod: &str, uid: &str) -> Result<String> {
     Ok(text)
 }
 
-/// The operator replica holding the Lease, as seen before the outage.
-#[derive(Debug)]
-struct Replica {
-    pod: String,
-    container_id: String,
-    restarts: i32,
-}
-
-async fn lease_holder(cluster: &Cluster) -> Result<Replica> {
-    let leases: Api<Lease> = Api::namespaced(cluster.client(), NAMESPACE);
-    let holder = leases
-        .get(OPERATOR)
-        .await?
-        .spec
-        .and_then(|s| s.holder_identity)
-        .context("the operator Lease has no holder")?;
-    let pods: Api<Pod> = Api::namespaced(cluster.client(), NAMESPACE);
-    let status = pods
-        .get(&holder)
-        .await
-        .with_context(|| format!("the Lease holder {holder} is not a pod"))?
-        .status
-        .and_then(|s| s.container_statuses)
-        .and_then(|cs| cs.into_iter().next())
-        .with_context(|| format!("{holder} has no container status"))?;
-    let container_id = status
-        .container_id
-        .as_deref()
-        .and_then(|id| id.rsplit_once("://").map(|(_, id)| id.to_owned()))
-        .with_context(|| format!("{holder} has no container ID"))?;
-    Ok(Replica {
-        pod: holder,
-        container_id,
-        restarts: status.restart_count,
-    })
-}
-
-/// SIGKILLs every process on this host whose cgroup names `container_id`; returns their PIDs.
-fn kill_container(container_id: &str) -> Result<Vec<i32>> {
-    let mut killed = Vec::new();
-    for entry in std::fs::read_dir("/proc")? {
-        let Some(pid) = entry?
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
-            continue;
-        };
-        if cgroup.contains(container_id) && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-            killed.push(pid);
-        }
-    }
-    ensure!(
-        !killed.is_empty(),
-        "no process of container {container_id} on this host"
-    );
-    Ok(killed)
-}
-
-/// The replica came back by itself: restarted once (the kill), not crash-looping, and Ready.
-async fn replica_recovered(cluster: &Cluster, killed: &Replica) -> Result<()> {
-    let pods: Api<Pod> = Api::namespaced(cluster.client(), NAMESPACE);
-    let status = poll_until(
-        "the killed operator replica Ready again",
-        CONVERGE_TIMEOUT,
-        || async {
-            let pod = pods.get(&killed.pod).await?;
-            let ready = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-            let status = pod
-                .status
-                .and_then(|s| s.container_statuses)
-                .and_then(|cs| cs.into_iter().next());
-            Ok(status.filter(|s| ready && s.restart_count > killed.restarts))
-        },
-    )
-    .await?;
-    ensure!(
-        status.restart_count == killed.restarts + 1,
-        "operator replica {} restarted {} times after one kill: a crash loop while the API server \
-         was away",
-        killed.pod,
-        status.restart_count - killed.restarts
-    );
-    Ok(())
-}
-
 fn cluster_spiffe_id_api(client: Client) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("spire.spiffe.io", "v1alpha1", "ClusterSPIFFEID");
     Api::all_with(client, &ApiResource::from_gvk(&gvk))
@@ -417,16 +320,8 @@ async fn ride_out(cluster: &Cluster, ns: &TestNamespace, kind: OutageKind) -> Re
     )
     .await?;
 
-    let replica = match kind {
-        OutageKind::Stopped => Some(lease_holder(cluster).await?),
-        OutageKind::Frozen => None,
-    };
     let mut outage = ApiServerOutage::begin(kind)?;
     let began = SystemTime::now();
-    if let Some(replica) = &replica {
-        let pids = kill_container(&replica.container_id)?;
-        println!("killed operator replica {} (pids {pids:?})", replica.pod);
-    }
     tokio::time::sleep(OUTAGE).await;
     let during = read()?;
     let ended_at = SystemTime::now();
@@ -486,13 +381,6 @@ async fn ride_out(cluster: &Cluster, ns: &TestNamespace, kind: OutageKind) -> Re
         bail!("unexpected fetch output: {fetched:?}");
     }
     wimsey::wait_until_serving(cluster).await?;
-    if let Some(replica) = &replica {
-        replica_recovered(cluster, replica).await?;
-        println!(
-            "operator replica {} back and Ready, restarted once",
-            replica.pod
-        );
-    }
     println!(
         "{kind:?}: {rotated} SVIDs during a {OUTAGE:?} outage, smallest margin {:.1} s",
         smallest_margin(&during).map_or(f64::NAN, |m| m.0)
