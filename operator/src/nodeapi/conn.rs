@@ -2,6 +2,7 @@
 //! idle timer (no call in progress for too long closes the connection), and a tower layer that
 //! bounds each request's size and read time and tracks calls in progress.
 
+use futures_util::future::BoxFuture;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -190,8 +191,6 @@ pub(super) struct RequestLimits<S> {
 /// gRPC's length-prefixed message framing: one flag byte and a 4-byte length.
 const GRPC_FRAME_HEADER: usize = 5;
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S> Service<http::Request<Body>> for RequestLimits<S>
 where
     S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
@@ -200,7 +199,7 @@ where
 {
     type Response = http::Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
