@@ -2,33 +2,21 @@
 //! keeps it, then render the entry it gives (issue 10).
 
 use k8s_openapi::api::core::v1::{Node, Pod};
-use wimsey_core::entries::{ClusterSpiffeIdView, RenderConfig};
+use wimsey_core::entries::RenderConfig;
 use wimsey_core::spiffe_id::TrustDomain;
 
 use super::kept::KeptKind;
-use super::state::{ClusterState, ResourceMeta, SpecInput};
+use super::state::{ClusterState, SpecInput};
 use crate::store::EntryStore;
 use crate::views::{namespace_view, node_view_keeping, pod_view_keeping};
 
+/// A classless spec selecting every namespace, with workload selector templates.
 fn spec(name: &str, created: i64, id: &str, selectors: &[&str]) -> SpecInput {
-    SpecInput {
-        meta: ResourceMeta {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            generation: Some(1),
-            resource_version: None,
-        },
-        class_name: String::new(),
-        view: Ok(ClusterSpiffeIdView {
-            name: name.into(),
-            uid: format!("uid-{name}"),
-            creation_timestamp: created,
-            spiffe_id_template: id.into(),
-            workload_selector_templates: selectors.iter().map(|s| (*s).to_owned()).collect(),
-            ..ClusterSpiffeIdView::default()
-        }),
-        status: None,
+    let mut spec = super::tests::spec(name, created, id, None);
+    if let Ok(view) = &mut spec.view {
+        view.workload_selector_templates = selectors.iter().map(|s| (*s).to_owned()).collect();
     }
+    spec
 }
 
 /// What the API server would send: a pod with more than any template reads.

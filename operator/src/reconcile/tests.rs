@@ -39,7 +39,7 @@ fn pod(ns: &str, name: &str, node: &str) -> PodView {
     }
 }
 
-fn spec(
+pub(super) fn spec(
     name: &str,
     created: i64,
     template: &str,
