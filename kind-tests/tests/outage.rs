@@ -5,7 +5,13 @@
 //! server is taken away for three TTLs while it does:
 //! - frozen: SIGSTOP, then SIGCONT;
 //! - stopped: SIGTERM (SIGKILL if it has not exited after a minute), then the local provider's
-//!   idempotent `up.sh` starts it again.
+//!   idempotent `up.sh` starts it again. During this outage the operator replica the plugin is
+//!   connected to (found in this host's conntrack table) is also killed (SIGKILL to its
+//!   container's processes, as a crash or an OOM kill would end it): the plugin must fail over to
+//!   the other replica, which never reviewed its tokens and verifies them against the
+//!   service-account issuer's keys; the killed replica, restarted by kubelet with no API server
+//!   to load the authority from, must wait rather than crash-loop, and be Ready again once the
+//!   API server is back.
 //!
 //! The probe's log cannot be read through the API server meanwhile, so it is read from kubelet's
 //! pod log directory on this host (`/var/log/pods/<ns>_<pod>_<uid>/probe/`). The test asserts
@@ -19,7 +25,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams,
+};
 use kube::{Api, Client};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -27,7 +35,7 @@ use serde_json::json;
 use wimsey_kind_tests::cluster::Provider;
 use wimsey_kind_tests::exec::exec;
 use wimsey_kind_tests::wait::{pod_ready, poll_until, wait_for};
-use wimsey_kind_tests::wimsey::{self, repo_root};
+use wimsey_kind_tests::wimsey::{self, NAMESPACE, repo_root};
 use wimsey_kind_tests::workloads::probe_pod;
 use wimsey_kind_tests::{Cluster, TestNamespace};
 
@@ -244,6 +252,131 @@ fn host_log(namespace: &str, pod: &str, uid: &str) -> Result<String> {
     Ok(text)
 }
 
+/// The operator replica chosen to be killed, as seen before the outage.
+#[derive(Debug)]
+struct Replica {
+    pod: String,
+    container_id: String,
+    restarts: i32,
+}
+
+/// The pod IP in the reply direction of this host's conntrack entries for established TCP
+/// connections from `client_ip`: where kube-proxy sent them.
+fn connected_servers(conntrack: &str, client_ip: &str) -> Vec<String> {
+    let from = format!("src={client_ip} ");
+    conntrack
+        .lines()
+        .filter(|line| line.contains(" tcp ") && line.contains(" ESTABLISHED "))
+        .filter_map(|line| {
+            let mut sources = line.split_whitespace().filter(|f| f.starts_with("src="));
+            let original = sources.next()?;
+            let reply = sources.next()?;
+            (format!("{original} ") == from).then(|| reply["src=".len()..].to_owned())
+        })
+        .collect()
+}
+
+async fn pods_labelled(cluster: &Cluster, name: &str) -> Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), NAMESPACE);
+    let selector = ListParams::default().labels(&format!("app.kubernetes.io/name={name}"));
+    Ok(pods.list(&selector).await?.items)
+}
+
+fn pod_ip(pod: &Pod) -> Option<&str> {
+    pod.status.as_ref()?.pod_ip.as_deref()
+}
+
+/// The operator replica the plugin's node API connection goes to.
+async fn plugins_replica(cluster: &Cluster) -> Result<Replica> {
+    let plugin = pods_labelled(cluster, "wimsey-csi").await?;
+    let plugin_ip = plugin
+        .iter()
+        .find_map(pod_ip)
+        .context("no wimsey-csi pod with an IP")?;
+    let conntrack = std::fs::read_to_string("/proc/net/nf_conntrack")
+        .context("reading this host's conntrack table")?;
+    let servers = connected_servers(&conntrack, plugin_ip);
+    let operators = pods_labelled(cluster, "wimsey-operator").await?;
+    let pod = operators
+        .into_iter()
+        .find(|p| pod_ip(p).is_some_and(|ip| servers.iter().any(|s| s == ip)))
+        .with_context(|| {
+            format!("no operator replica among the plugin's ({plugin_ip}) connections {servers:?}")
+        })?;
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let status = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.into_iter().next())
+        .with_context(|| format!("{name} has no container status"))?;
+    let container_id = status
+        .container_id
+        .as_deref()
+        .and_then(|id| id.rsplit_once("://").map(|(_, id)| id.to_owned()))
+        .with_context(|| format!("{name} has no container ID"))?;
+    Ok(Replica {
+        pod: name,
+        container_id,
+        restarts: status.restart_count,
+    })
+}
+
+/// SIGKILLs every process on this host whose cgroup names `container_id`; returns their PIDs.
+fn kill_container(container_id: &str) -> Result<Vec<i32>> {
+    let mut killed = Vec::new();
+    for entry in std::fs::read_dir("/proc")? {
+        let Some(pid) = entry?
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cgroup) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+            continue;
+        };
+        if cgroup.contains(container_id) && kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            killed.push(pid);
+        }
+    }
+    ensure!(
+        !killed.is_empty(),
+        "no process of container {container_id} on this host"
+    );
+    Ok(killed)
+}
+
+/// The replica came back by itself: restarted once (the kill), not crash-looping, and Ready.
+async fn replica_recovered(cluster: &Cluster, killed: &Replica) -> Result<()> {
+    let pods: Api<Pod> = Api::namespaced(cluster.client(), NAMESPACE);
+    let status = poll_until(
+        "the killed operator replica Ready again",
+        CONVERGE_TIMEOUT,
+        || async {
+            let pod = pods.get(&killed.pod).await?;
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            let status = pod
+                .status
+                .and_then(|s| s.container_statuses)
+                .and_then(|cs| cs.into_iter().next());
+            Ok(status.filter(|s| ready && s.restart_count > killed.restarts))
+        },
+    )
+    .await?;
+    ensure!(
+        status.restart_count == killed.restarts + 1,
+        "operator replica {} restarted {} times after one kill: a crash loop while the API server \
+         was away",
+        killed.pod,
+        status.restart_count - killed.restarts
+    );
+    Ok(())
+}
+
 fn cluster_spiffe_id_api(client: Client) -> Api<DynamicObject> {
     let gvk = GroupVersionKind::gvk("spire.spiffe.io", "v1alpha1", "ClusterSPIFFEID");
     Api::all_with(client, &ApiResource::from_gvk(&gvk))
@@ -320,8 +453,19 @@ async fn ride_out(cluster: &Cluster, ns: &TestNamespace, kind: OutageKind) -> Re
     )
     .await?;
 
+    let replica = match kind {
+        OutageKind::Stopped => Some(plugins_replica(cluster).await?),
+        OutageKind::Frozen => None,
+    };
     let mut outage = ApiServerOutage::begin(kind)?;
     let began = SystemTime::now();
+    if let Some(replica) = &replica {
+        let pids = kill_container(&replica.container_id)?;
+        println!(
+            "killed operator replica {} (the plugin's node API peer; pids {pids:?})",
+            replica.pod
+        );
+    }
     tokio::time::sleep(OUTAGE).await;
     let during = read()?;
     let ended_at = SystemTime::now();
@@ -380,7 +524,46 @@ async fn ride_out(cluster: &Cluster, ns: &TestNamespace, kind: OutageKind) -> Re
     if !fetched.contains("serial=") {
         bail!("unexpected fetch output: {fetched:?}");
     }
+    // New pods are served again: the operator's watches are back (and the next test starts
+    // from a converged cluster).
+    let served = SystemTime::now();
+    pods.create(&PostParams::default(), &probe_pod("late")?)
+        .await?;
+    wait_for(
+        &pods,
+        "late",
+        "late probe pod Ready",
+        POD_TIMEOUT,
+        pod_ready(),
+    )
+    .await?;
+    let late_uid = pods
+        .get("late")
+        .await?
+        .metadata
+        .uid
+        .context("the late probe pod has no UID")?;
+    poll_until(
+        "an SVID for a pod created after the outage",
+        CONVERGE_TIMEOUT,
+        || async {
+            let log = host_log(ns.name(), "late", &late_uid)?;
+            Ok((!parse_received(&log).is_empty()).then_some(()))
+        },
+    )
+    .await?;
+    println!(
+        "a pod created after the outage got its SVID {:.0} s after it was created",
+        served.elapsed().unwrap_or_default().as_secs_f64()
+    );
     wimsey::wait_until_serving(cluster).await?;
+    if let Some(replica) = &replica {
+        replica_recovered(cluster, replica).await?;
+        println!(
+            "operator replica {} back and Ready, restarted once",
+            replica.pod
+        );
+    }
     println!(
         "{kind:?}: {rotated} SVIDs during a {OUTAGE:?} outage, smallest margin {:.1} s",
         smallest_margin(&during).map_or(f64::NAN, |m| m.0)
@@ -404,6 +587,15 @@ async fn svids_rotate_while_the_api_server_is_stopped() -> Result<()> {
         OutageKind::Stopped,
     )
     .await
+}
+
+#[test]
+fn conntrack_names_the_pod_a_service_connection_went_to() {
+    let table = "ipv4     2 tcp      6 86397 ESTABLISHED src=10.244.0.21 dst=10.96.0.46 sport=41264 dport=8443 src=10.244.0.22 dst=10.244.0.21 sport=8443 dport=41264 [ASSURED] mark=0 zone=0 use=2\n\
+                 ipv4     2 tcp      6 22 TIME_WAIT src=10.244.0.21 dst=10.96.0.46 sport=41000 dport=8443 src=10.244.0.23 dst=10.244.0.21 sport=8443 dport=41000 [ASSURED] mark=0 zone=0 use=2\n\
+                 ipv4     2 tcp      6 86397 ESTABLISHED src=10.244.0.210 dst=10.96.0.46 sport=41264 dport=8443 src=10.244.0.24 dst=10.244.0.210 sport=8443 dport=41264 [ASSURED] mark=0 zone=0 use=2\n";
+    assert_eq!(connected_servers(table, "10.244.0.21"), vec!["10.244.0.22"]);
+    assert!(connected_servers(table, "10.244.0.9").is_empty());
 }
 
 #[test]

@@ -17,3 +17,4 @@ pub mod run;
 pub mod status;
 pub mod store;
 pub mod views;
+pub mod watch_backoff;

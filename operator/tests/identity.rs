@@ -1084,3 +1084,41 @@ async fn node_api_limits_hold_against_a_real_api_server() {
     server.shutdown.cancel();
     fixture.cleanup().await;
 }
+
+/// The fallback for a TokenReview outage works on the tokens a real API server issues: the issuer
+/// keys come from its discovery endpoints, and its pod-bound tokens verify against them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_pod_tokens_verify_against_the_api_servers_published_issuer_keys() {
+    use wimsey_core::jose::service_account::{ServiceAccountTokenError, verify_pod_token};
+    use wimsey_operator::nodeapi::cluster::{KubeReviewer, Reviewer};
+
+    let mut fixture = Fixture::new("issuer").await;
+    let node = fixture.node("n1").await;
+    fixture.service_account("app").await;
+    let uid = fixture.pod("app", "app", &node).await;
+    let token = fixture.token("app", "wimsey", "app", &uid).await;
+
+    let reviewer = KubeReviewer::new(fixture.client.clone());
+    assert!(reviewer.issuer_keys().is_none());
+    reviewer.refresh_issuer_keys().await.unwrap();
+    let keys = reviewer.issuer_keys().expect("issuer keys after a fetch");
+    assert!(keys.issuer().starts_with("https://"), "{}", keys.issuer());
+
+    let bound = verify_pod_token(&token, &keys, "wimsey", SystemTime::now()).unwrap();
+    assert_eq!(bound.pod_uid, uid);
+    assert_eq!(bound.pod_name, "app");
+    assert_eq!(bound.namespace, fixture.namespace);
+    assert_eq!(bound.service_account, "app");
+    assert!(bound.expires_at > SystemTime::now());
+    assert_eq!(
+        verify_pod_token(&token, &keys, "wimsey-node", SystemTime::now()),
+        Err(ServiceAccountTokenError::WrongAudience)
+    );
+    // One byte of the signature changed: refused.
+    let mut forged = token.clone().into_bytes();
+    let last = forged.len() - 2;
+    forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+    let forged = String::from_utf8(forged).unwrap();
+    assert!(verify_pod_token(&forged, &keys, "wimsey", SystemTime::now()).is_err());
+    fixture.cleanup().await;
+}

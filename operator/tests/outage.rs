@@ -7,7 +7,9 @@
 //! for pods it already verified (also with a token kubelet refreshed during the outage), while
 //! a pod it never verified gets `Unavailable`, and a pod on another node stays denied. The
 //! plugin keeps a pod's SVIDs through `Unavailable`, and drops them only once a denial has held
-//! for its grace period.
+//! for its grace period. A replica that never reviewed a token (the one the plugin fails over
+//! to when its replica dies during the outage) verifies tokens against the service-account
+//! issuer's keys instead.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -24,6 +26,8 @@ use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wimsey_core::TrustDomain;
+use wimsey_core::jose::service_account::IssuerKeys;
+use wimsey_core::jose::{PublicJwk, sign_compact};
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
 use wimsey_core::x509::build_csr;
 use wimsey_csi::identity_source::{IdentitySource, PodInfo};
@@ -52,6 +56,8 @@ const APP_NS: &str = "apps";
 #[derive(Default)]
 struct FakeReviewer {
     down: AtomicBool,
+    /// The issuer keys, once published.
+    issuer_keys: Mutex<Option<Arc<IssuerKeys>>>,
     accepted: Mutex<HashMap<String, TokenReviewStatus>>,
     /// Reviews answered (accepted or refused) and reviews that failed to reach the API server.
     answered: Mutex<Vec<String>>,
@@ -77,6 +83,15 @@ impl FakeReviewer {
             .lock()
             .unwrap()
             .insert(format!("{audience}\n{token}"), status);
+    }
+
+    /// Publishes `key` as the service-account issuer's (kid `sa-key`).
+    fn publish_issuer_key(&self, key: &SigningKey) {
+        let mut jwk = PublicJwk::for_signing_key(key).to_json_map();
+        jwk.insert("kid".into(), "sa-key".into());
+        let jwks = serde_json::json!({ "keys": [jwk] }).to_string();
+        let keys = IssuerKeys::from_jwks(ISSUER, jwks.as_bytes()).unwrap();
+        *self.issuer_keys.lock().unwrap() = Some(Arc::new(keys));
     }
 
     fn set_down(&self, down: bool) {
@@ -112,6 +127,44 @@ impl Reviewer for FakeReviewer {
                 }))
         })
     }
+
+    fn issuer_keys(&self) -> Option<Arc<IssuerKeys>> {
+        self.issuer_keys.lock().unwrap().clone()
+    }
+
+    fn refresh_issuer_keys(&self) -> BoxFuture<'_, Result<(), ReviewUnavailable>> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// A pod-bound service-account token for `pod`, signed by the issuer `key`, expiring
+/// `expires_in` seconds from now (negative: already expired).
+fn signed_token(key: &SigningKey, audience: &str, pod: &PodFacts, expires_in: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = serde_json::json!({
+        "iss": ISSUER,
+        "aud": [audience],
+        "sub": format!("system:serviceaccount:{}:{}", pod.namespace, pod.service_account),
+        "iat": now - 3600,
+        "nbf": now - 3600,
+        "exp": now + expires_in,
+        "kubernetes.io": {
+            "namespace": pod.namespace,
+            "serviceaccount": {"name": pod.service_account, "uid": "sa-uid"},
+            "pod": {"name": pod.name, "uid": pod.uid},
+        },
+    });
+    let header = serde_json::json!({"kid": "sa-key", "typ": "JWT"});
+    let (serde_json::Value::Object(header), serde_json::Value::Object(claims)) = (header, claims)
+    else {
+        unreachable!()
+    };
+    sign_compact(&header, &claims, key).unwrap()
 }
 
 /// A service-account-shaped JWT for `pod_uid`, valid for `ttl` (unsigned: the fake reviews it).
@@ -394,6 +447,112 @@ async fn verified_pods_keep_their_identities_while_token_review_is_down() {
     grpc.sign_x509_svids(sign_request(&newcomer, &newcomer_token, &app_entry))
         .await
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_replica_that_never_reviewed_verifies_tokens_against_the_issuer_keys() {
+    let hour = 3600;
+    let csi = pod_facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
+    let app = pod_facts("app-uid", APP_NS, "app", "app", "n1");
+    let gone = pod_facts("gone-uid", APP_NS, "gone", "app", "n1");
+    let elsewhere = pod_facts("far-uid", APP_NS, "far", "app", "n2");
+    let directory = PodDirectory::new();
+    let store = EntryStore::new();
+    let app_entry = stored_entry(&format!("spiffe://{TRUST_DOMAIN}/ns/{APP_NS}/sa/app"));
+    for pod in [&csi, &app, &gone, &elsewhere] {
+        directory.apply_facts(pod.clone());
+        if pod.namespace == APP_NS {
+            store.set_pod(&pod.uid, Some(pod_record(pod, vec![app_entry.clone()])));
+        }
+    }
+    directory.delete(&gone.uid);
+    directory.mark_synced();
+    let issuer = SigningKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let reviewer = Arc::new(FakeReviewer::default());
+    reviewer.publish_issuer_key(&issuer);
+    // This replica starts with TokenReview already unreachable: no verdict to fall back on.
+    reviewer.set_down(true);
+    let server = start(directory, reviewer.clone(), store).await;
+
+    let csi_token = signed_token(&issuer, "wimsey-node", &csi, hour);
+    let (node, _token_file) = plugin(&server, "n1", &csi_token);
+    let session = node.attest().await.unwrap();
+    let mut grpc = session.grpc();
+    let app_token = signed_token(&issuer, "wimsey", &app, hour);
+    let signed = grpc
+        .sign_x509_svids(sign_request(&app, &app_token, &app_entry))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(signed.svids.len(), 1);
+    grpc.mint_jwt_svid(jwt_request(&app, &app_token, &app_entry))
+        .await
+        .unwrap();
+    assert!(reviewer.unreachable.load(Ordering::SeqCst) >= 3);
+
+    // What TokenReview would refuse, the issuer keys refuse too.
+    let refused = [
+        (
+            "forged",
+            signed_token(
+                &SigningKey::generate(KeyAlgorithm::EcdsaP256).unwrap(),
+                "wimsey",
+                &app,
+                hour,
+            ),
+        ),
+        (
+            "wrong audience",
+            signed_token(&issuer, "wimsey-node", &app, hour),
+        ),
+        // Past the 60 s leeway the API server also allows.
+        ("expired", signed_token(&issuer, "wimsey", &app, -120)),
+        ("unsigned", token(&app.uid, 7, Duration::from_secs(3600))),
+    ];
+    for (what, token) in &refused {
+        let status = grpc
+            .sign_x509_svids(sign_request(&app, token, &app_entry))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::Unauthenticated,
+            "{what}: {status:?}"
+        );
+    }
+    // A verified token still needs the pod to be where the caches say.
+    let far_token = signed_token(&issuer, "wimsey", &elsewhere, hour);
+    let status = grpc
+        .sign_x509_svids(sign_request(&elsewhere, &far_token, &app_entry))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let gone_token = signed_token(&issuer, "wimsey", &gone, hour);
+    let status = grpc
+        .sign_x509_svids(sign_request(&gone, &gone_token, &app_entry))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let status = grpc
+        .sign_x509_svids(sign_request(&app, &far_token, &app_entry))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    // A plugin token for another node's plugin cannot attest this node.
+    let (impostor, _t) = plugin(&server, "n2", &csi_token);
+    assert_eq!(
+        code_of(impostor.attest().await.unwrap_err()),
+        tonic::Code::PermissionDenied
+    );
+
+    // TokenReview is back and has the last word: it refuses the token the keys accepted.
+    reviewer.set_down(false);
+    let status = grpc
+        .sign_x509_svids(sign_request(&app, &app_token, &app_entry))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(reviewer.answered(&app_token));
 }
 
 #[tokio::test]

@@ -9,6 +9,7 @@ mod json;
 pub mod jwk;
 pub mod jws;
 pub mod jwt_svid;
+pub mod service_account;
 pub mod wimse;
 
 #[cfg(test)]

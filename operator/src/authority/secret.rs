@@ -414,7 +414,7 @@ impl SigningAuthority {
         let config =
             watcher::Config::default().fields(&format!("metadata.name={}", store.secret_name()));
         let mut events = watcher(store.secrets().clone(), config)
-            .default_backoff()
+            .backoff(crate::watch_backoff::WatchBackoff::default())
             .applied_objects()
             .boxed();
         loop {

@@ -11,9 +11,10 @@
 //!
 //! Steady state needs no API server: where pods run comes from the informer caches
 //! ([`cluster::ClusterView`]), and a TokenReview verdict is reused until its token expires when
-//! TokenReview cannot be reached (see [`verdict::VerdictCache`]). What does stop during an API
-//! server outage: pods the operator has not seen yet, pods whose tokens it never verified, and
-//! changes to ClusterSPIFFEIDs (all answered `Unavailable` until the API server is back).
+//! TokenReview cannot be reached (see [`verdict::VerdictCache`]); a token with no verdict (a
+//! replica the plugin failed over to) is verified against the service-account issuer's keys
+//! fetched beforehand. What does stop during an API server outage: pods the operator has not
+//! seen yet and changes to ClusterSPIFFEIDs (answered `Unavailable` until the API server is back).
 
 mod bundles;
 pub mod cluster;
@@ -36,7 +37,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Status};
 use wimsey_core::TrustDomain;
+use wimsey_core::backoff::{backoff, jitter};
 use wimsey_core::bundle::TrustDomainBundle;
+use wimsey_core::jose::service_account::{ServiceAccountTokenError, verify_pod_token};
 use wimsey_proto::wimsey::node::v1::node_server::NodeServer;
 
 use crate::authority::SigningAuthority;
@@ -48,6 +51,12 @@ pub use limits::NodeApiLimits;
 use material::NodeAuthority;
 pub use tls::NodeIdentity;
 use verdict::{Cached, Verdict, VerdictCache, VerdictPolicy, reviewed_token, verdict_key};
+
+/// How often the service-account issuer keys are fetched again (the API server rotates them
+/// rarely; a token signed by a key not fetched yet just gets no offline verdict).
+const ISSUER_KEYS_REFRESH: Duration = Duration::from_secs(600);
+/// The first retry after a failed fetch of the issuer keys.
+const ISSUER_KEYS_RETRY_MIN: Duration = Duration::from_secs(2);
 
 /// How often tokens that arrived while TokenReview was unreachable are tried again.
 const PENDING_REVIEW_INTERVAL: Duration = Duration::from_secs(10);
@@ -342,6 +351,16 @@ impl NodeApi {
                 }
             });
         }
+        {
+            let state = self.state.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = state.keep_issuer_keys() => {}
+                }
+            });
+        }
         let serving = Arc::new(tls::ServingCert::new());
         let mut material = self.state.authority.subscribe();
         let ttl = self.state.authority.args().server_svid_ttl;
@@ -463,10 +482,7 @@ impl NodeApi {
 impl State {
     /// TokenReview for `token` and `audience`, through the verdict cache. When TokenReview
     /// cannot be reached, a verdict already given for this token serves until the token
-    /// expires; for a pod call (`pod_uid`: the pod the authenticated node asks for), a newer
-    /// token kubelet sent is served on the pod's previous verdict (see
-    /// [`VerdictCache::fallback_for_pod`]) and kept to be reviewed when the API server is back.
-    /// Attest never gets that fallback: its caller is not authenticated yet.
+    /// expires; otherwise see [`State::fallback`].
     async fn review(
         &self,
         token: &str,
@@ -481,11 +497,14 @@ impl State {
         };
         let claims = verdict::unverified_claims(token);
         let expires_at = claims.as_ref().map(|c| c.expires_at);
-        match self.ask(key, token, audience, pod_uid, expires_at).await {
+        match self
+            .ask(key.clone(), token, audience, pod_uid, expires_at)
+            .await
+        {
             Ok(answer) => answer,
             Err(unavailable) => match stale {
                 Some(verdict) => Ok(verdict),
-                None => self.fallback(token, audience, pod_uid, claims.as_ref(), unavailable),
+                None => self.fallback(key, token, audience, pod_uid, claims.as_ref(), unavailable),
             },
         }
     }
@@ -512,14 +531,50 @@ impl State {
         })
     }
 
+    /// TokenReview could not be reached and the token has no verdict yet. The token is verified
+    /// against the issuer keys when they were fetched and know its key (Attest too: the
+    /// signature authenticates the caller); a token they refuse is refused. Without keys, a pod
+    /// call (`pod_uid`: the pod the authenticated node asks for) is served on the pod's previous
+    /// verdict (see [`VerdictCache::fallback_for_pod`]), and Attest is `Unavailable`. Either way
+    /// a pod's token is kept to be reviewed when the API server is back.
     fn fallback(
         &self,
+        key: String,
         token: &str,
         audience: &str,
         pod_uid: Option<&str>,
         claims: Option<&verdict::UnverifiedClaims>,
         unavailable: cluster::ReviewUnavailable,
     ) -> Result<Verdict, NodeApiError> {
+        let now = SystemTime::now();
+        if let Some(keys) = self.reviewer.issuer_keys() {
+            match verify_pod_token(token, &keys, audience, now) {
+                Ok(bound) => {
+                    let mut verdicts = self.verdicts();
+                    // Reviewed again when TokenReview is back (a token naming another pod is
+                    // refused by the caller, so there is nothing to keep).
+                    if let Some(pod_uid) = pod_uid.filter(|uid| *uid == bound.pod_uid) {
+                        verdicts.keep_pending(audience, pod_uid, token, bound.expires_at);
+                    }
+                    let expires_at = bound.expires_at;
+                    return Ok(verdicts.record_verified_offline(
+                        key,
+                        audience,
+                        verdict::offline_review(bound),
+                        expires_at,
+                        now,
+                    ));
+                }
+                // Keys rotated since they were fetched: no verdict either way.
+                Err(ServiceAccountTokenError::UnknownKey(_)) => {}
+                Err(refused) => {
+                    tracing::debug!(error = %refused, "token refused by the issuer keys");
+                    return Err(NodeApiError::Unauthenticated(
+                        "the token does not verify against the service-account issuer's keys",
+                    ));
+                }
+            }
+        }
         let (Some(pod_uid), Some(claims)) = (pod_uid, claims) else {
             return Err(unavailable.into());
         };
@@ -527,13 +582,39 @@ impl State {
         if claims.pod_uid.as_deref().is_some_and(|uid| uid != pod_uid) {
             return Err(unavailable.into());
         }
-        let now = SystemTime::now();
         let mut verdicts = self.verdicts();
         let verdict = verdicts
             .fallback_for_pod(audience, pod_uid, now)
             .ok_or(NodeApiError::ReviewUnavailable(unavailable))?;
         verdicts.keep_pending(audience, pod_uid, token, claims.expires_at);
         Ok(verdict)
+    }
+
+    /// Fetches the service-account issuer keys at start and every [`ISSUER_KEYS_REFRESH`], retrying
+    /// failures with backoff; the last good keys stay in use meanwhile.
+    async fn keep_issuer_keys(&self) {
+        let mut failures = 0u32;
+        loop {
+            let wait = match self.reviewer.refresh_issuer_keys().await {
+                Ok(()) => {
+                    tracing::debug!("service-account issuer keys fetched");
+                    failures = 0;
+                    ISSUER_KEYS_REFRESH
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "fetching the service-account issuer keys");
+                    let wait = backoff(
+                        failures,
+                        ISSUER_KEYS_RETRY_MIN,
+                        ISSUER_KEYS_REFRESH,
+                        jitter(),
+                    );
+                    failures = failures.saturating_add(1);
+                    wait
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Reviews the tokens that arrived while TokenReview could not be reached.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::authentication::v1::TokenReviewStatus;
+use wimsey_core::jose::service_account::PodBoundToken;
 use wimsey_core::reserved;
 use wimsey_core::{SpiffeId, TrustDomain};
 use zeroize::Zeroizing;
@@ -99,6 +100,16 @@ pub fn reviewed_token(
         pod_name,
         pod_uid,
     })
+}
+
+/// A token verified offline against the issuer keys, as a TokenReview would have described it.
+pub fn offline_review(bound: PodBoundToken) -> ReviewedToken {
+    ReviewedToken {
+        namespace: bound.namespace,
+        service_account: bound.service_account,
+        pod_name: bound.pod_name,
+        pod_uid: bound.pod_uid,
+    }
 }
 
 /// The facts about the attesting plugin's pod, read from the API server.
@@ -427,6 +438,36 @@ impl VerdictCache {
         expires_at: Option<SystemTime>,
         now: SystemTime,
     ) -> Verdict {
+        self.record(key, audience, review, expires_at, now, self.policy.refresh)
+    }
+
+    /// The token verified offline against the issuer keys while TokenReview could not be
+    /// reached: kept like an accepted one but stale at once, so TokenReview is asked again on
+    /// every use until it answers (only TokenReview sees revocation).
+    pub fn record_verified_offline(
+        &mut self,
+        key: String,
+        audience: &str,
+        review: ReviewedToken,
+        expires_at: SystemTime,
+        now: SystemTime,
+    ) -> Verdict {
+        let verdict = self.record(key, audience, review, Some(expires_at), now, Duration::ZERO);
+        Verdict {
+            recheck_at: (now + self.policy.stale_recheck).min(verdict.valid_until),
+            ..verdict
+        }
+    }
+
+    fn record(
+        &mut self,
+        key: String,
+        audience: &str,
+        review: ReviewedToken,
+        expires_at: Option<SystemTime>,
+        now: SystemTime,
+        fresh_for: Duration,
+    ) -> Verdict {
         let Some(expires_at) = expires_at.filter(|exp| *exp > now) else {
             return Verdict {
                 review,
@@ -441,7 +482,7 @@ impl VerdictCache {
         let stored = StoredVerdict {
             review: review.clone(),
             audience: audience.to_owned(),
-            fresh_until: (now + self.policy.refresh).min(valid_until),
+            fresh_until: (now + fresh_for).min(valid_until),
             valid_until,
         };
         let pod = (audience.to_owned(), review.pod_uid.clone());
@@ -465,7 +506,7 @@ impl VerdictCache {
         Verdict {
             review,
             valid_until,
-            recheck_at: (now + self.policy.refresh).min(valid_until),
+            recheck_at: (now + fresh_for).min(valid_until),
         }
     }
 

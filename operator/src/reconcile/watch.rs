@@ -231,7 +231,7 @@ async fn watch_kind<K>(
             }
         };
         let mut stream = watcher::watcher(api.clone(), watcher::Config::default())
-            .default_backoff()
+            .backoff(crate::watch_backoff::WatchBackoff::default())
             .boxed();
         let mut listing: Option<HashSet<Key>> = None;
         loop {
