@@ -25,6 +25,7 @@ use futures_util::future::BoxFuture;
 use k8s_openapi::api::authentication::v1::{TokenReviewStatus, UserInfo};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
 use wimsey_core::TrustDomain;
 use wimsey_core::jose::service_account::IssuerKeys;
 use wimsey_core::jose::{PublicJwk, sign_compact};
@@ -42,6 +43,7 @@ use wimsey_operator::nodeapi::verdict::{EXTRA_POD_NAME, EXTRA_POD_UID, VerdictPo
 use wimsey_operator::nodeapi::{ClusterAccess, FederatedBundles, NodeApi, NodeApiArgs};
 use wimsey_operator::reconcile::PodDirectory;
 use wimsey_operator::store::{EntryStore, StoredEntry};
+use wimsey_proto::wimsey::node::v1::node_client::NodeClient as NodeGrpc;
 use wimsey_proto::wimsey::node::v1::{EntryCsr, MintJwtSvidRequest, PodRef, SignX509SvidsRequest};
 use zeroize::Zeroizing;
 
@@ -56,6 +58,8 @@ const APP_NS: &str = "apps";
 #[derive(Default)]
 struct FakeReviewer {
     down: AtomicBool,
+    /// Down the way a vanished API server often is: the call never answers.
+    hangs: AtomicBool,
     /// The issuer keys, once published.
     issuer_keys: Mutex<Option<Arc<IssuerKeys>>>,
     accepted: Mutex<HashMap<String, TokenReviewStatus>>,
@@ -110,6 +114,10 @@ impl Reviewer for FakeReviewer {
         audience: &'a str,
     ) -> BoxFuture<'a, Result<TokenReviewStatus, ReviewUnavailable>> {
         Box::pin(async move {
+            if self.hangs.load(Ordering::SeqCst) {
+                self.unreachable.fetch_add(1, Ordering::SeqCst);
+                return std::future::pending().await;
+            }
             if self.down.load(Ordering::SeqCst) {
                 self.unreachable.fetch_add(1, Ordering::SeqCst);
                 return Err(ReviewUnavailable("client error (Connect)".into()));
@@ -319,6 +327,16 @@ fn sign_request(pod: &PodFacts, token: &str, entry: &StoredEntry) -> SignX509Svi
     }
 }
 
+/// Signing `request` is refused with `code`.
+async fn assert_refused(
+    grpc: &mut NodeGrpc<Channel>,
+    request: SignX509SvidsRequest,
+    code: tonic::Code,
+) {
+    let status = grpc.sign_x509_svids(request).await.unwrap_err();
+    assert_eq!(status.code(), code, "{status:?}");
+}
+
 fn jwt_request(pod: &PodFacts, token: &str, entry: &StoredEntry) -> MintJwtSvidRequest {
     MintJwtSvidRequest {
         pod: Some(PodRef {
@@ -404,26 +422,29 @@ async fn verified_pods_keep_their_identities_while_token_review_is_down() {
         .unwrap();
     // A token naming another pod is never served on this pod's verdict.
     let foreign = token(&newcomer.uid, 3, hour);
-    let status = grpc
-        .sign_x509_svids(sign_request(&app, &foreign, &app_entry))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_refused(
+        &mut grpc,
+        sign_request(&app, &foreign, &app_entry),
+        tonic::Code::Unavailable,
+    )
+    .await;
     // The node re-attests with the token it was verified with.
     node.attest().await.unwrap();
 
     // Never verified: Unavailable, not a denial. Not known at all: the same.
-    let status = grpc
-        .sign_x509_svids(sign_request(&newcomer, &newcomer_token, &app_entry))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_refused(
+        &mut grpc,
+        sign_request(&newcomer, &newcomer_token, &app_entry),
+        tonic::Code::Unavailable,
+    )
+    .await;
     let unknown = pod_facts("unknown-uid", APP_NS, "unknown", "app", "n1");
-    let status = grpc
-        .sign_x509_svids(sign_request(&unknown, &newcomer_token, &app_entry))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_refused(
+        &mut grpc,
+        sign_request(&unknown, &newcomer_token, &app_entry),
+        tonic::Code::Unavailable,
+    )
+    .await;
     // A plugin token never reviewed cannot attest during the outage.
     let (stranger, _t) = plugin(&server, "n1", &token(&csi.uid, 9, hour));
     assert_eq!(
@@ -431,11 +452,12 @@ async fn verified_pods_keep_their_identities_while_token_review_is_down() {
         tonic::Code::Unavailable
     );
     // The up-to-date cache still denies a pod on another node.
-    let status = grpc
-        .sign_x509_svids(sign_request(&elsewhere, &far_token, &app_entry))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert_refused(
+        &mut grpc,
+        sign_request(&elsewhere, &far_token, &app_entry),
+        tonic::Code::PermissionDenied,
+    )
+    .await;
 
     // The API server is back: the newest token is reviewed (by the next call or the pending
     // reviews), and the newcomer is served.
@@ -522,22 +544,25 @@ async fn a_replica_that_never_reviewed_verifies_tokens_against_the_issuer_keys()
     }
     // A verified token still needs the pod to be where the caches say.
     let far_token = signed_token(&issuer, "wimsey", &elsewhere, hour);
-    let status = grpc
-        .sign_x509_svids(sign_request(&elsewhere, &far_token, &app_entry))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert_refused(
+        &mut grpc,
+        sign_request(&elsewhere, &far_token, &app_entry),
+        tonic::Code::PermissionDenied,
+    )
+    .await;
     let gone_token = signed_token(&issuer, "wimsey", &gone, hour);
-    let status = grpc
-        .sign_x509_svids(sign_request(&gone, &gone_token, &app_entry))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
-    let status = grpc
-        .sign_x509_svids(sign_request(&app, &far_token, &app_entry))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert_refused(
+        &mut grpc,
+        sign_request(&gone, &gone_token, &app_entry),
+        tonic::Code::PermissionDenied,
+    )
+    .await;
+    assert_refused(
+        &mut grpc,
+        sign_request(&app, &far_token, &app_entry),
+        tonic::Code::PermissionDenied,
+    )
+    .await;
     // A plugin token for another node's plugin cannot attest this node.
     let (impostor, _t) = plugin(&server, "n2", &csi_token);
     assert_eq!(
@@ -547,12 +572,64 @@ async fn a_replica_that_never_reviewed_verifies_tokens_against_the_issuer_keys()
 
     // TokenReview is back and has the last word: it refuses the token the keys accepted.
     reviewer.set_down(false);
-    let status = grpc
-        .sign_x509_svids(sign_request(&app, &app_token, &app_entry))
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert_refused(
+        &mut grpc,
+        sign_request(&app, &app_token, &app_entry),
+        tonic::Code::Unauthenticated,
+    )
+    .await;
     assert!(reviewer.answered(&app_token));
+}
+
+#[tokio::test]
+async fn a_token_review_that_never_answers_holds_a_call_for_seconds_not_until_the_client_gives_up()
+{
+    let csi = pod_facts("csi-uid", NAMESPACE, "csi-n1", "wimsey-csi", "n1");
+    let app = pod_facts("app-uid", APP_NS, "app", "app", "n1");
+    let directory = PodDirectory::new();
+    let store = EntryStore::new();
+    let app_entry = stored_entry(&format!("spiffe://{TRUST_DOMAIN}/ns/{APP_NS}/sa/app"));
+    for pod in [&csi, &app] {
+        directory.apply_facts(pod.clone());
+    }
+    store.set_pod(&app.uid, Some(pod_record(&app, vec![app_entry.clone()])));
+    directory.mark_synced();
+    let issuer = SigningKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    let reviewer = Arc::new(FakeReviewer::default());
+    reviewer.publish_issuer_key(&issuer);
+    let server = start(directory, reviewer.clone(), store).await;
+    let csi_token = signed_token(&issuer, "wimsey-node", &csi, 3600);
+    reviewer.accept(
+        &csi_token,
+        "wimsey-node",
+        NAMESPACE,
+        "wimsey-csi",
+        ("csi-n1", &csi.uid),
+    );
+    let (node, _token_file) = plugin(&server, "n1", &csi_token);
+    let session = node.attest().await.unwrap();
+    let mut grpc = session.grpc();
+
+    reviewer.hangs.store(true, Ordering::SeqCst);
+    let app_token = signed_token(&issuer, "wimsey", &app, 3600);
+    let call = grpc.sign_x509_svids(sign_request(&app, &app_token, &app_entry));
+    // Far below the plugin's 30 s request timeout: the review is given up after 5 s and the
+    // token verified against the issuer keys.
+    tokio::time::timeout(Duration::from_secs(15), call)
+        .await
+        .expect("the call waited on TokenReview")
+        .unwrap();
+    let asked = reviewer.unreachable.load(Ordering::SeqCst);
+    // The next calls do not wait on it again for a while.
+    let other_token = signed_token(&issuer, "wimsey", &app, 1800);
+    tokio::time::timeout(
+        Duration::from_secs(2),
+        grpc.sign_x509_svids(sign_request(&app, &other_token, &app_entry)),
+    )
+    .await
+    .expect("the second call waited on TokenReview")
+    .unwrap();
+    assert_eq!(reviewer.unreachable.load(Ordering::SeqCst), asked);
 }
 
 #[tokio::test]

@@ -28,7 +28,7 @@ pub mod verdict;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures_util::StreamExt;
 use kube::Client;
@@ -57,6 +57,12 @@ use verdict::{Cached, Verdict, VerdictCache, VerdictPolicy, reviewed_token, verd
 const ISSUER_KEYS_REFRESH: Duration = Duration::from_secs(600);
 /// The first retry after a failed fetch of the issuer keys.
 const ISSUER_KEYS_RETRY_MIN: Duration = Duration::from_secs(2);
+
+/// How long one TokenReview may take before it counts as unreachable: a node API call waits on
+/// it (an API server that is away can hold a connection attempt for the client's 30 s).
+const REVIEW_TIMEOUT: Duration = Duration::from_secs(5);
+/// After TokenReview did not answer in time, calls go straight to the fallbacks for this long.
+const REVIEW_SKIP_AFTER_HANG: Duration = Duration::from_secs(10);
 
 /// How often tokens that arrived while TokenReview was unreachable are tried again.
 const PENDING_REVIEW_INTERVAL: Duration = Duration::from_secs(10);
@@ -199,6 +205,8 @@ pub(crate) struct State {
     cluster: Arc<dyn ClusterView>,
     reviewer: Arc<dyn Reviewer>,
     verdicts: Mutex<VerdictCache>,
+    /// Until when calls skip TokenReview, after it did not answer in time.
+    review_skip_until: Mutex<Option<Instant>>,
     federated: watch::Receiver<FederatedBundles>,
     verifier: Arc<tls::NodeCertVerifier>,
     /// Cancelled when serving stops, so open WatchPod streams end and shutdown can complete.
@@ -295,6 +303,7 @@ impl NodeApi {
                 cluster: cluster.view,
                 reviewer: cluster.reviewer,
                 verdicts: Mutex::new(VerdictCache::new(cluster.verdicts)),
+                review_skip_until: Mutex::new(None),
                 federated,
                 verifier,
                 stopping: CancellationToken::new(),
@@ -498,7 +507,7 @@ impl State {
         let claims = verdict::unverified_claims(token);
         let expires_at = claims.as_ref().map(|c| c.expires_at);
         match self
-            .ask(key.clone(), token, audience, pod_uid, expires_at)
+            .ask(key.clone(), token, audience, pod_uid, expires_at, false)
             .await
         {
             Ok(answer) => answer,
@@ -510,6 +519,8 @@ impl State {
     }
 
     /// One TokenReview, its answer recorded in the cache; `Err` when it could not be asked.
+    /// A call (`probing` false) skips TokenReview for a moment after it did not answer in time,
+    /// rather than each call waiting out [`REVIEW_TIMEOUT`]; the pending reviews probe it.
     async fn ask(
         &self,
         key: String,
@@ -517,8 +528,37 @@ impl State {
         audience: &str,
         pod_uid: Option<&str>,
         expires_at: Option<SystemTime>,
+        probing: bool,
     ) -> Result<Result<Verdict, NodeApiError>, cluster::ReviewUnavailable> {
-        let status = self.reviewer.review(token, audience).await?;
+        let started = Instant::now();
+        {
+            let mut skip = self
+                .review_skip_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !probing && skip.is_some_and(|until| started < until) {
+                return Err(cluster::ReviewUnavailable(
+                    "TokenReview could not be reached moments ago".into(),
+                ));
+            }
+            *skip = None;
+        }
+        let status =
+            match tokio::time::timeout(REVIEW_TIMEOUT, self.reviewer.review(token, audience)).await
+            {
+                Ok(answer) => answer?,
+                Err(_) => {
+                    // A refused connection costs nothing to try again; one that hangs does.
+                    *self
+                        .review_skip_until
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) =
+                        Some(Instant::now() + REVIEW_SKIP_AFTER_HANG);
+                    return Err(cluster::ReviewUnavailable(format!(
+                        "no answer within {REVIEW_TIMEOUT:?}"
+                    )));
+                }
+            };
         let now = SystemTime::now();
         Ok(match reviewed_token(&status, audience) {
             Ok(review) => Ok(self
@@ -629,6 +669,7 @@ impl State {
                     &token.audience,
                     Some(&token.pod_uid),
                     Some(token.expires_at),
+                    true,
                 )
                 .await;
             match answer {
