@@ -260,18 +260,25 @@ struct Replica {
     restarts: i32,
 }
 
+/// The operator's node API port (the Service's and the pods').
+const NODE_API_PORT: u16 = 8443;
+
 /// The pod IP in the reply direction of this host's conntrack entries for established TCP
-/// connections from `client_ip`: where kube-proxy sent them.
-fn connected_servers(conntrack: &str, client_ip: &str) -> Vec<String> {
-    let from = format!("src={client_ip} ");
+/// connections from `client_ip` to `port`: where kube-proxy sent them.
+fn connected_servers(conntrack: &str, client_ip: &str, port: u16) -> Vec<String> {
+    let client = format!("src={client_ip}");
+    let port = format!("dport={port}");
     conntrack
         .lines()
         .filter(|line| line.contains(" tcp ") && line.contains(" ESTABLISHED "))
         .filter_map(|line| {
-            let mut sources = line.split_whitespace().filter(|f| f.starts_with("src="));
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let mut sources = fields.iter().filter(|f| f.starts_with("src="));
             let original = sources.next()?;
             let reply = sources.next()?;
-            (format!("{original} ") == from).then(|| reply["src=".len()..].to_owned())
+            let original_port = fields.iter().find(|f| f.starts_with("dport="))?;
+            (*original == client && *original_port == port)
+                .then(|| reply["src=".len()..].to_owned())
         })
         .collect()
 }
@@ -295,7 +302,7 @@ async fn plugins_replica(cluster: &Cluster) -> Result<Replica> {
         .context("no wimsey-csi pod with an IP")?;
     let conntrack = std::fs::read_to_string("/proc/net/nf_conntrack")
         .context("reading this host's conntrack table")?;
-    let servers = connected_servers(&conntrack, plugin_ip);
+    let servers = connected_servers(&conntrack, plugin_ip, NODE_API_PORT);
     let operators = pods_labelled(cluster, "wimsey-operator").await?;
     let pod = operators
         .into_iter()
@@ -594,8 +601,12 @@ fn conntrack_names_the_pod_a_service_connection_went_to() {
     let table = "ipv4     2 tcp      6 86397 ESTABLISHED src=10.244.0.21 dst=10.96.0.46 sport=41264 dport=8443 src=10.244.0.22 dst=10.244.0.21 sport=8443 dport=41264 [ASSURED] mark=0 zone=0 use=2\n\
                  ipv4     2 tcp      6 22 TIME_WAIT src=10.244.0.21 dst=10.96.0.46 sport=41000 dport=8443 src=10.244.0.23 dst=10.244.0.21 sport=8443 dport=41000 [ASSURED] mark=0 zone=0 use=2\n\
                  ipv4     2 tcp      6 86397 ESTABLISHED src=10.244.0.210 dst=10.96.0.46 sport=41264 dport=8443 src=10.244.0.24 dst=10.244.0.210 sport=8443 dport=41264 [ASSURED] mark=0 zone=0 use=2\n";
-    assert_eq!(connected_servers(table, "10.244.0.21"), vec!["10.244.0.22"]);
-    assert!(connected_servers(table, "10.244.0.9").is_empty());
+    assert_eq!(
+        connected_servers(table, "10.244.0.21", 8443),
+        vec!["10.244.0.22"]
+    );
+    assert!(connected_servers(table, "10.244.0.21", 443).is_empty());
+    assert!(connected_servers(table, "10.244.0.9", 8443).is_empty());
 }
 
 #[test]

@@ -531,22 +531,27 @@ impl State {
         probing: bool,
     ) -> Result<Result<Verdict, NodeApiError>, cluster::ReviewUnavailable> {
         let started = Instant::now();
-        {
-            let mut skip = self
-                .review_skip_until
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            if !probing && skip.is_some_and(|until| started < until) {
-                return Err(cluster::ReviewUnavailable(
-                    "TokenReview could not be reached moments ago".into(),
-                ));
-            }
-            *skip = None;
+        let skipping = self
+            .review_skip_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|until| started < until);
+        if skipping && !probing {
+            return Err(cluster::ReviewUnavailable(
+                "TokenReview could not be reached moments ago".into(),
+            ));
         }
         let status =
             match tokio::time::timeout(REVIEW_TIMEOUT, self.reviewer.review(token, audience)).await
             {
-                Ok(answer) => answer?,
+                Ok(answer) => {
+                    let status = answer?;
+                    *self
+                        .review_skip_until
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner()) = None;
+                    status
+                }
                 Err(_) => {
                     // A refused connection costs nothing to try again; one that hangs does.
                     *self
@@ -571,12 +576,13 @@ impl State {
         })
     }
 
-    /// TokenReview could not be reached and the token has no verdict yet. The token is verified
-    /// against the issuer keys when they were fetched and know its key (Attest too: the
-    /// signature authenticates the caller); a token they refuse is refused. Without keys, a pod
-    /// call (`pod_uid`: the pod the authenticated node asks for) is served on the pod's previous
-    /// verdict (see [`VerdictCache::fallback_for_pod`]), and Attest is `Unavailable`. Either way
-    /// a pod's token is kept to be reviewed when the API server is back.
+    /// TokenReview could not be reached and the token has no verdict yet. Once the issuer keys
+    /// were fetched, the token is verified against them (Attest too: the signature
+    /// authenticates the caller); a token they refuse is `Unauthenticated`, one signed by a key
+    /// they do not know is `Unavailable`. Without keys, a pod call (`pod_uid`: the pod the
+    /// authenticated node asks for) is served on the pod's previous verdict (see
+    /// [`VerdictCache::fallback_for_pod`]), and Attest is `Unavailable`. Either way a pod's
+    /// token is kept to be reviewed when the API server is back.
     fn fallback(
         &self,
         key: String,
@@ -590,23 +596,24 @@ impl State {
         if let Some(keys) = self.reviewer.issuer_keys() {
             match verify_pod_token(token, &keys, audience, now) {
                 Ok(bound) => {
-                    let mut verdicts = self.verdicts();
-                    // Reviewed again when TokenReview is back (a token naming another pod is
-                    // refused by the caller, so there is nothing to keep).
-                    if let Some(pod_uid) = pod_uid.filter(|uid| *uid == bound.pod_uid) {
-                        verdicts.keep_pending(audience, pod_uid, token, bound.expires_at);
-                    }
+                    // A token naming another pod is refused by the caller: nothing to keep.
+                    let own_pod = pod_uid.is_some_and(|uid| uid == bound.pod_uid);
                     let expires_at = bound.expires_at;
-                    return Ok(verdicts.record_verified_offline(
+                    return Ok(self.verdicts().record_verified_offline(
                         key,
                         audience,
                         verdict::offline_review(bound),
+                        own_pod.then_some(token),
                         expires_at,
                         now,
                     ));
                 }
-                // Keys rotated since they were fetched: no verdict either way.
-                Err(ServiceAccountTokenError::UnknownKey(_)) => {}
+                // Signed by a key fetched after ours: no verdict either way. Not served on the
+                // pod's previous verdict either: kubelet cannot get new tokens while the API
+                // server is away, so an unknown key is far more likely a forgery.
+                Err(ServiceAccountTokenError::UnknownKey(_)) => {
+                    return Err(unavailable.into());
+                }
                 Err(refused) => {
                     tracing::debug!(error = %refused, "token refused by the issuer keys");
                     return Err(NodeApiError::Unauthenticated(

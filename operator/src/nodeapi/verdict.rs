@@ -443,16 +443,23 @@ impl VerdictCache {
 
     /// The token verified offline against the issuer keys while TokenReview could not be
     /// reached: kept like an accepted one but stale at once, so TokenReview is asked again on
-    /// every use until it answers (only TokenReview sees revocation).
+    /// every use until it answers (only TokenReview sees revocation). `pending_token` (a pod
+    /// call for the token's own pod) waits to be reviewed when the API server is back.
     pub fn record_verified_offline(
         &mut self,
         key: String,
         audience: &str,
         review: ReviewedToken,
+        pending_token: Option<&str>,
         expires_at: SystemTime,
         now: SystemTime,
     ) -> Verdict {
+        let pod_uid = review.pod_uid.clone();
         let verdict = self.record(key, audience, review, Some(expires_at), now, Duration::ZERO);
+        // After recording: recording clears the pending token a review has settled.
+        if let Some(token) = pending_token {
+            self.keep_pending(audience, &pod_uid, token, expires_at);
+        }
         Verdict {
             recheck_at: (now + self.policy.stale_recheck).min(verdict.valid_until),
             ..verdict
@@ -873,6 +880,38 @@ mod tests {
         // An expired pending token is dropped, never reviewed.
         cache.keep_pending("wimsey", "u1", &token("u1", 8_000), at(8_000));
         assert!(cache.pending(at(8_000)).is_empty());
+    }
+
+    #[test]
+    fn an_offline_verdict_is_stale_at_once_and_its_token_waits_for_review() {
+        let mut cache = VerdictCache::new(policy());
+        let t = token("u1", 4_600);
+        let key = verdict_key("wimsey", &t);
+        let verdict = cache.record_verified_offline(
+            key.clone(),
+            "wimsey",
+            reviewed("u1"),
+            Some(&t),
+            at(4_600),
+            at(1_000),
+        );
+        assert_eq!(verdict.valid_until, at(4_600));
+        assert_eq!(verdict.recheck_at, at(1_015));
+        assert!(matches!(cache.lookup(&key, at(1_000)), Cached::Stale(_)));
+        let pending = cache.pending(at(1_001));
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].token.as_str(), t);
+        // Attest (no pod call): nothing kept.
+        let node_token = token("u2", 4_600);
+        cache.record_verified_offline(
+            verdict_key("wimsey-node", &node_token),
+            "wimsey-node",
+            reviewed("u2"),
+            None,
+            at(4_600),
+            at(1_000),
+        );
+        assert_eq!(cache.pending(at(1_001)).len(), 1);
     }
 
     #[test]
