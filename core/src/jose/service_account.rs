@@ -101,6 +101,20 @@ impl IssuerKeys {
         &self.issuer
     }
 
+    /// Whether a key with this `kid` is among the issuer's.
+    pub fn has_key(&self, kid: &str) -> bool {
+        self.keys.iter().any(|key| key.kid.as_deref() == Some(kid))
+    }
+
+    /// Whether `token`'s header names a key that is not among these (a key published after
+    /// they were fetched). A token without `kid`, or one that does not parse, says nothing.
+    pub fn lacks_key_of(&self, token: &str) -> bool {
+        CompactJws::parse(token)
+            .ok()
+            .and_then(|jws| jws.kid().ok().flatten().map(|kid| !self.has_key(kid)))
+            .unwrap_or(false)
+    }
+
     pub fn len(&self) -> usize {
         self.keys.len()
     }

@@ -66,6 +66,24 @@ fn a_pod_bound_token_names_its_pod_and_service_account() {
 }
 
 #[test]
+fn a_token_signed_by_a_key_published_later_is_noticed() {
+    let issuer = issuer();
+    assert!(issuer.keys.has_key("k1"));
+    assert!(
+        !issuer
+            .keys
+            .lacks_key_of(&sign(&issuer, Some("k1"), claims()))
+    );
+    assert!(
+        issuer
+            .keys
+            .lacks_key_of(&sign(&issuer, Some("k2"), claims()))
+    );
+    assert!(!issuer.keys.lacks_key_of(&sign(&issuer, None, claims())));
+    assert!(!issuer.keys.lacks_key_of("not a token"));
+}
+
+#[test]
 fn a_token_without_kid_is_tried_against_every_key() {
     let issuer = issuer();
     assert!(verify(&issuer, &sign(&issuer, None, claims())).is_ok());

@@ -52,11 +52,15 @@ use material::NodeAuthority;
 pub use tls::NodeIdentity;
 use verdict::{Cached, Verdict, VerdictCache, VerdictPolicy, reviewed_token, verdict_key};
 
-/// How often the service-account issuer keys are fetched again (the API server rotates them
-/// rarely; a token signed by a key not fetched yet just gets no offline verdict).
-const ISSUER_KEYS_REFRESH: Duration = Duration::from_secs(600);
-/// The first retry after a failed fetch of the issuer keys.
+/// How often the service-account issuer keys are fetched again. The API server rotates them
+/// rarely; a TokenReview that accepts a token signed by a key we lack fetches them sooner.
+const ISSUER_KEYS_REFRESH: Duration = Duration::from_secs(3600);
+/// The least time between two fetches of the issuer keys asked for by such tokens.
+const ISSUER_KEYS_EARLIEST_REFETCH: Duration = Duration::from_secs(60);
+/// Retries of a failed fetch of the issuer keys: from this...
 const ISSUER_KEYS_RETRY_MIN: Duration = Duration::from_secs(2);
+/// ...to this.
+const ISSUER_KEYS_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// How long one TokenReview may take before it counts as unreachable: a node API call waits on
 /// it (an API server that is away can hold a connection attempt for the client's 30 s).
@@ -205,6 +209,8 @@ pub(crate) struct State {
     cluster: Arc<dyn ClusterView>,
     reviewer: Arc<dyn Reviewer>,
     verdicts: Mutex<VerdictCache>,
+    /// Told when TokenReview accepted a token signed by an issuer key not fetched yet.
+    issuer_keys_outdated: tokio::sync::Notify,
     /// Until when calls skip TokenReview, after it did not answer in time.
     review_skip_until: Mutex<Option<Instant>>,
     federated: watch::Receiver<FederatedBundles>,
@@ -304,6 +310,7 @@ impl NodeApi {
                 reviewer: cluster.reviewer,
                 verdicts: Mutex::new(VerdictCache::new(cluster.verdicts)),
                 review_skip_until: Mutex::new(None),
+                issuer_keys_outdated: tokio::sync::Notify::new(),
                 federated,
                 verifier,
                 stopping: CancellationToken::new(),
@@ -566,9 +573,18 @@ impl State {
             };
         let now = SystemTime::now();
         Ok(match reviewed_token(&status, audience) {
-            Ok(review) => Ok(self
-                .verdicts()
-                .record_accepted(key, audience, review, expires_at, now)),
+            Ok(review) => {
+                if self
+                    .reviewer
+                    .issuer_keys()
+                    .is_some_and(|keys| keys.lacks_key_of(token))
+                {
+                    self.issuer_keys_outdated.notify_one();
+                }
+                Ok(self
+                    .verdicts()
+                    .record_accepted(key, audience, review, expires_at, now))
+            }
             Err(refused) => {
                 self.verdicts().record_refused(&key, audience, pod_uid);
                 Err(refused)
@@ -637,30 +653,37 @@ impl State {
         Ok(verdict)
     }
 
-    /// Fetches the service-account issuer keys at start and every [`ISSUER_KEYS_REFRESH`], retrying
+    /// Fetches the service-account issuer keys at start, every [`ISSUER_KEYS_REFRESH`], and soon
+    /// after TokenReview accepted a token signed by a key they lack; retrying
     /// failures with backoff; the last good keys stay in use meanwhile.
     async fn keep_issuer_keys(&self) {
         let mut failures = 0u32;
         loop {
-            let wait = match self.reviewer.refresh_issuer_keys().await {
+            let fetched = tokio::time::Instant::now();
+            match self.reviewer.refresh_issuer_keys().await {
                 Ok(()) => {
                     tracing::debug!("service-account issuer keys fetched");
                     failures = 0;
-                    ISSUER_KEYS_REFRESH
+                    tokio::select! {
+                        () = tokio::time::sleep(ISSUER_KEYS_REFRESH) => {}
+                        () = self.issuer_keys_outdated.notified() => {
+                            // At once, unless the last fetch was moments ago.
+                            tokio::time::sleep_until(fetched + ISSUER_KEYS_EARLIEST_REFETCH).await;
+                        }
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(%error, "fetching the service-account issuer keys");
                     let wait = backoff(
                         failures,
                         ISSUER_KEYS_RETRY_MIN,
-                        ISSUER_KEYS_REFRESH,
+                        ISSUER_KEYS_RETRY_MAX,
                         jitter(),
                     );
                     failures = failures.saturating_add(1);
-                    wait
+                    tokio::time::sleep(wait).await;
                 }
-            };
-            tokio::time::sleep(wait).await;
+            }
         }
     }
 
