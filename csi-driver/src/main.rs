@@ -263,14 +263,18 @@ async fn run_with_source<S: IdentitySource>(
         None
     };
 
+    // The CSI server also watches `shutdown`, so on SIGTERM it may end first: a clean stop
+    // after the signal is the shutdown, not a failure (exit 0).
     let outcome = tokio::select! {
+        biased;
         () = shutdown.cancelled() => { info!("mounts and records stay"); Ok(()) }
         () = registration_failed.cancelled() => Err(anyhow::anyhow!("kubelet refused the plugin registration")),
-        ended = &mut csi_server => Err(match ended {
-            Ok(Ok(())) => anyhow::anyhow!("the CSI server stopped"),
-            Ok(Err(e)) => anyhow::Error::new(e).context("the CSI server failed"),
-            Err(e) => anyhow::Error::new(e).context("the CSI server task failed"),
-        }),
+        ended = &mut csi_server => match ended {
+            Ok(Ok(())) if shutdown.is_cancelled() => { info!("mounts and records stay"); Ok(()) }
+            Ok(Ok(())) => Err(anyhow::anyhow!("the CSI server stopped")),
+            Ok(Err(e)) => Err(anyhow::Error::new(e).context("the CSI server failed")),
+            Err(e) => Err(anyhow::Error::new(e).context("the CSI server task failed")),
+        },
     };
     shutdown.cancel();
     if let Some((path, task)) = registration {
