@@ -19,7 +19,8 @@ VERIFY_TARGETS += verify-crds
 # rejected by CEL. Brings a cluster up if none is; fails (never skips) without one.
 test-operator-cp:
 	@$(CLUSTER_SH) status >/dev/null 2>&1 || $(MAKE) --no-print-directory cluster-up
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test -p wimsey-operator --test control_plane --test identity -- --show-output
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test -p wimsey-operator --test control_plane -- --show-output
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test -p wimsey-kind-tests --test node_api_on_api_server -- --show-output
 
 TEST_TARGETS += test-operator-cp
 
