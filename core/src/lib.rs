@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod bundle;
+pub mod dns_name;
 pub mod entries;
 pub mod jose;
 pub mod keys;

@@ -70,6 +70,21 @@ pub fn reserved_namespace(path: &str) -> Option<&'static str> {
     })
 }
 
+/// The rule for IDs we register for workloads: in our trust domain, with a path, and outside
+/// the namespaces reserved for the system's own identities.
+pub fn check_workload_id(id: &SpiffeId, trust_domain: &TrustDomain) -> Result<(), SpiffeIdError> {
+    if !id.is_member_of(trust_domain) {
+        return Err(SpiffeIdError::NotInTrustDomain {
+            id: id.to_string(),
+            trust_domain: trust_domain.name().to_owned(),
+        });
+    }
+    if id.is_root() {
+        return Err(SpiffeIdError::RootPath(id.to_string()));
+    }
+    check_not_reserved(id)
+}
+
 /// Refuses an ID in a reserved namespace, whatever its trust domain.
 pub fn check_not_reserved(id: &SpiffeId) -> Result<(), SpiffeIdError> {
     match reserved_namespace(id.path()) {
@@ -137,5 +152,30 @@ mod tests {
             assert_eq!(node_from_id(&td(), "c1", &id), None, "{path}");
         }
         assert!(node_id(&td(), "c1", "bad/name").is_err());
+    }
+    #[test]
+    fn workload_id_rule_matches_spire() {
+        let td = TrustDomain::new("example.org").expect("td");
+        let check = |s: &str| check_workload_id(&SpiffeId::parse(s).expect("parse"), &td);
+        check("spiffe://example.org/ns/default/sa/web").expect("workload");
+        assert_eq!(
+            check("spiffe://example.org").unwrap_err().label(),
+            "root_path"
+        );
+        assert_eq!(
+            check("spiffe://example.org/spire").unwrap_err().label(),
+            "reserved_path"
+        );
+        assert_eq!(
+            check("spiffe://example.org/spire/agent/x")
+                .unwrap_err()
+                .label(),
+            "reserved_path"
+        );
+        check("spiffe://example.org/spirex").expect("only the exact namespace is reserved");
+        assert_eq!(
+            check("spiffe://other.org/a").unwrap_err().label(),
+            "not_in_trust_domain"
+        );
     }
 }

@@ -242,21 +242,6 @@ impl SpiffeId {
         self.trust_domain_name() == trust_domain.name()
     }
 
-    /// The rule for IDs we register for workloads: in our trust domain, with a path, and outside
-    /// the namespaces reserved for the system's own identities ([`crate::reserved`]).
-    pub fn check_workload_id(&self, trust_domain: &TrustDomain) -> Result<(), SpiffeIdError> {
-        if !self.is_member_of(trust_domain) {
-            return Err(SpiffeIdError::NotInTrustDomain {
-                id: self.uri.clone(),
-                trust_domain: trust_domain.name.clone(),
-            });
-        }
-        if self.is_root() {
-            return Err(SpiffeIdError::RootPath(self.uri.clone()));
-        }
-        crate::reserved::check_not_reserved(self)
-    }
-
     pub fn into_string(self) -> String {
         self.uri
     }
@@ -567,32 +552,6 @@ mod tests {
         assert_eq!(
             td.id_from_path("/a/b").expect("path").as_str(),
             "spiffe://trustdomain/a/b"
-        );
-    }
-
-    #[test]
-    fn workload_id_rule_matches_spire() {
-        let td = TrustDomain::new("example.org").expect("td");
-        let check = |s: &str| SpiffeId::parse(s).expect("parse").check_workload_id(&td);
-        check("spiffe://example.org/ns/default/sa/web").expect("workload");
-        assert_eq!(
-            check("spiffe://example.org").unwrap_err().label(),
-            "root_path"
-        );
-        assert_eq!(
-            check("spiffe://example.org/spire").unwrap_err().label(),
-            "reserved_path"
-        );
-        assert_eq!(
-            check("spiffe://example.org/spire/agent/x")
-                .unwrap_err()
-                .label(),
-            "reserved_path"
-        );
-        check("spiffe://example.org/spirex").expect("only the exact namespace is reserved");
-        assert_eq!(
-            check("spiffe://other.org/a").unwrap_err().label(),
-            "not_in_trust_domain"
         );
     }
 

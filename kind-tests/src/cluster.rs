@@ -16,8 +16,6 @@ use kube::api::ListParams;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
-use crate::namespace::TestNamespace;
-
 /// How much of a cluster is up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -176,11 +174,6 @@ impl Cluster {
 
     pub fn provider(&self) -> Provider {
         self.provider
-    }
-
-    /// Creates a temporary namespace for one test; see [`TestNamespace`].
-    pub async fn namespace(&self, prefix: &str) -> Result<TestNamespace> {
-        TestNamespace::create(self, prefix).await
     }
 
     /// Writes a file on the node's filesystem (for hostPath tests): directly with the local provider,

@@ -180,7 +180,7 @@ where
         return Ok(());
     };
     wimsey::ensure_installed(&cluster).await?;
-    let ns = cluster.namespace(prefix).await?;
+    let ns = TestNamespace::create(&cluster, prefix).await?;
     let csid = match create_cluster_spiffe_id(&cluster, &ns, ttl).await {
         Ok(name) => name,
         Err(err) => return ns.finish(Err(err)).await,

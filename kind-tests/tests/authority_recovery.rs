@@ -42,7 +42,7 @@ async fn an_authority_whose_ca_expired_while_down_recovers_by_itself() -> Result
         return Ok(());
     };
     wimsey::ensure_installed(&cluster).await?;
-    let ns = cluster.namespace("recovery").await?;
+    let ns = TestNamespace::create(&cluster, "recovery").await?;
     let result = recovery(&cluster, &ns).await;
     let cleanup = delete_cluster_spiffe_id(&cluster, ns.name()).await;
     ns.finish(result.and(cleanup)).await

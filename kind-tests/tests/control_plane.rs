@@ -19,7 +19,7 @@ async fn api_server_crud() -> Result<()> {
     let Some(cluster) = Cluster::connect("api_server_crud").await? else {
         return Ok(());
     };
-    let ns = cluster.namespace("crud").await?;
+    let ns = TestNamespace::create(&cluster, "crud").await?;
     let result = crud(&ns).await;
     ns.finish(result).await
 }
@@ -100,7 +100,7 @@ async fn token_request_and_token_review() -> Result<()> {
     let Some(cluster) = Cluster::connect("token_request_and_token_review").await? else {
         return Ok(());
     };
-    let ns = cluster.namespace("tokens").await?;
+    let ns = TestNamespace::create(&cluster, "tokens").await?;
     let result = tokens(&cluster, &ns).await;
     ns.finish(result).await
 }

@@ -78,7 +78,7 @@ async fn deployment_of_test_image_becomes_ready() -> Result<()> {
     else {
         return Ok(());
     };
-    let ns = cluster.namespace("deploy").await?;
+    let ns = TestNamespace::create(&cluster, "deploy").await?;
     let result = deployment(&ns).await;
     ns.finish(result).await
 }
@@ -147,7 +147,7 @@ async fn projected_service_account_token_passes_token_review() -> Result<()> {
     let Some(cluster) = Cluster::connect_node(test).await? else {
         return Ok(());
     };
-    let ns = cluster.namespace("psat").await?;
+    let ns = TestNamespace::create(&cluster, "psat").await?;
     let result = projected_token(&cluster, &ns).await;
     ns.finish(result).await
 }
@@ -266,7 +266,7 @@ async fn pod_reads_file_from_host_path() -> Result<()> {
     let Some(cluster) = Cluster::connect_node("pod_reads_file_from_host_path").await? else {
         return Ok(());
     };
-    let ns = cluster.namespace("hostpath").await?;
+    let ns = TestNamespace::create(&cluster, "hostpath").await?;
     let dir = format!("/var/lib/wimsey-e2e/hostpath/{}", ns.name());
     let result = host_path(&cluster, &ns, &dir).await;
     cluster.remove_node_dir(Path::new(&dir));
@@ -308,7 +308,7 @@ async fn cluster_ip_services_route_to_pods_and_the_api_server() -> Result<()> {
     let Some(cluster) = Cluster::connect_node(test).await? else {
         return Ok(());
     };
-    let ns = cluster.namespace("svc").await?;
+    let ns = TestNamespace::create(&cluster, "svc").await?;
     let result = services(&cluster, &ns).await;
     ns.finish(result).await
 }

@@ -430,7 +430,7 @@ async fn outage_test(test: &str, kind: OutageKind) -> Result<()> {
         return Ok(());
     }
     wimsey::ensure_installed(&cluster).await?;
-    let ns = cluster.namespace("outage").await?;
+    let ns = TestNamespace::create(&cluster, "outage").await?;
     let csid = match create_cluster_spiffe_id(&cluster, &ns).await {
         Ok(name) => name,
         Err(err) => return ns.finish(Err(err)).await,

@@ -6,7 +6,6 @@ use super::EntryError;
 use super::data::{
     node_meta_value, node_spec_value, parent_template_data_on, pod_template_data_on,
 };
-use super::dns::validate_dns_name;
 use super::duration::parse_go_duration;
 use super::entry::{
     DeclaredEntry, Entry, EntryOwner, MaskedEntry, OwnerKind, Selector, resolve_conflicts,
@@ -15,6 +14,8 @@ use super::selector::LabelSelector;
 use super::views::{
     ClusterSpiffeIdView, NamespaceView, NodeView, PodView, RenderConfig, handles_class,
 };
+use crate::dns_name::validate_dns_name;
+use crate::reserved::check_workload_id;
 use crate::spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 use crate::template::{FieldTree, Template, Value};
 
@@ -151,13 +152,13 @@ impl CompiledSpec {
         config: &RenderConfig,
     ) -> Result<Entry, EntryError> {
         let spiffe_id = render_id("spiffeIDTemplate", &self.spiffe_id, data)?;
-        spiffe_id
-            .check_workload_id(&config.trust_domain)
-            .map_err(|source| EntryError::InvalidSpiffeId {
+        check_workload_id(&spiffe_id, &config.trust_domain).map_err(|source| {
+            EntryError::InvalidSpiffeId {
                 field: "spiffeIDTemplate".to_owned(),
                 value: spiffe_id.to_string(),
                 source,
-            })?;
+            }
+        })?;
 
         let mut selectors = Vec::with_capacity(1 + self.workload_selectors.len());
         selectors.push(Selector::new("k8s", &format!("pod-uid:{}", pod.uid)));

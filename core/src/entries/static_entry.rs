@@ -1,10 +1,10 @@
 //! ClusterStaticEntry: a literal entry, validated as spire-controller-manager renders it.
 
 use super::EntryError;
-use super::dns::validate_dns_name;
 use super::entry::{DeclaredEntry, Entry, EntryOwner, OwnerKind, Selector};
 use super::render::{parse_duration_field, parse_federates_with};
 use super::views::StaticEntryView;
+use crate::dns_name::validate_dns_name;
 use crate::reserved::check_not_reserved;
 use crate::spiffe_id::SpiffeId;
 

@@ -16,6 +16,7 @@ use super::asn1::{
 };
 use super::cert::{ParsedCert, parse_certificate};
 use super::csr::{VerifiedCsr, verify_csr};
+use super::san::validate_dns_name;
 use super::signature::{self, PublicKeyRef};
 use super::{CertDer, MAX_CHAIN_LEN, X509Error};
 use crate::keys::{KeyAlgorithm, SigningKey};
@@ -727,42 +728,4 @@ fn ca_extensions(
     let san = asn1::sequence(&[&asn1::tlv(0x86, trust_domain.id_string().as_bytes())]);
     out.extend(asn1::extension(oid::SUBJECT_ALT_NAME, false, &san));
     out
-}
-
-/// GeneralNames: the SPIFFE ID as the one URI, then DNS names.
-pub(crate) fn encode_san(id: &SpiffeId, dns_names: &[String]) -> Result<Vec<u8>, X509Error> {
-    let mut names = Vec::with_capacity(
-        id.as_str().len() + 4 + dns_names.iter().map(|d| d.len() + 4).sum::<usize>(),
-    );
-    asn1::push_tlv(&mut names, 0x86, id.as_str().as_bytes());
-    for dns in dns_names {
-        validate_dns_name(dns)?;
-        asn1::push_tlv(&mut names, 0x82, dns.as_bytes());
-    }
-    Ok(asn1::tlv(TAG_SEQUENCE, &names))
-}
-
-/// A DNS SAN: 1-253 bytes of LDH labels (1-63 bytes, no leading or trailing '-'); the first
-/// label may be '*'.
-pub(crate) fn validate_dns_name(name: &str) -> Result<(), X509Error> {
-    let invalid = || X509Error::InvalidDnsName(name.chars().take(64).collect());
-    if name.is_empty() || name.len() > 253 {
-        return Err(invalid());
-    }
-    for (index, label) in name.split('.').enumerate() {
-        if index == 0 && label == "*" {
-            continue;
-        }
-        let well_formed = !label.is_empty()
-            && label.len() <= 63
-            && !label.starts_with('-')
-            && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
-        if !well_formed {
-            return Err(invalid());
-        }
-    }
-    Ok(())
 }

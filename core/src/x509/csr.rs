@@ -6,7 +6,7 @@
 
 use super::X509Error;
 use super::asn1::{self, TAG_INTEGER, TAG_OID, TAG_SEQUENCE, TAG_SET, oid};
-use super::authority::encode_san;
+use super::san::encode_san;
 use super::signature;
 use crate::keys::SigningKey;
 use crate::spiffe_id::SpiffeId;

@@ -17,6 +17,7 @@ mod authority;
 mod cert;
 mod csr;
 pub mod pem;
+mod san;
 mod signature;
 mod verify;
 

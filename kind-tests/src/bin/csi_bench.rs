@@ -108,7 +108,7 @@ async fn main() -> Result<()> {
         bail!("no node-level cluster configured: run `make bench-csi-cluster`");
     };
     ensure_installed(&cluster).await?;
-    let ns = cluster.namespace("bench-csi").await?;
+    let ns = TestNamespace::create(&cluster, "bench-csi").await?;
     let csids = Api::<DynamicObject>::all_with(
         cluster.client(),
         &ApiResource::from_gvk(&GroupVersionKind::gvk(

@@ -8,7 +8,7 @@ use wimsey_core::bundle::TrustDomainBundle;
 use wimsey_core::entries::{RenderConfig, handles_class};
 use wimsey_core::spiffe_id::{SpiffeId, TrustDomain};
 
-use super::state::ResourceMeta;
+use super::resource_meta::ResourceMeta;
 use crate::crd::{
     BundleEndpointProfileType, ClusterFederatedTrustDomainSpec, ClusterFederatedTrustDomainStatus,
 };

@@ -8,6 +8,7 @@ pub mod directory;
 pub mod federation;
 pub mod ids;
 pub mod kept;
+pub mod resource_meta;
 mod shared;
 pub mod state;
 pub mod watch;

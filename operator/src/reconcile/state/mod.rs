@@ -17,6 +17,7 @@ use wimsey_core::entries::{
 
 use super::federation::{FederationInput, FederationOutcome, FederationSet};
 use super::kept::{KeptFields, KeptKind, KeptTracker};
+pub use super::resource_meta::ResourceMeta;
 use super::shared::{Fields, SharedPool};
 use crate::crd::{
     ClusterFederatedTrustDomainStatus, ClusterSPIFFEIDStatus, ClusterStaticEntryStatus,
@@ -30,16 +31,6 @@ enum PodRender {
     /// Marked deleted: drop it and its counters.
     Deleted,
     Rendered(Option<PodRecord>, Vec<DetailedOutcome>),
-}
-
-/// Identity of a custom resource for status and events.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ResourceMeta {
-    pub name: String,
-    pub uid: String,
-    pub generation: Option<i64>,
-    /// `metadata.resourceVersion`: tells a new write from an old one with the same content.
-    pub resource_version: Option<String>,
 }
 
 /// A ClusterSPIFFEID as watched: its view (or why it has none) and its current status.
