@@ -19,6 +19,8 @@ pub struct VerifiedSvid {
     pub dns_names: Vec<String>,
     /// The validated path: the leaf, the intermediates used, then the bundle root.
     pub chain: Vec<CertDer>,
+    /// The leaf's notAfter: when this identity ends.
+    pub not_after: SystemTime,
 }
 
 /// Validates a peer's chain (leaf first, then intermediates in any order) using only the bundle
@@ -84,6 +86,7 @@ where
         spiffe_id,
         dns_names: leaf.dns_names,
         chain: verified,
+        not_after: leaf.not_after,
     })
 }
 

@@ -8,7 +8,11 @@
 //! with a resourceVersion-guarded replace, so two replicas rotating at once cannot both win: the
 //! loser reloads. The bundle (X.509 roots, JWT and WIT keys) is also published as the ConfigMap
 //! `wimsey-bundle` (`bundle.pem`, `bundle.spiffe`) for consumers that do not speak SPIFFE.
+//!
+//! Everything signed with this material (X.509-, JWT- and WIT-SVIDs, node SVIDs, the serving
+//! SVID) is signed by [`issuer::Issuer`], with lifetimes from `wimsey_core::issuance`.
 
+pub mod issuer;
 mod secret;
 pub mod state;
 pub mod store;

@@ -6,7 +6,11 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use wimsey_core::issuance::TtlPolicy;
+
+use crate::authority::issuer::Issuer;
 use crate::authority::{AuthorityArgs, SigningAuthority, SigningMaterial};
+use crate::config::Settings;
 
 /// Cheap to clone.
 #[derive(Debug, Clone)]
@@ -33,6 +37,23 @@ impl NodeAuthority {
 
     pub fn args(&self) -> &AuthorityArgs {
         &self.args
+    }
+
+    /// What signs with `material`: lifetimes default to the cluster's `settings` and are capped
+    /// by the authority's flags.
+    pub fn issuer(&self, material: Arc<SigningMaterial>, settings: &Settings) -> Issuer {
+        let ttl = TtlPolicy {
+            default_x509_svid_ttl: settings.default_x509_svid_ttl,
+            default_jwt_svid_ttl: settings.default_jwt_svid_ttl,
+            max_x509_svid_ttl: self.args.max_x509_svid_ttl,
+            max_jwt_svid_ttl: self.args.max_jwt_svid_ttl,
+        };
+        Issuer::new(
+            material,
+            ttl,
+            self.args.node_svid_ttl,
+            self.args.server_svid_ttl,
+        )
     }
 }
 

@@ -42,7 +42,8 @@ use wimsey_core::bundle::TrustDomainBundle;
 use wimsey_core::jose::service_account::{ServiceAccountTokenError, verify_pod_token};
 use wimsey_proto::wimsey::node::v1::node_server::NodeServer;
 
-use crate::authority::SigningAuthority;
+use crate::authority::issuer::{IssueError, Issuer};
+use crate::authority::{SigningAuthority, SigningMaterial};
 use crate::config::Settings;
 use crate::reconcile::PodDirectory;
 use crate::store::EntryStore;
@@ -185,6 +186,21 @@ impl NodeApiError {
             | NodeApiError::ReviewUnavailable(_) => Code::Unavailable,
             NodeApiError::Internal(_) => Code::Internal,
         }
+    }
+}
+
+impl From<IssueError> for NodeApiError {
+    fn from(error: IssueError) -> Self {
+        match error {
+            IssueError::WorkloadKey(reason) => NodeApiError::InvalidJwk(reason),
+            IssueError::Signing(reason) => NodeApiError::Internal(reason),
+        }
+    }
+}
+
+impl From<IssueError> for Status {
+    fn from(error: IssueError) -> Self {
+        NodeApiError::from(error).into()
     }
 }
 
@@ -379,11 +395,12 @@ impl NodeApi {
         }
         let serving = Arc::new(tls::ServingCert::new());
         let mut material = self.state.authority.subscribe();
-        let ttl = self.state.authority.args().server_svid_ttl;
-        let mut renew_at = serving.renew(&material.borrow_and_update(), ttl)?;
+        let mut renew_at =
+            serving.renew(&self.state.issuer(material.borrow_and_update().clone()))?;
         {
             let serving = serving.clone();
             let shutdown = shutdown.clone();
+            let state = self.state.clone();
             tokio::spawn(async move {
                 loop {
                     let wait = renew_at
@@ -395,7 +412,7 @@ impl NodeApi {
                         changed = material.changed() => if changed.is_err() { return },
                     }
                     let current = material.borrow_and_update().clone();
-                    match serving.renew(&current, ttl) {
+                    match serving.renew(&state.issuer(current)) {
                         Ok(next) => renew_at = next,
                         Err(error) => {
                             tracing::error!(%error, "renewing the node API serving certificate");
@@ -496,6 +513,12 @@ impl NodeApi {
 }
 
 impl State {
+    /// What signs with `material` (normally [`NodeAuthority::current`]) under this cluster's
+    /// lifetimes.
+    fn issuer(&self, material: Arc<SigningMaterial>) -> Issuer {
+        self.authority.issuer(material, &self.settings)
+    }
+
     /// TokenReview for `token` and `audience`, through the verdict cache. When TokenReview
     /// cannot be reached, a verdict already given for this token serves until the token
     /// expires; otherwise see [`State::fallback`].

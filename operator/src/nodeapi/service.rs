@@ -1,4 +1,6 @@
-//! The `wimsey.node.v1.Node` gRPC handlers.
+//! The `wimsey.node.v1.Node` gRPC handlers: each authenticates the caller, authorizes the pod,
+//! asks the authority's [`crate::authority::issuer::Issuer`] to sign, and maps the result to
+//! protos. Lifetimes and keys are the issuer's business, never the handlers'.
 
 use std::collections::BTreeSet;
 use std::pin::Pin;
@@ -9,10 +11,8 @@ use futures_util::Stream;
 use tonic::{Request, Response, Status};
 use wimsey_core::SpiffeId;
 use wimsey_core::jose::PublicJwk;
-use wimsey_core::jose::jwt_svid::{JwtSvidClaims, mint_jwt_svid};
 use wimsey_core::jose::unix_seconds;
-use wimsey_core::jose::wimse::{WitSvidClaims, mint_wit_svid};
-use wimsey_core::x509::{SvidRequest, verify_csr};
+use wimsey_core::x509::verify_csr;
 use wimsey_proto::wimsey::node::v1::node_server::Node;
 use wimsey_proto::wimsey::node::v1::{
     AttestRequest, AttestResponse, Bundles, MintJwtSvidRequest, MintJwtSvidResponse,
@@ -51,15 +51,6 @@ impl AuthorizedPod {
             .filter(|record| !record.entries.is_empty())
             .ok_or(NodeApiError::NoIdentity)
     }
-}
-
-fn ttl_or(requested: Duration, default: Duration, max: Duration) -> Duration {
-    let ttl = if requested.is_zero() {
-        default
-    } else {
-        requested
-    };
-    ttl.min(max)
 }
 
 impl State {
@@ -261,18 +252,10 @@ impl Node for NodeApi {
             &state.args.csi_service_account,
             &request.node_name,
         )?;
-        let svid = material
-            .ca
-            .issue_for_verified_csr(
-                &csr,
-                &SvidRequest {
-                    spiffe_id: &id,
-                    dns_names: &[],
-                    ttl: state.authority.args().node_svid_ttl,
-                },
-                SystemTime::now(),
-            )
-            .map_err(|e| NodeApiError::Internal(e.to_string()))?;
+        let svid = state
+            .issuer(material.clone())
+            .node_svid(&id, &csr, SystemTime::now())
+            .map_err(NodeApiError::from)?;
         tracing::info!(node = %request.node_name, "node attested");
         Ok(Response::new(AttestResponse {
             spiffe_id: id.as_str().to_owned(),
@@ -295,8 +278,7 @@ impl Node for NodeApi {
         if request.csrs.is_empty() {
             return Err(NodeApiError::InvalidArgument("csrs").into());
         }
-        let material = state.authority.current();
-        let max = state.authority.args().max_x509_svid_ttl;
+        let issuer = state.issuer(state.authority.current());
         let now = SystemTime::now();
         let mut svids = Vec::with_capacity(request.csrs.len());
         for csr in &request.csrs {
@@ -309,23 +291,7 @@ impl Node for NodeApi {
                 entry: csr.entry_id.clone(),
                 reason: e.to_string(),
             })?;
-            let ttl = ttl_or(
-                stored.entry.x509_svid_ttl,
-                state.settings.default_x509_svid_ttl,
-                max,
-            );
-            let svid = material
-                .ca
-                .issue_for_verified_csr(
-                    &verified,
-                    &SvidRequest {
-                        spiffe_id: &stored.entry.spiffe_id,
-                        dns_names: &stored.entry.dns_names,
-                        ttl,
-                    },
-                    now,
-                )
-                .map_err(|e| NodeApiError::Internal(e.to_string()))?;
+            let svid = issuer.x509_svid(&stored.entry, &verified, now)?;
             svids.push(X509Svid {
                 entry_id: stored.id.clone(),
                 spiffe_id: stored.entry.spiffe_id.as_str().to_owned(),
@@ -336,7 +302,7 @@ impl Node for NodeApi {
         }
         Ok(Response::new(SignX509SvidsResponse {
             svids,
-            bundles: Some(state.bundles(&material, Some(record))?),
+            bundles: Some(state.bundles(issuer.material(), Some(record))?),
         }))
     }
 
@@ -357,28 +323,14 @@ impl Node for NodeApi {
         }
         let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
         let stored = State::entry_for(pod.entries()?, &request.spiffe_id)?;
-        let material = state.authority.current();
-        let ttl = ttl_or(
-            stored.entry.jwt_svid_ttl,
-            state.settings.default_jwt_svid_ttl,
-            state.authority.args().max_jwt_svid_ttl,
-        );
-        let now = SystemTime::now();
-        let token = mint_jwt_svid(
-            &material.jwt.key,
-            &material.jwt.kid,
-            &JwtSvidClaims {
-                spiffe_id: &stored.entry.spiffe_id,
-                audience: &request.audience,
-                issued_at: now,
-                expires_at: now + ttl,
-                jti: None,
-            },
-        )
-        .map_err(|e| NodeApiError::Internal(e.to_string()))?;
+        let minted = state.issuer(state.authority.current()).jwt_svid(
+            &stored.entry,
+            &request.audience,
+            SystemTime::now(),
+        )?;
         Ok(Response::new(MintJwtSvidResponse {
-            token,
-            expires_at: unix_seconds(now + ttl),
+            token: minted.token,
+            expires_at: unix_seconds(minted.expires_at),
         }))
     }
 
@@ -393,28 +345,14 @@ impl Node for NodeApi {
             .map_err(|e| NodeApiError::InvalidJwk(e.to_string()))?;
         let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
         let stored = State::entry_for(pod.entries()?, &request.spiffe_id)?;
-        let material = state.authority.current();
-        let ttl = ttl_or(
-            stored.entry.x509_svid_ttl,
-            state.settings.default_x509_svid_ttl,
-            state.authority.args().max_x509_svid_ttl,
-        );
-        let now = SystemTime::now();
-        let token = mint_wit_svid(
-            &material.wit.key,
-            &material.wit.kid,
-            &WitSvidClaims {
-                spiffe_id: &stored.entry.spiffe_id,
-                workload_key: &workload_key,
-                issued_at: now,
-                expires_at: now + ttl,
-                jti: None,
-            },
-        )
-        .map_err(|e| NodeApiError::InvalidJwk(e.to_string()))?;
+        let minted = state.issuer(state.authority.current()).wit_svid(
+            &stored.entry,
+            &workload_key,
+            SystemTime::now(),
+        )?;
         Ok(Response::new(MintWitSvidResponse {
-            token,
-            expires_at: unix_seconds(now + ttl),
+            token: minted.token,
+            expires_at: unix_seconds(minted.expires_at),
         }))
     }
 
@@ -503,21 +441,5 @@ impl Node for NodeApi {
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(receiver),
         )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_ttl_defaults_and_is_capped() {
-        let h = Duration::from_secs(3600);
-        assert_eq!(ttl_or(Duration::ZERO, h, 2 * h), h);
-        assert_eq!(ttl_or(3 * h, h, 2 * h), 2 * h);
-        assert_eq!(
-            ttl_or(Duration::from_secs(60), h, 2 * h),
-            Duration::from_secs(60)
-        );
     }
 }

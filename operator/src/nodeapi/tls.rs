@@ -19,12 +19,13 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
-use wimsey_core::x509::{SvidRequest, verify_svid};
+use wimsey_core::x509::verify_svid;
 
 use super::NodeApiError;
 use super::conn::{ConnInfo, LimitedTcp};
 use super::verdict::{node_from_id, operator_id};
 use crate::authority::SigningMaterial;
+use crate::authority::issuer::Issuer;
 
 pub(super) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -60,25 +61,6 @@ impl NodeCertVerifier {
         chain: &[CertificateDer<'_>],
         now: SystemTime,
     ) -> Result<NodeIdentity, NodeApiError> {
-        let node_name = self.node_of(chain, now)?;
-        let leaf = chain
-            .first()
-            .ok_or(NodeApiError::Unauthenticated("no client certificate"))?;
-        let valid_until = not_after(leaf).ok_or(NodeApiError::Unauthenticated(
-            "the client certificate has no readable notAfter",
-        ))?;
-        Ok(NodeIdentity {
-            node_name,
-            valid_until,
-        })
-    }
-
-    /// The node named by a verified chain (leaf first).
-    pub(super) fn node_of(
-        &self,
-        chain: &[CertificateDer<'_>],
-        now: SystemTime,
-    ) -> Result<String, NodeApiError> {
         let material = self.material.borrow().clone();
         let roots = &material.bundle.x509_authorities;
         let trust_domain = &material.bundle.trust_domain;
@@ -90,16 +72,14 @@ impl NodeCertVerifier {
         .map_err(|_| {
             NodeApiError::Unauthenticated("the client certificate is not a valid node SVID")
         })?;
-        node_from_id(trust_domain, &self.cluster, &verified.spiffe_id).ok_or(
+        let node_name = node_from_id(trust_domain, &self.cluster, &verified.spiffe_id).ok_or(
             NodeApiError::Unauthenticated("the client certificate is not a node SVID"),
-        )
+        )?;
+        Ok(NodeIdentity {
+            node_name,
+            valid_until: verified.not_after,
+        })
     }
-}
-
-fn not_after(der: &[u8]) -> Option<SystemTime> {
-    use der::Decode;
-    let cert = x509_cert::Certificate::from_der(der).ok()?;
-    Some(cert.tbs_certificate.validity.not_after.to_system_time())
 }
 
 impl ClientCertVerifier for NodeCertVerifier {
@@ -126,7 +106,7 @@ impl ClientCertVerifier for NodeCertVerifier {
         chain.push(end_entity.clone());
         chain.extend(intermediates.iter().cloned());
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        self.node_of(&chain, now)
+        self.identity_of(&chain, now)
             .map(|_| ClientCertVerified::assertion())
             .map_err(|_| {
                 rustls::Error::InvalidCertificate(
@@ -173,27 +153,12 @@ impl ServingCert {
     }
 
     /// Issues a fresh serving SVID; returns when it should be renewed.
-    pub(super) fn renew(
-        &self,
-        material: &SigningMaterial,
-        ttl: Duration,
-    ) -> Result<SystemTime, NodeApiError> {
+    pub(super) fn renew(&self, issuer: &Issuer) -> Result<SystemTime, NodeApiError> {
         let now = SystemTime::now();
         let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)
             .map_err(|e| NodeApiError::Internal(e.to_string()))?;
-        let id = operator_id(&material.bundle.trust_domain)?;
-        let svid = material
-            .ca
-            .issue_for_public_key(
-                &key.public_key_spki_der(),
-                &SvidRequest {
-                    spiffe_id: &id,
-                    dns_names: &[],
-                    ttl,
-                },
-                now,
-            )
-            .map_err(|e| NodeApiError::Internal(e.to_string()))?;
+        let id = operator_id(&issuer.material().bundle.trust_domain)?;
+        let svid = issuer.serving_svid(&id, &key.public_key_spki_der(), now)?;
         let pkcs8 = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
         let signing_key = provider()
             .key_provider
