@@ -1,17 +1,20 @@
 //! wimsey-csi: the CSI node plugin.
 //!
+//! - [`identity`]: the one identity model at the bottom: [`identity::PodInfo`], the
+//!   [`identity::IdentitySource`] trait, [`identity::IdentitySnapshot`]s and the
+//!   [`identity::PodIdentity`] handle, and the no-identity source.
 //! - [`csi`]: the CSI Identity and Node services, the volume manager (workload-api, files and
 //!   spire-agent modes), volume records and kubelet plugin registration.
 //! - [`workload_api`]: the per-pod SPIFFE Workload API server, fed by a
-//!   [`workload_api::PodIdentity`] and served on a Unix socket only that pod can reach.
-//! - [`node_client`]: the operator's node API client, the [`identity_source::IdentitySource`] that
+//!   [`identity::PodIdentity`] and served on a Unix socket only that pod can reach.
+//! - [`node_client`]: the operator's node API client, the [`identity::IdentitySource`] that
 //!   supplies every pod's identities.
 //! - [`admin`]: `/livez`, `/readyz` and `/metrics`, and what ready means for the plugin.
 //! - [`metrics`]: the plugin's Prometheus metrics, served on the admin address.
 
 pub mod admin;
 pub mod csi;
-pub mod identity_source;
+pub mod identity;
 pub mod metrics;
 pub mod node_client;
 pub mod workload_api;

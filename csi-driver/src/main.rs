@@ -17,12 +17,11 @@ use wimsey_csi::admin::{plugin_readiness, serve_admin};
 use wimsey_csi::csi::authority::FrontLimits;
 use wimsey_csi::csi::manager::DEFAULT_FILES_TMPFS_INODES;
 use wimsey_csi::csi::mounts::parse_tmpfs_size;
-use wimsey_csi::csi::no_identity::NoIdentitySource;
 use wimsey_csi::csi::{
     DRIVER_NAME, ManagerConfig, RegistrationService, VolumeManager, registration_socket, serve_csi,
     serve_registration,
 };
-use wimsey_csi::identity_source::IdentitySource;
+use wimsey_csi::identity::{IdentitySource, NoIdentitySource};
 use wimsey_csi::metrics::Metrics;
 use wimsey_csi::node_client::{
     DEFAULT_BUNDLE_PATH, DEFAULT_TOKEN_PATH, NodeApiTransport, NodeClient, NodeClientConfig,

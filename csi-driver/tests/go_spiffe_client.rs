@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use support::{ADMIN, Server, TestPod, WEB, World};
-use wimsey_csi::workload_api::IdentitySnapshot;
+use wimsey_csi::identity::IdentitySnapshot;
 
 fn workload_fetch() -> PathBuf {
     if let Some(bin) = std::env::var_os("WORKLOAD_FETCH") {

@@ -16,7 +16,7 @@ use wimsey_core::jose::signing_key_from_private_jwk;
 use wimsey_core::jose::wimse::{WitValidation, validate_wit};
 use wimsey_core::x509::verify_svid;
 use wimsey_core::{SpiffeId, TrustDomain};
-use wimsey_csi::workload_api::IdentitySnapshot;
+use wimsey_csi::identity::IdentitySnapshot;
 use wimsey_proto::workload as pb;
 
 /// Upper bound for anything a test waits on; the wait ends as soon as the condition holds.

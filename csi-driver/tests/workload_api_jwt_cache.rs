@@ -10,7 +10,8 @@ use support::{ADMIN, Server, TestPod, WEB, World};
 use tonic::Code;
 use tonic::transport::Channel;
 use wimsey_core::jose::jws::CompactJws;
-use wimsey_csi::workload_api::{IdentitySnapshot, WorkloadApiLimits};
+use wimsey_csi::identity::IdentitySnapshot;
+use wimsey_csi::workload_api::WorkloadApiLimits;
 use wimsey_proto::workload as pb;
 use wimsey_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 

@@ -20,9 +20,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
-use wimsey_csi::identity_source::{IdentitySource, PodInfo};
+use wimsey_csi::identity::{IdentitySnapshot, IdentitySource, PodIdentity, PodInfo};
 use wimsey_csi::node_client::{NodeClient, NodeClientConfig};
-use wimsey_csi::workload_api::{IdentitySnapshot, PodIdentity};
 use wimsey_operator::reconcile::PodDirectory;
 use wimsey_operator::store::EntryStore;
 use zeroize::Zeroizing;

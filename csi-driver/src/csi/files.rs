@@ -25,7 +25,7 @@ use zeroize::Zeroizing;
 
 use super::error::CsiError;
 use super::request::{FilesConfig, jwt_file_name};
-use crate::workload_api::IssuedIdentities;
+use crate::identity::IssuedIdentities;
 
 const DATA_LINK: &str = "..data";
 const DATA_LINK_TMP: &str = "..data_tmp";

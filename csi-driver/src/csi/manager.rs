@@ -24,11 +24,10 @@ use super::files::{VolumeRoot, render_files, write_atomically};
 use super::mounts;
 use super::records::{RecordStore, VolumeRecord};
 use super::request::{FilesConfig, PublishSpec, VolumeMode};
-use crate::identity_source::{IdentitySource, PodInfo};
+use crate::identity::{IdentitySnapshot, IdentitySource, PodIdentity, PodInfo};
 use crate::metrics::Metrics;
 use crate::workload_api::{
-    IdentitySnapshot, PodIdentity, WorkloadApiLimits, bind_unix_socket,
-    bind_unix_socket_in_new_dir, serve_workload_api,
+    WorkloadApiLimits, bind_unix_socket, bind_unix_socket_in_new_dir, serve_workload_api,
 };
 
 /// The socket's name inside the per-volume directory (`SPIFFE_ENDPOINT_SOCKET=unix:///<mount>/socket`).
@@ -553,7 +552,7 @@ async fn write_issued<P: PodIdentity>(
     pod: &P,
     root: &VolumeRoot,
     config: &FilesConfig,
-    identities: &crate::workload_api::IssuedIdentities,
+    identities: &crate::identity::IssuedIdentities,
 ) -> Result<Option<Duration>, CsiError> {
     let mut jwts = Vec::new();
     let mut refresh: Option<Duration> = None;

@@ -9,14 +9,12 @@
 //! - [`services`]: the tonic Identity and Node services; [`serve_csi`] runs them on a socket.
 //! - [`registration`]: `pluginregistration.Registration` for kubelet, behind [`authority`]'s
 //!   rewrite of the socket-path `:authority` kubelet sends.
-//! - [`no_identity`]: the source used when no node API is configured (spire-agent-only nodes).
 
 pub mod authority;
 pub mod error;
 pub mod files;
 pub mod manager;
 pub mod mounts;
-pub mod no_identity;
 pub mod records;
 pub mod registration;
 pub mod request;

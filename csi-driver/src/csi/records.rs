@@ -18,7 +18,7 @@ use zeroize::Zeroizing;
 
 use super::error::CsiError;
 use super::request::{PublishSpec, VolumeMode};
-use crate::identity_source::PodInfo;
+use crate::identity::PodInfo;
 
 /// What the plugin remembers about a published volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -11,7 +11,7 @@ use wimsey_proto::csi::v1::volume_capability::access_mode::Mode as AccessMode;
 use zeroize::Zeroizing;
 
 use super::error::CsiError;
-use crate::identity_source::PodInfo;
+use crate::identity::PodInfo;
 
 /// Volume context keys kubelet adds (podInfoOnMount, tokenRequests).
 pub const POD_NAME: &str = "csi.storage.k8s.io/pod.name";

@@ -17,7 +17,7 @@ use super::error::CsiError;
 use super::manager::VolumeManager;
 use super::mounts;
 use super::request::{VolumeMode, parse_publish, parse_unpublish, parse_volume_stats};
-use crate::identity_source::IdentitySource;
+use crate::identity::IdentitySource;
 use crate::metrics::{RESULT_OK, UNKNOWN_MODE, VolumeOperation, code_label};
 
 /// The CSI driver name (the CSIDriver object's name).

@@ -33,7 +33,7 @@ use wimsey_proto::wimsey::node::v1::node_client::NodeClient as NodeGrpc;
 use wimsey_proto::wimsey::node::v1::{AttestRequest, Bundles};
 use zeroize::Zeroizing;
 
-use crate::identity_source::{IdentitySource, PodInfo};
+use crate::identity::{IdentitySource, PodInfo};
 use crate::metrics::Metrics;
 pub use grace::DEFAULT_DENIAL_GRACE;
 pub use pod::NodePod;

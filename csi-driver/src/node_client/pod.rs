@@ -21,9 +21,9 @@ use zeroize::Zeroizing;
 use super::grace::{DenialGrace, Holding};
 use super::schedule::{backoff, jitter, renew_at};
 use super::{NodeClient, NodeClientError, ParsedBundles, unix_time, with_deadline, within};
-use crate::identity_source::PodInfo;
-use crate::workload_api::{
-    IdentitySnapshot, IssuedIdentities, PodIdentity, WitSvidEntry, WorkloadApiError, X509SvidEntry,
+use crate::identity::{
+    IdentitySnapshot, IssuedIdentities, MintError, PodIdentity, PodInfo, WitSvidEntry,
+    X509SvidEntry,
 };
 
 const RETRY_BASE: Duration = Duration::from_millis(500);
@@ -95,14 +95,14 @@ impl PodIdentity for NodePod {
         &self,
         spiffe_id: &SpiffeId,
         audience: &[String],
-    ) -> Result<Zeroizing<String>, WorkloadApiError> {
-        let pod = self.shared.pod_ref().ok_or(WorkloadApiError::NotReady)?;
+    ) -> Result<Zeroizing<String>, MintError> {
+        let pod = self.shared.pod_ref().ok_or(MintError::NotReady)?;
         let channel = self
             .shared
             .client
             .channel()
             .await
-            .map_err(|e| WorkloadApiError::MintFailed(e.to_string()))?;
+            .map_err(|e| MintError::Failed(e.to_string()))?;
         let timeout = self.shared.client.config().call_timeout;
         let mut grpc = NodeGrpc::new(channel);
         let request = with_deadline(
@@ -116,8 +116,8 @@ impl PodIdentity for NodePod {
         let response = within(timeout, grpc.mint_jwt_svid(request))
             .await
             .map_err(|status| match status.code() {
-                tonic::Code::PermissionDenied => WorkloadApiError::NotEntitled,
-                _ => WorkloadApiError::MintFailed(status.message().to_owned()),
+                tonic::Code::PermissionDenied => MintError::NotEntitled,
+                _ => MintError::Failed(status.message().to_owned()),
             })?;
         Ok(Zeroizing::new(response.into_inner().token))
     }

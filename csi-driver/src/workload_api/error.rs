@@ -7,6 +7,8 @@ use wimsey_core::SpiffeIdError;
 use wimsey_core::bundle::BundleError;
 use wimsey_core::jose::jwt_svid::JwtSvidError;
 
+use crate::identity::MintError;
+
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadApiError {
     #[error("security header missing from request")]
@@ -93,6 +95,17 @@ impl WorkloadApiError {
             | WorkloadApiError::ShuttingDown => Code::Unavailable,
             WorkloadApiError::WitNotServed => Code::Unimplemented,
             WorkloadApiError::Bundle(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<MintError> for WorkloadApiError {
+    fn from(error: MintError) -> Self {
+        match error {
+            MintError::NotReady => WorkloadApiError::NotReady,
+            MintError::NoIdentity => WorkloadApiError::NoIdentity,
+            MintError::NotEntitled => WorkloadApiError::NotEntitled,
+            MintError::Failed(reason) => WorkloadApiError::MintFailed(reason),
         }
     }
 }

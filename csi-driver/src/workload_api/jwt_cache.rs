@@ -19,7 +19,7 @@ use wimsey_core::SpiffeId;
 use wimsey_core::jose::jws::CompactJws;
 use zeroize::Zeroizing;
 
-use super::identity::IdentitySnapshot;
+use crate::identity::IdentitySnapshot;
 
 /// One identity and a normalized (sorted, deduplicated) audience set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

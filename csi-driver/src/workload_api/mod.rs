@@ -1,7 +1,8 @@
 //! The SPIFFE Workload API for one pod (spiffe-specs §4).
 //!
-//! - [`identity`]: what the server serves: a watchable [`IdentitySnapshot`] per pod and the
-//!   [`PodIdentity`] trait that supplies it and mints JWT-SVIDs.
+//! What it serves is the pod's [`crate::identity::IdentitySnapshot`], read through
+//! [`crate::identity::PodIdentity`].
+//!
 //! - [`responses`]: plain functions from a snapshot to Workload API messages.
 //! - [`service`]: the tonic service (security header, streaming, error mapping).
 //! - [`limits`]: the named bounds on what a pod may ask (streams, sizes, audiences) and their
@@ -14,7 +15,6 @@
 pub mod admission;
 pub mod call_metrics;
 pub mod error;
-pub mod identity;
 pub mod jwt_cache;
 pub mod limits;
 pub mod responses;
@@ -23,7 +23,6 @@ pub mod service;
 pub mod socket;
 
 pub use error::WorkloadApiError;
-pub use identity::{IdentitySnapshot, IssuedIdentities, PodIdentity, WitSvidEntry, X509SvidEntry};
 pub use limits::WorkloadApiLimits;
 pub use server::{serve_unix_socket, serve_workload_api, serve_workload_api_service};
 pub use service::WorkloadApiService;

@@ -12,7 +12,7 @@ use wimsey_core::{SpiffeId, TrustDomain};
 use wimsey_proto::workload as pb;
 
 use super::error::WorkloadApiError;
-use super::identity::{IdentitySnapshot, IssuedIdentities};
+use crate::identity::{IdentitySnapshot, IssuedIdentities};
 
 /// The issued identities of a snapshot, or why there are none.
 pub fn issued(snapshot: &IdentitySnapshot) -> Result<&IssuedIdentities, WorkloadApiError> {
@@ -250,7 +250,7 @@ mod tests {
     use zeroize::Zeroizing;
 
     use super::*;
-    use crate::workload_api::identity::X509SvidEntry;
+    use crate::identity::X509SvidEntry;
 
     fn entry(id: &str, hint: &str) -> X509SvidEntry {
         X509SvidEntry {

@@ -12,11 +12,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::AdmissionLayer;
 use super::call_metrics::CallMetricsLayer;
-use super::identity::PodIdentity;
 use super::limits::WorkloadApiLimits;
 use super::service::WorkloadApiService;
 use super::socket::{SocketError, bind_unix_socket, io_error};
 use crate::csi::authority::local_authority_incoming;
+use crate::identity::PodIdentity;
 use crate::metrics::Metrics;
 
 /// Serves the Workload API for `identity` with `limits` on `listener` until `shutdown` is

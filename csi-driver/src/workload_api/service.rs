@@ -21,10 +21,10 @@ use wimsey_proto::workload::spiffe_workload_api_server::{
 };
 
 use super::error::WorkloadApiError;
-use super::identity::{IdentitySnapshot, IssuedIdentities, PodIdentity};
 use super::jwt_cache::{CacheKey, PodJwtSvidCache};
 use super::limits::WorkloadApiLimits;
 use super::responses;
+use crate::identity::{IdentitySnapshot, IssuedIdentities, PodIdentity};
 
 /// Responses buffered per stream before the sender waits for the client.
 const STREAM_BUFFER: usize = 2;

@@ -20,11 +20,13 @@ use wimsey_core::jose::wimse::{WitSvidClaims, mint_wit_svid};
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
 use wimsey_core::x509::{Authority, CaParams, SvidRequest};
 use wimsey_core::{SpiffeId, TrustDomain};
-use wimsey_csi::identity_source::{IdentitySource, PodInfo};
+use wimsey_csi::identity::{
+    IdentitySnapshot, IdentitySource, IssuedIdentities, MintError, PodIdentity, PodInfo,
+    WitSvidEntry, X509SvidEntry,
+};
 use wimsey_csi::workload_api::socket::DEFAULT_SOCKET_MODE;
 use wimsey_csi::workload_api::{
-    IdentitySnapshot, IssuedIdentities, PodIdentity, SocketError, WitSvidEntry, WorkloadApiError,
-    WorkloadApiLimits, X509SvidEntry, bind_unix_socket, serve_workload_api,
+    SocketError, WorkloadApiLimits, bind_unix_socket, serve_workload_api,
 };
 use zeroize::Zeroizing;
 
@@ -212,7 +214,7 @@ impl PodIdentity for TestPod {
         &self,
         spiffe_id: &SpiffeId,
         audience: &[String],
-    ) -> Result<Zeroizing<String>, WorkloadApiError> {
+    ) -> Result<Zeroizing<String>, MintError> {
         self.mints.fetch_add(1, Ordering::SeqCst);
         let issued_at =
             SystemTime::now() - Duration::from_secs(self.jwt_backdate_secs.load(Ordering::SeqCst));
@@ -225,7 +227,7 @@ impl PodIdentity for TestPod {
         };
         mint_jwt_svid(&self.jwt_key, &self.jwt_kid, &claims)
             .map(Zeroizing::new)
-            .map_err(|e| WorkloadApiError::MintFailed(e.to_string()))
+            .map_err(|e| MintError::Failed(e.to_string()))
     }
 }
 
@@ -355,7 +357,7 @@ impl PodIdentity for SharedPod {
         &self,
         spiffe_id: &SpiffeId,
         audience: &[String],
-    ) -> Result<Zeroizing<String>, WorkloadApiError> {
+    ) -> Result<Zeroizing<String>, MintError> {
         self.0.mint_jwt_svid(spiffe_id, audience).await
     }
 }

@@ -1,7 +1,8 @@
-//! The identity state of one pod, as the Workload API server sees it.
+//! The identity state of one pod.
 //!
-//! The source (the operator's node API, later) publishes a new [`IdentitySnapshot`] on a
-//! `tokio::sync::watch` channel whenever anything changes; every open stream re-renders from it.
+//! The source (the operator's node API client) publishes a new [`IdentitySnapshot`] on a
+//! `tokio::sync::watch` channel whenever anything changes; every open Workload API stream and the
+//! files writer re-render from it.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -12,8 +13,6 @@ use wimsey_core::bundle::TrustDomainBundle;
 use wimsey_core::x509::CertDer;
 use wimsey_core::{SpiffeId, TrustDomain};
 use zeroize::Zeroizing;
-
-use super::error::WorkloadApiError;
 
 /// Everything the Workload API knows about one pod at one moment.
 #[derive(Debug, Clone)]
@@ -106,6 +105,20 @@ impl std::fmt::Debug for WitSvidEntry {
     }
 }
 
+/// Why a JWT-SVID could not be minted for a pod.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MintError {
+    #[error("workload identity is not available yet")]
+    NotReady,
+    #[error("no identity issued")]
+    NoIdentity,
+    /// The pod is not entitled to the requested identity.
+    #[error("no identity issued for the requested SPIFFE ID")]
+    NotEntitled,
+    #[error("could not mint a JWT-SVID: {0}")]
+    Failed(String),
+}
+
 /// The source of one pod's identity state.
 pub trait PodIdentity: Send + Sync + 'static {
     /// A receiver of the current snapshot; it changes whenever the pod's identities, keys or
@@ -117,5 +130,5 @@ pub trait PodIdentity: Send + Sync + 'static {
         &self,
         spiffe_id: &SpiffeId,
         audience: &[String],
-    ) -> impl Future<Output = Result<Zeroizing<String>, WorkloadApiError>> + Send;
+    ) -> impl Future<Output = Result<Zeroizing<String>, MintError>> + Send;
 }

@@ -9,7 +9,7 @@ use std::fmt;
 
 use zeroize::Zeroizing;
 
-use crate::workload_api::PodIdentity;
+use super::snapshot::PodIdentity;
 
 /// The pod a volume belongs to, from `NodePublishVolume`'s volume context (podInfoOnMount and
 /// tokenRequests).

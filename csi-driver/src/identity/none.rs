@@ -8,8 +8,8 @@ use tokio::sync::watch;
 use wimsey_core::SpiffeId;
 use zeroize::Zeroizing;
 
-use crate::identity_source::{IdentitySource, PodInfo};
-use crate::workload_api::{IdentitySnapshot, PodIdentity, WorkloadApiError};
+use super::snapshot::{IdentitySnapshot, MintError, PodIdentity};
+use super::source::{IdentitySource, PodInfo};
 
 /// Issues no identity to any pod.
 #[derive(Debug, Clone)]
@@ -40,8 +40,8 @@ impl PodIdentity for NoIdentityPod {
         &self,
         _spiffe_id: &SpiffeId,
         _audience: &[String],
-    ) -> Result<Zeroizing<String>, WorkloadApiError> {
-        Err(WorkloadApiError::NoIdentity)
+    ) -> Result<Zeroizing<String>, MintError> {
+        Err(MintError::NoIdentity)
     }
 }
 
