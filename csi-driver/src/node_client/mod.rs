@@ -4,7 +4,8 @@
 //! CSR for a node key generated here, over TLS that checks the operator's SVID against the
 //! mounted bundle file; it re-attests at half the node SVID's life. Each attached pod gets a task
 //! that watches the pod's entries (WatchPod), generates a P-256 key per entry locally, sends only
-//! CSRs, renews at half-life with jittered backoff, and publishes [`crate::identity::IdentitySnapshot`]s.
+//! CSRs, renews at half-life with jittered backoff, and publishes
+//! [`crate::identity::IdentitySnapshot`]s.
 //!
 //! Outages are ridden out: every unary call has a deadline; a failed re-attestation keeps the
 //! node session while it is valid; `Unavailable` is retried and never takes SVIDs away; a
