@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use wimsey_csi::csi::{ManagerConfig, SOCKET_NAME, VolumeManager, serve_csi};
 use wimsey_csi::identity::{IdentitySnapshot, PodIdentity};
-use wimsey_csi::workload_api::bind_unix_socket;
+use wimsey_csi::socket::bind_unix_socket;
 use wimsey_proto::csi::v1 as csi;
 use wimsey_proto::csi::v1::node_client::NodeClient;
 use wimsey_proto::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};

@@ -9,6 +9,8 @@
 //!   [`identity::PodIdentity`] and served on a Unix socket only that pod can reach.
 //! - [`node_client`]: the operator's node API client, the [`identity::IdentitySource`] that
 //!   supplies every pod's identities.
+//! - [`socket`]: binding the plugin's Unix sockets, and the HTTP/2 `:authority` front for clients
+//!   that send the socket path.
 //! - [`admin`]: `/livez`, `/readyz` and `/metrics`, and what ready means for the plugin.
 //! - [`metrics`]: the plugin's Prometheus metrics, served on the admin address.
 
@@ -17,4 +19,5 @@ pub mod csi;
 pub mod identity;
 pub mod metrics;
 pub mod node_client;
+pub mod socket;
 pub mod workload_api;

@@ -14,7 +14,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use wimsey_core::TrustDomain;
 use wimsey_csi::admin::{plugin_readiness, serve_admin};
-use wimsey_csi::csi::authority::FrontLimits;
 use wimsey_csi::csi::manager::DEFAULT_FILES_TMPFS_INODES;
 use wimsey_csi::csi::mounts::parse_tmpfs_size;
 use wimsey_csi::csi::{
@@ -26,7 +25,9 @@ use wimsey_csi::metrics::Metrics;
 use wimsey_csi::node_client::{
     DEFAULT_BUNDLE_PATH, DEFAULT_TOKEN_PATH, NodeApiTransport, NodeClient, NodeClientConfig,
 };
-use wimsey_csi::workload_api::{WorkloadApiLimits, bind_unix_socket};
+use wimsey_csi::socket::authority::FrontLimits;
+use wimsey_csi::socket::bind_unix_socket;
+use wimsey_csi::workload_api::WorkloadApiLimits;
 use wimsey_runtime::{LogArgs, cancel_on_shutdown_signal, init_logging};
 
 /// The admin address by default: 9809, in the range CSI sidecars' health ports use (9808 is the

@@ -26,7 +26,7 @@ use wimsey_csi::csi::{
     ManagerConfig, RegistrationService, SOCKET_NAME, VolumeManager, registration_socket, serve_csi,
     serve_registration,
 };
-use wimsey_csi::workload_api::bind_unix_socket;
+use wimsey_csi::socket::bind_unix_socket;
 use wimsey_proto::csi::v1 as csi;
 use wimsey_proto::csi::v1::identity_client::IdentityClient;
 use wimsey_proto::csi::v1::node_client::NodeClient;

@@ -339,7 +339,7 @@ async fn calls_wait_for_a_pod_not_ready_yet_then_answer_unavailable() {
     let pod = std::sync::Arc::new(TestPod::new(&world.issuer, IdentitySnapshot::NotReady));
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("socket");
-    let listener = wimsey_csi::workload_api::bind_unix_socket(&socket, 0o600).expect("bind");
+    let listener = wimsey_csi::socket::bind_unix_socket(&socket, 0o600).expect("bind");
     let shutdown = tokio_util::sync::CancellationToken::new();
     let first_sync_wait = Duration::from_millis(300);
     let service = wimsey_csi::workload_api::WorkloadApiService::new(pod.clone(), shutdown.clone())
@@ -634,7 +634,7 @@ async fn socket_is_private_replaces_a_stale_one_and_is_removed_after_shutdown() 
 
     // Something that is not a socket is never deleted.
     std::fs::write(&socket, b"not a socket").expect("file");
-    let error = wimsey_csi::workload_api::bind_unix_socket(&socket, 0o600).expect_err("refused");
+    let error = wimsey_csi::socket::bind_unix_socket(&socket, 0o600).expect_err("refused");
     assert_eq!(error.label(), "not_a_socket");
 }
 

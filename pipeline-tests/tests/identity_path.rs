@@ -25,7 +25,7 @@ use tonic::transport::Channel;
 use wimsey_core::x509::{certificate_validity, verify_svid};
 use wimsey_csi::csi::{ManagerConfig, SOCKET_NAME, VolumeManager, serve_csi};
 use wimsey_csi::node_client::{NodeClient, NodeClientConfig};
-use wimsey_csi::workload_api::bind_unix_socket;
+use wimsey_csi::socket::bind_unix_socket;
 use wimsey_proto::csi::v1 as csi;
 use wimsey_proto::csi::v1::node_client::NodeClient as CsiNodeClient;
 use wimsey_proto::csi::v1::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};

@@ -6,7 +6,7 @@
 //! Input: one byte choosing the block size, then the blocks back to back.
 
 use libfuzzer_sys::fuzz_target;
-use wimsey_csi::csi::authority::hpack::{Decoder, HeaderLimits, encode};
+use wimsey_csi::socket::authority::hpack::{Decoder, HeaderLimits, encode};
 
 const LIMITS: HeaderLimits = HeaderLimits {
     max_list_size: 16 * 1024,

@@ -6,7 +6,7 @@
 //! Input: one byte choosing the read size, then what the client sends after the preface.
 
 use libfuzzer_sys::fuzz_target;
-use wimsey_csi::csi::authority::frames::{ClientFrames, FrontLimits, INPUT_CAPACITY, PREFACE};
+use wimsey_csi::socket::authority::frames::{ClientFrames, FrontLimits, INPUT_CAPACITY, PREFACE};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&read_size, client)) = data.split_first() else {

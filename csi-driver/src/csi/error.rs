@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use tonic::{Code, Status};
 
-use crate::workload_api::SocketError;
+use crate::socket::SocketError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CsiError {

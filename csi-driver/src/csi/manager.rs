@@ -24,9 +24,8 @@ use super::records::{RecordStore, VolumeRecord};
 use super::request::{FilesConfig, PublishSpec, VolumeMode};
 use crate::identity::{IdentitySource, PodInfo};
 use crate::metrics::Metrics;
-use crate::workload_api::{
-    WorkloadApiLimits, bind_unix_socket, bind_unix_socket_in_new_dir, serve_workload_api,
-};
+use crate::socket::{bind_unix_socket, bind_unix_socket_in_new_dir};
+use crate::workload_api::{WorkloadApiLimits, serve_workload_api};
 
 /// The socket's name inside the per-volume directory (`SPIFFE_ENDPOINT_SOCKET=unix:///<mount>/socket`).
 pub const SOCKET_NAME: &str = "socket";

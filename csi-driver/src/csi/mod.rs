@@ -7,10 +7,9 @@
 //! - [`records`]: per-volume JSON records so a restarted plugin serves every volume again.
 //! - [`mounts`]: bind/tmpfs mounts and mount-point detection.
 //! - [`services`]: the tonic Identity and Node services; [`serve_csi`] runs them on a socket.
-//! - [`registration`]: `pluginregistration.Registration` for kubelet, behind [`authority`]'s
-//!   rewrite of the socket-path `:authority` kubelet sends.
+//! - [`registration`]: `pluginregistration.Registration` for kubelet, behind
+//!   [`crate::socket::authority`]'s rewrite of the socket-path `:authority` kubelet sends.
 
-pub mod authority;
 pub mod error;
 pub mod files;
 pub mod manager;

@@ -12,8 +12,8 @@ use tracing::{error, info};
 use wimsey_proto::pluginregistration as pb;
 use wimsey_proto::pluginregistration::registration_server::{Registration, RegistrationServer};
 
-use super::authority::{FrontLimits, local_authority_incoming};
 use super::services::DRIVER_NAME;
+use crate::socket::authority::{FrontLimits, local_authority_incoming};
 
 /// The plugin type kubelet's plugin watcher routes to its CSI handler.
 pub const CSI_PLUGIN_TYPE: &str = "CSIPlugin";

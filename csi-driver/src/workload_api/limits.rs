@@ -12,7 +12,7 @@
 //!   should not retry as is).
 
 use super::error::WorkloadApiError;
-use crate::csi::authority::FrontLimits;
+use crate::socket::authority::FrontLimits;
 
 pub const DEFAULT_MAX_STREAMS_PER_CONNECTION: u32 = 16;
 /// Room for clients that open stream after stream: a stream the client has dropped holds its

@@ -9,7 +9,6 @@
 //!   checks; [`admission`]: the layer that enforces the stream and request size bounds.
 //! - [`call_metrics`]: the layer that counts calls by RPC and code, and open streams.
 //! - [`jwt_cache`]: minted JWT-SVIDs reused per pod until their half-life.
-//! - [`socket`]: binding the per-pod Unix socket.
 //! - [`server`]: the pod's gRPC server (Workload API, reflection, limits) until shutdown.
 
 pub mod admission;
@@ -20,10 +19,8 @@ pub mod limits;
 pub mod responses;
 pub mod server;
 pub mod service;
-pub mod socket;
 
 pub use error::WorkloadApiError;
 pub use limits::WorkloadApiLimits;
 pub use server::{serve_unix_socket, serve_workload_api, serve_workload_api_service};
 pub use service::WorkloadApiService;
-pub use socket::{SocketError, bind_unix_socket, bind_unix_socket_in_new_dir};

@@ -14,10 +14,10 @@ use super::admission::AdmissionLayer;
 use super::call_metrics::CallMetricsLayer;
 use super::limits::WorkloadApiLimits;
 use super::service::WorkloadApiService;
-use super::socket::{SocketError, bind_unix_socket, io_error};
-use crate::csi::authority::local_authority_incoming;
 use crate::identity::PodIdentity;
 use crate::metrics::Metrics;
+use crate::socket::authority::local_authority_incoming;
+use crate::socket::{SocketError, bind_unix_socket, io_error};
 
 /// Serves the Workload API for `identity` with `limits` on `listener` until `shutdown` is
 /// cancelled; open streams are ended first so the graceful shutdown completes.

@@ -24,10 +24,8 @@ use wimsey_csi::identity::{
     IdentitySnapshot, IdentitySource, IssuedIdentities, MintError, PodIdentity, PodInfo,
     WitSvidEntry, X509SvidEntry,
 };
-use wimsey_csi::workload_api::socket::DEFAULT_SOCKET_MODE;
-use wimsey_csi::workload_api::{
-    SocketError, WorkloadApiLimits, bind_unix_socket, serve_workload_api,
-};
+use wimsey_csi::socket::{DEFAULT_SOCKET_MODE, SocketError, bind_unix_socket};
+use wimsey_csi::workload_api::{WorkloadApiLimits, serve_workload_api};
 use zeroize::Zeroizing;
 
 pub const TRUST_DOMAIN: &str = "example.org";

@@ -1,5 +1,5 @@
-//! The per-pod Unix socket: bound with its final mode before anyone can connect, a stale socket
-//! from an earlier run replaced, removed again after a graceful shutdown.
+//! Binding a Unix socket: with its final mode before anyone can connect, a stale socket from an
+//! earlier run replaced, removed again after a graceful shutdown.
 
 use std::fs;
 use std::io;
@@ -43,7 +43,7 @@ impl SocketError {
     }
 }
 
-pub(super) fn io_error<'a>(
+pub(crate) fn io_error<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(io::Error) -> SocketError + 'a {
