@@ -10,6 +10,7 @@ pub mod entries;
 pub mod issuance;
 pub mod jose;
 pub mod keys;
+pub mod renewal;
 pub mod reserved;
 pub mod rotation;
 pub mod spiffe_id;

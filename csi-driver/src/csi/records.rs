@@ -11,9 +11,10 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
-use wimsey_core::jose::jws::CompactJws;
+use wimsey_core::renewal::token_lifetime;
 use zeroize::Zeroizing;
 
 use super::error::CsiError;
@@ -174,10 +175,8 @@ fn replace_private_file(staged: &Path, path: &Path, contents: &[u8]) -> Result<(
 
 /// Whether a JWT's `exp` claim is after `now_unix` (false when it has none or cannot be read).
 pub fn token_unexpired(token: &str, now_unix: u64) -> bool {
-    CompactJws::parse(token)
-        .ok()
-        .and_then(|jws| jws.claims().get("exp").and_then(serde_json::Value::as_u64))
-        .is_some_and(|exp| exp > now_unix)
+    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now_unix);
+    token_lifetime(token).is_some_and(|lifetime| lifetime.expires_at > now)
 }
 
 fn read_record(path: &Path) -> Result<VolumeRecord, CsiError> {

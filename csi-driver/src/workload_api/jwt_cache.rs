@@ -12,11 +12,11 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
 use tokio::sync::watch;
 use wimsey_core::SpiffeId;
-use wimsey_core::jose::jws::CompactJws;
+use wimsey_core::renewal::{half_life, token_lifetime};
 use zeroize::Zeroizing;
 
 use crate::identity::IdentitySnapshot;
@@ -47,24 +47,15 @@ impl CacheKey {
     }
 }
 
-/// The middle of `[issued_at, expires_at]`; `issued_at` when the token is already past `expires_at`.
-pub fn half_life(issued_at: SystemTime, expires_at: SystemTime) -> SystemTime {
-    let lifetime = expires_at
-        .duration_since(issued_at)
-        .unwrap_or(Duration::ZERO);
-    issued_at + lifetime / 2
-}
-
 /// Until when a freshly minted `token` may be handed out again: its half-life, from its own
 /// `iat` (or `minted_at` without one) and `exp`. `None` for a token without a readable `exp`,
 /// which is never reused.
 pub fn reuse_until(token: &str, minted_at: SystemTime) -> Option<SystemTime> {
-    let jws = CompactJws::parse(token).ok()?;
-    let claims = jws.claims();
-    let seconds = |name: &str| claims.get(name).and_then(serde_json::Value::as_u64);
-    let expires_at = UNIX_EPOCH + Duration::from_secs(seconds("exp")?);
-    let issued_at = seconds("iat").map_or(minted_at, |iat| UNIX_EPOCH + Duration::from_secs(iat));
-    Some(half_life(issued_at, expires_at))
+    let lifetime = token_lifetime(token)?;
+    Some(half_life(
+        lifetime.issued_at.unwrap_or(minted_at),
+        lifetime.expires_at,
+    ))
 }
 
 struct Cached {
@@ -247,6 +238,8 @@ impl PodJwtSvidCache {
 mod tests {
     use base64::Engine;
 
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::*;
 
     fn at(seconds: u64) -> SystemTime {
@@ -278,17 +271,7 @@ mod tests {
     }
 
     #[test]
-    fn half_life_is_the_middle_of_the_lifetime() {
-        assert_eq!(half_life(at(1000), at(1300)), at(1150));
-        assert_eq!(
-            half_life(at(1000), at(1001)),
-            at(1000) + Duration::from_millis(500)
-        );
-        assert_eq!(
-            half_life(at(1000), at(900)),
-            at(1000),
-            "expired before issued"
-        );
+    fn a_token_is_reused_until_its_half_life() {
         assert_eq!(
             reuse_until(&token(Some(1000), Some(1300), "t"), at(5)),
             Some(at(1150))

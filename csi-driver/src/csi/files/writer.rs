@@ -5,8 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
-use wimsey_core::jose::jws::CompactJws;
-use wimsey_core::jose::unix_seconds;
+use wimsey_core::renewal::{half_life, token_lifetime};
 use zeroize::Zeroizing;
 
 use super::atomic::{VolumeRoot, write_atomically};
@@ -97,12 +96,12 @@ async fn write_issued<P: PodIdentity>(
 /// Half of the remaining lifetime of a JWT (at least a second); a token we cannot read is
 /// re-minted in a minute.
 fn jwt_half_life(token: &str) -> Duration {
-    let exp = CompactJws::parse(token)
-        .ok()
-        .and_then(|jws| jws.claims().get("exp").and_then(serde_json::Value::as_u64));
-    let now = u64::try_from(unix_seconds(SystemTime::now())).unwrap_or_default();
-    match exp {
-        Some(exp) => Duration::from_secs(exp.saturating_sub(now) / 2).max(Duration::from_secs(1)),
+    let now = SystemTime::now();
+    match token_lifetime(token) {
+        Some(lifetime) => half_life(now, lifetime.expires_at)
+            .duration_since(now)
+            .unwrap_or_default()
+            .max(Duration::from_secs(1)),
         None => Duration::from_secs(60),
     }
 }
