@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod authority;
+pub mod backend;
 pub mod config;
 pub mod crd;
 pub mod crdgen;

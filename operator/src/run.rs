@@ -19,8 +19,9 @@ use crate::authority::{AuthorityArgs, AuthorityError, SigningAuthority};
 use crate::config::{ConfigFlags, Settings};
 use crate::leader::{LeaseSettings, run_leader_election};
 use crate::nodeapi::{self, NodeApi, NodeApiArgs};
+use crate::reconcile::status::DesiredStatus;
 use crate::reconcile::{FederationSet, PodDirectory, ReconcileError, Reconciler};
-use crate::status::{DesiredStatus, StatusWriter};
+use crate::status::StatusWriter;
 use crate::store::EntryStore;
 
 #[derive(Debug, clap::Args)]

@@ -181,8 +181,8 @@ mod reconciler {
     use wimsey_operator::config::{ConfigFlags, FileConfig, Settings};
     use wimsey_operator::crd::{ClusterSPIFFEID, ClusterStaticEntry};
     use wimsey_operator::leader::LeaseSettings;
+    use wimsey_operator::reconcile::status::{FIELD_MANAGER as OPERATOR_MANAGER, status_to_write};
     use wimsey_operator::run::Controller;
-    use wimsey_operator::status::{FIELD_MANAGER as OPERATOR_MANAGER, status_to_write};
     use wimsey_operator::store::EntryStore;
 
     use super::{FIELD_MANAGER, SAMPLES, api_for, client, install_crds, load_text, repo_path};

@@ -2,7 +2,9 @@
 //! ClusterFederatedTrustDomains, Pods, Namespaces, Nodes and EndpointSlices into a
 //! [`ClusterState`], and renders the pods each change affects into the [`crate::store::EntryStore`].
 //!
-//! [`state`] and [`federation`] are plain logic; [`watch`] is the Kubernetes edge.
+//! [`state`] (the index of watched objects, and in `state/render.rs` the pass that renders dirty
+//! pods and hands them to a [`crate::backend::Backend`]), [`federation`] and [`status`] are plain
+//! logic; [`watch`] is the Kubernetes edge. The status writer sits above, in [`crate::status`].
 
 pub mod directory;
 pub mod federation;
@@ -11,6 +13,7 @@ pub mod kept;
 pub mod resource_meta;
 mod shared;
 pub mod state;
+pub mod status;
 pub mod watch;
 
 #[cfg(test)]

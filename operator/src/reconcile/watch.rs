@@ -25,10 +25,10 @@ use super::directory::PodDirectory;
 use super::federation::{FederationInput, FederationSet};
 use super::kept::{KeptFields, KeptKind};
 use super::state::{ClusterState, ResourceMeta, SliceInput, SpecInput, StaticInput};
+use super::status::{DesiredStatus, desired_statuses};
 use crate::admin::metrics::Metrics;
 use crate::config::{ConfigError, Settings};
 use crate::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
-use crate::status::{DesiredStatus, desired_statuses};
 use crate::store::EntryStore;
 use crate::views;
 

@@ -3,9 +3,9 @@
 //!
 //! Nothing here talks to the API server: the watch tasks feed it views, and the benchmark and
 //! the unit tests drive it directly. The reconcile pass (rendering dirty pods into the store) is
-//! in [`pass`].
+//! in [`render`].
 
-mod pass;
+mod render;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

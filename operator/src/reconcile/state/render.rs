@@ -1,6 +1,6 @@
 //! The reconcile pass: renders the dirty pods (on several threads when there are many), moves
-//! their contributions to the per-spec counters, and writes the store; static entries and the
-//! federation set when they changed.
+//! their contributions to the per-spec counters, and hands the records to the backend; the static
+//! entries and the federation set when they changed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -16,7 +16,8 @@ use super::{
     ClusterState, DetailedOutcome, Dirty, Outcome, PassReport, PodRender, SpecTally, StaticOutcome,
     pod_key,
 };
-use crate::store::{EntryStore, PodRecord, StoredEntry};
+use crate::backend::Backend;
+use crate::store::{PodRecord, StoredEntry};
 
 impl ClusterState {
     // ---- the pass
@@ -26,15 +27,19 @@ impl ClusterState {
         std::mem::take(&mut self.dirty)
     }
 
-    /// Reconciles everything pending into `store`.
-    pub fn reconcile(&mut self, store: &EntryStore) -> PassReport {
+    /// Reconciles everything pending into `backend`.
+    pub fn reconcile<B: Backend + ?Sized>(&mut self, backend: &B) -> PassReport {
         let dirty = self.take_pending();
-        self.reconcile_dirty(dirty, store)
+        self.reconcile_dirty(dirty, backend)
     }
 
-    /// Reconciles `dirty` into `store`: renders each dirty pod once, and the static entries and
-    /// the federation set when they changed.
-    pub fn reconcile_dirty(&mut self, mut dirty: Dirty, store: &EntryStore) -> PassReport {
+    /// Reconciles `dirty` into `backend`: renders each dirty pod once, and the static entries
+    /// and the federation set when they changed.
+    pub fn reconcile_dirty<B: Backend + ?Sized>(
+        &mut self,
+        mut dirty: Dirty,
+        backend: &B,
+    ) -> PassReport {
         let mut report = PassReport::default();
         if self.kept.holding() {
             // Some pods or nodes lack a field a template now reaches: render them once the
@@ -54,9 +59,9 @@ impl ClusterState {
             let record = self.apply_render(&uid, render, &mut report);
             writes.push((uid, record));
         }
-        report.store_writes = store.set_pods(writes);
+        report.store_writes = backend.apply_pods(writes).pods_changed;
         if dirty.statics {
-            report.statics_changed = self.reconcile_statics(store);
+            report.statics_changed = self.reconcile_statics(backend);
         }
         if dirty.federations {
             let inputs: Vec<&FederationInput> =
@@ -255,7 +260,7 @@ impl ClusterState {
         }
     }
 
-    fn reconcile_statics(&mut self, store: &EntryStore) -> bool {
+    fn reconcile_statics<B: Backend + ?Sized>(&mut self, backend: &B) -> bool {
         let mut declared = Vec::new();
         for (name, state) in &mut self.statics {
             let view = &state.input.view;
@@ -288,7 +293,7 @@ impl ClusterState {
                 });
             }
         }
-        store.set_static_entries(stored)
+        backend.apply_static_entries(stored)
     }
 
     /// How a spec sees every known namespace: (selected, ignored).

@@ -1,0 +1,36 @@
+//! The seam between the reconciler and where registration entries live. The reconciler computes
+//! the desired entries (per pod, and the static ones) and hands them to a [`Backend`], which makes
+//! them so and reports what changed. The embedded backend is [`crate::store::EntryStore`], which
+//! the authority and the node API then serve from; a SPIRE Server backend would create, update
+//! and delete entries through SPIRE's Entry API instead.
+
+use crate::store::{EntryStore, PodRecord, StoredEntry};
+
+/// What one hand-over changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Pods whose entries changed (or were removed).
+    pub pods_changed: usize,
+}
+
+/// Where the reconciler's desired entries go.
+pub trait Backend: Send + Sync {
+    /// Makes each pod's entries what its record says (`None`: the pod has none any more).
+    fn apply_pods(&self, records: Vec<(String, Option<PodRecord>)>) -> Applied;
+
+    /// Makes the static entries exactly `entries`. Returns whether anything changed.
+    fn apply_static_entries(&self, entries: Vec<StoredEntry>) -> bool;
+}
+
+/// The embedded backend.
+impl Backend for EntryStore {
+    fn apply_pods(&self, records: Vec<(String, Option<PodRecord>)>) -> Applied {
+        Applied {
+            pods_changed: self.set_pods(records),
+        }
+    }
+
+    fn apply_static_entries(&self, entries: Vec<StoredEntry>) -> bool {
+        self.set_static_entries(entries)
+    }
+}

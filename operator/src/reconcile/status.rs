@@ -1,0 +1,375 @@
+//! Status of the three custom resources as plain values: computed from the [`ClusterState`],
+//! compared with what the API server holds ignoring timestamps, and the Event a resource that
+//! turned unhealthy gets. Written by [`crate::status::StatusWriter`].
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use serde_json::Value;
+use wimsey_core::entries::EntryError;
+
+use super::federation::FederationOutcome;
+use super::state::{ClusterState, StaticOutcome};
+use crate::crd::{
+    CONDITION_READY, ClusterFederatedTrustDomainStatus, ClusterSPIFFEIDStats,
+    ClusterSPIFFEIDStatus, ClusterStaticEntryStatus, reasons,
+};
+
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "wimsey-operator";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CrKind {
+    ClusterSpiffeId,
+    ClusterStaticEntry,
+    ClusterFederatedTrustDomain,
+}
+
+impl CrKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CrKind::ClusterSpiffeId => "ClusterSPIFFEID",
+            CrKind::ClusterStaticEntry => "ClusterStaticEntry",
+            CrKind::ClusterFederatedTrustDomain => "ClusterFederatedTrustDomain",
+        }
+    }
+}
+
+/// The status one resource should have. Conditions carry a placeholder lastTransitionTime that
+/// [`status_to_write`] replaces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredStatus {
+    pub kind: CrKind,
+    pub name: String,
+    pub uid: String,
+    pub status: Value,
+    /// The status the API server holds (from the watch), if any.
+    pub observed: Option<Value>,
+    /// The resourceVersion the observed status was read at.
+    pub observed_version: Option<String>,
+}
+
+impl DesiredStatus {
+    /// The desired Ready condition's (status, reason, message).
+    pub fn ready(&self) -> Option<(String, String, String)> {
+        ready_of(&self.status)
+    }
+}
+
+fn ready_of(status: &Value) -> Option<(String, String, String)> {
+    status["conditions"].as_array()?.iter().find_map(|c| {
+        (c["type"] == CONDITION_READY).then(|| {
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+            (text("status"), text("reason"), text("message"))
+        })
+    })
+}
+
+fn ready_condition(generation: Option<i64>, ok: bool, reason: &str, message: String) -> Condition {
+    Condition {
+        type_: CONDITION_READY.to_owned(),
+        status: if ok { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: Time(Timestamp::UNIX_EPOCH),
+    }
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+fn spec_error_reason(error: &EntryError) -> &'static str {
+    match error {
+        EntryError::EmptySpiffeIdTemplate | EntryError::InvalidTemplate { .. } => {
+            reasons::INVALID_TEMPLATE
+        }
+        _ => reasons::INVALID_SPEC,
+    }
+}
+
+/// The status every resource of this instance's class should have.
+pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
+    let config = state.config();
+    let mut out = Vec::new();
+    for (name, spec) in &state.specs {
+        let input = &spec.input;
+        if !wimsey_core::entries::handles_class(config, &input.class_name) {
+            continue;
+        }
+        let generation = input.meta.generation;
+        let (condition, stats) = match &spec.compiled {
+            Err(error) => (
+                ready_condition(
+                    generation,
+                    false,
+                    spec_error_reason(error),
+                    error.to_string(),
+                ),
+                ClusterSPIFFEIDStats::default(),
+            ),
+            Ok(compiled) => {
+                let (namespaces_selected, namespaces_ignored) = state.namespace_counts(compiled);
+                let tally = state.tally(name).cloned().unwrap_or_default();
+                let stats = ClusterSPIFFEIDStats {
+                    namespaces_selected,
+                    namespaces_ignored,
+                    pods_selected: tally.pods_selected,
+                    pod_entry_render_failures: tally.render_failures,
+                    entries_masked: tally.entries_masked,
+                    entries_to_set: tally.entries_to_set,
+                    entry_failures: 0,
+                };
+                let condition = if let Some((pod, (error, _))) = tally.failures.iter().next() {
+                    ready_condition(
+                        generation,
+                        false,
+                        reasons::RENDER_FAILED,
+                        format!(
+                            "{} of {} selected pods failed to render; pod {pod}: {error}",
+                            tally.render_failures, tally.pods_selected
+                        ),
+                    )
+                } else if let Some((pod, by)) = tally.masked_by.iter().next() {
+                    ready_condition(
+                        generation,
+                        false,
+                        reasons::MASKED,
+                        format!(
+                            "{} entries are masked by an older resource with the same SPIFFE ID, parent ID and selectors; pod {pod}: masked by {by}",
+                            tally.entries_masked
+                        ),
+                    )
+                } else {
+                    ready_condition(
+                        generation,
+                        true,
+                        reasons::RECONCILED,
+                        format!(
+                            "{} entries for {} selected pods",
+                            tally.entries_to_set, tally.pods_selected
+                        ),
+                    )
+                };
+                (condition, stats)
+            }
+        };
+        out.push(DesiredStatus {
+            kind: CrKind::ClusterSpiffeId,
+            name: name.clone(),
+            uid: input.meta.uid.clone(),
+            status: to_json(&ClusterSPIFFEIDStatus {
+                conditions: vec![condition],
+                observed_generation: generation,
+                stats,
+            }),
+            observed: input.status.as_ref().map(to_json),
+            observed_version: input.meta.resource_version.clone(),
+        });
+    }
+    for (name, entry) in &state.statics {
+        let generation = entry.input.meta.generation;
+        let status = match &entry.outcome {
+            None | Some(StaticOutcome::NotOurs) => continue,
+            Some(StaticOutcome::Set { id }) => ClusterStaticEntryStatus {
+                conditions: vec![ready_condition(
+                    generation,
+                    true,
+                    reasons::RECONCILED,
+                    format!("entry {id} is set"),
+                )],
+                observed_generation: generation,
+                rendered: true,
+                masked: false,
+                set: true,
+            },
+            Some(StaticOutcome::Masked { by }) => ClusterStaticEntryStatus {
+                conditions: vec![ready_condition(
+                    generation,
+                    false,
+                    reasons::MASKED,
+                    format!(
+                        "masked by {by}, an older resource with the same SPIFFE ID, parent ID and selectors"
+                    ),
+                )],
+                observed_generation: generation,
+                rendered: true,
+                masked: true,
+                set: false,
+            },
+            Some(StaticOutcome::Invalid(error)) => ClusterStaticEntryStatus {
+                conditions: vec![ready_condition(
+                    generation,
+                    false,
+                    reasons::INVALID_SPEC,
+                    error.to_string(),
+                )],
+                observed_generation: generation,
+                rendered: false,
+                masked: false,
+                set: false,
+            },
+        };
+        out.push(DesiredStatus {
+            kind: CrKind::ClusterStaticEntry,
+            name: name.clone(),
+            uid: entry.input.meta.uid.clone(),
+            status: to_json(&status),
+            observed: entry.input.status.as_ref().map(to_json),
+            observed_version: entry.input.meta.resource_version.clone(),
+        });
+    }
+    for name in state.federations.keys() {
+        let Some((input, outcome, observed)) = state.federation_status(name) else {
+            continue;
+        };
+        let generation = input.meta.generation;
+        let condition = match outcome {
+            None | Some(FederationOutcome::NotOurs) => continue,
+            Some(FederationOutcome::Accepted) => ready_condition(
+                generation,
+                true,
+                reasons::RECONCILED,
+                format!(
+                    "federation with {} via {} is configured",
+                    input.spec.trust_domain, input.spec.bundle_endpoint_url
+                ),
+            ),
+            Some(FederationOutcome::Invalid { field, reason }) => ready_condition(
+                generation,
+                false,
+                reasons::INVALID_SPEC,
+                format!("invalid {field}: {reason}"),
+            ),
+            Some(FederationOutcome::Duplicate { of }) => ready_condition(
+                generation,
+                false,
+                reasons::DUPLICATE_TRUST_DOMAIN,
+                format!(
+                    "trust domain {} is already declared by the older ClusterFederatedTrustDomain {of}",
+                    input.spec.trust_domain
+                ),
+            ),
+        };
+        out.push(DesiredStatus {
+            kind: CrKind::ClusterFederatedTrustDomain,
+            name: name.clone(),
+            uid: input.meta.uid.clone(),
+            status: to_json(&ClusterFederatedTrustDomainStatus {
+                conditions: vec![condition],
+                observed_generation: generation,
+            }),
+            observed: observed.map(to_json),
+            observed_version: input.meta.resource_version.clone(),
+        });
+    }
+    out
+}
+
+/// A status with every condition's lastTransitionTime removed.
+pub fn without_timestamps(status: &Value) -> Value {
+    let mut status = status.clone();
+    if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+        for condition in conditions {
+            if let Some(fields) = condition.as_object_mut() {
+                fields.remove("lastTransitionTime");
+            }
+        }
+    }
+    status
+}
+
+/// The status to apply, or `None` when the observed one differs at most in timestamps. A
+/// condition keeps the observed lastTransitionTime while its status stays the same.
+pub fn status_to_write(desired: &Value, observed: Option<&Value>, now: Timestamp) -> Option<Value> {
+    if observed.is_some_and(|o| without_timestamps(o) == without_timestamps(desired)) {
+        return None;
+    }
+    let mut status = desired.clone();
+    let now = to_json(&Time(now));
+    if let Some(conditions) = status.get_mut("conditions").and_then(Value::as_array_mut) {
+        for condition in conditions {
+            let previous = observed
+                .and_then(|o| o["conditions"].as_array())
+                .and_then(|cs| cs.iter().find(|c| c["type"] == condition["type"]))
+                .filter(|c| c["status"] == condition["status"])
+                .map(|c| c["lastTransitionTime"].clone());
+            condition["lastTransitionTime"] = previous.unwrap_or_else(|| now.clone());
+        }
+    }
+    Some(status)
+}
+
+/// Whether writing `desired` over `observed` deserves an Event: the resource became unhealthy,
+/// or unhealthy for a different reason. One Event per transition, not one per pod or per pass.
+pub fn event_for(desired: &Value, observed: Option<&Value>) -> Option<(String, String)> {
+    let (status, reason, message) = ready_of(desired)?;
+    if status == "True" {
+        return None;
+    }
+    let before = observed.and_then(ready_of);
+    if before.is_some_and(|(s, r, _)| s == status && r == reason) {
+        return None;
+    }
+    Some((reason, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn status(ready: &str, reason: &str, time: &str, pods: i64) -> Value {
+        json!({
+            "conditions": [{"type": "Ready", "status": ready, "reason": reason, "message": "m",
+                            "observedGeneration": 1, "lastTransitionTime": time}],
+            "observedGeneration": 1,
+            "stats": {"podsSelected": pods}
+        })
+    }
+
+    #[test]
+    fn only_timestamps_differ_means_no_write() {
+        let observed = status("True", "Reconciled", "2026-01-01T00:00:00Z", 3);
+        let desired = status("True", "Reconciled", "1970-01-01T00:00:00Z", 3);
+        assert_eq!(
+            status_to_write(&desired, Some(&observed), Timestamp::now()),
+            None
+        );
+    }
+
+    #[test]
+    fn a_changed_counter_is_written_keeping_the_transition_time() {
+        let observed = status("True", "Reconciled", "2026-01-01T00:00:00Z", 3);
+        let desired = status("True", "Reconciled", "1970-01-01T00:00:00Z", 4);
+        let written = status_to_write(&desired, Some(&observed), Timestamp::now()).unwrap();
+        assert_eq!(written["stats"]["podsSelected"], 4);
+        assert_eq!(
+            written["conditions"][0]["lastTransitionTime"],
+            "2026-01-01T00:00:00Z"
+        );
+    }
+
+    #[test]
+    fn a_flipped_condition_gets_a_new_transition_time_and_one_event() {
+        let observed = status("True", "Reconciled", "2026-01-01T00:00:00Z", 3);
+        let desired = status("False", "RenderFailed", "1970-01-01T00:00:00Z", 3);
+        let now: Timestamp = "2026-05-05T05:05:05Z".parse().unwrap();
+        let written = status_to_write(&desired, Some(&observed), now).unwrap();
+        assert_eq!(
+            written["conditions"][0]["lastTransitionTime"],
+            "2026-05-05T05:05:05Z"
+        );
+        assert_eq!(
+            event_for(&desired, Some(&observed)),
+            Some(("RenderFailed".to_owned(), "m".to_owned()))
+        );
+        // Still failing for the same reason: no second event.
+        assert_eq!(event_for(&desired, Some(&written)), None);
+        // Healthy again: no warning.
+        assert_eq!(event_for(&observed, Some(&written)), None);
+        // First status ever.
+        assert!(status_to_write(&desired, None, now).is_some());
+    }
+}
