@@ -117,6 +117,8 @@ pub struct NodeApiArgs {
 
 pub(crate) struct State {
     authority: NodeAuthority,
+    /// Where the CSI plugin's pods run: the operator's own namespace.
+    plugin_namespace: String,
     store: EntryStore,
     settings: Settings,
     args: NodeApiArgs,
@@ -218,6 +220,7 @@ impl NodeApi {
         ));
         Self {
             state: Arc::new(State {
+                plugin_namespace: authority.args().authority_namespace.clone(),
                 authority,
                 store,
                 settings,

@@ -238,7 +238,7 @@ impl Node for NodeApi {
             .review(&request.token, &state.args.node_token_audience, None)
             .await?
             .review;
-        let namespace = &state.authority.args().authority_namespace;
+        let namespace = &state.plugin_namespace;
         check_plugin_account(&review, namespace, &state.args.csi_service_account)?;
         let pod = plugin_pod(
             state.cluster.synced(),
@@ -248,7 +248,7 @@ impl Node for NodeApi {
         check_node_attestation(
             &review,
             Some(&pod),
-            &state.authority.args().authority_namespace,
+            &state.plugin_namespace,
             &state.args.csi_service_account,
             &request.node_name,
         )?;
