@@ -570,7 +570,7 @@ async fn wit_svids_and_bundles_validate_with_core() {
 }
 
 #[tokio::test]
-async fn socket_is_private_replaces_a_stale_one_and_is_removed_after_shutdown() {
+async fn socket_is_private_replaces_a_stale_one_and_streams_end_at_shutdown() {
     let world = World::new();
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("socket");
@@ -583,9 +583,10 @@ async fn socket_is_private_replaces_a_stale_one_and_is_removed_after_shutdown() 
     let task = tokio::spawn({
         let (socket, pod, shutdown) = (socket.clone(), pod.clone(), shutdown.clone());
         async move {
-            wimsey_csi::workload_api::serve_unix_socket(
-                &socket,
-                0o600,
+            // As the volume manager serves a pod: bind, then serve until shutdown.
+            let listener = wimsey_csi::socket::bind_unix_socket(&socket, 0o600)?;
+            wimsey_csi::workload_api::serve_workload_api(
+                listener,
                 pod,
                 Default::default(),
                 Default::default(),
@@ -626,13 +627,13 @@ async fn socket_is_private_replaces_a_stale_one_and_is_removed_after_shutdown() 
         .expect("shutdown in time")
         .expect("task");
     served.expect("served cleanly");
-    assert!(!socket.exists(), "socket removed after shutdown");
     match stream.next().await {
         None | Some(Err(_)) => {}
         Some(Ok(_)) => panic!("stream must end at shutdown"),
     }
 
     // Something that is not a socket is never deleted.
+    std::fs::remove_file(&socket).expect("the volume's teardown removes the socket");
     std::fs::write(&socket, b"not a socket").expect("file");
     let error = wimsey_csi::socket::bind_unix_socket(&socket, 0o600).expect_err("refused");
     assert_eq!(error.label(), "not_a_socket");

@@ -43,7 +43,7 @@ impl SocketError {
     }
 }
 
-pub(crate) fn io_error<'a>(
+fn io_error<'a>(
     action: &'static str,
     path: &'a Path,
 ) -> impl FnOnce(io::Error) -> SocketError + 'a {

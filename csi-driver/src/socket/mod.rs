@@ -5,5 +5,4 @@
 pub mod authority;
 pub mod bind;
 
-pub(crate) use bind::io_error;
 pub use bind::{DEFAULT_SOCKET_MODE, SocketError, bind_unix_socket, bind_unix_socket_in_new_dir};

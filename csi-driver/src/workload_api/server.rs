@@ -2,9 +2,6 @@
 //! reflection (the Workload Endpoint spec's SHOULD, so `grpcurl -plaintext -unix <socket> list`
 //! works without a proto file), behind the pod's limits and the `:authority` front.
 
-use std::fs;
-use std::io;
-use std::path::Path;
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
@@ -16,8 +13,8 @@ use super::limits::WorkloadApiLimits;
 use super::service::WorkloadApiService;
 use crate::identity::PodIdentity;
 use crate::metrics::Metrics;
+use crate::socket::SocketError;
 use crate::socket::authority::local_authority_incoming;
-use crate::socket::{SocketError, bind_unix_socket, io_error};
 
 /// Serves the Workload API for `identity` with `limits` on `listener` until `shutdown` is
 /// cancelled; open streams are ended first so the graceful shutdown completes.
@@ -65,23 +62,4 @@ pub async fn serve_workload_api_service<P: PodIdentity>(
         )
         .await?;
     Ok(())
-}
-
-/// Binds `path` with `mode`, serves the Workload API with `limits` (and `metrics`) until `shutdown`, then
-/// removes the socket.
-pub async fn serve_unix_socket<P: PodIdentity>(
-    path: &Path,
-    mode: u32,
-    identity: Arc<P>,
-    limits: WorkloadApiLimits,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) -> Result<(), SocketError> {
-    let listener = bind_unix_socket(path, mode)?;
-    let served = serve_workload_api(listener, identity, limits, metrics, shutdown).await;
-    let removed = match fs::remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_error("remove", path)(e)),
-        _ => Ok(()),
-    };
-    served.and(removed)
 }
