@@ -20,4 +20,5 @@ pub mod identity;
 pub mod metrics;
 pub mod node_client;
 pub mod socket;
+pub mod volume_mode;
 pub mod workload_api;

@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::csi::request::VolumeMode;
+use crate::volume_mode::VolumeMode;
 
 /// The `mode` label of a call that names no known volume (a bad request, an unknown volume).
 pub const UNKNOWN_MODE: &str = "unknown";

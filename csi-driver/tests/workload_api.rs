@@ -584,7 +584,7 @@ async fn socket_is_private_replaces_a_stale_one_and_streams_end_at_shutdown() {
         let (socket, pod, shutdown) = (socket.clone(), pod.clone(), shutdown.clone());
         async move {
             // As the volume manager serves a pod: bind, then serve until shutdown.
-            let listener = wimsey_csi::socket::bind_unix_socket(&socket, 0o600)?;
+            let listener = wimsey_csi::socket::bind_unix_socket(&socket, 0o600).expect("bind");
             wimsey_csi::workload_api::serve_workload_api(
                 listener,
                 pod,

@@ -18,7 +18,9 @@ use crate::admin::{self, AdminState, Metrics};
 use crate::authority::{AuthorityArgs, AuthorityError, SigningAuthority};
 use crate::config::{ConfigFlags, Settings};
 use crate::leader::{LeaseSettings, run_leader_election};
-use crate::nodeapi::{self, NodeApi, NodeApiArgs};
+use crate::nodeapi::{NodeApi, NodeApiArgs};
+
+use crate::reconcile::federation::federated_bundles;
 use crate::reconcile::status::DesiredStatus;
 use crate::reconcile::{FederationSet, PodDirectory, ReconcileError, Reconciler};
 use crate::status::StatusWriter;
@@ -258,12 +260,12 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     };
     // Federated bundles come from the ClusterFederatedTrustDomains' trustDomainBundle fields.
     let mut federation = controller.federation.clone();
-    let (federated_bundles, federated) =
-        watch::channel(nodeapi::federated_bundles(&federation.borrow_and_update()));
+    let (bundles_tx, federated) =
+        watch::channel(federated_bundles(&federation.borrow_and_update()));
     tokio::spawn(async move {
         while federation.changed().await.is_ok() {
-            let bundles = nodeapi::federated_bundles(&federation.borrow_and_update());
-            federated_bundles.send_if_modified(|current| {
+            let bundles = federated_bundles(&federation.borrow_and_update());
+            bundles_tx.send_if_modified(|current| {
                 let changed = *current != bundles;
                 *current = bundles;
                 changed

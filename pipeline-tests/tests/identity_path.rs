@@ -22,7 +22,7 @@ use spiffe::{JwtSvid, WorkloadApiClient};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
-use wimsey_core::x509::{certificate_validity, verify_svid};
+use wimsey_core::x509::{CLOCK_SKEW_BACKDATE, certificate_validity, verify_svid};
 use wimsey_csi::csi::{ManagerConfig, SOCKET_NAME, VolumeManager, serve_csi};
 use wimsey_csi::node_client::{NodeClient, NodeClientConfig};
 use wimsey_csi::socket::bind_unix_socket;
@@ -284,15 +284,17 @@ async fn a_pod_is_attested_served_rotated_and_revoked_through_the_whole_path() {
     })
     .await
     .expect("a rotated SVID");
-    let (_, rotated_until) = certificate_validity(&rotated).unwrap();
+    let (rotated_from, rotated_until) = certificate_validity(&rotated).unwrap();
     let (_, first_until) = certificate_validity(&first_leaf).unwrap();
     assert!(
         rotated_until > first_until,
         "the new SVID outlives the old one"
     );
+    // Issued (notBefore is backdated by the clock-skew allowance) before the first one expired.
     assert!(
-        SystemTime::now() < first_until,
-        "rotated before the first SVID expired"
+        rotated_from + CLOCK_SKEW_BACKDATE < first_until,
+        "rotated at {:?}, after the first SVID expired at {first_until:?}",
+        rotated_from + CLOCK_SKEW_BACKDATE
     );
 
     // Revoke: the entry no longer selects the pod, so the workload has no identity.
@@ -313,8 +315,10 @@ async fn a_pod_is_attested_served_rotated_and_revoked_through_the_whole_path() {
     );
 
     // Unpublish: the pod's socket is gone with its volume.
+    let socket = plugin.manager.volume_dir("vol-app").join(SOCKET_NAME);
+    assert!(socket.exists(), "served from {}", socket.display());
     plugin.unpublish("vol-app", &target).await;
-    assert!(!target.join(SOCKET_NAME).exists());
+    assert!(!socket.exists(), "{} left behind", socket.display());
     plugin.stop().await;
 }
 

@@ -21,10 +21,11 @@ use super::error::CsiError;
 use super::files::{VolumeRoot, run_files_writer};
 use super::mounts;
 use super::records::{RecordStore, VolumeRecord};
-use super::request::{FilesConfig, PublishSpec, VolumeMode};
+use super::request::{FilesConfig, PublishSpec};
 use crate::identity::{IdentitySource, PodInfo};
 use crate::metrics::Metrics;
 use crate::socket::{bind_unix_socket, bind_unix_socket_in_new_dir};
+use crate::volume_mode::VolumeMode;
 use crate::workload_api::{WorkloadApiLimits, serve_workload_api};
 
 /// The socket's name inside the per-volume directory (`SPIFFE_ENDPOINT_SOCKET=unix:///<mount>/socket`).

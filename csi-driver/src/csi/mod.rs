@@ -19,8 +19,8 @@ pub mod registration;
 pub mod request;
 pub mod services;
 
+pub use crate::volume_mode::VolumeMode;
 pub use error::CsiError;
 pub use manager::{ManagerConfig, SOCKET_NAME, VolumeManager};
 pub use registration::{RegistrationService, registration_socket, serve_registration};
-pub use request::VolumeMode;
 pub use services::{DRIVER_NAME, IdentityService, NodeService, serve_csi};

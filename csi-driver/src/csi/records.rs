@@ -18,8 +18,9 @@ use wimsey_core::renewal::token_lifetime;
 use zeroize::Zeroizing;
 
 use super::error::CsiError;
-use super::request::{PublishSpec, VolumeMode};
+use super::request::PublishSpec;
 use crate::identity::PodInfo;
+use crate::volume_mode::VolumeMode;
 
 /// What the plugin remembers about a published volume.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

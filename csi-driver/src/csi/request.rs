@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use wimsey_proto::csi::v1 as csi;
 use wimsey_proto::csi::v1::volume_capability::AccessType;
 use wimsey_proto::csi::v1::volume_capability::access_mode::Mode as AccessMode;
@@ -12,6 +12,7 @@ use zeroize::Zeroizing;
 
 use super::error::CsiError;
 use crate::identity::PodInfo;
+use crate::volume_mode::VolumeMode;
 
 /// Volume context keys kubelet adds (podInfoOnMount, tokenRequests).
 pub const POD_NAME: &str = "csi.storage.k8s.io/pod.name";
@@ -52,43 +53,9 @@ const FILES_ATTRS: [&str; 8] = [
 const MAX_VOLUME_ID_LEN: usize = 128;
 
 /// How a volume delivers identity (volume attribute `mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum VolumeMode {
-    /// A per-pod Workload API socket in a directory bind-mounted read-only at the target.
-    WorkloadApi,
-    /// Rotating SVID files on a tmpfs, bind-mounted read-only at the target.
-    Files,
-    /// A read-only bind mount of the SPIRE agent socket directory.
-    SpireAgent,
-}
-
-impl VolumeMode {
-    /// Every mode, for per-mode metrics.
-    pub const ALL: [Self; 3] = [Self::WorkloadApi, Self::Files, Self::SpireAgent];
-
-    pub fn parse(value: &str) -> Result<Self, CsiError> {
-        match value {
-            "workload-api" => Ok(Self::WorkloadApi),
-            "files" => Ok(Self::Files),
-            "spire-agent" => Ok(Self::SpireAgent),
-            other => Err(CsiError::invalid(format!(
-                "volume_context[{ATTR_MODE}]: unknown mode {other:?} (expected workload-api, files or spire-agent)"
-            ))),
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::WorkloadApi => "workload-api",
-            Self::Files => "files",
-            Self::SpireAgent => "spire-agent",
-        }
-    }
-
-    fn needs_pod(self) -> bool {
-        matches!(self, Self::WorkloadApi | Self::Files)
-    }
+/// Whether `mode` issues identities, and so needs the pod's info.
+fn needs_pod(mode: VolumeMode) -> bool {
+    matches!(mode, VolumeMode::WorkloadApi | VolumeMode::Files)
 }
 
 /// A validated NodePublishVolume request.
@@ -148,7 +115,11 @@ pub fn parse_publish(request: &csi::NodePublishVolumeRequest) -> Result<PublishS
     let context = &request.volume_context;
     let mode = match context.get(ATTR_MODE) {
         None => VolumeMode::WorkloadApi,
-        Some(value) => VolumeMode::parse(value)?,
+        Some(value) => VolumeMode::parse(value).ok_or_else(|| {
+            CsiError::invalid(format!(
+                "volume_context[{ATTR_MODE}]: unknown mode {value:?} (expected workload-api, files or spire-agent)"
+            ))
+        })?,
     };
     // Every mode is read-only in the pod: a socket must not be replaced, and files are written by
     // the plugin alone (a pod that could write could plant symlinks for the writer).
@@ -184,7 +155,7 @@ pub fn parse_publish(request: &csi::NodePublishVolumeRequest) -> Result<PublishS
             "volume_capability.mount.volume_mount_group",
         )?),
     };
-    let pod = if mode.needs_pod() {
+    let pod = if needs_pod(mode) {
         Some(pod_info(context, &request.secrets)?)
     } else {
         None

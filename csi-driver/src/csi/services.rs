@@ -16,9 +16,10 @@ use wimsey_proto::csi::v1::node_service_capability::rpc::Type as NodeCap;
 use super::error::CsiError;
 use super::manager::VolumeManager;
 use super::mounts;
-use super::request::{VolumeMode, parse_publish, parse_unpublish, parse_volume_stats};
+use super::request::{parse_publish, parse_unpublish, parse_volume_stats};
 use crate::identity::IdentitySource;
 use crate::metrics::{RESULT_OK, UNKNOWN_MODE, VolumeOperation, code_label};
+use crate::volume_mode::VolumeMode;
 
 /// The CSI driver name (the CSIDriver object's name).
 pub const DRIVER_NAME: &str = "csi.wimsey.dev";

@@ -1,5 +1,5 @@
-//! Binding a Unix socket: with its final mode before anyone can connect, a stale socket from an
-//! earlier run replaced, removed again after a graceful shutdown.
+//! Binding a Unix socket: with its final mode before anyone can connect, and a stale socket from
+//! an earlier run replaced (never anything that is not a socket).
 
 use std::fs;
 use std::io;
@@ -24,10 +24,6 @@ pub enum SocketError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("serving the Workload API: {0}")]
-    Serve(#[from] tonic::transport::Error),
-    #[error("building the gRPC reflection service: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
 }
 
 impl SocketError {
@@ -37,8 +33,6 @@ impl SocketError {
             SocketError::BadPath(_) => "bad_path",
             SocketError::NotASocket(_) => "not_a_socket",
             SocketError::Io { .. } => "io",
-            SocketError::Serve(_) => "serve",
-            SocketError::Reflection(_) => "reflection",
         }
     }
 }

@@ -22,5 +22,5 @@ pub mod service;
 
 pub use error::WorkloadApiError;
 pub use limits::WorkloadApiLimits;
-pub use server::{serve_workload_api, serve_workload_api_service};
+pub use server::{ServeError, serve_workload_api, serve_workload_api_service};
 pub use service::WorkloadApiService;

@@ -13,8 +13,26 @@ use super::limits::WorkloadApiLimits;
 use super::service::WorkloadApiService;
 use crate::identity::PodIdentity;
 use crate::metrics::Metrics;
-use crate::socket::SocketError;
 use crate::socket::authority::local_authority_incoming;
+
+/// Why a pod's Workload API server stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("serving the Workload API: {0}")]
+    Serve(#[from] tonic::transport::Error),
+    #[error("building the gRPC reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+impl ServeError {
+    /// A stable, low-cardinality label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            ServeError::Serve(_) => "serve",
+            ServeError::Reflection(_) => "reflection",
+        }
+    }
+}
 
 /// Serves the Workload API for `identity` with `limits` on `listener` until `shutdown` is
 /// cancelled; open streams are ended first so the graceful shutdown completes.
@@ -24,7 +42,7 @@ pub async fn serve_workload_api<P: PodIdentity>(
     limits: WorkloadApiLimits,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Result<(), SocketError> {
+) -> Result<(), ServeError> {
     let service = WorkloadApiService::new(identity, shutdown.clone()).with_limits(limits);
     serve_workload_api_service(listener, service, metrics, shutdown).await
 }
@@ -39,7 +57,7 @@ pub async fn serve_workload_api_service<P: PodIdentity>(
     service: WorkloadApiService<P>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
-) -> Result<(), SocketError> {
+) -> Result<(), ServeError> {
     let limits = service.limits().clone();
     // Both reflection versions, as grpc-go's reflection.Register (and so SPIRE's agent) does:
     // grpcurl asks for v1 first, older clients only know v1alpha.

@@ -24,8 +24,8 @@ use wimsey_csi::identity::{
     IdentitySnapshot, IdentitySource, IssuedIdentities, MintError, PodIdentity, PodInfo,
     WitSvidEntry, X509SvidEntry,
 };
-use wimsey_csi::socket::{DEFAULT_SOCKET_MODE, SocketError, bind_unix_socket};
-use wimsey_csi::workload_api::{WorkloadApiLimits, serve_workload_api};
+use wimsey_csi::socket::{DEFAULT_SOCKET_MODE, bind_unix_socket};
+use wimsey_csi::workload_api::{ServeError, WorkloadApiLimits, serve_workload_api};
 use zeroize::Zeroizing;
 
 pub const TRUST_DOMAIN: &str = "example.org";
@@ -234,7 +234,7 @@ pub struct Server {
     pub pod: Arc<TestPod>,
     pub socket: PathBuf,
     pub shutdown: CancellationToken,
-    task: Option<JoinHandle<Result<(), SocketError>>>,
+    task: Option<JoinHandle<Result<(), ServeError>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -289,7 +289,7 @@ impl Server {
     }
 
     /// Cancels and waits for the server to finish.
-    pub async fn stop(mut self) -> Result<(), SocketError> {
+    pub async fn stop(mut self) -> Result<(), ServeError> {
         self.shutdown.cancel();
         let task = self.task.take().expect("running");
         tokio::time::timeout(Duration::from_secs(10), task)

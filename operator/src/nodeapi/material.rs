@@ -8,7 +8,7 @@ use tokio::sync::watch;
 
 use wimsey_core::issuance::TtlPolicy;
 
-use crate::authority::issuer::Issuer;
+use crate::authority::issuer::{Issuer, IssuerLifetimes};
 use crate::authority::{AuthorityArgs, SigningAuthority, SigningMaterial};
 use crate::config::Settings;
 
@@ -42,18 +42,18 @@ impl NodeAuthority {
     /// What signs with `material`: lifetimes default to the cluster's `settings` and are capped
     /// by the authority's flags.
     pub fn issuer(&self, material: Arc<SigningMaterial>, settings: &Settings) -> Issuer {
-        let ttl = TtlPolicy {
+        let workload = TtlPolicy {
             default_x509_svid_ttl: settings.default_x509_svid_ttl,
             default_jwt_svid_ttl: settings.default_jwt_svid_ttl,
             max_x509_svid_ttl: self.args.max_x509_svid_ttl,
             max_jwt_svid_ttl: self.args.max_jwt_svid_ttl,
         };
-        Issuer::new(
-            material,
-            ttl,
-            self.args.node_svid_ttl,
-            self.args.server_svid_ttl,
-        )
+        let lifetimes = IssuerLifetimes {
+            workload,
+            node_svid_ttl: self.args.node_svid_ttl,
+            serving_svid_ttl: self.args.server_svid_ttl,
+        };
+        Issuer::new(material, lifetimes)
     }
 }
 

@@ -46,7 +46,6 @@ use wimsey_proto::wimsey::node::v1::node_server::NodeServer;
 use crate::authority::issuer::Issuer;
 use crate::authority::{SigningAuthority, SigningMaterial};
 use crate::config::Settings;
-use crate::reconcile::PodDirectory;
 use crate::store::EntryStore;
 use cluster::{ClusterView, KubeReviewer, Reviewer};
 pub use error::NodeApiError;
@@ -76,21 +75,6 @@ const PENDING_REVIEW_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Federated bundles to pass on to pods whose entries federate with them, by trust domain.
 pub type FederatedBundles = Arc<BTreeMap<TrustDomain, TrustDomainBundle>>;
-
-/// The federated bundles known from the federation set: each relationship's `trustDomainBundle`
-/// (no bundle endpoint is polled yet).
-pub fn federated_bundles(set: &crate::reconcile::FederationSet) -> FederatedBundles {
-    Arc::new(
-        set.values()
-            .filter_map(|federation| {
-                federation
-                    .initial_bundle
-                    .clone()
-                    .map(|bundle| (federation.trust_domain.clone(), bundle))
-            })
-            .collect(),
-    )
-}
 
 /// Node API settings, flattened into `wimsey-operator run`.
 #[derive(Debug, Clone, clap::Args)]
@@ -174,7 +158,7 @@ impl std::fmt::Debug for ClusterAccess {
 
 impl ClusterAccess {
     /// The reconciler's informer (`pods`) and TokenReview through `client`.
-    pub fn kube(client: Client, pods: PodDirectory) -> Self {
+    pub fn kube(client: Client, pods: impl ClusterView) -> Self {
         Self {
             view: Arc::new(pods),
             reviewer: Arc::new(KubeReviewer::new(client)),
@@ -190,7 +174,7 @@ impl NodeApi {
         client: Client,
         authority: SigningAuthority,
         store: EntryStore,
-        pods: PodDirectory,
+        pods: impl ClusterView,
         settings: Settings,
         args: NodeApiArgs,
         federated: watch::Receiver<FederatedBundles>,

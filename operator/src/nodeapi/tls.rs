@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
+use wimsey_core::renewal::half_life;
 use wimsey_core::x509::verify_svid;
 
 use super::NodeApiError;
@@ -169,8 +170,7 @@ impl ServingCert {
             .iter()
             .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
             .collect();
-        let lifetime = svid.not_after.duration_since(now).unwrap_or_default();
-        let renew_at = now + lifetime / 2;
+        let renew_at = half_life(now, svid.not_after);
         let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
         *current = Some((
             Arc::new(CertifiedKey::new(certs, signing_key)),

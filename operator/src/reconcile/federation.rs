@@ -3,6 +3,7 @@
 //! Fetching bundles is the federation poller's job; this only validates.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use wimsey_core::bundle::TrustDomainBundle;
 use wimsey_core::entries::{RenderConfig, handles_class};
@@ -12,6 +13,7 @@ use super::resource_meta::ResourceMeta;
 use crate::crd::{
     BundleEndpointProfileType, ClusterFederatedTrustDomainSpec, ClusterFederatedTrustDomainStatus,
 };
+use crate::nodeapi::FederatedBundles;
 
 /// A ClusterFederatedTrustDomain as watched.
 #[derive(Debug, Clone, PartialEq)]
@@ -148,6 +150,21 @@ pub fn build_federation_set(
         outcomes.push((name, outcome));
     }
     (set, outcomes)
+}
+
+/// The federated bundles known from the federation set: each relationship's `trustDomainBundle`
+/// (no bundle endpoint is polled yet).
+pub fn federated_bundles(set: &FederationSet) -> FederatedBundles {
+    Arc::new(
+        set.values()
+            .filter_map(|federation| {
+                federation
+                    .initial_bundle
+                    .clone()
+                    .map(|bundle| (federation.trust_domain.clone(), bundle))
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]
