@@ -163,7 +163,9 @@ impl<S: IdentitySource> VolumeManager<S> {
                 }
                 continue;
             }
-            let token = self.records.read_token(&record.volume_id, unix_now());
+            let token = self
+                .records
+                .read_token(&record.volume_id, SystemTime::now());
             let spec = PublishSpec {
                 volume_id: record.volume_id.clone(),
                 target: record.target_path.clone(),
@@ -489,13 +491,6 @@ fn create_private_dir(path: &Path) -> Result<(), CsiError> {
             .map_err(CsiError::io("chmod", path))?;
     }
     Ok(())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }
 
 /// 22 base64url characters (132 bits) of SHA-256: stable across versions, short, and unique

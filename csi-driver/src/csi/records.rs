@@ -11,7 +11,7 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use wimsey_core::renewal::token_lifetime;
@@ -130,10 +130,10 @@ impl RecordStore {
     }
 
     /// The pod's recorded token, if there is one and its `exp` (read, not verified: the operator
-    /// verifies it) is after `now_unix`.
-    pub fn read_token(&self, volume_id: &str, now_unix: u64) -> Option<Zeroizing<String>> {
+    /// verifies it) is after `now`.
+    pub fn read_token(&self, volume_id: &str, now: SystemTime) -> Option<Zeroizing<String>> {
         let token = Zeroizing::new(fs::read_to_string(self.token_path(volume_id)).ok()?);
-        token_unexpired(&token, now_unix).then_some(token)
+        token_unexpired(&token, now).then_some(token)
     }
 
     /// Every record, each with its parse result (a bad file is reported, not fatal).
@@ -174,9 +174,8 @@ fn replace_private_file(staged: &Path, path: &Path, contents: &[u8]) -> Result<(
     fs::rename(staged, path).map_err(CsiError::io("rename into", path))
 }
 
-/// Whether a JWT's `exp` claim is after `now_unix` (false when it has none or cannot be read).
-pub fn token_unexpired(token: &str, now_unix: u64) -> bool {
-    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now_unix);
+/// Whether a JWT's `exp` claim is after `now` (false when it has none or cannot be read).
+pub fn token_unexpired(token: &str, now: SystemTime) -> bool {
     token_lifetime(token).is_some_and(|lifetime| lifetime.expires_at > now)
 }
 
@@ -190,6 +189,8 @@ fn read_record(path: &Path) -> Result<VolumeRecord, CsiError> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn record(id: &str) -> VolumeRecord {
@@ -226,6 +227,10 @@ mod tests {
         assert!(json.contains("\"mode\": \"files\""), "{json}");
     }
 
+    fn at(seconds: u64) -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(seconds)
+    }
+
     fn jwt_with_exp(exp: u64) -> String {
         use base64::Engine as _;
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
@@ -253,18 +258,21 @@ mod tests {
         // Not a record: load_all skips it.
         assert_eq!(store.load_all().expect("load").len(), 1);
         assert_eq!(
-            store.read_token("v", 1_999).as_deref().map(String::as_str),
+            store
+                .read_token("v", at(1_999))
+                .as_deref()
+                .map(String::as_str),
             Some(jwt_with_exp(2_000).as_str())
         );
-        assert!(store.read_token("v", 2_000).is_none(), "expired at exp");
-        assert!(store.read_token("other", 0).is_none());
+        assert!(store.read_token("v", at(2_000)).is_none(), "expired at exp");
+        assert!(store.read_token("other", at(0)).is_none());
         store.remove("v").expect("remove");
         assert!(!path.exists());
     }
 
     #[test]
     fn a_token_without_exp_is_not_loaded() {
-        assert!(!token_unexpired("not a jwt", 0));
-        assert!(token_unexpired(&jwt_with_exp(10), 9));
+        assert!(!token_unexpired("not a jwt", at(0)));
+        assert!(token_unexpired(&jwt_with_exp(10), at(9)));
     }
 }
