@@ -1,5 +1,7 @@
-//! DNS names on entries: the names `autoPopulateDNSNames` derives from a Service, and the
-//! syntax check SPIRE applies when an entry is created.
+//! DNS names on entries: the names `autoPopulateDNSNames` derives from a Service. Their syntax is
+//! checked at render time with [`crate::dns_name::validate_dns_name`] (SPIRE's rule), so a bad name
+//! shows on the ClusterSPIFFEID (e.g. a `<no value>` from a missing label) instead of failing at
+//! entry creation, where spire-controller-manager leaves it to SPIRE.
 
 /// The four names spire-controller-manager adds for each Service whose endpoints reference the
 /// pod: `svc`, `svc.ns`, `svc.ns.svc`, `svc.ns.svc.<clusterDomain>` (the last only when the
@@ -15,8 +17,3 @@ pub fn service_dns_names(service: &str, namespace: &str, cluster_domain: &str) -
     }
     names
 }
-
-/// Entries' DNS names follow SPIRE Server's rule, checked at render time so the failure shows on
-/// the ClusterSPIFFEID (e.g. a `<no value>` from a missing label) rather than at creation, where
-/// spire-controller-manager leaves it to SPIRE.
-pub use crate::dns_name::validate_dns_name;

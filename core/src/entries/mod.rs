@@ -28,7 +28,7 @@ mod views;
 mod tests;
 
 pub use data::{parent_template_data, pod_template_data};
-pub use dns::{service_dns_names, validate_dns_name};
+pub use dns::service_dns_names;
 pub use duration::parse_go_duration;
 pub use entry::{
     DeclaredEntry, Entry, EntryKey, EntryOwner, MaskedEntry, OwnerKind, Resolved, Selector,

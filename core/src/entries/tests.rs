@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::*;
+use crate::dns_name::validate_dns_name;
 use crate::spiffe_id::{SpiffeId, SpiffeIdError, TrustDomain};
 use crate::template::{Template, Value};
 

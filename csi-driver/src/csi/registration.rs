@@ -85,7 +85,7 @@ impl Registration for RegistrationService {
 }
 
 /// Serves the registration service on `listener` until `shutdown`, behind the
-/// [`authority`](super::authority) front (kubelet sends the socket path as `:authority`), with
+/// [`authority`](crate::socket::authority) front (kubelet sends the socket path as `:authority`), with
 /// its default limits: only root (kubelet) can reach this socket.
 pub async fn serve_registration(
     listener: UnixListener,

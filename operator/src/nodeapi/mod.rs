@@ -282,7 +282,7 @@ impl NodeApi {
         let serving = Arc::new(tls::ServingCert::new());
         let mut material = self.state.authority.subscribe();
         let mut renew_at =
-            serving.renew(&self.state.issuer(material.borrow_and_update().clone()))?;
+            serving.renew(&self.state.issuer_for(material.borrow_and_update().clone()))?;
         {
             let serving = serving.clone();
             let shutdown = shutdown.clone();
@@ -298,7 +298,7 @@ impl NodeApi {
                         changed = material.changed() => if changed.is_err() { return },
                     }
                     let current = material.borrow_and_update().clone();
-                    match serving.renew(&state.issuer(current)) {
+                    match serving.renew(&state.issuer_for(current)) {
                         Ok(next) => renew_at = next,
                         Err(error) => {
                             tracing::error!(%error, "renewing the node API serving certificate");
@@ -399,9 +399,13 @@ impl NodeApi {
 }
 
 impl State {
-    /// What signs with `material` (normally [`NodeAuthority::current`]) under this cluster's
-    /// lifetimes.
-    fn issuer(&self, material: Arc<SigningMaterial>) -> Issuer {
+    /// What signs now, under this cluster's lifetimes.
+    fn issuer(&self) -> Issuer {
+        self.issuer_for(self.authority.current())
+    }
+
+    /// What signs with `material` (the serving certificate follows its own subscription).
+    fn issuer_for(&self, material: Arc<SigningMaterial>) -> Issuer {
         self.authority.issuer(material, &self.settings)
     }
 

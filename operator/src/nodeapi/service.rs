@@ -221,7 +221,8 @@ impl Node for NodeApi {
         if request.csr.is_empty() {
             return Err(NodeApiError::InvalidArgument("csr").into());
         }
-        let material = state.authority.current();
+        let issuer = state.issuer();
+        let material = issuer.material();
         let id = node_id(
             &material.bundle.trust_domain,
             &state.settings.cluster_name,
@@ -252,8 +253,7 @@ impl Node for NodeApi {
             &state.args.csi_service_account,
             &request.node_name,
         )?;
-        let svid = state
-            .issuer(material.clone())
+        let svid = issuer
             .node_svid(&id, &csr, SystemTime::now())
             .map_err(NodeApiError::from)?;
         tracing::info!(node = %request.node_name, "node attested");
@@ -261,7 +261,7 @@ impl Node for NodeApi {
             spiffe_id: id.as_str().to_owned(),
             svid_chain: svid.chain.iter().map(|c| c.as_bytes().to_vec()).collect(),
             expires_at: unix_seconds(svid.not_after),
-            bundles: Some(state.bundles(&material, None)?),
+            bundles: Some(state.bundles(material, None)?),
         }))
     }
 
@@ -278,7 +278,7 @@ impl Node for NodeApi {
         if request.csrs.is_empty() {
             return Err(NodeApiError::InvalidArgument("csrs").into());
         }
-        let issuer = state.issuer(state.authority.current());
+        let issuer = state.issuer();
         let now = SystemTime::now();
         let mut svids = Vec::with_capacity(request.csrs.len());
         for csr in &request.csrs {
@@ -323,11 +323,10 @@ impl Node for NodeApi {
         }
         let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
         let stored = State::entry_for(pod.entries()?, &request.spiffe_id)?;
-        let minted = state.issuer(state.authority.current()).jwt_svid(
-            &stored.entry,
-            &request.audience,
-            SystemTime::now(),
-        )?;
+        let minted =
+            state
+                .issuer()
+                .jwt_svid(&stored.entry, &request.audience, SystemTime::now())?;
         Ok(Response::new(MintJwtSvidResponse {
             token: minted.token,
             expires_at: unix_seconds(minted.expires_at),
@@ -345,11 +344,9 @@ impl Node for NodeApi {
             .map_err(|e| NodeApiError::InvalidJwk(e.to_string()))?;
         let pod = state.authorize_pod(&node, request.pod.as_ref()).await?;
         let stored = State::entry_for(pod.entries()?, &request.spiffe_id)?;
-        let minted = state.issuer(state.authority.current()).wit_svid(
-            &stored.entry,
-            &workload_key,
-            SystemTime::now(),
-        )?;
+        let minted = state
+            .issuer()
+            .wit_svid(&stored.entry, &workload_key, SystemTime::now())?;
         Ok(Response::new(MintWitSvidResponse {
             token: minted.token,
             expires_at: unix_seconds(minted.expires_at),

@@ -25,7 +25,6 @@ pub use directory::PodDirectory;
 pub use federation::{FederatedTrustDomain, FederationSet};
 pub use ids::entry_id;
 pub use kept::{KeptFields, KeptKind};
-pub use state::{
-    ClusterState, Dirty, PassReport, ResourceMeta, SliceInput, SpecInput, StaticInput,
-};
+pub use resource_meta::ResourceMeta;
+pub use state::{ClusterState, Dirty, PassReport, SliceInput, SpecInput, StaticInput};
 pub use watch::{ReconcileError, Reconciler, ReconcilerHandle};

@@ -9,7 +9,8 @@ use wimsey_core::entries::{
 };
 use wimsey_core::spiffe_id::TrustDomain;
 
-use super::state::{ClusterState, ResourceMeta, SliceInput, SpecInput, StaticInput, StaticOutcome};
+use super::resource_meta::ResourceMeta;
+use super::state::{ClusterState, SliceInput, SpecInput, StaticInput, StaticOutcome};
 use crate::store::EntryStore;
 
 fn config() -> RenderConfig {

@@ -17,7 +17,7 @@ use wimsey_core::entries::{
 
 use super::federation::{FederationInput, FederationOutcome, FederationSet};
 use super::kept::{KeptFields, KeptKind, KeptTracker};
-pub use super::resource_meta::ResourceMeta;
+use super::resource_meta::ResourceMeta;
 use super::shared::{Fields, SharedPool};
 use crate::crd::{
     ClusterFederatedTrustDomainStatus, ClusterSPIFFEIDStatus, ClusterStaticEntryStatus,
