@@ -100,6 +100,7 @@ fn main() {
         issued_at: now,
         expires_at: now + Duration::from_secs(300),
         jti: None,
+        issuer: None,
     };
     let token = mint_jwt_svid(&jwt_key, &kid, &jwt_claims).expect("mint");
     let svid = ca.issue_from_csr(&csr, &request, now).expect("issue");

@@ -221,6 +221,7 @@ fn jwt_fixture(f: &Fixture, audience: &str, issued_at: SystemTime) -> (String, T
         issued_at,
         expires_at: issued_at + Duration::from_secs(300),
         jti: None,
+        issuer: None,
     };
     (mint_jwt_svid(&key, &kid, &claims).expect("mint"), bundle)
 }

@@ -168,6 +168,7 @@ impl Fixture {
             max_jwt_svid_ttl: Duration::from_secs(3600),
             node_svid_ttl: Duration::from_secs(3600),
             server_svid_ttl: Duration::from_secs(3600),
+            jwt_issuer_url: None,
         }
     }
 

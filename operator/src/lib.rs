@@ -11,6 +11,7 @@ pub mod backend;
 pub mod config;
 pub mod crd;
 pub mod crdgen;
+pub mod federation;
 pub mod leader;
 pub mod nodeapi;
 pub mod reconcile;

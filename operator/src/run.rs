@@ -15,9 +15,14 @@ use wimsey_core::backoff::{backoff, jitter};
 use wimsey_runtime::{LogArgs, all_ready, init_logging, shutdown_signal};
 
 use crate::admin::{self, AdminState, Metrics};
+use crate::authority::serving::ServingCert;
 use crate::authority::{AuthorityArgs, AuthorityError, SigningAuthority};
 use crate::config::{ConfigFlags, Settings};
+use crate::federation::args::FederationArgs;
+use crate::federation::args::ServeProfile;
+use crate::federation::{self as fed};
 use crate::leader::{LeaseSettings, run_leader_election};
+use crate::nodeapi::material::NodeAuthority;
 use crate::nodeapi::{NodeApi, NodeApiArgs};
 
 use crate::reconcile::federation::federated_bundles;
@@ -48,6 +53,8 @@ pub struct RunOptions {
     pub authority: AuthorityArgs,
     #[command(flatten)]
     pub node_api: NodeApiArgs,
+    #[command(flatten)]
+    pub federation: FederationArgs,
 }
 
 fn hostname() -> String {
@@ -197,6 +204,17 @@ where
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     init_logging(&options.log);
     let settings = Settings::from_flags(options.config).context("configuration")?;
+    options.federation.check().context("configuration")?;
+    let web_roots = {
+        let extra =
+            match &options.federation.federation_ca_bundle {
+                Some(path) => Some(std::fs::read(path).with_context(|| {
+                    format!("reading --federation-ca-bundle {}", path.display())
+                })?),
+                None => None,
+            };
+        Arc::new(fed::tls::web_roots(extra.as_deref()).context("--federation-ca-bundle")?)
+    };
     tracing::info!(
         trust_domain = settings.trust_domain.name(),
         cluster = %settings.cluster_name,
@@ -245,7 +263,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let starting = start_authority(
         client.clone(),
         settings.trust_domain.clone(),
-        authority_args,
+        authority_args.clone(),
         controller.metrics.clone(),
         shutdown.clone(),
     );
@@ -272,6 +290,44 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             });
         }
     });
+    // Fetched bundles go into the resources' status (Lease holder only); the reconciler of
+    // every replica reads them back into the federation set above.
+    tokio::spawn(
+        fed::poller::Poller::new(
+            client.clone(),
+            Reporter {
+                controller: "wimsey-operator".to_owned(),
+                instance: Some(identity.clone()),
+            },
+            fed::poller::PollerSettings {
+                policy: options.federation.refresh_policy(),
+                limits: options.federation.fetch_limits(),
+                web_roots,
+            },
+            controller.metrics.clone(),
+            authority.subscribe(),
+        )
+        .run(
+            controller.federation.clone(),
+            controller.leader.clone(),
+            shutdown.clone(),
+        ),
+    );
+    let bundle_endpoint = match options.federation.bundle_endpoint_addr {
+        Some(addr) => Some(tokio::spawn(
+            start_bundle_endpoint(
+                client.clone(),
+                addr,
+                &options.federation,
+                NodeAuthority::new(authority.subscribe(), authority_args),
+                settings.clone(),
+                options.namespace.clone(),
+                shutdown.clone(),
+            )
+            .await?,
+        )),
+        None => None,
+    };
     let node_api_addr = options.node_api.node_api_addr;
     let node_api = NodeApi::new(
         client.clone(),
@@ -303,7 +359,71 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         .await
         .context("node API task")?
         .context("node API")?;
+    if let Some(endpoint) = bundle_endpoint {
+        endpoint
+            .await
+            .context("bundle endpoint task")?
+            .context("bundle endpoint")?;
+    }
     Ok(())
+}
+
+/// Binds the bundle endpoint and returns the future serving it: our bundle at `/`, OIDC
+/// discovery when JWT-SVIDs have an issuer, over the configured profile's certificate.
+async fn start_bundle_endpoint(
+    client: Client,
+    addr: SocketAddr,
+    args: &FederationArgs,
+    authority: NodeAuthority,
+    settings: Settings,
+    namespace: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<
+    impl std::future::Future<Output = Result<(), fed::endpoint::EndpointError>> + use<>,
+> {
+    let material = authority.subscribe();
+    let oidc = authority
+        .args()
+        .jwt_issuer_url
+        .clone()
+        .map(|issuer| fed::oidc::routes(material.clone(), issuer));
+    let routes = fed::endpoint::router(material.clone(), oidc);
+    let resolver: Arc<dyn rustls::server::ResolvesServerCert> = match args.bundle_endpoint_profile {
+        ServeProfile::HttpsSpiffe => {
+            let id = wimsey_core::reserved::bundle_endpoint_id(&settings.trust_domain)
+                .context("the bundle endpoint's SPIFFE ID")?;
+            let serving = Arc::new(ServingCert::new(id));
+            serving
+                .keep_renewed(
+                    material,
+                    move |material| authority.issuer(material, &settings),
+                    shutdown.clone(),
+                )
+                .context("the bundle endpoint's serving SVID")?;
+            serving
+        }
+        ServeProfile::HttpsWeb => {
+            let cert = Arc::new(fed::tls::WebServingCert::default());
+            let secret = args.bundle_endpoint_secret.clone().unwrap_or_default();
+            tokio::spawn(fed::web_cert::follow_secret(
+                client,
+                namespace,
+                secret,
+                cert.clone(),
+                shutdown.clone(),
+            ));
+            cert
+        }
+    };
+    let listener = fed::endpoint::bind(addr).await?;
+    tracing::info!(%addr, profile = ?args.bundle_endpoint_profile, "bundle endpoint listening");
+    Ok(fed::endpoint::serve(
+        listener,
+        resolver,
+        routes,
+        args.endpoint_limits(),
+        shutdown,
+    ))
 }
 
 #[cfg(test)]

@@ -162,6 +162,9 @@ async fn crds_install_and_admission_accepts_scm_samples_and_rejects_invalid_ones
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+#[path = "support/domain.rs"]
+mod domain;
+
 // ---------------------------------------------------------------------------------------------
 // The reconciler in-process against the real API server. Each test uses its own namespaces,
 // Node, Lease and className, so tests and other users of the cluster do not collide.
@@ -1025,5 +1028,206 @@ mod reconciler {
             .delete("wimsey-cp-failover", &DeleteParams::default())
             .await;
         fixture.cleanup().await;
+    }
+
+    /// The poller with the reconciler on a real API server: a fetched bundle lands in the
+    /// resource's status (Ready and BundleFetched True, sequence and counts), a rotation at the
+    /// peer arrives within a refresh, a second replica that never fetched finds the bundle in the
+    /// status, and an endpoint that goes away turns Ready False (EndpointUnreachable, with an
+    /// Event) while the last good bundle stays in effect.
+    #[tokio::test]
+    async fn fetched_bundles_live_in_status_for_every_replica_and_outlive_an_endpoint_outage() {
+        use std::sync::Arc;
+
+        use kube::runtime::events::Reporter;
+        use wimsey_core::federation::RefreshPolicy;
+        use wimsey_operator::federation::fetch::FetchLimits;
+        use wimsey_operator::federation::poller::{Poller, PollerSettings};
+
+        use super::domain::{Domain, HOUR, bundle_endpoint};
+
+        const CLASS: &str = "wimsey-cp-federation";
+        const NAME: &str = "wimsey-cp-federation-peer";
+        let client = client().await;
+        install_crds(&client).await;
+        let mut peer = Domain::new("peer.test");
+        let ours = Domain::new("cp-federation.test");
+        let (url, stop_endpoint) = bundle_endpoint(&peer).await;
+
+        let a = start(
+            &client,
+            settings("cp-federation.test", Some(CLASS)),
+            "default",
+            "wimsey-cp-federation",
+            "wimsey-cp-federation-a",
+        );
+        wait_ready(&a).await;
+        let mut leader = a.leader.clone();
+        tokio::time::timeout(SYNC, leader.wait_for(|l| *l))
+            .await
+            .expect("A leads")
+            .unwrap();
+        let polling = CancellationToken::new();
+        tokio::spawn(
+            Poller::new(
+                client.clone(),
+                Reporter {
+                    controller: "wimsey-operator".into(),
+                    instance: Some("wimsey-cp-federation-a".into()),
+                },
+                PollerSettings {
+                    policy: RefreshPolicy {
+                        min: Duration::from_secs(1),
+                        max: Duration::from_secs(2),
+                        default: Duration::from_secs(1),
+                    },
+                    limits: FetchLimits::default(),
+                    web_roots: Arc::new(rustls::RootCertStore::empty()),
+                },
+                a.metrics.clone(),
+                ours.material.subscribe(),
+            )
+            .run(a.federation.clone(), a.leader.clone(), polling.clone()),
+        );
+
+        let initial = peer.current().bundle.clone();
+        let api = apply_cr(
+            &client,
+            json!({
+                "apiVersion": "spire.spiffe.io/v1alpha1",
+                "kind": "ClusterFederatedTrustDomain",
+                "metadata": {"name": NAME},
+                "spec": {
+                    "trustDomain": "peer.test",
+                    "bundleEndpointURL": url.as_str(),
+                    "bundleEndpointProfile": {
+                        "type": "https_spiffe",
+                        "endpointSPIFFEID": "spiffe://peer.test/wimsey/bundle-endpoint"
+                    },
+                    "trustDomainBundle": initial.to_spiffe_jwks().unwrap(),
+                    "className": CLASS,
+                }
+            }),
+        )
+        .await;
+        let status = |object: &DynamicObject| object.data["status"].clone();
+        let condition = |status: &Value, kind: &str| {
+            status["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|c| c["type"] == kind).cloned())
+                .unwrap_or(Value::Null)
+        };
+        let fetched = wait_for("BundleFetched and Ready", SYNC, || async {
+            let s = status(&api.get(NAME).await.ok()?);
+            (condition(&s, "BundleFetched")["status"] == "True"
+                && condition(&s, "Ready")["status"] == "True")
+                .then_some(s)
+        })
+        .await;
+        assert_eq!(
+            fetched["spiffeSequence"],
+            json!(initial.sequence_number.unwrap())
+        );
+        assert_eq!(fetched["x509Authorities"], json!(1));
+        assert_eq!(fetched["trustDomain"], "peer.test");
+        assert!(fetched["lastSuccessfulFetch"].is_string() && fetched["nextRefresh"].is_string());
+
+        // The peer rotates: the new CA reaches the status and every replica's federation set.
+        peer.rotate_later(14 * HOUR);
+        let rotated = peer.current().bundle.clone();
+        let started = Instant::now();
+        wait_for("the rotated bundle in status", SYNC, || async {
+            let s = status(&api.get(NAME).await.ok()?);
+            (s["spiffeSequence"] == json!(rotated.sequence_number.unwrap())).then_some(())
+        })
+        .await;
+        println!(
+            "peer rotation stored after {:?} (refresh 1 s)",
+            started.elapsed()
+        );
+        let in_set = |controller: &Controller| {
+            controller
+                .federation
+                .borrow()
+                .get("peer.test")
+                .and_then(|f| {
+                    f.fetched_bundle
+                        .as_ref()
+                        .map(|b| b.x509_authorities.clone())
+                })
+        };
+        wait_for("A's federation set", SYNC, || async {
+            (in_set(&a) == Some(rotated.x509_authorities.clone())).then_some(())
+        })
+        .await;
+
+        // A second replica (a standby, no poller) finds the fetched bundle without fetching.
+        let b = start(
+            &client,
+            settings("cp-federation.test", Some(CLASS)),
+            "default",
+            "wimsey-cp-federation",
+            "wimsey-cp-federation-b",
+        );
+        wait_ready(&b).await;
+        wait_for("B's federation set", SYNC, || async {
+            (in_set(&b) == Some(rotated.x509_authorities.clone())).then_some(())
+        })
+        .await;
+        assert!(!*b.leader.borrow(), "B is a standby");
+
+        // The endpoint goes away: Ready False with the reason; the last good bundle stays.
+        stop_endpoint.cancel();
+        let failed = wait_for("Ready False", SYNC, || async {
+            let s = status(&api.get(NAME).await.ok()?);
+            (condition(&s, "Ready")["status"] == "False").then_some(s)
+        })
+        .await;
+        assert_eq!(
+            condition(&failed, "Ready")["reason"],
+            "EndpointUnreachable",
+            "{failed}"
+        );
+        assert_eq!(
+            condition(&failed, "BundleFetched")["reason"],
+            "EndpointUnreachable"
+        );
+        assert!(
+            condition(&failed, "Ready")["message"]
+                .as_str()
+                .unwrap()
+                .contains("last good bundle"),
+            "{failed}"
+        );
+        assert_eq!(
+            failed["spiffeSequence"],
+            json!(rotated.sequence_number.unwrap())
+        );
+        assert_eq!(in_set(&a), Some(rotated.x509_authorities.clone()));
+        assert_eq!(in_set(&b), Some(rotated.x509_authorities.clone()));
+        let events = Api::<K8sEvent>::all(client.clone());
+        wait_for("an EndpointUnreachable Event", SYNC, || async {
+            events
+                .list(&ListParams::default())
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(NAME)
+                        && e.reason.as_deref() == Some("EndpointUnreachable")
+                })
+        })
+        .await;
+
+        // Deleting the resource drops the domain from every replica.
+        api.delete(NAME, &DeleteParams::default()).await.unwrap();
+        wait_for("peer.test gone", SYNC, || async {
+            (in_set(&a).is_none() && in_set(&b).is_none()).then_some(())
+        })
+        .await;
+        polling.cancel();
+        a.stop().await;
+        b.stop().await;
     }
 }

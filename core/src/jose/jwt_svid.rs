@@ -100,10 +100,13 @@ pub struct JwtSvidClaims<'a> {
     pub expires_at: SystemTime,
     /// SPIRE's `jwt_svid_include_jti`: a fresh unique value when set.
     pub jti: Option<&'a str>,
+    /// The `iss` claim: the OIDC issuer URL when OIDC discovery is on, so that relying parties
+    /// that speak OIDC rather than SPIFFE can find the keys (`crate::oidc`).
+    pub issuer: Option<&'a str>,
 }
 
 /// Signs a JWT-SVID: header `alg` (from the key; ES256 for the default P-256 key), `kid`, `typ`
-/// `JWT`; claims `sub`, `aud`, `exp`, `iat` and optionally `jti`.
+/// `JWT`; claims `sub`, `aud`, `exp`, `iat` and optionally `jti` and `iss`.
 pub fn mint_jwt_svid(
     key: &SigningKey,
     kid: &str,
@@ -136,6 +139,9 @@ pub fn mint_jwt_svid(
     body.insert("iat".into(), iat.into());
     if let Some(jti) = claims.jti {
         body.insert("jti".into(), jti.into());
+    }
+    if let Some(issuer) = claims.issuer {
+        body.insert("iss".into(), issuer.into());
     }
     Ok(sign_compact(&header, &body, key)?)
 }
@@ -362,6 +368,7 @@ mod tests {
                     issued_at: at(NOW - 10),
                     expires_at: at(NOW + 300),
                     jti: Some("j1"),
+                    issuer: None,
                 },
             )
             .expect("mint")
@@ -768,6 +775,7 @@ mod tests {
             issued_at: at(NOW),
             expires_at: at(exp),
             jti: None,
+            issuer: None,
         };
         assert_eq!(
             mint_jwt_svid(&f.key, "k", &claims(&[], NOW + 5)).err(),
@@ -796,12 +804,32 @@ mod tests {
             },
         )
         .expect("mint");
-        assert!(
-            !CompactJws::parse(&token)
-                .expect("parse")
-                .claims()
-                .contains_key("jti")
-        );
+        let claims = CompactJws::parse(&token).expect("parse").into_claims();
+        assert!(!claims.contains_key("jti"));
+        assert!(!claims.contains_key("iss"), "no issuer configured, no iss");
+    }
+
+    #[test]
+    fn the_issuer_becomes_the_iss_claim_and_still_validates() {
+        let f = fixture();
+        let sub = id("spiffe://example.org/workload");
+        let audience = vec!["sts.amazonaws.com".to_string()];
+        let token = mint_jwt_svid(
+            &f.key,
+            &f.kid,
+            &JwtSvidClaims {
+                spiffe_id: &sub,
+                audience: &audience,
+                issued_at: at(NOW - 10),
+                expires_at: at(NOW + 300),
+                jti: None,
+                issuer: Some("https://oidc.example.org"),
+            },
+        )
+        .expect("mint");
+        let ok = f.validate(&token, "sts.amazonaws.com").expect("valid");
+        assert_eq!(ok.claims["iss"], "https://oidc.example.org");
+        assert_eq!(ok.claims["sub"], "spiffe://example.org/workload");
     }
 
     #[test]

@@ -169,6 +169,7 @@ fn tokens() -> Tokens {
             issued_at: at(NOW),
             expires_at: at(NOW + 60),
             jti: None,
+            issuer: None,
         },
     )
     .expect("jwt");

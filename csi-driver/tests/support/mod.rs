@@ -222,6 +222,7 @@ impl PodIdentity for TestPod {
             issued_at,
             expires_at: issued_at + JWT_SVID_TTL,
             jti: None,
+            issuer: None,
         };
         mint_jwt_svid(&self.jwt_key, &self.jwt_kid, &claims)
             .map(Zeroizing::new)

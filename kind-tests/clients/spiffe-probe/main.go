@@ -8,6 +8,8 @@
 //	spiffe-probe no-header      FetchX509SVID without the workload.spiffe.io header: status code=<gRPC code>
 //	spiffe-probe idle           does nothing until the pod stops (a files-mode pod to exec into)
 //	spiffe-probe attack NAME    a hostile pod's attack for the attack suite: attack <name> <outcome...> (attacks.go)
+//	spiffe-probe watch-bundles  streams the X.509 bundle set, one line per change (federation.go)
+//	spiffe-probe federated-mtls ...   verifies another trust domain's SVID and completes mTLS with it (federation.go)
 //
 // A failed call prints `error code=<gRPC code> msg=<message>` and exits 1.
 package main
@@ -37,12 +39,18 @@ var start = time.Now()
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: spiffe-probe watch|fetch|jwt|no-header|idle|attack [flags]")
+		fmt.Fprintln(os.Stderr, "usage: spiffe-probe watch|fetch|jwt|no-header|idle|attack|watch-bundles|federated-mtls [flags]")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
 	case "attack":
 		if err := attack(os.Args[2:]); err != nil {
+			fmt.Printf("error code=%s msg=%s\n", status.Code(err), oneLine(err))
+			os.Exit(1)
+		}
+		return
+	case "watch-bundles", "federated-mtls":
+		if err := federation(os.Args[1], os.Args[2:]); err != nil {
 			fmt.Printf("error code=%s msg=%s\n", status.Code(err), oneLine(err))
 			os.Exit(1)
 		}

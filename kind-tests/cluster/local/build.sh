@@ -5,6 +5,7 @@
 #   $WIMSEY_CACHE/etcd-$ETCD_VERSION/bin/ etcd etcdctl
 #   $WIMSEY_CACHE/helm-$HELM_VERSION/bin/helm
 #   $WIMSEY_CACHE/kubeconform-$KUBECONFORM_VERSION/bin/kubeconform
+#   $WIMSEY_CACHE/spire-$SPIRE_VERSION/bin/spire-server  (the federation peer in the interop tests)
 # Everything comes from the Go module proxy through generated wrapper modules (see
 # shared/reference/local-cluster.md §1-2): k/k's go.mod pins its staging modules at v0.0.0, so the wrapper
 # replaces each of them with the published v0.Y.Z tag. A component is rebuilt only when its `--version`
@@ -125,6 +126,33 @@ build_kubeconform() {
 		"-X main.version=$KUBECONFORM_VERSION"
 }
 
+# SPIRE publishes no version list on the proxy, so `go install pkg@version` is refused: a wrapper module
+# requires it as a tool, then builds it. Newer releases need a dependency version the proxy refuses.
+# Two things differ from the other builds: cgo is on (the sqlite3 datastore is cgo-only; without it
+# `run` fails with "sqlite3 is not a supported dialect when CGO is not enabled"), and gittag carries
+# no leading "v" (SPIRE's datastore MustParse()s it as semver at init: with the "v" every command panics).
+build_spire() {
+	local V=$SPIRE_VERSION out="$C/spire-$SPIRE_VERSION/bin" src="$C/spire-$SPIRE_VERSION/src"
+	local have=
+	[ -x "$out/spire-server" ] && have=$("$out/spire-server" --version 2>&1 || true)
+	if [[ $have == "${V#v}"* && $("$GO" version -m "$out/spire-server" 2>&1) == *CGO_ENABLED=1* ]]; then
+		log "spire-server $V: cached in $out"; return 0
+	fi
+	log "spire-server $V: building (wrapper module in $src)"
+	mkdir -p "$src" "$out"
+	(
+		cd "$src"
+		rm -f go.mod go.sum
+		"$GO" mod init example.local/wimsey-spirebins >/dev/null 2>&1
+		"$GO" get -tool "github.com/spiffe/spire/cmd/spire-server@$V"
+		export CGO_ENABLED=1
+		timed "spire-$V" "$GO" build -p "$GOBUILD_P" -trimpath \
+			-ldflags "-s -w -X github.com/spiffe/spire/pkg/common/version.gittag=${V#v}" \
+			-o "$out/spire-server" github.com/spiffe/spire/cmd/spire-server
+	)
+	"$out/spire-server" --version 2>&1
+}
+
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
 	case $what in
@@ -134,6 +162,7 @@ for what in "$@"; do
 	etcd) build_etcd ;;
 	helm) build_helm ;;
 	kubeconform) build_kubeconform ;;
+	spire) build_spire ;;
 	*) echo "unknown component: $what" >&2; exit 2 ;;
 	esac
 done

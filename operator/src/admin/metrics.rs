@@ -27,6 +27,17 @@ struct ReasonLabels {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    trust_domain: String,
+    result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TrustDomainLabels {
+    trust_domain: String,
+}
+
 fn phase_histogram() -> Histogram {
     // 50 µs .. ~1.6 s
     Histogram::new(exponential_buckets(0.00005, 2.0, 16))
@@ -44,6 +55,11 @@ pub struct Metrics {
     authority_replacements: Family<KindLabels, Counter>,
     authority_secret_unreadable: Gauge,
     authority_secret_errors: Family<ReasonLabels, Counter>,
+    federation_fetches: Family<FetchLabels, Counter>,
+    federation_bundle_age: Family<TrustDomainLabels, Gauge>,
+    /// Unix seconds of each federated trust domain's last good fetch; the age is computed
+    /// from it at every scrape, so it grows while the endpoint is down.
+    federation_last_success: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Default for Metrics {
@@ -106,8 +122,23 @@ impl Metrics {
             "Authority Secret reads that failed, by error",
             authority_secret_errors.clone(),
         );
+        let federation_fetches = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "federation_fetches",
+            "Bundle endpoint fetches of federated trust domains, by result (ok, or the error)",
+            federation_fetches.clone(),
+        );
+        let federation_bundle_age = Family::<TrustDomainLabels, Gauge>::default();
+        registry.register(
+            "federation_bundle_age_seconds",
+            "Seconds since the federated trust domain's bundle was last fetched successfully",
+            federation_bundle_age.clone(),
+        );
         Self {
             registry,
+            federation_fetches,
+            federation_bundle_age,
+            federation_last_success: std::sync::Mutex::default(),
             authority_replacements,
             authority_secret_unreadable,
             authority_secret_errors,
@@ -165,8 +196,53 @@ impl Metrics {
         }
     }
 
+    /// Counts one fetch of `trust_domain`'s bundle endpoint; `error` is None on success.
+    pub fn count_federation_fetch(&self, trust_domain: &str, error: Option<&'static str>) {
+        self.federation_fetches
+            .get_or_create(&FetchLabels {
+                trust_domain: trust_domain.to_owned(),
+                result: error.unwrap_or("ok"),
+            })
+            .inc();
+        if error.is_none() {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            self.federation_last_success
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(trust_domain.to_owned(), now);
+        }
+    }
+
+    /// Stops reporting a trust domain whose relationship is gone (or no longer ours to poll).
+    pub fn forget_federation(&self, trust_domain: &str) {
+        self.federation_last_success
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(trust_domain);
+        self.federation_bundle_age.remove(&TrustDomainLabels {
+            trust_domain: trust_domain.to_owned(),
+        });
+    }
+
     /// The Prometheus text exposition.
     pub fn encode(&self) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        for (trust_domain, at) in self
+            .federation_last_success
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            self.federation_bundle_age
+                .get_or_create(&TrustDomainLabels {
+                    trust_domain: trust_domain.clone(),
+                })
+                .set(i64::try_from(now.saturating_sub(*at)).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

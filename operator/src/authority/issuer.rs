@@ -12,6 +12,7 @@ use wimsey_core::issuance::TtlPolicy;
 use wimsey_core::jose::PublicJwk;
 use wimsey_core::jose::jwt_svid::{JwtSvidClaims, mint_jwt_svid};
 use wimsey_core::jose::wimse::{WitSvidClaims, mint_wit_svid};
+use wimsey_core::oidc::IssuerUrl;
 use wimsey_core::x509::{IssuedSvid, SvidRequest, VerifiedCsr};
 
 use super::SigningMaterial;
@@ -39,6 +40,8 @@ pub struct IssuedToken {
 pub struct Issuer {
     material: Arc<SigningMaterial>,
     lifetimes: IssuerLifetimes,
+    /// The `iss` of JWT-SVIDs, when OIDC discovery is on.
+    jwt_issuer: Option<IssuerUrl>,
 }
 
 /// How long each kind of SVID lives.
@@ -51,10 +54,15 @@ pub struct IssuerLifetimes {
 }
 
 impl Issuer {
-    pub fn new(material: Arc<SigningMaterial>, lifetimes: IssuerLifetimes) -> Self {
+    pub fn new(
+        material: Arc<SigningMaterial>,
+        lifetimes: IssuerLifetimes,
+        jwt_issuer: Option<IssuerUrl>,
+    ) -> Self {
         Self {
             material,
             lifetimes,
+            jwt_issuer,
         }
     }
 
@@ -81,7 +89,7 @@ impl Issuer {
             .map_err(|e| IssueError::Signing(e.to_string()))
     }
 
-    /// A JWT-SVID for `entry` with `audience`.
+    /// A JWT-SVID for `entry` with `audience`, with `iss` when an issuer URL is configured.
     pub fn jwt_svid(
         &self,
         entry: &Entry,
@@ -95,6 +103,7 @@ impl Issuer {
             issued_at: now,
             expires_at,
             jti: None,
+            issuer: self.jwt_issuer.as_ref().map(IssuerUrl::as_str),
         };
         let token = mint_jwt_svid(&self.material.jwt.key, &self.material.jwt.kid, &claims)
             .map_err(|e| IssueError::Signing(e.to_string()))?;
@@ -165,6 +174,7 @@ mod tests {
 
     use wimsey_core::TrustDomain;
     use wimsey_core::entries::Selector;
+    use wimsey_core::jose::CompactJws;
     use wimsey_core::keys::{KeyAlgorithm, SigningKey};
     use wimsey_core::renewal::token_lifetime;
     use wimsey_core::x509::{build_csr, verify_csr};
@@ -185,6 +195,10 @@ mod tests {
 
     /// Every lifetime different, so a swapped one shows.
     fn issuer() -> Issuer {
+        issuer_with(None)
+    }
+
+    fn issuer_with(jwt_issuer: Option<IssuerUrl>) -> Issuer {
         let lifetimes = Lifetimes {
             ca_ttl: Duration::from_secs(24 * 3600),
             jwt_key_ttl: Duration::from_secs(6 * 3600),
@@ -210,6 +224,7 @@ mod tests {
                 node_svid_ttl: 15 * MINUTE,
                 serving_svid_ttl: 20 * MINUTE,
             },
+            jwt_issuer,
         )
     }
 
@@ -280,5 +295,19 @@ mod tests {
             .unwrap();
         assert_eq!(lives(&serving), 20 * MINUTE, "serving SVID");
         assert_eq!(serving.spiffe_id, operator);
+    }
+
+    #[test]
+    fn jwt_svids_carry_iss_only_when_an_issuer_url_is_set() {
+        let unset = entry(Duration::ZERO, Duration::ZERO);
+        let claims = |issuer: &Issuer| {
+            let jwt = issuer.jwt_svid(&unset, &["svc".into()], now()).unwrap();
+            CompactJws::parse(&jwt.token).unwrap().into_claims()
+        };
+        assert!(!claims(&issuer()).contains_key("iss"));
+        let url = IssuerUrl::parse("https://oidc.example.org").unwrap();
+        let with_iss = claims(&issuer_with(Some(url)));
+        assert_eq!(with_iss["iss"], "https://oidc.example.org");
+        assert_eq!(with_iss["sub"], "spiffe://example.org/ns/a/sa/b");
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod issuer;
 mod secret;
+pub mod serving;
 pub mod state;
 pub mod store;
 
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use wimsey_core::bundle::BundleError;
 use wimsey_core::keys::KeyError;
+use wimsey_core::oidc::IssuerUrl;
 use wimsey_core::rotation::RotationError;
 use wimsey_core::x509::X509Error;
 
@@ -36,7 +38,7 @@ pub const BUNDLE_SPIFFE_KEY: &str = "bundle.spiffe";
 /// older replica never overwrites a newer bundle.
 pub const GENERATION_ANNOTATION: &str = "wimsey.dev/authority-generation";
 
-fn parse_duration(value: &str) -> Result<Duration, String> {
+pub fn parse_duration(value: &str) -> Result<Duration, String> {
     wimsey_core::entries::parse_go_duration(value).map_err(|reason| format!("{value:?}: {reason}"))
 }
 
@@ -78,6 +80,11 @@ pub struct AuthorityArgs {
     /// Lifetime of the operator's own serving X.509-SVID (renewed at half-life).
     #[arg(long, env = "WIMSEY_SERVER_SVID_TTL", default_value = "1h", value_parser = parse_duration)]
     pub server_svid_ttl: Duration,
+    /// OIDC issuer of JWT-SVIDs (an https URL, written exactly as relying parties register it):
+    /// JWT-SVIDs carry it as `iss`, and the bundle endpoint serves OIDC discovery for it.
+    /// Unset: no `iss` and no discovery.
+    #[arg(long, env = "WIMSEY_JWT_ISSUER_URL", value_parser = IssuerUrl::parse)]
+    pub jwt_issuer_url: Option<IssuerUrl>,
 }
 
 impl AuthorityArgs {
@@ -176,5 +183,25 @@ mod tests {
         assert_eq!(cli.authority.node_svid_ttl, Duration::from_secs(90));
         assert_eq!(cli.authority.authority_secret, "wimsey-authority");
         assert!(Cli::try_parse_from(["x", "--ca-ttl", "soon"]).is_err());
+    }
+
+    #[test]
+    fn the_jwt_issuer_url_is_optional_and_validated() {
+        let unset = Cli::try_parse_from(["x"]).unwrap();
+        assert_eq!(unset.authority.jwt_issuer_url, None);
+        let set =
+            Cli::try_parse_from(["x", "--jwt-issuer-url", "https://oidc.example.org"]).unwrap();
+        assert_eq!(
+            set.authority.jwt_issuer_url.as_ref().map(IssuerUrl::as_str),
+            Some("https://oidc.example.org")
+        );
+        for bad in [
+            "http://oidc.example.org",
+            "https://oidc.example.org/?x=1",
+            "oidc",
+        ] {
+            let error = Cli::try_parse_from(["x", "--jwt-issuer-url", bad]).unwrap_err();
+            assert!(error.to_string().contains("issuer URL"), "{bad}: {error}");
+        }
     }
 }

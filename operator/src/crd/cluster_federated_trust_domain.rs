@@ -3,7 +3,7 @@
 // Each `printcolumn(...)` repeats the same keys, which clippy takes for duplicated attributes.
 #![allow(clippy::duplicated_attributes)]
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -39,6 +39,34 @@ use serde::{Deserialize, Serialize};
         name = "Reason",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Sequence",
+        type_ = "integer",
+        json_path = ".status.spiffeSequence"
+    ),
+    printcolumn(
+        name = "X509",
+        type_ = "integer",
+        json_path = ".status.x509Authorities",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "JWT",
+        type_ = "integer",
+        json_path = ".status.jwtAuthorities",
+        priority = "1"
+    ),
+    printcolumn(
+        name = "Last Fetch",
+        type_ = "date",
+        json_path = ".status.lastSuccessfulFetch"
+    ),
+    printcolumn(
+        name = "Next Refresh",
+        type_ = "date",
+        json_path = ".status.nextRefresh",
         priority = "1"
     ),
     printcolumn(
@@ -107,7 +135,11 @@ pub enum BundleEndpointProfileType {
     HttpsSpiffe,
 }
 
-/// spire-controller-manager has no status here (its issue #171); ours says whether federation works.
+/// spire-controller-manager has no status here (its issue #171); ours says whether federation
+/// works. Two writers share it by server-side apply: the reconciler owns `Ready` and
+/// `observedGeneration`; the bundle poller (the Lease holder) owns `BundleFetched` and the fetch
+/// fields, and the fetched `bundle` is where every replica, and a restarted operator, find the
+/// last good bundle without fetching it again.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterFederatedTrustDomainStatus {
@@ -116,4 +148,26 @@ pub struct ClusterFederatedTrustDomainStatus {
     pub conditions: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The last good bundle fetched from the bundle endpoint (SPIFFE bundle JSON).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 262144))]
+    pub bundle: String,
+    /// The trust domain the held bundle belongs to (a bundle is never used for another one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub trust_domain: String,
+    /// When a bundle was last fetched successfully (changed or not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_fetch: Option<Time>,
+    /// The held bundle's `spiffe_sequence`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_sequence: Option<u64>,
+    /// X.509 authorities in the held bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub x509_authorities: Option<u32>,
+    /// JWT authorities in the held bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwt_authorities: Option<u32>,
+    /// When the endpoint is polled next.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_refresh: Option<Time>,
 }

@@ -21,7 +21,7 @@ pub use cluster_spiffe_id::{
 pub use cluster_static_entry::{
     ClusterStaticEntry, ClusterStaticEntrySpec, ClusterStaticEntryStatus,
 };
-pub use status::{CONDITION_READY, reasons};
+pub use status::{CONDITION_BUNDLE_FETCHED, CONDITION_READY, reasons};
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -3,6 +3,9 @@
 /// The one condition every resource carries: `True` when everything it declares is in effect.
 pub const CONDITION_READY: &str = "Ready";
 
+/// ClusterFederatedTrustDomain: whether the last fetch from the bundle endpoint succeeded.
+pub const CONDITION_BUNDLE_FETCHED: &str = "BundleFetched";
+
 /// `Ready` reasons. Stable: users alert on them.
 pub mod reasons {
     /// Everything the resource declares is in effect.
@@ -21,6 +24,21 @@ pub mod reasons {
     pub const DUPLICATE_TRUST_DOMAIN: &str = "DuplicateTrustDomain";
     /// The bundle endpoint could not be reached or returned no valid bundle.
     pub const BUNDLE_FETCH_FAILED: &str = "BundleFetchFailed";
+    /// A bundle was fetched from the bundle endpoint.
+    pub const BUNDLE_FETCHED: &str = "Fetched";
+    /// The bundle endpoint could not be reached (connection, DNS, timeout).
+    pub const ENDPOINT_UNREACHABLE: &str = "EndpointUnreachable";
+    /// The endpoint's certificate did not verify for the profile (wrong SPIFFE ID, expired,
+    /// another trust domain, untrusted Web PKI chain).
+    pub const TLS_VERIFY_FAILED: &str = "TLSVerifyFailed";
+    /// The endpoint answered with something that is not a valid SPIFFE bundle (or too large).
+    pub const INVALID_BUNDLE: &str = "InvalidBundle";
+    /// The endpoint answered with an HTTP error or too many redirects.
+    pub const HTTP_ERROR: &str = "HTTPError";
+    /// No bundle is known for the trust domain of the endpoint's SPIFFE ID.
+    pub const TRUST_DOMAIN_MISMATCH: &str = "TrustDomainMismatch";
+    /// The endpoint served a bundle with a lower spiffe_sequence than the one held.
+    pub const STALE_BUNDLE: &str = "StaleBundle";
     /// Not reconciled yet.
     pub const PENDING: &str = "Pending";
 }

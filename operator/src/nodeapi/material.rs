@@ -40,7 +40,7 @@ impl NodeAuthority {
     }
 
     /// What signs with `material`: lifetimes default to the cluster's `settings` and are capped
-    /// by the authority's flags.
+    /// by the authority's flags, which also give the JWT-SVID issuer URL.
     pub fn issuer(&self, material: Arc<SigningMaterial>, settings: &Settings) -> Issuer {
         let workload = TtlPolicy {
             default_x509_svid_ttl: settings.default_x509_svid_ttl,
@@ -53,7 +53,7 @@ impl NodeAuthority {
             node_svid_ttl: self.args.node_svid_ttl,
             serving_svid_ttl: self.args.server_svid_ttl,
         };
-        Issuer::new(material, lifetimes)
+        Issuer::new(material, lifetimes, self.args.jwt_issuer_url.clone())
     }
 }
 

@@ -44,6 +44,7 @@ use wimsey_core::jose::service_account::{ServiceAccountTokenError, verify_pod_to
 use wimsey_proto::wimsey::node::v1::node_server::NodeServer;
 
 use crate::authority::issuer::Issuer;
+use crate::authority::serving::ServingCert;
 use crate::authority::{SigningAuthority, SigningMaterial};
 use crate::config::Settings;
 use crate::store::EntryStore;
@@ -279,34 +280,16 @@ impl NodeApi {
                 }
             });
         }
-        let serving = Arc::new(tls::ServingCert::new());
-        let mut material = self.state.authority.subscribe();
-        let mut renew_at =
-            serving.renew(&self.state.issuer_for(material.borrow_and_update().clone()))?;
+        let serving = Arc::new(ServingCert::new(verdict::operator_id(
+            &self.state.authority.current().bundle.trust_domain,
+        )?));
         {
-            let serving = serving.clone();
-            let shutdown = shutdown.clone();
             let state = self.state.clone();
-            tokio::spawn(async move {
-                loop {
-                    let wait = renew_at
-                        .duration_since(SystemTime::now())
-                        .unwrap_or_default();
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(wait) => {}
-                        changed = material.changed() => if changed.is_err() { return },
-                    }
-                    let current = material.borrow_and_update().clone();
-                    match serving.renew(&state.issuer_for(current)) {
-                        Ok(next) => renew_at = next,
-                        Err(error) => {
-                            tracing::error!(%error, "renewing the node API serving certificate");
-                            renew_at = SystemTime::now() + Duration::from_secs(5);
-                        }
-                    }
-                }
-            });
+            serving.keep_renewed(
+                self.state.authority.subscribe(),
+                move |material| state.issuer_for(material),
+                shutdown.clone(),
+            )?;
         }
         let mut config = rustls::ServerConfig::builder_with_provider(tls::provider())
             .with_safe_default_protocol_versions()

@@ -3,30 +3,25 @@
 //! a certificate).
 
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime};
+use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::server::{ClientHello, ResolvesServerCert};
-use rustls::sign::CertifiedKey;
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
-use wimsey_core::keys::{KeyAlgorithm, SigningKey};
-use wimsey_core::renewal::half_life;
 use wimsey_core::x509::verify_svid;
 
 use super::NodeApiError;
 use super::conn::{ConnInfo, LimitedTcp};
-use super::verdict::{node_from_id, operator_id};
+use super::verdict::node_from_id;
 use crate::authority::SigningMaterial;
-use crate::authority::issuer::Issuer;
 
 pub(super) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
@@ -136,57 +131,6 @@ impl ClientCertVerifier for NodeCertVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
-    }
-}
-
-/// The operator's serving certificate: an X.509-SVID for `spiffe://<td>/wimsey/operator`,
-/// reissued at half-life and whenever the CA changes.
-#[derive(Debug)]
-pub(super) struct ServingCert {
-    current: RwLock<Option<(Arc<CertifiedKey>, SystemTime)>>,
-}
-
-impl ServingCert {
-    pub(super) fn new() -> Self {
-        Self {
-            current: RwLock::new(None),
-        }
-    }
-
-    /// Issues a fresh serving SVID; returns when it should be renewed.
-    pub(super) fn renew(&self, issuer: &Issuer) -> Result<SystemTime, NodeApiError> {
-        let now = SystemTime::now();
-        let key = SigningKey::generate(KeyAlgorithm::EcdsaP256)
-            .map_err(|e| NodeApiError::Internal(e.to_string()))?;
-        let id = operator_id(&issuer.material().bundle.trust_domain)?;
-        let svid = issuer.serving_svid(&id, &key.public_key_spki_der(), now)?;
-        let pkcs8 = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
-        let signing_key = provider()
-            .key_provider
-            .load_private_key(pkcs8)
-            .map_err(|e| NodeApiError::Internal(e.to_string()))?;
-        let certs = svid
-            .chain
-            .iter()
-            .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
-            .collect();
-        let renew_at = half_life(now, svid.not_after);
-        let mut current = self.current.write().unwrap_or_else(|e| e.into_inner());
-        *current = Some((
-            Arc::new(CertifiedKey::new(certs, signing_key)),
-            svid.not_after,
-        ));
-        Ok(renew_at)
-    }
-}
-
-impl ResolvesServerCert for ServingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map(|(key, _)| key.clone())
     }
 }
 

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use wimsey_core::bundle::TrustDomainBundle;
 use wimsey_core::entries::{RenderConfig, handles_class};
+use wimsey_core::federation::{EndpointUrlParts, check_endpoint_url};
 use wimsey_core::spiffe_id::{SpiffeId, TrustDomain};
 
 use super::resource_meta::ResourceMeta;
@@ -42,6 +43,48 @@ pub struct FederatedTrustDomain {
     pub profile: BundleEndpointProfile,
     /// `trustDomainBundle`, when given: the bundle to trust until the first fetch.
     pub initial_bundle: Option<TrustDomainBundle>,
+    /// The last good bundle the poller fetched, as stored in the resource's status.
+    pub fetched_bundle: Option<TrustDomainBundle>,
+}
+
+impl FederatedTrustDomain {
+    /// The bundle in effect: the last fetched one, else `trustDomainBundle`.
+    pub fn current_bundle(&self) -> Option<&TrustDomainBundle> {
+        self.fetched_bundle
+            .as_ref()
+            .or(self.initial_bundle.as_ref())
+    }
+
+    /// The relationship as configured, without what was fetched: a poller restarts only when
+    /// this changes.
+    pub fn configured(
+        &self,
+    ) -> (
+        &TrustDomain,
+        &url::Url,
+        &BundleEndpointProfile,
+        Option<&TrustDomainBundle>,
+    ) {
+        (
+            &self.trust_domain,
+            &self.bundle_endpoint_url,
+            &self.profile,
+            self.initial_bundle.as_ref(),
+        )
+    }
+}
+
+/// The fetched bundle a status holds for `trust_domain`; none when it names another trust
+/// domain or does not parse (then the next fetch replaces it).
+pub fn fetched_bundle(
+    status: Option<&ClusterFederatedTrustDomainStatus>,
+    trust_domain: &TrustDomain,
+) -> Option<TrustDomainBundle> {
+    let status = status?;
+    if status.bundle.is_empty() || status.trust_domain != trust_domain.name() {
+        return None;
+    }
+    TrustDomainBundle::from_spiffe_jwks(trust_domain.clone(), status.bundle.as_bytes()).ok()
 }
 
 /// The federation set, by trust domain name.
@@ -71,18 +114,8 @@ pub fn validate_federation(
         .map_err(|e| ("trustDomain", e.to_string()))?;
     let url = url::Url::parse(&spec.bundle_endpoint_url)
         .map_err(|e| ("bundleEndpointURL", e.to_string()))?;
-    if url.scheme() != "https" {
-        return Err((
-            "bundleEndpointURL",
-            format!("scheme must be https, not {:?}", url.scheme()),
-        ));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(("bundleEndpointURL", "host must not be empty".to_owned()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(("bundleEndpointURL", "must not contain user info".to_owned()));
-    }
+    check_endpoint_url(endpoint_url_parts(&url))
+        .map_err(|e| ("bundleEndpointURL", e.to_string()))?;
     let endpoint_id = &spec.bundle_endpoint_profile.endpoint_spiffe_id;
     let profile = match spec.bundle_endpoint_profile.profile_type {
         BundleEndpointProfileType::HttpsWeb if endpoint_id.is_empty() => {
@@ -116,7 +149,17 @@ pub fn validate_federation(
         bundle_endpoint_url: url,
         profile,
         initial_bundle,
+        fetched_bundle: None,
     })
+}
+
+/// The parts of `url` the federation spec constrains (for the configured URL and redirects).
+pub fn endpoint_url_parts(url: &url::Url) -> EndpointUrlParts<'_> {
+    EndpointUrlParts {
+        scheme: url.scheme(),
+        host: url.host_str(),
+        has_user_info: !url.username().is_empty() || url.password().is_some(),
+    }
 }
 
 /// The federation set of this instance's class: valid resources, one per trust domain, the
@@ -137,11 +180,13 @@ pub fn build_federation_set(
         }
         let outcome = match validate_federation(&name, &input.spec) {
             Err((field, reason)) => FederationOutcome::Invalid { field, reason },
-            Ok(relationship) => match set.get(relationship.trust_domain.name()) {
+            Ok(mut relationship) => match set.get(relationship.trust_domain.name()) {
                 Some(existing) => FederationOutcome::Duplicate {
                     of: existing.resource.clone(),
                 },
                 None => {
+                    relationship.fetched_bundle =
+                        fetched_bundle(input.status.as_ref(), &relationship.trust_domain);
                     set.insert(relationship.trust_domain.name().to_owned(), relationship);
                     FederationOutcome::Accepted
                 }
@@ -152,15 +197,15 @@ pub fn build_federation_set(
     (set, outcomes)
 }
 
-/// The federated bundles known from the federation set: each relationship's `trustDomainBundle`
-/// (no bundle endpoint is polled yet).
+/// The federated bundles in effect: per relationship, the last fetched bundle, else its
+/// `trustDomainBundle`. A deleted relationship is simply absent, so pods drop the domain.
 pub fn federated_bundles(set: &FederationSet) -> FederatedBundles {
     Arc::new(
         set.values()
             .filter_map(|federation| {
                 federation
-                    .initial_bundle
-                    .clone()
+                    .current_bundle()
+                    .cloned()
                     .map(|bundle| (federation.trust_domain.clone(), bundle))
             })
             .collect(),

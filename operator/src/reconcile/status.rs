@@ -7,11 +7,11 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 use wimsey_core::entries::EntryError;
 
-use super::federation::FederationOutcome;
+use super::federation::{FederationInput, FederationOutcome};
 use super::state::{ClusterState, StaticOutcome};
 use crate::crd::{
-    CONDITION_READY, ClusterFederatedTrustDomainStatus, ClusterSPIFFEIDStats,
-    ClusterSPIFFEIDStatus, ClusterStaticEntryStatus, reasons,
+    CONDITION_BUNDLE_FETCHED, CONDITION_READY, ClusterFederatedTrustDomainStatus,
+    ClusterSPIFFEIDStats, ClusterSPIFFEIDStatus, ClusterStaticEntryStatus, reasons,
 };
 
 /// The field manager of every status write.
@@ -226,15 +226,7 @@ pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
         let generation = input.meta.generation;
         let condition = match outcome {
             None | Some(FederationOutcome::NotOurs) => continue,
-            Some(FederationOutcome::Accepted) => ready_condition(
-                generation,
-                true,
-                reasons::RECONCILED,
-                format!(
-                    "federation with {} via {} is configured",
-                    input.spec.trust_domain, input.spec.bundle_endpoint_url
-                ),
-            ),
+            Some(FederationOutcome::Accepted) => federation_ready(generation, input, observed),
             Some(FederationOutcome::Invalid { field, reason }) => ready_condition(
                 generation,
                 false,
@@ -258,12 +250,62 @@ pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
             status: to_json(&ClusterFederatedTrustDomainStatus {
                 conditions: vec![condition],
                 observed_generation: generation,
+                ..ClusterFederatedTrustDomainStatus::default()
             }),
             observed: observed.map(to_json),
             observed_version: input.meta.resource_version.clone(),
         });
     }
     out
+}
+
+/// Ready of an accepted relationship follows the poller's `BundleFetched` condition: a bundle
+/// endpoint that cannot be fetched makes it False with the fetch's reason (the last good bundle
+/// stays in use meanwhile); before the first fetch it is Pending.
+fn federation_ready(
+    generation: Option<i64>,
+    input: &FederationInput,
+    observed: Option<&ClusterFederatedTrustDomainStatus>,
+) -> Condition {
+    let fetched = observed.and_then(|status| {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == CONDITION_BUNDLE_FETCHED)
+    });
+    let endpoint = &input.spec.bundle_endpoint_url;
+    match fetched {
+        Some(c) if c.status == "True" => ready_condition(
+            generation,
+            true,
+            reasons::RECONCILED,
+            format!(
+                "the bundle of {} is fetched from {endpoint}",
+                input.spec.trust_domain
+            ),
+        ),
+        Some(c) => {
+            let held = observed.is_some_and(|s| !s.bundle.is_empty())
+                || !input.spec.trust_domain_bundle.is_empty();
+            let keeping = if held {
+                "; the last good bundle stays in use"
+            } else {
+                ""
+            };
+            ready_condition(
+                generation,
+                false,
+                &c.reason,
+                format!("{}{keeping}", c.message),
+            )
+        }
+        None => ready_condition(
+            generation,
+            false,
+            reasons::PENDING,
+            format!("waiting for the first fetch from {endpoint}"),
+        ),
+    }
 }
 
 /// A status with every condition's lastTransitionTime removed.
@@ -282,7 +324,9 @@ pub fn without_timestamps(status: &Value) -> Value {
 /// The status to apply, or `None` when the observed one differs at most in timestamps. A
 /// condition keeps the observed lastTransitionTime while its status stays the same.
 pub fn status_to_write(desired: &Value, observed: Option<&Value>, now: Timestamp) -> Option<Value> {
-    if observed.is_some_and(|o| without_timestamps(o) == without_timestamps(desired)) {
+    if observed
+        .is_some_and(|o| without_timestamps(&owned_part(o, desired)) == without_timestamps(desired))
+    {
         return None;
     }
     let mut status = desired.clone();
@@ -298,6 +342,33 @@ pub fn status_to_write(desired: &Value, observed: Option<&Value>, now: Timestamp
         }
     }
     Some(status)
+}
+
+/// The part of an observed status that `desired` speaks for: its members and its conditions'
+/// types. The rest belongs to another field manager (the federation poller's fetch fields) and
+/// must not make every comparison differ.
+fn owned_part(observed: &Value, desired: &Value) -> Value {
+    let (Some(observed), Some(desired)) = (observed.as_object(), desired.as_object()) else {
+        return observed.clone();
+    };
+    let mut owned = serde_json::Map::new();
+    for (key, value) in observed {
+        if !desired.contains_key(key) {
+            continue;
+        }
+        let value = match (key.as_str(), value.as_array(), desired[key].as_array()) {
+            ("conditions", Some(observed), Some(wanted)) => Value::Array(
+                observed
+                    .iter()
+                    .filter(|c| wanted.iter().any(|w| w["type"] == c["type"]))
+                    .cloned()
+                    .collect(),
+            ),
+            _ => value.clone(),
+        };
+        owned.insert(key.clone(), value);
+    }
+    Value::Object(owned)
 }
 
 /// Whether writing `desired` over `observed` deserves an Event: the resource became unhealthy,

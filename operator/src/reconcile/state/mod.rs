@@ -589,9 +589,15 @@ impl ClusterState {
 
     pub fn apply_federation(&mut self, input: FederationInput) {
         let name = input.meta.name.clone();
+        // A fetched bundle lives in the status: when the poller stores a new one, the federation
+        // set (and the bundles pods see) changes too.
+        fn fetched(input: &FederationInput) -> Option<(&String, &String)> {
+            input.status.as_ref().map(|s| (&s.bundle, &s.trust_domain))
+        }
         if let Some(old) = self.federations.get_mut(&name)
             && old.input.spec == input.spec
             && old.input.created == input.created
+            && fetched(&old.input) == fetched(&input)
         {
             old.input = input;
             self.dirty.status = true;

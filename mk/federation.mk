@@ -1,0 +1,39 @@
+# Federation interop: a real SPIRE Server as a local process (operator/tests/support/spire.rs).
+# spire-server is built once per version from the Go module proxy into $(WIMSEY_CACHE), with cgo:
+# its SQL datastore's sqlite3 driver needs it.
+
+SPIRE_VERSION ?= $(shell . kind-tests/cluster/local/versions.sh && echo $$SPIRE_VERSION)
+SPIRE_SERVER := $(WIMSEY_CACHE)/spire-$(SPIRE_VERSION)/bin/spire-server
+# The operator test files (test = false in operator/Cargo.toml) that need WIMSEY_SPIRE_SERVER.
+SPIRE_INTEROP_TESTS := spire_harness spire_federation
+
+.PHONY: spire-server test-spire-interop
+
+# build.sh is a no-op when the cached binary reports this version and was built with cgo.
+spire-server: ## build spire-server (cached by version) for the interop tests
+	SPIRE_VERSION=$(SPIRE_VERSION) kind-tests/cluster/local/build.sh spire
+
+test-spire-interop: spire-server ## interop tests against a real SPIRE Server (part of make test)
+	WIMSEY_SPIRE_SERVER=$(SPIRE_SERVER) $(CARGO) test -p wimsey-operator \
+		$(addprefix --test ,$(SPIRE_INTEROP_TESTS)) -- --show-output
+
+TEST_TARGETS += test-spire-interop
+
+.PHONY: bench-federation
+# Our bundle endpoint and SPIRE's, same client, same run: requests/s and p50/p99 (not in make test).
+bench-federation: spire-server ## bundle endpoint throughput and latency vs spire-server's, built --release
+	WIMSEY_SPIRE_SERVER=$(SPIRE_SERVER) $(CARGO) bench -p wimsey-operator --bench bundle_endpoint
+
+.PHONY: test-federation-e2e
+# Federation with a real SPIRE Server on this host, both ways, on the node-level cluster
+# (kind-tests/tests/federation.rs): the operator's bundle endpoint and poller, federated bundles in
+# a go-spiffe pod, mTLS with a SPIRE-minted SVID, SPIRE's CA rotation, an unreachable endpoint.
+test-federation-e2e: spire-server ## federation e2e against a real SPIRE Server (part of make test)
+	@$(MAKE) --no-print-directory cluster-up
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) WIMSEY_E2E=1 CLUSTER_PROVIDER=$$($(CLUSTER_SH) provider) \
+		CLUSTER_LEVEL=$$(cat $(WIMSEY_CLUSTER_DIR)/level) \
+		WIMSEY_IMAGE_TAG=$$(cat $(WIMSEY_IMAGES_DIR)/tag 2>/dev/null || kind-tests/images.sh tag) \
+		WIMSEY_SPIRE_SERVER=$(SPIRE_SERVER) \
+		$(CARGO) test -p wimsey-kind-tests --test federation -- --show-output
+
+TEST_TARGETS += test-federation-e2e

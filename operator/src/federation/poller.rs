@@ -1,0 +1,310 @@
+//! The bundle poller: while this replica holds the Lease, one task per accepted
+//! ClusterFederatedTrustDomain fetches its bundle endpoint at the bundle's refresh hint (clamped),
+//! retries with jittered backoff, keeps the last good bundle, and stores it in the resource's
+//! status, from where every replica's reconciler passes it on to pods.
+//!
+//! `https_spiffe` endpoints are verified with the latest bundle of the endpoint ID's trust domain:
+//! the one being fetched (self-serving; bootstrapped from `trustDomainBundle`), ours, or another
+//! relationship's.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client};
+use rustls::RootCertStore;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wimsey_core::backoff::jitter;
+use wimsey_core::bundle::TrustDomainBundle;
+use wimsey_core::federation::{BundleUpdate, RefreshPolicy, compare_bundles};
+
+use super::fetch::{EndpointAuth, FetchError, FetchLimits, fetch_bundle};
+use super::fetch_status::{FETCH_FIELD_MANAGER, PollOutcome, fetch_status, fetch_transition};
+use crate::admin::Metrics;
+use crate::authority::SigningMaterial;
+use crate::crd::{ClusterFederatedTrustDomain, reasons};
+use crate::reconcile::FederationSet;
+use crate::reconcile::federation::{BundleEndpointProfile, FederatedTrustDomain};
+
+/// What the poller needs besides the federation set.
+#[derive(Debug, Clone)]
+pub struct PollerSettings {
+    pub policy: RefreshPolicy,
+    pub limits: FetchLimits,
+    /// Roots for `https_web` endpoints.
+    pub web_roots: Arc<RootCertStore>,
+}
+
+/// Where fetched bundles are stored: the resource's status (the API server), or, for tests
+/// without one, nowhere.
+#[derive(Clone)]
+pub struct Poller {
+    client: Client,
+    reporter: Reporter,
+    settings: PollerSettings,
+    metrics: Arc<Metrics>,
+    own: watch::Receiver<Arc<SigningMaterial>>,
+}
+
+impl std::fmt::Debug for Poller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Poller").finish_non_exhaustive()
+    }
+}
+
+type TaskKey = (String, FederatedTrustDomain);
+
+impl Poller {
+    pub fn new(
+        client: Client,
+        reporter: Reporter,
+        settings: PollerSettings,
+        metrics: Arc<Metrics>,
+        own: watch::Receiver<Arc<SigningMaterial>>,
+    ) -> Self {
+        Self {
+            client,
+            reporter,
+            settings,
+            metrics,
+            own,
+        }
+    }
+
+    /// Runs until `shutdown`: one polling task per relationship while `leader` is true.
+    pub async fn run(
+        self,
+        mut set: watch::Receiver<Arc<FederationSet>>,
+        mut leader: watch::Receiver<bool>,
+        shutdown: CancellationToken,
+    ) {
+        let poller = Arc::new(self);
+        let mut tasks: HashMap<String, (TaskKey, JoinHandle<()>)> = HashMap::new();
+        loop {
+            let leading = *leader.borrow_and_update();
+            let current = set.borrow_and_update().clone();
+            tasks.retain(|td, (key, task)| {
+                let keep = leading
+                    && current.get(td).is_some_and(|rel| {
+                        rel.configured() == key.1.configured() && rel.resource == key.0
+                    });
+                if !keep {
+                    task.abort();
+                    poller.metrics.forget_federation(td);
+                }
+                keep
+            });
+            if leading {
+                for (td, relationship) in current.iter() {
+                    if tasks.contains_key(td) {
+                        continue;
+                    }
+                    let key = (relationship.resource.clone(), relationship.clone());
+                    let task = tokio::spawn(poller.clone().poll(td.clone(), set.clone()));
+                    tasks.insert(td.clone(), (key, task));
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                changed = set.changed() => if changed.is_err() { break },
+                changed = leader.changed() => if changed.is_err() { break },
+            }
+        }
+        for (_, (_, task)) in tasks {
+            task.abort();
+        }
+    }
+
+    /// Polls one trust domain's endpoint until aborted.
+    async fn poll(self: Arc<Self>, trust_domain: String, set: watch::Receiver<Arc<FederationSet>>) {
+        let mut held: Option<TrustDomainBundle> = None;
+        let mut failures = 0u32;
+        loop {
+            let Some(relationship) = set.borrow().get(&trust_domain).cloned() else {
+                return;
+            };
+            // The stored bundle may be newer than ours (another leader fetched it).
+            if let Some(stored) = relationship.fetched_bundle.as_ref()
+                && compare_bundles(held.as_ref(), stored).replaces()
+            {
+                held = Some(stored.clone());
+            }
+            let fetched = match self.endpoint_auth(&relationship, held.as_ref(), &set) {
+                Ok(auth) => {
+                    fetch_bundle(
+                        &relationship.bundle_endpoint_url,
+                        &relationship.trust_domain,
+                        &auth,
+                        self.settings.limits,
+                    )
+                    .await
+                }
+                Err(error) => Err(error),
+            };
+            let outcome = match fetched {
+                Ok(bundle) => match compare_bundles(held.as_ref(), &bundle) {
+                    BundleUpdate::Stale { held, fetched } => PollOutcome::Failed {
+                        reason: reasons::STALE_BUNDLE,
+                        message: format!(
+                            "{} served spiffe_sequence {fetched}, older than the held {held}; keeping the held bundle",
+                            relationship.bundle_endpoint_url
+                        ),
+                    },
+                    update => {
+                        if update.replaces() {
+                            tracing::info!(trust_domain, sequence = ?bundle.sequence_number,
+                                "federated bundle updated");
+                            held = Some(bundle);
+                        }
+                        PollOutcome::Fetched {
+                            replaced: update.replaces(),
+                        }
+                    }
+                },
+                Err(error) => {
+                    tracing::warn!(trust_domain, %error, "fetching a federated bundle failed");
+                    self.metrics
+                        .count_federation_fetch(&trust_domain, Some(error.label()));
+                    PollOutcome::Failed {
+                        reason: error.reason(),
+                        message: error.to_string(),
+                    }
+                }
+            };
+            let interval = self.settings.policy.interval(
+                held.as_ref()
+                    .or(relationship.current_bundle())
+                    .and_then(|b| b.refresh_hint_seconds),
+            );
+            let wait = match &outcome {
+                PollOutcome::Fetched { .. } => {
+                    self.metrics.count_federation_fetch(&trust_domain, None);
+                    failures = 0;
+                    interval
+                }
+                PollOutcome::Failed { reason, .. } => {
+                    if *reason == reasons::STALE_BUNDLE {
+                        self.metrics
+                            .count_federation_fetch(&trust_domain, Some("stale_bundle"));
+                    }
+                    failures = failures.saturating_add(1);
+                    self.settings
+                        .policy
+                        .retry_delay(failures, interval, jitter())
+                }
+            };
+            if let Err(error) = self
+                .store(&relationship, &outcome, held.as_ref(), wait)
+                .await
+            {
+                // The bundle is kept in memory and stored with the next poll's write.
+                tracing::warn!(trust_domain, %error, "storing the federation status failed");
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// How to authenticate `relationship`'s endpoint now.
+    fn endpoint_auth(
+        &self,
+        relationship: &FederatedTrustDomain,
+        held: Option<&TrustDomainBundle>,
+        set: &watch::Receiver<Arc<FederationSet>>,
+    ) -> Result<EndpointAuth, FetchError> {
+        let BundleEndpointProfile::HttpsSpiffe { endpoint_spiffe_id } = &relationship.profile
+        else {
+            return Ok(EndpointAuth::Web(self.settings.web_roots.clone()));
+        };
+        let endpoint_td = endpoint_spiffe_id.trust_domain();
+        let own = self.own.borrow().clone();
+        let authorities = if endpoint_td == relationship.trust_domain {
+            held.or(relationship.current_bundle())
+                .map(|b| b.x509_authorities.clone())
+        } else if endpoint_td == own.bundle.trust_domain {
+            Some(own.bundle.x509_authorities.clone())
+        } else {
+            set.borrow()
+                .get(endpoint_td.name())
+                .and_then(FederatedTrustDomain::current_bundle)
+                .map(|b| b.x509_authorities.clone())
+        };
+        match authorities {
+            Some(authorities) if !authorities.is_empty() => Ok(EndpointAuth::Spiffe {
+                id: endpoint_spiffe_id.clone(),
+                authorities,
+            }),
+            _ => Err(FetchError::NoBundleForEndpoint {
+                trust_domain: endpoint_td.name().to_owned(),
+            }),
+        }
+    }
+
+    /// Writes the poller's status fields (and an Event on a transition).
+    async fn store(
+        &self,
+        relationship: &FederatedTrustDomain,
+        outcome: &PollOutcome,
+        held: Option<&TrustDomainBundle>,
+        next_poll: Duration,
+    ) -> Result<(), kube::Error> {
+        let api = Api::<ClusterFederatedTrustDomain>::all(self.client.clone());
+        let current = api.get_status(&relationship.resource).await?;
+        let previous = current.status.as_ref();
+        let now = Timestamp::now();
+        let next = SystemTime::now() + next_poll;
+        let next = Timestamp::try_from(next).unwrap_or(now);
+        let status = fetch_status(
+            previous,
+            outcome,
+            held,
+            relationship.bundle_endpoint_url.as_str(),
+            now,
+            next,
+        );
+        let body = json!({
+            "apiVersion": "spire.spiffe.io/v1alpha1",
+            "kind": "ClusterFederatedTrustDomain",
+            "status": status,
+        });
+        api.patch_status(
+            &relationship.resource,
+            &PatchParams::apply(FETCH_FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await?;
+        if let Some((ok, reason, message)) = fetch_transition(previous, &status) {
+            let reference = ObjectReference {
+                api_version: Some("spire.spiffe.io/v1alpha1".to_owned()),
+                kind: Some("ClusterFederatedTrustDomain".to_owned()),
+                name: Some(relationship.resource.clone()),
+                uid: current.metadata.uid.clone(),
+                ..ObjectReference::default()
+            };
+            let mut note = message;
+            note.truncate(1000);
+            let event = Event {
+                type_: if ok {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                },
+                reason,
+                note: Some(note),
+                action: "FetchBundle".to_owned(),
+                secondary: None,
+            };
+            let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
+            if let Err(error) = recorder.publish(&event, &reference).await {
+                tracing::warn!(resource = %relationship.resource, %error, "publishing an event failed");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,195 @@
+//! TLS of federation: the client side verifies an `https_spiffe` endpoint as an X.509-SVID of
+//! the configured ID; the server side of `https_web` serves a certificate and key from a
+//! `kubernetes.io/tls` Secret (as cert-manager writes it), swapped in place when it changes.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use wimsey_core::SpiffeId;
+use wimsey_core::x509::verify_svid;
+
+pub(crate) fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Accepts a server whose chain is an X.509-SVID of `expected`, issued by one of `authorities`
+/// (the latest bundle of `expected`'s trust domain). Host names play no part.
+#[derive(Debug)]
+pub struct SpiffeServerVerifier {
+    expected: SpiffeId,
+    authorities: Vec<Vec<u8>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl SpiffeServerVerifier {
+    pub fn new(expected: SpiffeId, authorities: Vec<Vec<u8>>) -> Self {
+        Self {
+            expected,
+            authorities,
+            algorithms: provider().signature_verification_algorithms,
+        }
+    }
+}
+
+impl ServerCertVerifier for SpiffeServerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let mut chain = Vec::with_capacity(1 + intermediates.len());
+        chain.push(end_entity.clone());
+        chain.extend(intermediates.iter().cloned());
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
+        let expected_td = self.expected.trust_domain();
+        let verified = verify_svid(
+            &chain,
+            |td| (*td == expected_td).then_some(self.authorities.as_slice()),
+            now,
+        )
+        .map_err(|e| rustls::Error::General(format!("bundle endpoint certificate: {e}")))?;
+        if verified.spiffe_id != self.expected {
+            return Err(rustls::Error::General(format!(
+                "bundle endpoint is {}, expected {}",
+                verified.spiffe_id, self.expected
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Why Web PKI material could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WebTlsError {
+    #[error("{what} holds no PEM certificate")]
+    NoCertificate { what: String },
+    #[error("{what} is not valid PEM: {reason}")]
+    Pem { what: String, reason: String },
+    #[error("the private key in {what} cannot be used: {reason}")]
+    Key { what: String, reason: String },
+    #[error("reading {what}: {reason}")]
+    Read { what: String, reason: String },
+}
+
+/// The roots an `https_web` endpoint is verified against: the Mozilla root program (compiled
+/// in, as our images carry no system store), the system's roots when there are any, and an
+/// optional PEM bundle from the configuration (a private CA).
+pub fn web_roots(extra_pem: Option<&[u8]>) -> Result<RootCertStore, WebTlsError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let native = rustls_native_certs::load_native_certs();
+    let _ = roots.add_parsable_certificates(native.certs);
+    if let Some(pem) = extra_pem {
+        let certs = pem_certificates(pem, "the federation CA bundle")?;
+        for cert in certs {
+            roots.add(cert).map_err(|e| WebTlsError::Pem {
+                what: "the federation CA bundle".to_owned(),
+                reason: e.to_string(),
+            })?;
+        }
+    }
+    Ok(roots)
+}
+
+fn pem_certificates(pem: &[u8], what: &str) -> Result<Vec<CertificateDer<'static>>, WebTlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| WebTlsError::Pem {
+            what: what.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(WebTlsError::NoCertificate {
+            what: what.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+/// A certificate chain and key from PEM (`tls.crt`, `tls.key`), ready for rustls.
+pub fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    what: &str,
+) -> Result<CertifiedKey, WebTlsError> {
+    let certs = pem_certificates(cert_pem, what)?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| WebTlsError::Key {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })?;
+    let signing_key =
+        provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| WebTlsError::Key {
+                what: what.to_owned(),
+                reason: e.to_string(),
+            })?;
+    let certified = CertifiedKey::new(certs, signing_key);
+    certified.keys_match().map_err(|e| WebTlsError::Key {
+        what: what.to_owned(),
+        reason: e.to_string(),
+    })?;
+    Ok(certified)
+}
+
+/// The `https_web` serving certificate, replaced whenever the Secret changes; a broken update
+/// keeps the previous one.
+#[derive(Debug, Default)]
+pub struct WebServingCert {
+    current: RwLock<Option<Arc<CertifiedKey>>>,
+}
+
+impl WebServingCert {
+    pub fn replace(&self, key: CertifiedKey) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(key));
+    }
+
+    pub fn is_loaded(&self) -> bool {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+    }
+}
+
+impl ResolvesServerCert for WebServingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
