@@ -7,6 +7,19 @@ SPIRE_SERVER := $(WIMSEY_CACHE)/spire-$(SPIRE_VERSION)/bin/spire-server
 # The operator test files (test = false in operator/Cargo.toml) that need WIMSEY_SPIRE_SERVER.
 SPIRE_INTEROP_TESTS := spire_harness spire_federation
 
+# oidc-verify: a relying party that knows only OpenID Connect (go-oidc), for
+# operator/tests/oidc_discovery.rs; built from the Go module proxy, cached by content.
+OIDC_VERIFY_SRC := kind-tests/clients/oidc-verify
+OIDC_VERIFY_KEY := $(shell cat $(OIDC_VERIFY_SRC)/go.mod $(OIDC_VERIFY_SRC)/go.sum $(OIDC_VERIFY_SRC)/*.go 2>/dev/null | sha256sum | cut -c1-16)
+OIDC_VERIFY := $(WIMSEY_CACHE)/tools/oidc-verify-$(OIDC_VERIFY_KEY)
+export OIDC_VERIFY
+
+$(OIDC_VERIFY):
+	mkdir -p $(dir $@)
+	cd $(OIDC_VERIFY_SRC) && CGO_ENABLED=0 $(GO) build -trimpath -o $@.tmp . && mv $@.tmp $@
+
+test-unit: $(OIDC_VERIFY)
+
 .PHONY: spire-server test-spire-interop
 
 # build.sh is a no-op when the cached binary reports this version and was built with cgo.
