@@ -330,18 +330,16 @@ async fn redirects_size_caps_malformed_bundles_and_http_errors() {
 async fn only_get_is_answered() {
     let ours = Domain::new("wimsey.test");
     let (url, _stop) = bundle_endpoint(&ours).await;
-    let verifier = wimsey_operator::federation::tls::SpiffeServerVerifier::new(
+    let verifier = wimsey_operator::federation::tls::spiffe_server_verifier(
         bundle_endpoint_id(&ours.td).unwrap(),
         ours.authorities(),
     );
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .dangerous()
-    .with_custom_certificate_verifier(Arc::new(verifier))
-    .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(wimsey_runtime::svid_tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
     let addr = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
     for (method, want) in [
         ("POST", "405"),

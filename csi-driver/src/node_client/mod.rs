@@ -32,6 +32,7 @@ use wimsey_core::x509::build_csr;
 use wimsey_core::{SpiffeId, TrustDomain};
 use wimsey_proto::wimsey::node::v1::node_client::NodeClient as NodeGrpc;
 use wimsey_proto::wimsey::node::v1::{AttestRequest, Bundles};
+use wimsey_runtime::svid_tls::SharedRoots;
 use zeroize::Zeroizing;
 
 use crate::identity::{IdentitySource, PodInfo};
@@ -206,7 +207,7 @@ impl NodeSession {
 
 struct Inner {
     config: NodeClientConfig,
-    roots: tls::SharedRoots,
+    roots: SharedRoots,
     session: tokio::sync::Mutex<Option<NodeSession>>,
     pods: Mutex<HashMap<String, NodePod>>,
     runtime: tokio::runtime::Handle,

@@ -8,92 +8,20 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::{Channel, Endpoint};
-use wimsey_core::x509::verify_svid;
 use wimsey_core::{SpiffeId, TrustDomain};
+use wimsey_runtime::svid_tls::{SharedRoots, SvidServerVerifier, provider};
 use zeroize::Zeroizing;
 
 use super::NodeClientError;
 use super::transport::NodeApiTransport;
-
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
-
-/// The X.509 roots of our trust domain, replaced whenever a newer bundle arrives.
-pub(super) type SharedRoots = Arc<RwLock<Vec<Vec<u8>>>>;
-
-#[derive(Debug)]
-struct OperatorVerifier {
-    roots: SharedRoots,
-    trust_domain: TrustDomain,
-    server_id: SpiffeId,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl ServerCertVerifier for OperatorVerifier {
-    // The operator is identified by its SPIFFE ID, not by a host name.
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut chain = Vec::with_capacity(1 + intermediates.len());
-        chain.push(end_entity.clone());
-        chain.extend(intermediates.iter().cloned());
-        let roots = self.roots.read().unwrap_or_else(|e| e.into_inner());
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        let verified = verify_svid(
-            &chain,
-            |td| (*td == self.trust_domain).then_some(roots.as_slice()),
-            now,
-        )
-        .map_err(|e| rustls::Error::General(format!("node API server certificate: {e}")))?;
-        if verified.spiffe_id != self.server_id {
-            return Err(rustls::Error::General(format!(
-                "node API server is {}, expected {}",
-                verified.spiffe_id, self.server_id
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
-}
 
 /// A client certificate: DER chain (leaf first) and PKCS#8 key.
 pub(super) struct ClientCert {
@@ -196,14 +124,13 @@ pub(super) fn channel(
     transport: &NodeApiTransport,
     refusal: TlsRefusal,
 ) -> Result<Channel, NodeClientError> {
-    let provider = provider();
-    let verifier = OperatorVerifier {
+    let verifier = SvidServerVerifier::new(
+        "node API server",
+        trust_domain.clone(),
+        server_id.clone(),
         roots,
-        trust_domain: trust_domain.clone(),
-        server_id: server_id.clone(),
-        algorithms: provider.signature_verification_algorithms,
-    };
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
+    );
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| NodeClientError::Tls(e.to_string()))?
         .dangerous()

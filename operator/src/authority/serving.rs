@@ -40,7 +40,7 @@ impl ServingCert {
         let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).map_err(|e| signing(&e))?;
         let svid = issuer.serving_svid(&self.id, &key.public_key_spki_der(), now)?;
         let pkcs8 = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()));
-        let signing_key = rustls::crypto::aws_lc_rs::default_provider()
+        let signing_key = wimsey_runtime::svid_tls::provider()
             .key_provider
             .load_private_key(pkcs8)
             .map_err(|e| signing(&e))?;

@@ -134,11 +134,12 @@ pub async fn serve(
     limits: EndpointLimits,
     shutdown: CancellationToken,
 ) -> Result<(), EndpointError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(super::tls::provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| EndpointError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(wimsey_runtime::svid_tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| EndpointError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let slots = Arc::new(Semaphore::new(

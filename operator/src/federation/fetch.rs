@@ -19,8 +19,9 @@ use wimsey_core::federation::{
     EndpointUrlError, MAX_REDIRECTS, check_endpoint_url, is_followed_redirect,
 };
 use wimsey_core::{SpiffeId, TrustDomain};
+use wimsey_runtime::svid_tls::provider;
 
-use super::tls::{SpiffeServerVerifier, provider};
+use super::tls::spiffe_server_verifier;
 use crate::crd::reasons;
 use crate::reconcile::federation::endpoint_url_parts;
 
@@ -147,7 +148,7 @@ fn client_config(auth: &EndpointAuth) -> Result<ClientConfig, FetchError> {
             .with_no_client_auth(),
         EndpointAuth::Spiffe { id, authorities } => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(SpiffeServerVerifier::new(
+            .with_custom_certificate_verifier(Arc::new(spiffe_server_verifier(
                 id.clone(),
                 authorities.clone(),
             )))

@@ -3,91 +3,24 @@
 //! `kubernetes.io/tls` Secret (as cert-manager writes it), swapped in place when it changes.
 
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::RootCertStore;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
 use wimsey_core::SpiffeId;
-use wimsey_core::x509::verify_svid;
-
-pub(crate) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
+use wimsey_runtime::svid_tls::{SvidServerVerifier, provider};
 
 /// Accepts a server whose chain is an X.509-SVID of `expected`, issued by one of `authorities`
 /// (the latest bundle of `expected`'s trust domain). Host names play no part.
-#[derive(Debug)]
-pub struct SpiffeServerVerifier {
-    expected: SpiffeId,
-    authorities: Vec<Vec<u8>>,
-    algorithms: WebPkiSupportedAlgorithms,
-}
-
-impl SpiffeServerVerifier {
-    pub fn new(expected: SpiffeId, authorities: Vec<Vec<u8>>) -> Self {
-        Self {
-            expected,
-            authorities,
-            algorithms: provider().signature_verification_algorithms,
-        }
-    }
-}
-
-impl ServerCertVerifier for SpiffeServerVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let mut chain = Vec::with_capacity(1 + intermediates.len());
-        chain.push(end_entity.clone());
-        chain.extend(intermediates.iter().cloned());
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(now.as_secs());
-        let expected_td = self.expected.trust_domain();
-        let verified = verify_svid(
-            &chain,
-            |td| (*td == expected_td).then_some(self.authorities.as_slice()),
-            now,
-        )
-        .map_err(|e| rustls::Error::General(format!("bundle endpoint certificate: {e}")))?;
-        if verified.spiffe_id != self.expected {
-            return Err(rustls::Error::General(format!(
-                "bundle endpoint is {}, expected {}",
-                verified.spiffe_id, self.expected
-            )));
-        }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
-    }
+pub fn spiffe_server_verifier(expected: SpiffeId, authorities: Vec<Vec<u8>>) -> SvidServerVerifier {
+    SvidServerVerifier::new(
+        "bundle endpoint",
+        expected.trust_domain(),
+        expected,
+        Arc::new(RwLock::new(authorities)),
+    )
 }
 
 /// Why Web PKI material could not be loaded.

@@ -291,11 +291,12 @@ impl NodeApi {
                 shutdown.clone(),
             )?;
         }
-        let mut config = rustls::ServerConfig::builder_with_provider(tls::provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| NodeApiError::Internal(e.to_string()))?
-            .with_client_cert_verifier(self.state.verifier.clone())
-            .with_cert_resolver(serving);
+        let mut config =
+            rustls::ServerConfig::builder_with_provider(wimsey_runtime::svid_tls::provider())
+                .with_safe_default_protocol_versions()
+                .map_err(|e| NodeApiError::Internal(e.to_string()))?
+                .with_client_cert_verifier(self.state.verifier.clone())
+                .with_cert_resolver(serving);
         config.alpn_protocols = vec![b"h2".to_vec()];
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
 

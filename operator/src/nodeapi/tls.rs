@@ -8,7 +8,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
@@ -17,15 +16,12 @@ use tokio::sync::watch;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use wimsey_core::x509::verify_svid;
+use wimsey_runtime::svid_tls;
 
 use super::NodeApiError;
 use super::conn::{ConnInfo, LimitedTcp};
 use super::verdict::node_from_id;
 use crate::authority::SigningMaterial;
-
-pub(super) fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
-}
 
 /// The node a connection authenticated as, and until when (the node SVID's notAfter).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,16 +35,11 @@ pub struct NodeIdentity {
 pub(super) struct NodeCertVerifier {
     material: watch::Receiver<Arc<SigningMaterial>>,
     cluster: String,
-    algorithms: WebPkiSupportedAlgorithms,
 }
 
 impl NodeCertVerifier {
     pub(super) fn new(material: watch::Receiver<Arc<SigningMaterial>>, cluster: String) -> Self {
-        Self {
-            material,
-            cluster,
-            algorithms: provider().signature_verification_algorithms,
-        }
+        Self { material, cluster }
     }
 
     /// The node a client chain (leaf first) authenticates, and until when.
@@ -117,7 +108,7 @@ impl ClientCertVerifier for NodeCertVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+        svid_tls::verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -126,11 +117,11 @@ impl ClientCertVerifier for NodeCertVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+        svid_tls::verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.algorithms.supported_schemes()
+        svid_tls::supported_verify_schemes()
     }
 }
 
