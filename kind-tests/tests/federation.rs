@@ -17,10 +17,13 @@
 //!   `federatesWith: [spire.test]` for the test namespace. A go-spiffe pod (`spiffe-probe
 //!   watch-bundles`) logs its X.509 bundle set on every change; `spiffe-probe federated-mtls`
 //!   verifies an SVID SPIRE minted and completes mutual TLS with it (the peer trusts our trust
-//!   domain through the bundle SPIRE fetched from us).
+//!   domain through the bundle SPIRE fetched from us); `spiffe-probe validate-jwt` has the pod's
+//!   Workload API validate a JWT-SVID SPIRE minted (ValidateJWTSVID, against the JWT keys of
+//!   SPIRE's bundle as the operator fetched it).
 //! - SPIRE's CA rotation reaches the pod within one refresh; an unreachable endpoint turns the
 //!   resource Ready=False (EndpointUnreachable) while the pod keeps the last good bundle, and
-//!   Ready again once the endpoint is back; deleting the resource takes the bundle away.
+//!   Ready again once the endpoint is back; deleting the resource takes the bundle away, and with
+//!   it the pod's trust in SPIRE's SVIDs and JWT-SVIDs.
 //!
 //! Whatever happens, guards stop SPIRE and the relay, delete the cluster-scoped resources and the
 //! namespace, and restore the operator Deployment.
@@ -77,6 +80,10 @@ const POD_TIMEOUT: Duration = Duration::from_secs(120);
 const BUNDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the pod finds the SPIRE-minted SVID and the bundles its peer trusts.
 const PEER_DIR: &str = "/spire-peer";
+/// The audience of the JWT-SVID SPIRE mints for the pod to validate.
+const JWT_AUDIENCE: &str = "wimsey-federation-e2e";
+/// Its lifetime: the whole test after the mint, so a refusal is never an expiry.
+const JWT_TTL: Duration = Duration::from_secs(600);
 
 fn cftd_resource() -> ApiResource {
     ApiResource::from_gvk(&GroupVersionKind::gvk(
@@ -781,10 +788,11 @@ async fn federation(
     let ours_as_spire_holds = spire_fetches_ours(&run, &our_endpoint).await?;
     start_workload(&run, ns, objects, &ours_as_spire_holds).await?;
     let (cftd, spire_fps, sequence) = we_fetch_spires(&run, ns, objects).await?;
+    let spire_jwt = spire_jwt_validates(&run).await?;
     let rotated_fps = spire_rotates_its_ca(&run, &cftd, &spire_fps, sequence).await?;
     endpoint_unreachable(&mut run, &cftd, &rotated_fps).await?;
     both_bundle_lists(&run, &cftd).await?;
-    deleting_the_federation(&run, objects, &cftd).await
+    deleting_the_federation(&run, objects, &cftd, &spire_jwt).await
 }
 
 /// SPIRE fetches our bundle from our endpoint. It is bootstrapped with only our X.509
@@ -974,6 +982,27 @@ async fn we_fetch_spires(
     Ok((cftd, spire_fps, sequence))
 }
 
+/// A JWT-SVID SPIRE mints for the peer validates in the pod through the Workload API's
+/// ValidateJWTSVID (SPIRE's JWT key reached the pod with the fetched bundle); for another audience
+/// it is refused. Returns the token, for the refusal after the deletion.
+async fn spire_jwt_validates(run: &Run) -> Result<String> {
+    let token = blocking(|| run.spire.jwt_mint(PEER_ID, JWT_AUDIENCE, JWT_TTL))?;
+    let out = validate_jwt(&run.pods, &token, JWT_AUDIENCE).await?;
+    let want = format!("jwt-validated {PEER_ID} aud={JWT_AUDIENCE}");
+    ensure!(
+        out.lines().any(|l| l == want),
+        "validate-jwt printed {out:?}, want {want:?}"
+    );
+    println!("federation: SPIRE's JWT-SVID in the pod: {}", out.trim());
+    let other = validate_jwt(&run.pods, &token, "someone-else").await?;
+    ensure!(
+        other.starts_with("error code=InvalidArgument ") && other.contains("audience"),
+        "validate-jwt for another audience: {other:?}"
+    );
+    println!("federation: for another audience: {}", other.trim());
+    Ok(token)
+}
+
 /// SPIRE prepares and activates a new CA: it reaches the pod within one refresh, and the status
 /// carries SPIRE's new sequence. Returns the rotated bundle's fingerprints.
 async fn spire_rotates_its_ca(
@@ -1108,11 +1137,13 @@ async fn both_bundle_lists(run: &Run, cftd: &str) -> Result<()> {
     Ok(())
 }
 
-/// Deleting the ClusterFederatedTrustDomain takes spire.test away from the pod.
+/// Deleting the ClusterFederatedTrustDomain takes spire.test away from the pod: SPIRE's SVID no
+/// longer verifies and its JWT-SVID no longer validates.
 async fn deleting_the_federation(
     run: &Run,
     objects: &mut ClusterObjects,
     cftd: &str,
+    spire_jwt: &str,
 ) -> Result<()> {
     let deleted_ms = now_ms();
     objects.delete("ClusterFederatedTrustDomain", cftd).await?;
@@ -1125,7 +1156,18 @@ async fn deleting_the_federation(
         "federation: {cftd} deleted -> spire.test gone from the pod in {:.2} s",
         seconds_since(line.at_ms, deleted_ms)
     );
-    run.check_mtls_refused("after the deletion").await
+    run.check_mtls_refused("after the deletion").await?;
+    let refused = validate_jwt(&run.pods, spire_jwt, JWT_AUDIENCE).await?;
+    ensure!(
+        refused.starts_with("error code=InvalidArgument ")
+            && refused.contains(&format!("no bundle found for trust domain \"{SPIRE_TD}\"")),
+        "validate-jwt after the deletion: {refused:?}"
+    );
+    println!(
+        "federation: SPIRE's JWT-SVID after the deletion: {}",
+        refused.trim()
+    );
+    Ok(())
 }
 
 /// Our bundle reduced to its X.509 authorities (`use: x509-svid` keys), without sequence or hint.
@@ -1142,6 +1184,26 @@ fn x509_only(spiffe_jwks: &str) -> Result<String> {
     ensure!(!keys.is_empty(), "no x509-svid keys in {spiffe_jwks}");
     v = json!({"keys": keys});
     Ok(v.to_string())
+}
+
+/// `spiffe-probe validate-jwt` on `token` for `audience`: its stdout, whatever its exit status. The
+/// token is an exec argument; an error here does not repeat the command.
+async fn validate_jwt(pods: &Api<Pod>, token: &str, audience: &str) -> Result<String> {
+    let cmd = [
+        PROBE,
+        "validate-jwt",
+        "-audience",
+        audience,
+        "-token",
+        token,
+    ];
+    let out = exec(pods, "probe", None, &cmd).await.map_err(|e| {
+        anyhow!(
+            "exec spiffe-probe validate-jwt in pod probe: {}",
+            e.root_cause()
+        )
+    })?;
+    Ok(out.stdout)
 }
 
 /// spiffe-probe's stdout, whatever its exit status.

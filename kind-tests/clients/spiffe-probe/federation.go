@@ -13,6 +13,12 @@
 //	    authorizes any client its bundles verify and reports the client's ID. Prints
 //	    verify <peer id> ok authority=<fp>
 //	    mtls ok client=<our id> server=<peer id> server_saw=<our id> version=<TLS version>
+//	spiffe-probe validate-jwt -audience A (-token T | -token-file F)
+//	    validates a JWT-SVID (e.g. minted by a SPIRE Server of another trust domain) through the
+//	    Workload API's ValidateJWTSVID (workloadapi.ValidateJWTSVID), so against the JWT bundle the
+//	    pod is served for the token's trust domain. Prints
+//	    jwt-validated <spiffe id> aud=<audiences>
+//	    and never the token.
 package main
 
 import (
@@ -26,6 +32,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -47,6 +54,8 @@ func federation(name string, args []string) error {
 		return watchBundles()
 	case "federated-mtls":
 		return federatedMTLS(args)
+	case "validate-jwt":
+		return validateJWT(args)
 	}
 	return fmt.Errorf("unknown federation command %q", name)
 }
@@ -246,5 +255,32 @@ func federatedMTLS(args []string) error {
 	}
 	fmt.Printf("mtls ok client=%s server=%s server_saw=%s version=%s\n", own.ID, server, s.client,
 		tls.VersionName(tlsConn.ConnectionState().Version))
+	return nil
+}
+
+func validateJWT(args []string) error {
+	fs := flag.NewFlagSet("validate-jwt", flag.ExitOnError)
+	audience := fs.String("audience", "", "the audience the token must carry")
+	token := fs.String("token", "", "the JWT-SVID (compact JWS)")
+	tokenFile := fs.String("token-file", "", "a file holding the JWT-SVID")
+	timeout := fs.Duration("timeout", 20*time.Second, "deadline of the call")
+	_ = fs.Parse(args)
+	if *audience == "" || (*token == "") == (*tokenFile == "") {
+		return errors.New("validate-jwt needs -audience and one of -token, -token-file")
+	}
+	if *tokenFile != "" {
+		raw, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			return fmt.Errorf("-token-file: %w", err)
+		}
+		*token = strings.TrimSpace(string(raw))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	svid, err := workloadapi.ValidateJWTSVID(ctx, *token, *audience)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("jwt-validated %s aud=%s\n", svid.ID, strings.Join(svid.Audience, ","))
 	return nil
 }

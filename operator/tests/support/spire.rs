@@ -43,6 +43,7 @@
 //! server.federation_create(&FederatesWith, bootstrap: Option<&str>) -> anyhow::Result<()>  // a datastore relationship, polled at once
 //! server.federation_refresh(td) -> anyhow::Result<()>             // fetch a peer now (does not reschedule polling)
 //! server.x509_mint(spiffe_id, ttl) -> anyhow::Result<(String, String, String)>  // (chain PEM, PKCS#8 key PEM, bundle PEM)
+//! server.jwt_mint(spiffe_id, audience, ttl) -> anyhow::Result<String>  // a JWT-SVID (compact JWS) signed by SPIRE's JWT key
 //! server.x509_authority_state() -> anyhow::Result<X509AuthorityState>  // active / prepared / old authority IDs
 //! server.prepare_x509_authority() -> anyhow::Result<String>       // `localauthority x509 prepare`: new authority ID
 //! server.activate_x509_authority(id) -> anyhow::Result<()>
@@ -905,6 +906,42 @@ impl SpireServer {
                 .with_context(|| format!("x509 mint wrote no {name}"))
         };
         Ok((read("svid.pem")?, read("key.pem")?, read("bundle.pem")?))
+    }
+
+    /// `jwt mint -spiffeID <id> -audience <aud> -ttl <ttl>`: a JWT-SVID signed by this server's
+    /// current JWT key (published in its bundle as a `jwt-svid` key). SPIRE caps the TTL at the
+    /// key's expiry (and says so on stderr).
+    pub fn jwt_mint(
+        &self,
+        spiffe_id: &str,
+        audience: &str,
+        ttl: Duration,
+    ) -> anyhow::Result<String> {
+        let ttl = go_duration(ttl);
+        let stdout = self.cli(
+            &[
+                "jwt",
+                "mint",
+                "-spiffeID",
+                spiffe_id,
+                "-audience",
+                audience,
+                "-ttl",
+                &ttl,
+            ],
+            None,
+        )?;
+        let token = stdout.trim();
+        // Three base64url parts; the token itself stays out of the error.
+        let parts: Vec<&str> = token.split('.').collect();
+        if parts.len() != 3 || parts.iter().any(|p| p.is_empty()) {
+            bail!(
+                "jwt mint printed no compact JWS ({} bytes, {} dot-separated parts)",
+                token.len(),
+                parts.len()
+            );
+        }
+        Ok(token.to_string())
     }
 
     fn localauthority_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
