@@ -112,23 +112,15 @@ pub enum EndpointUrlError {
     UserInfo,
 }
 
-/// The parts of a bundle endpoint URL the spec constrains.
-#[derive(Debug, Clone, Copy)]
-pub struct EndpointUrlParts<'a> {
-    pub scheme: &'a str,
-    pub host: Option<&'a str>,
-    pub has_user_info: bool,
-}
-
-/// Both profiles: https, a host, no user info.
-pub fn check_endpoint_url(parts: EndpointUrlParts<'_>) -> Result<(), EndpointUrlError> {
-    if parts.scheme != "https" {
-        return Err(EndpointUrlError::NotHttps(parts.scheme.to_owned()));
+/// Both profiles (configured URLs and redirect targets): https, a host, no user info.
+pub fn check_endpoint_url(url: &url::Url) -> Result<(), EndpointUrlError> {
+    if url.scheme() != "https" {
+        return Err(EndpointUrlError::NotHttps(url.scheme().to_owned()));
     }
-    if parts.host.is_none_or(str::is_empty) {
+    if url.host_str().is_none_or(str::is_empty) {
         return Err(EndpointUrlError::NoHost);
     }
-    if parts.has_user_info {
+    if !url.username().is_empty() || url.password().is_some() {
         return Err(EndpointUrlError::UserInfo);
     }
     Ok(())
@@ -246,29 +238,24 @@ mod tests {
         for status in [200, 300, 304, 305, 404] {
             assert!(!is_followed_redirect(status), "{status}");
         }
-        let ok = EndpointUrlParts {
-            scheme: "https",
-            host: Some("example.org"),
-            has_user_info: false,
-        };
-        assert_eq!(check_endpoint_url(ok), Ok(()));
+        let check = |u: &str| check_endpoint_url(&url::Url::parse(u).unwrap());
+        assert_eq!(check("https://example.org/bundle"), Ok(()));
+        assert_eq!(check("https://127.0.0.1:8443"), Ok(()));
         assert_eq!(
-            check_endpoint_url(EndpointUrlParts {
-                scheme: "http",
-                ..ok
-            }),
+            check("http://example.org"),
             Err(EndpointUrlError::NotHttps("http".into()))
         );
         assert_eq!(
-            check_endpoint_url(EndpointUrlParts { host: None, ..ok }),
-            Err(EndpointUrlError::NoHost)
+            check("https://user@example.org"),
+            Err(EndpointUrlError::UserInfo)
         );
         assert_eq!(
-            check_endpoint_url(EndpointUrlParts {
-                has_user_info: true,
-                ..ok
-            }),
+            check("https://u:p@example.org"),
             Err(EndpointUrlError::UserInfo)
+        );
+        assert_eq!(
+            check("file:///etc/passwd"),
+            Err(EndpointUrlError::NotHttps("file".into()))
         );
     }
 }

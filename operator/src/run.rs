@@ -205,6 +205,13 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     init_logging(&options.log);
     let settings = Settings::from_flags(options.config).context("configuration")?;
     options.federation.check().context("configuration")?;
+    if options.authority.jwt_issuer_url.is_some()
+        && options.federation.bundle_endpoint_addr.is_none()
+    {
+        tracing::warn!(
+            "--jwt-issuer-url is set without --bundle-endpoint-addr: JWT-SVIDs carry iss, but no OIDC discovery is served"
+        );
+    }
     let web_roots = {
         let extra =
             match &options.federation.federation_ca_bundle {
@@ -213,7 +220,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
                 })?),
                 None => None,
             };
-        Arc::new(fed::tls::web_roots(extra.as_deref()).context("--federation-ca-bundle")?)
+        Arc::new(fed::web_pki::web_roots(extra.as_deref()).context("--federation-ca-bundle")?)
     };
     tracing::info!(
         trust_domain = settings.trust_domain.name(),
@@ -403,7 +410,7 @@ async fn start_bundle_endpoint(
             serving
         }
         ServeProfile::HttpsWeb => {
-            let cert = Arc::new(fed::tls::WebServingCert::default());
+            let cert = Arc::new(fed::web_pki::WebServingCert::default());
             let secret = args.bundle_endpoint_secret.clone().unwrap_or_default();
             tokio::spawn(fed::web_cert::follow_secret(
                 client,

@@ -16,9 +16,10 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::metrics::Metrics;
-use crate::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry};
+use crate::crd::{ClusterFederatedTrustDomain, ClusterSPIFFEID, ClusterStaticEntry, reasons};
 use crate::reconcile::status::{
-    CrKind, DesiredStatus, FIELD_MANAGER, event_for, status_to_write, without_timestamps,
+    CrKind, DesiredStatus, FIELD_MANAGER, bounded_message, event_for, status_to_write,
+    without_timestamps,
 };
 
 /// Writes statuses while this replica holds the Lease.
@@ -94,8 +95,10 @@ impl StatusWriter {
             match self.apply(desired, &status).await {
                 Ok(()) => {
                     tracing::info!(kind = desired.kind.as_str(), name = %desired.name, "status written");
+                    // A fetch failure already got its Event from the bundle poller.
                     if let Some((reason, message)) =
                         event_for(&desired.status, desired.observed.as_ref())
+                        && !reasons::FETCH_FAILURES.contains(&reason.as_str())
                     {
                         self.publish_event(desired, reason, message).await;
                     }
@@ -149,8 +152,7 @@ impl StatusWriter {
             uid: Some(desired.uid.clone()),
             ..ObjectReference::default()
         };
-        let mut note = message;
-        note.truncate(1000);
+        let note = bounded_message(&message);
         let event = Event {
             type_: EventType::Warning,
             reason,

@@ -1068,27 +1068,35 @@ mod reconciler {
             .expect("A leads")
             .unwrap();
         let polling = CancellationToken::new();
-        tokio::spawn(
-            Poller::new(
-                client.clone(),
-                Reporter {
-                    controller: "wimsey-operator".into(),
-                    instance: Some("wimsey-cp-federation-a".into()),
-                },
-                PollerSettings {
-                    policy: RefreshPolicy {
-                        min: Duration::from_secs(1),
-                        max: Duration::from_secs(2),
-                        default: Duration::from_secs(1),
+        // Each replica runs a poller, as `run` does; only the Lease holder's fetches.
+        let poller = |replica: &Controller, identity: &str| {
+            tokio::spawn(
+                Poller::new(
+                    client.clone(),
+                    Reporter {
+                        controller: "wimsey-operator".into(),
+                        instance: Some(identity.into()),
                     },
-                    limits: FetchLimits::default(),
-                    web_roots: Arc::new(rustls::RootCertStore::empty()),
-                },
-                a.metrics.clone(),
-                ours.material.subscribe(),
+                    PollerSettings {
+                        policy: RefreshPolicy {
+                            min: Duration::from_secs(1),
+                            max: Duration::from_secs(2),
+                            default: Duration::from_secs(1),
+                        },
+                        limits: FetchLimits::default(),
+                        web_roots: Arc::new(rustls::RootCertStore::empty()),
+                    },
+                    replica.metrics.clone(),
+                    ours.material.subscribe(),
+                )
+                .run(
+                    replica.federation.clone(),
+                    replica.leader.clone(),
+                    polling.clone(),
+                ),
             )
-            .run(a.federation.clone(), a.leader.clone(), polling.clone()),
-        );
+        };
+        poller(&a, "wimsey-cp-federation-a");
 
         let initial = peer.current().bundle.clone();
         let api = apply_cr(
@@ -1175,6 +1183,16 @@ mod reconciler {
         })
         .await;
         assert!(!*b.leader.borrow(), "B is a standby");
+        poller(&b, "wimsey-cp-federation-b");
+        let fetches = |replica: &Controller| {
+            replica
+                .metrics
+                .encode()
+                .lines()
+                .filter(|l| l.starts_with("wimsey_operator_federation_fetches_total{"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
 
         // The endpoint goes away: Ready False with the reason; the last good bundle stays.
         stop_endpoint.cancel();
@@ -1220,14 +1238,145 @@ mod reconciler {
         })
         .await;
 
+        assert!(
+            fetches(&b).is_empty(),
+            "the standby fetched: {:?}",
+            fetches(&b)
+        );
+        assert!(!fetches(&a).is_empty());
+
+        // A hands over (its Lease released): B's poller takes over, from the stored bundle.
+        a.stop().await;
+        wait_for("B fetching", SYNC, || async {
+            fetches(&b)
+                .iter()
+                .any(|l| l.contains("peer.test") && l.contains("unreachable"))
+                .then_some(())
+        })
+        .await;
+        assert_eq!(in_set(&b), Some(rotated.x509_authorities.clone()));
+
         // Deleting the resource drops the domain from every replica.
         api.delete(NAME, &DeleteParams::default()).await.unwrap();
         wait_for("peer.test gone", SYNC, || async {
-            (in_set(&a).is_none() && in_set(&b).is_none()).then_some(())
+            in_set(&b).is_none().then_some(())
         })
         .await;
         polling.cancel();
-        a.stop().await;
         b.stop().await;
+    }
+
+    /// The https_web serving certificate follows its kubernetes.io/tls Secret: loaded at start,
+    /// replaced when the Secret changes (as cert-manager renews it), and kept when an update is
+    /// not a usable certificate and key.
+    #[tokio::test]
+    async fn the_https_web_certificate_follows_its_secret() {
+        use std::sync::Arc;
+        use std::time::SystemTime;
+
+        use k8s_openapi::api::core::v1::Secret;
+        use wimsey_core::SpiffeId;
+        use wimsey_core::keys::{KeyAlgorithm, SigningKey};
+        use wimsey_core::x509::SvidRequest;
+        use wimsey_operator::federation::web_cert::follow_secret;
+        use wimsey_operator::federation::web_pki::WebServingCert;
+
+        use super::domain::{Domain, HOUR};
+
+        const NAME: &str = "wimsey-cp-bundle-endpoint-tls";
+        let client = client().await;
+        let ca = Domain::new("ca.test");
+        let pem = |label: &str, der: &[u8]| {
+            pem_rfc7468::encode_string(label, pem_rfc7468::LineEnding::LF, der).unwrap()
+        };
+        // A certificate and key for localhost, and the leaf's DER.
+        let issue = || {
+            let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+            let svid = ca
+                .current()
+                .ca
+                .issue_for_public_key(
+                    &key.public_key_spki_der(),
+                    &SvidRequest {
+                        spiffe_id: &SpiffeId::parse("spiffe://ca.test/web").unwrap(),
+                        dns_names: &["localhost".to_owned()],
+                        ttl: HOUR,
+                    },
+                    SystemTime::now(),
+                )
+                .unwrap();
+            let chain: String = svid
+                .chain
+                .iter()
+                .map(|c| pem("CERTIFICATE", c.as_bytes()))
+                .collect();
+            (
+                chain,
+                pem("PRIVATE KEY", &key.pkcs8_der()),
+                svid.chain[0].as_bytes().to_vec(),
+            )
+        };
+        let secret = |crt: &str, key: &str| -> Secret {
+            serde_json::from_value(json!({
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": NAME, "namespace": "default"},
+                "type": "kubernetes.io/tls",
+                "stringData": {"tls.crt": crt, "tls.key": key},
+            }))
+            .unwrap()
+        };
+        let secrets = Api::<Secret>::namespaced(client.clone(), "default");
+        let apply = |body: Secret| {
+            let secrets = secrets.clone();
+            async move {
+                secrets
+                    .patch(
+                        NAME,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&body),
+                    )
+                    .await
+                    .unwrap();
+            }
+        };
+        let (crt_a, key_a, leaf_a) = issue();
+        apply(secret(&crt_a, &key_a)).await;
+        let cert = Arc::new(WebServingCert::default());
+        let shutdown = CancellationToken::new();
+        tokio::spawn(follow_secret(
+            client.clone(),
+            "default".into(),
+            NAME.into(),
+            cert.clone(),
+            shutdown.clone(),
+        ));
+        let serving = |cert: &WebServingCert| cert.current().map(|k| k.cert[0].as_ref().to_vec());
+        wait_for("the first certificate", SYNC, || async {
+            (serving(&cert) == Some(leaf_a.clone())).then_some(())
+        })
+        .await;
+
+        let (crt_b, key_b, leaf_b) = issue();
+        apply(secret(&crt_b, &key_b)).await;
+        wait_for("the renewed certificate", SYNC, || async {
+            (serving(&cert) == Some(leaf_b.clone())).then_some(())
+        })
+        .await;
+
+        // A key that does not match the certificate: logged, the renewed certificate stays.
+        apply(secret(&crt_a, &key_b)).await;
+        let (crt_c, key_c, leaf_c) = issue();
+        apply(secret(&crt_c, &key_c)).await;
+        // The broken version was seen before the good one (a watch delivers them in order), and
+        // never served.
+        wait_for("the third certificate", SYNC, || async {
+            let now = serving(&cert);
+            assert_ne!(now, Some(leaf_a.clone()), "a mismatched key was served");
+            (now == Some(leaf_c.clone())).then_some(())
+        })
+        .await;
+        shutdown.cancel();
+        let _ = secrets.delete(NAME, &DeleteParams::default()).await;
     }
 }

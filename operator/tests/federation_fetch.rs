@@ -22,7 +22,7 @@ use wimsey_core::reserved::bundle_endpoint_id;
 use wimsey_operator::authority::serving::ServingCert;
 use wimsey_operator::federation::endpoint;
 use wimsey_operator::federation::fetch::{EndpointAuth, FetchError, FetchLimits, fetch_bundle};
-use wimsey_operator::federation::tls::{WebServingCert, certified_key, web_roots};
+use wimsey_operator::federation::web_pki::{WebServingCert, certified_key, web_roots};
 
 #[path = "support/domain.rs"]
 mod domain;
@@ -330,9 +330,12 @@ async fn redirects_size_caps_malformed_bundles_and_http_errors() {
 async fn only_get_is_answered() {
     let ours = Domain::new("wimsey.test");
     let (url, _stop) = bundle_endpoint(&ours).await;
-    let verifier = wimsey_operator::federation::tls::spiffe_server_verifier(
-        bundle_endpoint_id(&ours.td).unwrap(),
-        ours.authorities(),
+    let id = bundle_endpoint_id(&ours.td).unwrap();
+    let verifier = wimsey_runtime::svid_tls::SvidServerVerifier::new(
+        "bundle endpoint",
+        id.trust_domain(),
+        id,
+        Arc::new(std::sync::RwLock::new(ours.authorities())),
     );
     let config = rustls::ClientConfig::builder_with_provider(wimsey_runtime::svid_tls::provider())
         .with_safe_default_protocol_versions()

@@ -19,7 +19,7 @@ use wimsey_core::x509::SvidRequest;
 use wimsey_operator::authority::issuer::{Issuer, IssuerLifetimes};
 use wimsey_operator::federation::endpoint::{self, EndpointLimits};
 use wimsey_operator::federation::oidc;
-use wimsey_operator::federation::tls::{WebServingCert, certified_key};
+use wimsey_operator::federation::web_pki::{WebServingCert, certified_key};
 
 #[path = "support/domain.rs"]
 mod domain;

@@ -215,6 +215,16 @@ impl Metrics {
         }
     }
 
+    /// Records a last good fetch known from the status (after a restart or failover), unless
+    /// this replica has fetched since.
+    pub fn seed_federation_success(&self, trust_domain: &str, unix_seconds: u64) {
+        self.federation_last_success
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(trust_domain.to_owned())
+            .or_insert(unix_seconds);
+    }
+
     /// Stops reporting a trust domain whose relationship is gone (or no longer ours to poll).
     pub fn forget_federation(&self, trust_domain: &str) {
         self.federation_last_success

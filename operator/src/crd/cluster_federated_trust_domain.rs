@@ -135,6 +135,9 @@ pub enum BundleEndpointProfileType {
     HttpsSpiffe,
 }
 
+/// The largest fetched bundle the status holds (its schema's maxLength).
+pub const STATUS_BUNDLE_MAX_BYTES: usize = 262_144;
+
 /// spire-controller-manager has no status here (its issue #171); ours says whether federation
 /// works. Two writers share it by server-side apply: the reconciler owns `Ready` and
 /// `observedGeneration`; the bundle poller (the Lease holder) owns `BundleFetched` and the fetch

@@ -13,7 +13,7 @@ mod status;
 
 pub use cluster_federated_trust_domain::{
     BundleEndpointProfile, BundleEndpointProfileType, ClusterFederatedTrustDomain,
-    ClusterFederatedTrustDomainSpec, ClusterFederatedTrustDomainStatus,
+    ClusterFederatedTrustDomainSpec, ClusterFederatedTrustDomainStatus, STATUS_BUNDLE_MAX_BYTES,
 };
 pub use cluster_spiffe_id::{
     ClusterSPIFFEID, ClusterSPIFFEIDSpec, ClusterSPIFFEIDStats, ClusterSPIFFEIDStatus,

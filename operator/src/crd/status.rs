@@ -37,8 +37,14 @@ pub mod reasons {
     pub const HTTP_ERROR: &str = "HTTPError";
     /// No bundle is known for the trust domain of the endpoint's SPIFFE ID.
     pub const TRUST_DOMAIN_MISMATCH: &str = "TrustDomainMismatch";
-    /// The endpoint served a bundle with a lower spiffe_sequence than the one held.
-    pub const STALE_BUNDLE: &str = "StaleBundle";
+    /// The reasons of a failed fetch: the poller's `BundleFetched` Event already reports them.
+    pub const FETCH_FAILURES: [&str; 5] = [
+        ENDPOINT_UNREACHABLE,
+        TLS_VERIFY_FAILED,
+        INVALID_BUNDLE,
+        HTTP_ERROR,
+        TRUST_DOMAIN_MISMATCH,
+    ];
     /// Not reconciled yet.
     pub const PENDING: &str = "Pending";
 }

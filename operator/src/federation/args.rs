@@ -9,6 +9,7 @@ use wimsey_core::federation::RefreshPolicy;
 use super::endpoint::EndpointLimits;
 use super::fetch::FetchLimits;
 use crate::authority::parse_duration;
+use crate::crd::STATUS_BUNDLE_MAX_BYTES;
 
 /// How our bundle endpoint authenticates itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -64,10 +65,19 @@ pub enum FederationArgsError {
     WebWithoutSecret,
     #[error("--bundle-endpoint-secret is only used with --bundle-endpoint-profile=https_web")]
     SecretWithoutWeb,
+    #[error(
+        "--federation-max-bundle-bytes {0} is larger than a status can hold ({STATUS_BUNDLE_MAX_BYTES})"
+    )]
+    MaxBundleTooLarge(usize),
 }
 
 impl FederationArgs {
     pub fn check(&self) -> Result<(), FederationArgsError> {
+        if self.federation_max_bundle_bytes > STATUS_BUNDLE_MAX_BYTES {
+            return Err(FederationArgsError::MaxBundleTooLarge(
+                self.federation_max_bundle_bytes,
+            ));
+        }
         match (self.bundle_endpoint_profile, &self.bundle_endpoint_secret) {
             (ServeProfile::HttpsWeb, None) => Err(FederationArgsError::WebWithoutSecret),
             (ServeProfile::HttpsSpiffe, Some(_)) => Err(FederationArgsError::SecretWithoutWeb),

@@ -158,11 +158,13 @@ pub async fn serve(
                 }
             },
         };
-        // Over the limit, the connection is closed at once: one client cannot starve the rest.
+        // Over the limit, the connection is closed at once instead of queueing. The slots are
+        // shared: the handshake and header timeouts are what bound how long one client holds one.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             drop(tcp);
             continue;
         };
+        let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let routes = routes.clone();
         let shutdown = shutdown.clone();

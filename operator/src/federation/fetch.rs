@@ -19,11 +19,9 @@ use wimsey_core::federation::{
     EndpointUrlError, MAX_REDIRECTS, check_endpoint_url, is_followed_redirect,
 };
 use wimsey_core::{SpiffeId, TrustDomain};
-use wimsey_runtime::svid_tls::provider;
+use wimsey_runtime::svid_tls::{SvidServerVerifier, provider};
 
-use super::tls::spiffe_server_verifier;
 use crate::crd::reasons;
-use crate::reconcile::federation::endpoint_url_parts;
 
 /// Why a fetch failed. Each maps to a condition reason and a metric label.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -120,7 +118,10 @@ pub async fn fetch_bundle(
     auth: &EndpointAuth,
     limits: FetchLimits,
 ) -> Result<TrustDomainBundle, FetchError> {
-    let tls = Arc::new(client_config(auth)?);
+    let tls = Arc::new(client_config(auth).map_err(|reason| FetchError::Tls {
+        url: url.to_string(),
+        reason,
+    })?);
     let body = tokio::time::timeout(limits.timeout, follow(url, tls, limits.max_bundle_bytes))
         .await
         .map_err(|_| FetchError::Timeout {
@@ -135,20 +136,17 @@ pub async fn fetch_bundle(
     })
 }
 
-fn client_config(auth: &EndpointAuth) -> Result<ClientConfig, FetchError> {
+fn client_config(auth: &EndpointAuth) -> Result<ClientConfig, String> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
-        .map_err(|e| FetchError::Tls {
-            url: String::new(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| e.to_string())?;
     let mut config = match auth {
         EndpointAuth::Web(roots) => builder
             .with_root_certificates(roots.clone())
             .with_no_client_auth(),
         EndpointAuth::Spiffe { id, authorities } => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(spiffe_server_verifier(
+            .with_custom_certificate_verifier(Arc::new(spiffe_verifier(
                 id.clone(),
                 authorities.clone(),
             )))
@@ -156,6 +154,17 @@ fn client_config(auth: &EndpointAuth) -> Result<ClientConfig, FetchError> {
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// Accepts a server whose chain is an X.509-SVID of `expected`, issued by one of `authorities`
+/// (the latest bundle of `expected`'s trust domain). Host names play no part.
+fn spiffe_verifier(expected: SpiffeId, authorities: Vec<Vec<u8>>) -> SvidServerVerifier {
+    SvidServerVerifier::new(
+        "bundle endpoint",
+        expected.trust_domain(),
+        expected,
+        Arc::new(std::sync::RwLock::new(authorities)),
+    )
 }
 
 /// GETs `url`, following redirects to valid endpoint URLs; returns the body.
@@ -168,7 +177,7 @@ async fn follow(url: &Url, tls: Arc<ClientConfig>, max_bytes: usize) -> Result<B
                 let next = current
                     .join(&location)
                     .map_err(|e| bad_redirect(&current, e.to_string()))?;
-                check_endpoint_url(endpoint_url_parts(&next))
+                check_endpoint_url(&next)
                     .map_err(|e: EndpointUrlError| bad_redirect(&current, e.to_string()))?;
                 tracing::debug!(from = %current, to = %next, "following a bundle endpoint redirect");
                 current = next;
@@ -218,6 +227,9 @@ async fn get_once(
         None => return Err(unreachable("no host".to_owned())),
     };
     let tcp = tcp.map_err(|e| unreachable(e.to_string()))?;
+    // A TLS handshake and a request are several small writes: without this, Nagle and the peer's
+    // delayed ACK add tens of milliseconds per fetch.
+    let _ = tcp.set_nodelay(true);
     let stream = TlsConnector::from(tls)
         .connect(server_name, tcp)
         .await

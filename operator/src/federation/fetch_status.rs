@@ -8,6 +8,7 @@ use k8s_openapi::jiff::Timestamp;
 use wimsey_core::bundle::TrustDomainBundle;
 
 use crate::crd::{CONDITION_BUNDLE_FETCHED, ClusterFederatedTrustDomainStatus, reasons};
+use crate::reconcile::status::bounded_message;
 
 /// The field manager of the poller's status writes.
 pub const FETCH_FIELD_MANAGER: &str = "wimsey-operator-federation";
@@ -50,7 +51,7 @@ pub fn fetch_status(
                 None => format!("fetched from {endpoint}"),
             },
         ),
-        PollOutcome::Failed { reason, message } => (false, *reason, message.clone()),
+        PollOutcome::Failed { reason, message } => (false, *reason, bounded_message(message)),
     };
     let status = if ok { "True" } else { "False" };
     let previous_condition = previous.and_then(|s| {
@@ -183,5 +184,25 @@ mod tests {
         assert_eq!(failed.next_refresh, Some(Time(at(730))));
         let event = fetch_transition(Some(&again), &failed).unwrap();
         assert_eq!((event.0, event.1.as_str()), (false, "EndpointUnreachable"));
+    }
+
+    #[test]
+    fn a_peer_chosen_message_is_bounded_on_a_character_boundary() {
+        // e.g. a duplicate non-ASCII kid, quoted in the parse error
+        let message = format!("duplicate key ID \"{}\"", "é".repeat(5000));
+        let failed = fetch_status(
+            None,
+            &PollOutcome::Failed {
+                reason: reasons::INVALID_BUNDLE,
+                message,
+            },
+            None,
+            "https://other.org",
+            at(1),
+            at(2),
+        );
+        let written = &failed.conditions[0].message;
+        assert!(written.len() <= 1000 && written.starts_with("duplicate key ID"));
+        assert!(fetch_transition(None, &failed).is_some());
     }
 }

@@ -8,5 +8,5 @@ pub mod fetch;
 pub mod fetch_status;
 pub mod oidc;
 pub mod poller;
-pub mod tls;
 pub mod web_cert;
+pub mod web_pki;

@@ -29,9 +29,10 @@ use super::fetch::{EndpointAuth, FetchError, FetchLimits, fetch_bundle};
 use super::fetch_status::{FETCH_FIELD_MANAGER, PollOutcome, fetch_status, fetch_transition};
 use crate::admin::Metrics;
 use crate::authority::SigningMaterial;
-use crate::crd::{ClusterFederatedTrustDomain, reasons};
+use crate::crd::{ClusterFederatedTrustDomain, STATUS_BUNDLE_MAX_BYTES, reasons};
 use crate::reconcile::FederationSet;
 use crate::reconcile::federation::{BundleEndpointProfile, FederatedTrustDomain};
+use crate::reconcile::status::bounded_message;
 
 /// What the poller needs besides the federation set.
 #[derive(Debug, Clone)]
@@ -42,8 +43,7 @@ pub struct PollerSettings {
     pub web_roots: Arc<RootCertStore>,
 }
 
-/// Where fetched bundles are stored: the resource's status (the API server), or, for tests
-/// without one, nowhere.
+/// The poller of one replica; it polls only while the replica holds the Lease.
 #[derive(Clone)]
 pub struct Poller {
     client: Client,
@@ -91,7 +91,10 @@ impl Poller {
             let leading = *leader.borrow_and_update();
             let current = set.borrow_and_update().clone();
             tasks.retain(|td, (key, task)| {
+                // A task that ended (it panicked, or its relationship was briefly gone) is
+                // started again below.
                 let keep = leading
+                    && !task.is_finished()
                     && current.get(td).is_some_and(|rel| {
                         rel.configured() == key.1.configured() && rel.resource == key.0
                     });
@@ -148,36 +151,55 @@ impl Poller {
                 }
                 Err(error) => Err(error),
             };
-            let outcome = match fetched {
+            let (outcome, metric) = match fetched {
                 Ok(bundle) => match compare_bundles(held.as_ref(), &bundle) {
-                    BundleUpdate::Stale { held, fetched } => PollOutcome::Failed {
-                        reason: reasons::STALE_BUNDLE,
-                        message: format!(
-                            "{} served spiffe_sequence {fetched}, older than the held {held}; keeping the held bundle",
-                            relationship.bundle_endpoint_url
-                        ),
-                    },
+                    // Usually one replica of the peer lagging behind the others: not a failure
+                    // (no condition flapping behind a load balancer); the held bundle stays.
+                    BundleUpdate::Stale { held, fetched } => {
+                        tracing::warn!(
+                            trust_domain,
+                            held,
+                            fetched,
+                            "the bundle endpoint served an older spiffe_sequence; keeping the held bundle"
+                        );
+                        (
+                            PollOutcome::Fetched { replaced: false },
+                            Some("stale_bundle"),
+                        )
+                    }
+                    update if update.replaces() && !fits_in_status(&bundle) => (
+                        PollOutcome::Failed {
+                            reason: reasons::INVALID_BUNDLE,
+                            message: format!(
+                                "the bundle from {} is larger than a status can hold ({STATUS_BUNDLE_MAX_BYTES} bytes)",
+                                relationship.bundle_endpoint_url
+                            ),
+                        },
+                        Some("too_large_for_status"),
+                    ),
                     update => {
                         if update.replaces() {
                             tracing::info!(trust_domain, sequence = ?bundle.sequence_number,
                                 "federated bundle updated");
                             held = Some(bundle);
                         }
-                        PollOutcome::Fetched {
-                            replaced: update.replaces(),
-                        }
+                        let replaced = update.replaces();
+                        (PollOutcome::Fetched { replaced }, None)
                     }
                 },
                 Err(error) => {
                     tracing::warn!(trust_domain, %error, "fetching a federated bundle failed");
-                    self.metrics
-                        .count_federation_fetch(&trust_domain, Some(error.label()));
-                    PollOutcome::Failed {
-                        reason: error.reason(),
-                        message: error.to_string(),
-                    }
+                    let label = error.label();
+                    (
+                        PollOutcome::Failed {
+                            reason: error.reason(),
+                            message: error.to_string(),
+                        },
+                        Some(label),
+                    )
                 }
             };
+            self.metrics.count_federation_fetch(&trust_domain, metric);
             let interval = self.settings.policy.interval(
                 held.as_ref()
                     .or(relationship.current_bundle())
@@ -185,15 +207,10 @@ impl Poller {
             );
             let wait = match &outcome {
                 PollOutcome::Fetched { .. } => {
-                    self.metrics.count_federation_fetch(&trust_domain, None);
                     failures = 0;
                     interval
                 }
-                PollOutcome::Failed { reason, .. } => {
-                    if *reason == reasons::STALE_BUNDLE {
-                        self.metrics
-                            .count_federation_fetch(&trust_domain, Some("stale_bundle"));
-                    }
+                PollOutcome::Failed { .. } => {
                     failures = failures.saturating_add(1);
                     self.settings
                         .policy
@@ -225,8 +242,22 @@ impl Poller {
         let endpoint_td = endpoint_spiffe_id.trust_domain();
         let own = self.own.borrow().clone();
         let authorities = if endpoint_td == relationship.trust_domain {
-            held.or(relationship.current_bundle())
+            // Self-serving: the latest bundle, plus `trustDomainBundle`, so that an operator can
+            // re-bootstrap a relationship whose held bundle no longer matches the peer's CA.
+            let mut authorities: Vec<Vec<u8>> = held
+                .or(relationship.fetched_bundle.as_ref())
                 .map(|b| b.x509_authorities.clone())
+                .unwrap_or_default();
+            for ca in relationship
+                .initial_bundle
+                .iter()
+                .flat_map(|b| &b.x509_authorities)
+            {
+                if !authorities.contains(ca) {
+                    authorities.push(ca.clone());
+                }
+            }
+            Some(authorities)
         } else if endpoint_td == own.bundle.trust_domain {
             Some(own.bundle.x509_authorities.clone())
         } else {
@@ -257,6 +288,13 @@ impl Poller {
         let api = Api::<ClusterFederatedTrustDomain>::all(self.client.clone());
         let current = api.get_status(&relationship.resource).await?;
         let previous = current.status.as_ref();
+        // After a restart or failover the age of the held bundle counts from its stored fetch.
+        if let Some(at) = previous.and_then(|s| s.last_successful_fetch.as_ref()) {
+            self.metrics.seed_federation_success(
+                relationship.trust_domain.name(),
+                u64::try_from(at.0.as_second()).unwrap_or(0),
+            );
+        }
         let now = Timestamp::now();
         let next = SystemTime::now() + next_poll;
         let next = Timestamp::try_from(next).unwrap_or(now);
@@ -287,8 +325,7 @@ impl Poller {
                 uid: current.metadata.uid.clone(),
                 ..ObjectReference::default()
             };
-            let mut note = message;
-            note.truncate(1000);
+            let note = bounded_message(&message);
             let event = Event {
                 type_: if ok {
                     EventType::Normal
@@ -307,4 +344,12 @@ impl Poller {
         }
         Ok(())
     }
+}
+
+/// Whether `bundle` fits in the status field the CRD bounds (the API server would refuse the
+/// whole status write, and every replica would miss the bundle).
+fn fits_in_status(bundle: &TrustDomainBundle) -> bool {
+    bundle
+        .to_spiffe_jwks()
+        .is_ok_and(|json| json.len() <= STATUS_BUNDLE_MAX_BYTES)
 }

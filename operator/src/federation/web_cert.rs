@@ -10,7 +10,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
-use super::tls::{WebServingCert, WebTlsError, certified_key};
+use super::web_pki::{WebServingCert, WebTlsError, certified_key};
 
 /// Loads `tls.crt` and `tls.key` of `secret` into a [`rustls::sign::CertifiedKey`].
 pub fn load_secret(secret: &Secret) -> Result<rustls::sign::CertifiedKey, WebTlsError> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use wimsey_core::bundle::TrustDomainBundle;
 use wimsey_core::entries::{RenderConfig, handles_class};
-use wimsey_core::federation::{EndpointUrlParts, check_endpoint_url};
+use wimsey_core::federation::check_endpoint_url;
 use wimsey_core::spiffe_id::{SpiffeId, TrustDomain};
 
 use super::resource_meta::ResourceMeta;
@@ -114,8 +114,7 @@ pub fn validate_federation(
         .map_err(|e| ("trustDomain", e.to_string()))?;
     let url = url::Url::parse(&spec.bundle_endpoint_url)
         .map_err(|e| ("bundleEndpointURL", e.to_string()))?;
-    check_endpoint_url(endpoint_url_parts(&url))
-        .map_err(|e| ("bundleEndpointURL", e.to_string()))?;
+    check_endpoint_url(&url).map_err(|e| ("bundleEndpointURL", e.to_string()))?;
     let endpoint_id = &spec.bundle_endpoint_profile.endpoint_spiffe_id;
     let profile = match spec.bundle_endpoint_profile.profile_type {
         BundleEndpointProfileType::HttpsWeb if endpoint_id.is_empty() => {
@@ -151,15 +150,6 @@ pub fn validate_federation(
         initial_bundle,
         fetched_bundle: None,
     })
-}
-
-/// The parts of `url` the federation spec constrains (for the configured URL and redirects).
-pub fn endpoint_url_parts(url: &url::Url) -> EndpointUrlParts<'_> {
-    EndpointUrlParts {
-        scheme: url.scheme(),
-        host: url.host_str(),
-        has_user_info: !url.username().is_empty() || url.password().is_some(),
-    }
 }
 
 /// The federation set of this instance's class: valid resources, one per trust domain, the

@@ -296,7 +296,7 @@ fn federation_ready(
                 generation,
                 false,
                 &c.reason,
-                format!("{}{keeping}", c.message),
+                bounded_message(&format!("{}{keeping}", c.message)),
             )
         }
         None => ready_condition(
@@ -306,6 +306,22 @@ fn federation_ready(
             format!("waiting for the first fetch from {endpoint}"),
         ),
     }
+}
+
+/// The longest condition message or Event note we write: messages can carry text a remote
+/// peer chose (a fetch error), and Events cap notes at 1 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 1000;
+
+/// `text` cut to [`MAX_MESSAGE_BYTES`] on a character boundary (never panics on multi-byte text).
+pub fn bounded_message(text: &str) -> String {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text.to_owned();
+    }
+    let mut end = MAX_MESSAGE_BYTES;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// A status with every condition's lastTransitionTime removed.
@@ -398,6 +414,19 @@ mod tests {
             "observedGeneration": 1,
             "stats": {"podsSelected": pods}
         })
+    }
+
+    #[test]
+    fn messages_are_cut_on_a_character_boundary() {
+        let short = "é".repeat(10);
+        assert_eq!(bounded_message(&short), short);
+        // 2-byte characters: byte 1000 falls on a boundary; with one ASCII byte first it does not.
+        let long = format!("x{}", "é".repeat(800));
+        let cut = bounded_message(&long);
+        assert!(cut.len() <= MAX_MESSAGE_BYTES && cut.len() >= MAX_MESSAGE_BYTES - 3);
+        assert!(long.starts_with(&cut));
+        let emoji = "🦀".repeat(400);
+        assert_eq!(bounded_message(&emoji).chars().count(), 250);
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! TLS of federation: the client side verifies an `https_spiffe` endpoint as an X.509-SVID of
-//! the configured ID; the server side of `https_web` serves a certificate and key from a
-//! `kubernetes.io/tls` Secret (as cert-manager writes it), swapped in place when it changes.
+//! Web PKI material of the `https_web` profile, both sides: the roots a fetched endpoint is
+//! verified against, and the PEM certificate and key we serve (from a `kubernetes.io/tls`
+//! Secret, as cert-manager writes it; `web_cert.rs` follows the Secret), swapped in place.
 
 use std::sync::{Arc, RwLock};
 
@@ -9,19 +9,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use wimsey_core::SpiffeId;
-use wimsey_runtime::svid_tls::{SvidServerVerifier, provider};
-
-/// Accepts a server whose chain is an X.509-SVID of `expected`, issued by one of `authorities`
-/// (the latest bundle of `expected`'s trust domain). Host names play no part.
-pub fn spiffe_server_verifier(expected: SpiffeId, authorities: Vec<Vec<u8>>) -> SvidServerVerifier {
-    SvidServerVerifier::new(
-        "bundle endpoint",
-        expected.trust_domain(),
-        expected,
-        Arc::new(RwLock::new(authorities)),
-    )
-}
+use wimsey_runtime::svid_tls::provider;
 
 /// Why Web PKI material could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -110,19 +98,17 @@ impl WebServingCert {
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(key));
     }
 
-    pub fn is_loaded(&self) -> bool {
+    /// The certificate served now (none before the Secret was first loaded).
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
         self.current
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+            .clone()
     }
 }
 
 impl ResolvesServerCert for WebServingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current()
     }
 }
