@@ -166,20 +166,24 @@ async fn a_generic_oidc_client_verifies_a_jwt_svid_from_the_issuer_url_alone() {
     ));
 
     let id = SpiffeId::parse("spiffe://wimsey.test/ns/default/sa/billing").unwrap();
-    let token = issuer_with(&ours, Some(issuer_url.clone()))
-        .jwt_svid(
-            &workload(&id),
-            &["sts.example".to_owned()],
-            SystemTime::now(),
-        )
-        .unwrap()
-        .token;
-    let issuer = issuer_url.as_str().to_owned();
-    let ca = ca_file.clone();
-    let (ok, out) =
-        tokio::task::spawn_blocking(move || verify(&issuer, "sts.example", &token, &ca))
-            .await
-            .unwrap();
+    let mint = |issuer: Option<IssuerUrl>| {
+        issuer_with(&ours, issuer)
+            .jwt_svid(
+                &workload(&id),
+                &["sts.example".to_owned()],
+                SystemTime::now(),
+            )
+            .unwrap()
+            .token
+    };
+    let check = |audience: &'static str, token: String| {
+        let (issuer, ca) = (issuer_url.as_str().to_owned(), ca_file.clone());
+        tokio::task::spawn_blocking(move || verify(&issuer, audience, &token, &ca))
+    };
+
+    let (ok, out) = check("sts.example", mint(Some(issuer_url.clone())))
+        .await
+        .unwrap();
     assert!(ok, "{out}");
     assert!(
         out.contains(id.as_str()),
@@ -187,33 +191,12 @@ async fn a_generic_oidc_client_verifies_a_jwt_svid_from_the_issuer_url_alone() {
     );
     println!("oidc-verify (go-oidc): {}", out.trim());
 
-    // The same token for another audience, and a token without `iss`: refused.
-    let token = issuer_with(&ours, Some(issuer_url.clone()))
-        .jwt_svid(
-            &workload(&id),
-            &["sts.example".to_owned()],
-            SystemTime::now(),
-        )
-        .unwrap()
-        .token;
-    let (issuer, ca) = (issuer_url.as_str().to_owned(), ca_file.clone());
-    let (ok, out) = tokio::task::spawn_blocking(move || verify(&issuer, "other", &token, &ca))
+    // Another audience, and a token without `iss`: refused.
+    let (ok, out) = check("other", mint(Some(issuer_url.clone())))
         .await
         .unwrap();
     assert!(!ok, "wrong audience accepted: {out}");
-    let no_iss = issuer_with(&ours, None)
-        .jwt_svid(
-            &workload(&id),
-            &["sts.example".to_owned()],
-            SystemTime::now(),
-        )
-        .unwrap()
-        .token;
-    let (issuer, ca) = (issuer_url.as_str().to_owned(), ca_file.clone());
-    let (ok, out) =
-        tokio::task::spawn_blocking(move || verify(&issuer, "sts.example", &no_iss, &ca))
-            .await
-            .unwrap();
+    let (ok, out) = check("sts.example", mint(None)).await.unwrap();
     assert!(!ok, "a token without iss accepted: {out}");
     shutdown.cancel();
 }
