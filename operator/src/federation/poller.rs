@@ -21,6 +21,7 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use wimsey_core::SpiffeId;
 use wimsey_core::backoff::jitter;
 use wimsey_core::bundle::TrustDomainBundle;
 use wimsey_core::federation::{BundleUpdate, RefreshPolicy, compare_bundles};
@@ -239,42 +240,18 @@ impl Poller {
         else {
             return Ok(EndpointAuth::Web(self.settings.web_roots.clone()));
         };
-        let endpoint_td = endpoint_spiffe_id.trust_domain();
         let own = self.own.borrow().clone();
-        let authorities = if endpoint_td == relationship.trust_domain {
-            // Self-serving: the latest bundle, plus `trustDomainBundle`, so that an operator can
-            // re-bootstrap a relationship whose held bundle no longer matches the peer's CA.
-            let mut authorities: Vec<Vec<u8>> = held
-                .or(relationship.fetched_bundle.as_ref())
-                .map(|b| b.x509_authorities.clone())
-                .unwrap_or_default();
-            for ca in relationship
-                .initial_bundle
-                .iter()
-                .flat_map(|b| &b.x509_authorities)
-            {
-                if !authorities.contains(ca) {
-                    authorities.push(ca.clone());
-                }
-            }
-            Some(authorities)
-        } else if endpoint_td == own.bundle.trust_domain {
-            Some(own.bundle.x509_authorities.clone())
-        } else {
-            set.borrow()
-                .get(endpoint_td.name())
-                .and_then(FederatedTrustDomain::current_bundle)
-                .map(|b| b.x509_authorities.clone())
-        };
-        match authorities {
-            Some(authorities) if !authorities.is_empty() => Ok(EndpointAuth::Spiffe {
-                id: endpoint_spiffe_id.clone(),
-                authorities,
-            }),
-            _ => Err(FetchError::NoBundleForEndpoint {
-                trust_domain: endpoint_td.name().to_owned(),
-            }),
-        }
+        let authorities = endpoint_authorities(
+            relationship,
+            endpoint_spiffe_id,
+            held,
+            &own.bundle,
+            &set.borrow(),
+        )?;
+        Ok(EndpointAuth::Spiffe {
+            id: endpoint_spiffe_id.clone(),
+            authorities,
+        })
     }
 
     /// Writes the poller's status fields (and an Event on a transition).
@@ -352,4 +329,127 @@ fn fits_in_status(bundle: &TrustDomainBundle) -> bool {
     bundle
         .to_spiffe_jwks()
         .is_ok_and(|json| json.len() <= STATUS_BUNDLE_MAX_BYTES)
+}
+
+/// The X.509 authorities an `https_spiffe` endpoint's SVID (of `endpoint_id`) is checked against:
+/// the latest bundle of the endpoint ID's trust domain. Self-serving (the trust domain being
+/// fetched): the held bundle plus `trustDomainBundle`, so that an operator can re-bootstrap a
+/// relationship whose held bundle no longer matches the peer's CA. Ours, or another
+/// relationship's, for a non-self-serving endpoint.
+fn endpoint_authorities(
+    relationship: &FederatedTrustDomain,
+    endpoint_id: &SpiffeId,
+    held: Option<&TrustDomainBundle>,
+    own: &TrustDomainBundle,
+    set: &FederationSet,
+) -> Result<Vec<Vec<u8>>, FetchError> {
+    let endpoint_td = endpoint_id.trust_domain();
+    let authorities = if endpoint_td == relationship.trust_domain {
+        let mut authorities: Vec<Vec<u8>> = held
+            .or(relationship.fetched_bundle.as_ref())
+            .map(|b| b.x509_authorities.clone())
+            .unwrap_or_default();
+        for ca in relationship
+            .initial_bundle
+            .iter()
+            .flat_map(|b| &b.x509_authorities)
+        {
+            if !authorities.contains(ca) {
+                authorities.push(ca.clone());
+            }
+        }
+        authorities
+    } else if endpoint_td == own.trust_domain {
+        own.x509_authorities.clone()
+    } else {
+        set.get(endpoint_td.name())
+            .and_then(FederatedTrustDomain::current_bundle)
+            .map(|b| b.x509_authorities.clone())
+            .unwrap_or_default()
+    };
+    if authorities.is_empty() {
+        return Err(FetchError::NoBundleForEndpoint {
+            trust_domain: endpoint_td.name().to_owned(),
+        });
+    }
+    Ok(authorities)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use wimsey_core::TrustDomain;
+
+    use super::*;
+
+    fn bundle(td: &str, cas: &[&[u8]]) -> TrustDomainBundle {
+        let mut bundle = TrustDomainBundle::new(TrustDomain::new(td).unwrap());
+        bundle.x509_authorities = cas.iter().map(|c| c.to_vec()).collect();
+        bundle
+    }
+
+    fn relationship(
+        td: &str,
+        initial: Option<TrustDomainBundle>,
+        fetched: Option<TrustDomainBundle>,
+    ) -> FederatedTrustDomain {
+        FederatedTrustDomain {
+            resource: td.to_owned(),
+            trust_domain: TrustDomain::new(td).unwrap(),
+            bundle_endpoint_url: url::Url::parse(&format!("https://{td}/")).unwrap(),
+            profile: BundleEndpointProfile::HttpsWeb,
+            initial_bundle: initial,
+            fetched_bundle: fetched,
+        }
+    }
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn each_kind_of_endpoint_is_checked_with_the_latest_bundle_of_its_trust_domain() {
+        let own = bundle("ours.test", &[b"our-ca"]);
+        let hub = relationship("hub.test", None, Some(bundle("hub.test", &[b"hub-ca"])));
+        let set = FederationSet::from([("hub.test".to_owned(), hub)]);
+
+        // Self-serving: bootstrapped from trustDomainBundle before the first fetch.
+        let peer = relationship("peer.test", Some(bundle("peer.test", &[b"boot"])), None);
+        let server = id("spiffe://peer.test/spire/server");
+        assert_eq!(
+            endpoint_authorities(&peer, &server, None, &own, &set).unwrap(),
+            vec![b"boot".to_vec()]
+        );
+        // Then the latest fetched bundle, and trustDomainBundle still (re-bootstrapping).
+        let fetched = bundle("peer.test", &[b"new"]);
+        assert_eq!(
+            endpoint_authorities(&peer, &server, Some(&fetched), &own, &set).unwrap(),
+            vec![b"new".to_vec(), b"boot".to_vec()]
+        );
+        // Non-self-serving: served by us, or by another federated trust domain.
+        assert_eq!(
+            endpoint_authorities(&peer, &id("spiffe://ours.test/x"), None, &own, &set).unwrap(),
+            vec![b"our-ca".to_vec()]
+        );
+        assert_eq!(
+            endpoint_authorities(&peer, &id("spiffe://hub.test/x"), None, &own, &set).unwrap(),
+            vec![b"hub-ca".to_vec()]
+        );
+        // A trust domain we know nothing of, or a self-serving one with no bundle at all.
+        let error = endpoint_authorities(&peer, &id("spiffe://unknown.test/x"), None, &own, &set)
+            .unwrap_err();
+        assert_eq!(error.reason(), "TrustDomainMismatch");
+        let bare = relationship("bare.test", None, None);
+        assert!(
+            endpoint_authorities(
+                &bare,
+                &id("spiffe://bare.test/s"),
+                None,
+                &own,
+                &BTreeMap::new()
+            )
+            .is_err()
+        );
+    }
 }
