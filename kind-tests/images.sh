@@ -6,7 +6,7 @@
 # The image list comes from make (IMAGES in mk/cluster.mk) as IMAGE_SPECS, one per line:
 #   name|cargo package|binary|extra wimsey-oci-image flags|extra cargo flags
 # and Go programs as GO_IMAGE_SPECS (GO_IMAGES in mk/cluster.mk): name|source dir|binary|extra flags
-# Images are named localhost/wimsey/<name>:<git short sha>[-dirty].
+# Images are named localhost/wimsey/<name>:<git short sha>[-dirty] (ours also :<that>-next).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -79,7 +79,9 @@ build() {
 			echo "$exe is not static" >&2; exit 1
 		fi
 		# shellcheck disable=SC2086
-		"$tool" --out "$OUT/$name.tar" --name "$REGISTRY/$name:$tag" --add "$exe:/$bin" --entrypoint "/$bin" $oflags
+		# also as <tag>-next: the same image under a new tag, which the chart's upgrade test rolls to
+		"$tool" --out "$OUT/$name.tar" --name "$REGISTRY/$name:$tag" --name "$REGISTRY/$name:$tag-next" \
+			--add "$exe:/$bin" --entrypoint "/$bin" $oflags
 	done < <(specs)
 	# Go programs (GO_IMAGE_SPECS, one per line: name|source dir|binary|extra wimsey-oci-image flags),
 	# built static with CGO_ENABLED=0 and packed the same way.

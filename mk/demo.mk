@@ -1,4 +1,4 @@
-# `make demo`: a real cluster with wimsey installed from crds/ and config/default, plus the sample
+# `make demo`: a real cluster with wimsey installed from its Helm chart (config/charts/wimsey), plus the sample
 # ClusterSPIFFEID and workload from config/samples; waits until the workload logs its SPIFFE ID.
 # `make bench-csi-cluster` (part of `make bench-csi`): pod created -> SVID available, p50/p99.
 
@@ -35,20 +35,21 @@ demo: ## bring up a cluster, install wimsey and a sample workload, print the wor
 	echo "  kubectl -n wimsey-system get configmap wimsey-bundle -o jsonpath='{.data.bundle\.pem}'"; \
 	echo "  kubectl get csidriver csi.wimsey.dev -o yaml"
 
-# Applies the CRDs, then config/default and config/samples with our images at the tag `make images` built
-# (through an overlay in target/kustomize/demo, so no tag is ever written into config/; kustomize takes
-# no absolute base), and waits for the rollouts.
+# Installs the chart (CRDs included) with our images at the tag `make images` built, then
+# config/samples through an overlay in target/kustomize/demo (so no tag is ever written into config/;
+# kustomize takes no absolute base), and waits for the rollouts.
 demo-install:
 	@k="$(DEMO_KUBECTL) --kubeconfig $(CLUSTER_KUBECONFIG)"; \
 	tag=$$(cat $(WIMSEY_IMAGES_DIR)/tag); tmp=$(CURDIR)/target/kustomize/demo; mkdir -p "$$tmp"; \
-	$$k apply --server-side --force-conflicts -f crds/ >/dev/null; \
+	echo "[demo] helm upgrade --install wimsey config/charts/wimsey (images :$$tag)"; \
+	$(HELM) --kubeconfig $(CLUSTER_KUBECONFIG) upgrade --install wimsey config/charts/wimsey \
+		--namespace wimsey-system --create-namespace \
+		--set-string operator.image.tag="$$tag" --set-string csi.image.tag="$$tag" >/dev/null; \
 	$$k wait --for=condition=Established --timeout=60s -f crds/ >/dev/null; \
 	printf '%s\n' 'apiVersion: kustomize.config.k8s.io/v1beta1' 'kind: Kustomization' 'resources:' \
-		'  - ../../../config/default' '  - ../../../config/samples' 'images:' \
-		"  - {name: localhost/wimsey/operator, newTag: \"$$tag\"}" \
-		"  - {name: localhost/wimsey/csi, newTag: \"$$tag\"}" \
+		'  - ../../../config/samples' 'images:' \
 		"  - {name: localhost/wimsey/spiffe-probe, newTag: \"$$tag\"}" >"$$tmp/kustomization.yaml"; \
-	echo "[demo] kubectl apply -k config/default config/samples (images :$$tag)"; \
+	echo "[demo] kubectl apply -k config/samples (images :$$tag)"; \
 	$$k apply --server-side --force-conflicts -k "$$tmp"; \
 	$$k -n wimsey-system rollout status deploy/wimsey-operator --timeout=$(DEMO_TIMEOUT)s; \
 	$$k -n wimsey-system rollout status ds/wimsey-csi --timeout=$(DEMO_TIMEOUT)s; \

@@ -4,14 +4,15 @@ CRDS_DIR := crds
 
 .PHONY: generate-crds verify-crds test-operator-cp
 
-generate-crds: ## write crds/*.yaml from the operator's CRD types
-	$(CARGO) run -q -p wimsey-operator -- crd --out-dir $(CRDS_DIR)
+generate-crds: ## write crds/*.yaml and docs/crd-reference.md from the operator's CRD types
+	$(CARGO) run -q -p wimsey-operator -- crd --out-dir $(CRDS_DIR) --reference docs/crd-reference.md
 
 # Regenerates into a scratch directory and compares, so a dirty tree is never touched.
 verify-crds:
-	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp" "$$tmp.log"' EXIT; \
-	if ! $(CARGO) run -q -p wimsey-operator -- crd --out-dir "$$tmp" >"$$tmp.log" 2>&1; then cat "$$tmp.log" >&2; exit 1; fi; \
-	if ! diff -ru $(CRDS_DIR) "$$tmp"; then echo "crds/ is stale: run 'make generate'" >&2; exit 1; fi
+	@tmp=$$(mktemp -d); trap 'rm -rf "$$tmp" "$$tmp.log" "$$tmp.md"' EXIT; \
+	if ! $(CARGO) run -q -p wimsey-operator -- crd --out-dir "$$tmp" --reference "$$tmp.md" >"$$tmp.log" 2>&1; then cat "$$tmp.log" >&2; exit 1; fi; \
+	if ! diff -ru $(CRDS_DIR) "$$tmp"; then echo "crds/ is stale: run 'make generate'" >&2; exit 1; fi; \
+	if ! diff -u docs/crd-reference.md "$$tmp.md"; then echo "docs/crd-reference.md is stale: run 'make generate'" >&2; exit 1; fi
 
 VERIFY_TARGETS += verify-crds
 

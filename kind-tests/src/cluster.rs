@@ -234,9 +234,13 @@ impl Cluster {
 /// The full reference of one of our locally built images, e.g. `image("test-app")` ->
 /// `localhost/wimsey/test-app:<WIMSEY_IMAGE_TAG>`.
 pub fn image(name: &str) -> Result<String> {
-    let tag = std::env::var("WIMSEY_IMAGE_TAG")
+    Ok(format!("localhost/wimsey/{name}:{}", image_tag()?))
+}
+
+/// The tag `make images` built (the e2e targets pass it in `WIMSEY_IMAGE_TAG`).
+pub fn image_tag() -> Result<String> {
+    std::env::var("WIMSEY_IMAGE_TAG")
         .ok()
         .filter(|t| !t.is_empty())
-        .context("WIMSEY_IMAGE_TAG is not set (make e2e sets it from `make images`)")?;
-    Ok(format!("localhost/wimsey/{name}:{tag}"))
+        .context("WIMSEY_IMAGE_TAG is not set (make e2e sets it from `make images`)")
 }

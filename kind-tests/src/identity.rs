@@ -144,6 +144,19 @@ pub async fn wait_for_svids(
     .await
 }
 
+/// A file of a files-mode pod's volume (the test app's `cat`).
+pub async fn read_pod_file(pods: &Api<Pod>, pod: &str, file: &str) -> Result<String> {
+    let out = exec(
+        pods,
+        pod,
+        None,
+        &[APP, "cat", &format!("{FILES_DIR}/{file}")],
+    )
+    .await?;
+    anyhow::ensure!(out.success(), "cat {file}: {}", out.stderr);
+    Ok(out.stdout)
+}
+
 /// Runs spiffe-probe in the pod and returns its stdout, whatever the exit status.
 pub async fn probe(pods: &Api<Pod>, name: &str, args: &[&str]) -> Result<String> {
     let mut cmd = vec![PROBE];

@@ -1,14 +1,19 @@
 //! wimsey end-to-end test support.
 //!
 //! - [`oci`]: the OCI image-layout writer behind `wimsey-oci-image` (always built).
+//! - [`kube_schemas`]: kubeconform's JSON schemas from the API server's OpenAPI document, behind
+//!   `wimsey-kube-schemas` (always built).
+//! - [`values_doc`]: the values reference of docs/install.md from the chart, behind `wimsey-values-doc`.
 //! - with the default `cluster` feature: [`cluster`] (find the cluster from `KUBECONFIG`, its level, our
 //!   image names), [`namespace`] (a temporary namespace per test, dumped on failure and deleted),
 //!   [`wait`] (wait for a condition with a timeout), [`diagnostics`] (pod status, events and logs) and
 //!   [`exec`] (run a command in a pod), [`identity`] (a ClusterSPIFFEID per test and the pods that read
 //!   their identity), [`plugin_admin`] (the CSI plugin's `/readyz` and `/metrics` through a pod
-//!   port-forward) and [`wimsey`] (install wimsey from `crds/` and `config/`).
+//!   port-forward) and [`wimsey`] (install wimsey from its Helm chart).
 
+pub mod kube_schemas;
 pub mod oci;
+pub mod values_doc;
 
 #[cfg(feature = "cluster")]
 pub mod cluster;

@@ -82,6 +82,8 @@ pub fn deployment_ready() -> impl Condition<Deployment> {
         };
         s.observed_generation >= d.metadata.generation
             && s.updated_replicas.unwrap_or(0) == want
+            // no pod of an older template left (mid-rollout, old and new pods can add up to `want`)
+            && s.replicas.unwrap_or(0) == want
             && s.ready_replicas.unwrap_or(0) == want
             && s.available_replicas.unwrap_or(0) == want
     }

@@ -1,6 +1,6 @@
-//! Installing wimsey itself into the e2e cluster from the repository's manifests: the CRDs from
-//! `crds/`, then `config/default` through a temporary kustomize overlay that points the images at
-//! the tag `make images` built. Idempotent (server-side apply), and done once per test process.
+//! Installing wimsey itself into the e2e cluster from the repository's Helm chart
+//! (`config/charts/wimsey`, CRDs included), with the images at the tag `make images` built.
+//! Idempotent (`helm upgrade --install`), and done once per test process.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -15,7 +15,7 @@ use kube::Api;
 use kube::api::ListParams;
 use kube::runtime::wait::conditions::is_crd_established;
 
-use crate::cluster::Cluster;
+use crate::cluster::{Cluster, image_tag};
 use crate::wait::{deployment_ready, poll_until, wait_for};
 
 pub const NAMESPACE: &str = "wimsey-system";
@@ -39,17 +39,27 @@ pub fn repo_root() -> PathBuf {
 
 /// `$KUBECTL`, else the kubectl `make cluster-tools` built into `$WIMSEY_CACHE`, else `kubectl`.
 pub fn kubectl() -> PathBuf {
-    if let Some(k) = std::env::var_os("KUBECTL") {
-        return k.into();
+    cached_tool("KUBECTL", "k8s-v", "kubectl")
+}
+
+/// `$HELM`, else the helm `make helm-tools` built into `$WIMSEY_CACHE`, else `helm`.
+pub fn helm() -> PathBuf {
+    cached_tool("HELM", "helm-v", "helm")
+}
+
+/// `$<env>`, else `<cache>/<dir prefix>*/bin/<name>`, else `<name>` from PATH.
+fn cached_tool(env: &str, dir_prefix: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return path.into();
     }
     let cache = std::env::var("WIMSEY_CACHE").unwrap_or_else(|_| "/var/cache/wimsey".into());
     let built = std::fs::read_dir(&cache).ok().and_then(|dir| {
         dir.filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("k8s-v"))
-            .map(|e| e.path().join("bin/kubectl"))
+            .filter(|e| e.file_name().to_string_lossy().starts_with(dir_prefix))
+            .map(|e| e.path().join("bin").join(name))
             .find(|p| p.is_file())
     });
-    built.unwrap_or_else(|| "kubectl".into())
+    built.unwrap_or_else(|| name.into())
 }
 
 /// Runs kubectl against the cluster and returns its stdout; a failure carries its stderr.
@@ -70,40 +80,72 @@ pub fn run_kubectl(cluster: &Cluster, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The overlay the e2e tests apply: `config/default` with our images at `tag`. kustomize takes no
-/// absolute base, so the overlay lives in `<repo>/target/kustomize/<name>` and names the base
-/// relative to it.
-pub fn overlay_kustomization(tag: &str) -> String {
-    format!(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\n\
-         kind: Kustomization\n\
-         resources:\n  - ../../../config/default\n\
-         images:\n  - name: localhost/wimsey/operator\n    newTag: \"{tag}\"\n  \
-         - name: localhost/wimsey/csi\n    newTag: \"{tag}\"\n"
-    )
+/// The Helm release the e2e tests install, from the repository's chart.
+pub const RELEASE: &str = "wimsey";
+
+pub fn chart_dir() -> PathBuf {
+    repo_root().join("config/charts/wimsey")
+}
+
+/// The values that point both images at `tag` (what `make images` built and loaded).
+pub fn image_tag_values(tag: &str) -> [String; 4] {
+    [
+        "--set-string".to_owned(),
+        format!("operator.image.tag={tag}"),
+        "--set-string".to_owned(),
+        format!("csi.image.tag={tag}"),
+    ]
+}
+
+/// Runs helm against the cluster and returns its stdout; a failure carries its stderr.
+pub fn run_helm(cluster: &Cluster, args: &[&str]) -> Result<String> {
+    let out = Command::new(helm())
+        .arg("--kubeconfig")
+        .arg(cluster.kubeconfig())
+        .args(args)
+        .output()
+        .with_context(|| format!("running helm {args:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "helm {args:?}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `helm upgrade --install` of the chart (CRDs included) with our images at `tag`, plus `extra`
+/// arguments; returns without waiting.
+pub fn helm_upgrade(cluster: &Cluster, tag: &str, extra: &[&str]) -> Result<String> {
+    let chart = chart_dir().display().to_string();
+    let images = image_tag_values(tag);
+    let mut args = vec![
+        "upgrade",
+        "--install",
+        RELEASE,
+        chart.as_str(),
+        "--namespace",
+        NAMESPACE,
+        "--create-namespace",
+    ];
+    args.extend(images.iter().map(String::as_str));
+    args.extend_from_slice(extra);
+    run_helm(cluster, &args)
 }
 
 static INSTALLED: tokio::sync::Mutex<bool> = tokio::sync::Mutex::const_new(false);
 
-/// Installs (or updates) wimsey in the cluster and waits until it serves: CRDs Established, the
-/// operator Deployment 2/2 ready, the CSI DaemonSet ready and the driver registered with kubelet on
-/// every node. The first caller in a test process does the work; the others wait for it.
+/// Installs (or updates) wimsey in the cluster from its Helm chart and waits until it serves: CRDs
+/// Established, the operator Deployment 2/2 ready, the CSI DaemonSet ready and the driver
+/// registered with kubelet on every node. The first caller in a test process does the work; the
+/// others wait for it.
 pub async fn ensure_installed(cluster: &Cluster) -> Result<()> {
     let mut installed = INSTALLED.lock().await;
     if *installed {
         return Ok(());
     }
-    let root = repo_root();
-    run_kubectl(
-        cluster,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            &root.join("crds").display().to_string(),
-        ],
-    )?;
+    helm_upgrade(cluster, &image_tag()?, &[])?;
     let crds: Api<CustomResourceDefinition> = Api::all(cluster.client());
     for crd in CRDS {
         wait_for(
@@ -115,32 +157,6 @@ pub async fn ensure_installed(cluster: &Cluster) -> Result<()> {
         )
         .await?;
     }
-
-    let tag = std::env::var("WIMSEY_IMAGE_TAG")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .context("WIMSEY_IMAGE_TAG is not set (make e2e sets it from `make images`)")?;
-    let overlay = root
-        .join("target/kustomize")
-        .join(format!("e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&overlay)?;
-    std::fs::write(
-        overlay.join("kustomization.yaml"),
-        overlay_kustomization(&tag),
-    )?;
-    let applied = run_kubectl(
-        cluster,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-k",
-            &overlay.display().to_string(),
-        ],
-    );
-    let _ = std::fs::remove_dir_all(&overlay);
-    applied?;
-
     wait_until_serving(cluster).await?;
     *installed = true;
     Ok(())
@@ -242,11 +258,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn overlay_points_both_images_at_the_tag() {
-        let k = overlay_kustomization("abc123-dirty");
-        assert!(k.contains("  - ../../../config/default\n"), "{k}");
-        assert_eq!(k.matches("newTag: \"abc123-dirty\"").count(), 2, "{k}");
-        assert!(k.contains("name: localhost/wimsey/operator"), "{k}");
-        assert!(k.contains("name: localhost/wimsey/csi"), "{k}");
+    fn both_images_point_at_the_tag() {
+        let values = image_tag_values("abc123-dirty");
+        assert_eq!(values[1], "operator.image.tag=abc123-dirty");
+        assert_eq!(values[3], "csi.image.tag=abc123-dirty");
+    }
+
+    #[test]
+    fn the_chart_is_in_the_repository() {
+        assert!(chart_dir().join("Chart.yaml").is_file());
     }
 }

@@ -1,4 +1,4 @@
-//! Pods get identities on the real cluster: wimsey installed from `crds/` and `config/default`
+//! Pods get identities on the real cluster: wimsey installed from its Helm chart
 //! (operator with 2 replicas, CSI DaemonSet), a ClusterSPIFFEID per test, and workloads that read
 //! their SVIDs through a `csi.wimsey.dev` volume: our go-spiffe client (`spiffe-probe`) over the
 //! Workload API socket, and the files mode read with `cat` and checked with the openssl CLI.
@@ -12,10 +12,9 @@ use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams, PostParams};
-use wimsey_kind_tests::exec::exec;
 use wimsey_kind_tests::identity::{
-    APP, FILES_DIR, POD_TIMEOUT, SVID_TIMEOUT, delete_cluster_spiffe_id, expected_id, files_pod,
-    parse_x509_lines, probe, start_probe_pod, wait_for_svids, with_identity,
+    POD_TIMEOUT, SVID_TIMEOUT, delete_cluster_spiffe_id, expected_id, files_pod, parse_x509_lines,
+    probe, read_pod_file, start_probe_pod, wait_for_svids, with_identity,
 };
 use wimsey_kind_tests::plugin_admin::{admin_get, ensure_at_least, plugin_pod_on};
 use wimsey_kind_tests::wait::{pod_ready, poll_until, wait_for};
@@ -146,18 +145,6 @@ async fn files_mode_rotates_and_openssl_verifies() -> Result<()> {
         },
     )
     .await
-}
-
-async fn read_pod_file(pods: &Api<Pod>, pod: &str, file: &str) -> Result<String> {
-    let out = exec(
-        pods,
-        pod,
-        None,
-        &[APP, "cat", &format!("{FILES_DIR}/{file}")],
-    )
-    .await?;
-    ensure!(out.success(), "cat {file}: {}", out.stderr);
-    Ok(out.stdout)
 }
 
 fn openssl(args: &[&str]) -> Result<String> {

@@ -161,6 +161,7 @@ impl Fixture {
             authority_namespace: self.namespace.clone(),
             authority_secret: "wimsey-authority".into(),
             bundle_configmap: "wimsey-bundle".into(),
+            bundle_owner: None,
             ca_ttl: Duration::from_secs(24 * 3600),
             jwt_key_ttl: Duration::from_secs(24 * 3600),
             key_propagation_delay: Duration::from_secs(3600),

@@ -8,7 +8,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
@@ -23,6 +23,8 @@ pub struct LeaseSettings {
     pub identity: String,
     pub lease_duration: Duration,
     pub renew_interval: Duration,
+    /// Set on the Lease when this replica creates it (see [`crate::owner`]).
+    pub owner: Option<OwnerReference>,
 }
 
 impl LeaseSettings {
@@ -35,6 +37,7 @@ impl LeaseSettings {
             identity: identity.to_owned(),
             lease_duration: Duration::from_secs(10),
             renew_interval: Duration::from_secs(2),
+            owner: None,
         }
     }
 }
@@ -172,6 +175,7 @@ async fn try_lead(
             metadata: ObjectMeta {
                 name: Some(settings.name.clone()),
                 namespace: Some(settings.namespace.clone()),
+                owner_references: settings.owner.clone().map(|o| vec![o]),
                 ..ObjectMeta::default()
             },
             spec: Some(lease_spec(settings, 0, true, None)),

@@ -21,6 +21,9 @@ enum Command {
         /// Write `<name>.yaml` files into this directory instead of printing.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// Also write the CRD reference (markdown) to this file.
+        #[arg(long)]
+        reference: Option<PathBuf>,
     },
     /// Run the operator.
     Run(Box<RunOptions>),
@@ -50,13 +53,22 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd { out_dir: None } => {
-            print!("{}", wimsey_operator::crdgen::all_crds_yaml()?);
-        }
-        Command::Crd { out_dir: Some(dir) } => {
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for path in wimsey_operator::crdgen::write_crd_files(&dir)? {
-                eprintln!("wrote {path}");
+        Command::Crd { out_dir, reference } => {
+            match out_dir {
+                None => print!("{}", wimsey_operator::crdgen::all_crds_yaml()?),
+                Some(dir) => {
+                    std::fs::create_dir_all(&dir)
+                        .with_context(|| format!("creating {}", dir.display()))?;
+                    for path in wimsey_operator::crdgen::write_crd_files(&dir)? {
+                        eprintln!("wrote {path}");
+                    }
+                }
+            }
+            if let Some(path) = reference {
+                let doc =
+                    wimsey_operator::crdref::reference_markdown(&wimsey_operator::crd::all_crds());
+                std::fs::write(&path, doc)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
         Command::Run(options) => run(*options).await?,

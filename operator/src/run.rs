@@ -24,6 +24,7 @@ use crate::federation::{self as fed};
 use crate::leader::{LeaseSettings, run_leader_election};
 use crate::nodeapi::material::NodeAuthority;
 use crate::nodeapi::{NodeApi, NodeApiArgs};
+use crate::owner;
 
 use crate::reconcile::federation::federated_bundles;
 use crate::reconcile::status::DesiredStatus;
@@ -41,6 +42,10 @@ pub struct RunOptions {
     /// This replica's Lease identity; defaults to the host name.
     #[arg(long, env = "POD_NAME")]
     pub pod_name: Option<String>,
+    /// The Deployment that runs this operator: the bundle ConfigMap and the Lease get it as owner,
+    /// so deleting the installation removes them (the authority Secret is never owned).
+    #[arg(long, env = "WIMSEY_OWNER_DEPLOYMENT")]
+    pub owner_deployment: Option<String>,
     /// Address of /livez, /readyz and /metrics.
     #[arg(long, env = "WIMSEY_ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     pub admin_addr: SocketAddr,
@@ -234,10 +239,22 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let identity = options.pod_name.unwrap_or_else(hostname);
     let shutdown = CancellationToken::new();
     let store = EntryStore::new();
+    let owner = match &options.owner_deployment {
+        Some(name) => match owner::lookup(client.clone(), &options.namespace, name).await {
+            Ok(reference) => Some(reference),
+            Err(error) => {
+                tracing::warn!(%error, "the bundle ConfigMap and the Lease get no owner");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut lease_settings = LeaseSettings::new(&options.namespace, &identity);
+    lease_settings.owner = owner.clone();
     let controller = Controller::start(
         client.clone(),
         settings.clone(),
-        LeaseSettings::new(&options.namespace, &identity),
+        lease_settings,
         store.clone(),
         shutdown.clone(),
     )?;
@@ -267,6 +284,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     let mut authority_args = options.authority;
     authority_args.authority_namespace = options.namespace.clone();
+    authority_args.bundle_owner = owner;
     let starting = start_authority(
         client.clone(),
         settings.trust_domain.clone(),

@@ -1,6 +1,7 @@
-//! The NetworkPolicies in `config/operator` parse as NetworkPolicy objects and fit the manifests
-//! they protect: their selectors pick the operator's and the plugin's pod labels, and their ports
-//! are the operator's named container ports.
+//! The NetworkPolicies of the chart's default render (`config/default/wimsey.yaml`, drift-checked
+//! against `config/charts/wimsey` by `make verify`) parse as NetworkPolicy objects and fit the
+//! manifests they protect: their selectors pick the operator's and the plugin's pod labels, and
+//! their ports are the operator's named container ports.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -9,32 +10,34 @@ use std::path::PathBuf;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde_json::Value;
 
-fn config(path: &str) -> String {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../config")
-        .join(path);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+/// The documents of the default render, as JSON values.
+fn rendered() -> Vec<Value> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/default/wimsey.yaml");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.split("\n---\n")
+        .filter_map(|doc| {
+            serde_saphyr::from_str::<Option<Value>>(doc).unwrap_or_else(|e| panic!("{e}\n{doc}"))
+        })
+        .collect()
 }
 
-fn documents<T: serde::de::DeserializeOwned>(text: &str) -> Vec<T> {
-    text.split("\n---\n")
-        .map(|doc| serde_saphyr::from_str(doc).unwrap_or_else(|e| panic!("{e}\n{doc}")))
+fn of_kind<T: serde::de::DeserializeOwned>(documents: &[Value], kind: &str) -> Vec<T> {
+    documents
+        .iter()
+        .filter(|d| d["kind"] == kind)
+        .map(|d| serde_json::from_value(d.clone()).unwrap())
         .collect()
 }
 
 #[test]
 fn network_policies_admit_only_the_plugin_and_the_scrape_path() {
-    let kustomization = config("operator/kustomization.yaml");
-    assert!(
-        kustomization.contains("  - networkpolicies.yaml\n"),
-        "{kustomization}"
-    );
-    let policies: Vec<NetworkPolicy> = documents(&config("operator/networkpolicies.yaml"));
-    let deployment: Deployment =
-        serde_saphyr::from_str(&config("operator/deployment.yaml")).unwrap();
-    let daemonset: DaemonSet =
-        serde_saphyr::from_str(&config("csi-driver/daemonset.yaml")).unwrap();
+    let documents = rendered();
+    let policies: Vec<NetworkPolicy> = of_kind(&documents, "NetworkPolicy");
+    assert_eq!(policies.len(), 3, "the default render has three policies");
+    let deployment: Deployment = of_kind(&documents, "Deployment").pop().unwrap();
+    let daemonset: DaemonSet = of_kind(&documents, "DaemonSet").pop().unwrap();
     let operator_labels = deployment
         .spec
         .as_ref()

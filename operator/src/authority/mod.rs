@@ -20,6 +20,7 @@ pub mod store;
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use wimsey_core::bundle::BundleError;
 use wimsey_core::keys::KeyError;
 use wimsey_core::oidc::IssuerUrl;
@@ -59,6 +60,9 @@ pub struct AuthorityArgs {
     /// ConfigMap the trust bundle is published to.
     #[arg(long, env = "WIMSEY_BUNDLE_CONFIGMAP", default_value = "wimsey-bundle")]
     pub bundle_configmap: String,
+    /// The bundle ConfigMap's owner (the operator's Deployment; see [`crate::owner`]).
+    #[arg(skip)]
+    pub bundle_owner: Option<OwnerReference>,
     /// Lifetime of a CA certificate; a CA key signs for the first half of it.
     #[arg(long, env = "WIMSEY_CA_TTL", default_value = "24h", value_parser = parse_duration)]
     pub ca_ttl: Duration,

@@ -110,12 +110,15 @@ impl SigningAuthority {
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
     ) -> Result<Self, AuthorityError> {
-        let store = Arc::new(KubeStore::new(
-            client,
-            &args.authority_namespace,
-            &args.authority_secret,
-            &args.bundle_configmap,
-        ));
+        let store = Arc::new(
+            KubeStore::new(
+                client,
+                &args.authority_namespace,
+                &args.authority_secret,
+                &args.bundle_configmap,
+            )
+            .with_bundle_owner(args.bundle_owner.clone()),
+        );
         let authority = Self::load(store.clone(), trust_domain, args, metrics).await?;
         tokio::spawn(authority.clone().watch_secret(store, shutdown.clone()));
         tokio::spawn(authority.clone().rotation_loop(shutdown));

@@ -6,11 +6,13 @@ use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 
 use super::GENERATION_ANNOTATION;
+use crate::reconcile::status::bounded_message;
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "wimsey");
 
@@ -45,6 +47,7 @@ pub struct KubeStore {
     secret_name: String,
     bundle_name: String,
     namespace: String,
+    bundle_owner: Option<OwnerReference>,
     recorder: Recorder,
 }
 
@@ -70,8 +73,15 @@ impl KubeStore {
             secret_name: secret_name.to_owned(),
             bundle_name: bundle_name.to_owned(),
             namespace: namespace.to_owned(),
+            bundle_owner: None,
             recorder: Recorder::new(client, reporter),
         }
+    }
+
+    /// The bundle ConfigMap is written with this owner (the operator's Deployment).
+    pub fn with_bundle_owner(mut self, owner: Option<OwnerReference>) -> Self {
+        self.bundle_owner = owner;
+        self
     }
 
     pub fn secrets(&self) -> &Api<Secret> {
@@ -148,6 +158,7 @@ impl AuthorityStore for KubeStore {
                         GENERATION_ANNOTATION.to_owned(),
                         generation.to_string(),
                     )])),
+                    owner_references: self.bundle_owner.clone().map(|o| vec![o]),
                     resource_version: existing.and_then(|cm| cm.metadata.resource_version),
                     ..ObjectMeta::default()
                 },
@@ -177,12 +188,11 @@ impl AuthorityStore for KubeStore {
                 namespace: Some(self.namespace.clone()),
                 ..ObjectReference::default()
             };
-            let mut note = note;
-            note.truncate(1000);
             let event = Event {
                 type_: EventType::Warning,
                 reason: reason.to_owned(),
-                note: Some(note),
+                // cut on a character boundary: a note can quote an API server's error text
+                note: Some(bounded_message(&note)),
                 action: "Authority".to_owned(),
                 secondary: None,
             };
