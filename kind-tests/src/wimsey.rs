@@ -64,15 +64,20 @@ fn cached_tool(env: &str, dir_prefix: &str, name: &str) -> PathBuf {
 
 /// Runs kubectl against the cluster and returns its stdout; a failure carries its stderr.
 pub fn run_kubectl(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    let out = Command::new(kubectl())
+    run_against(&kubectl(), "kubectl", cluster, args)
+}
+
+/// Runs a CLI that takes `--kubeconfig` against the cluster; its stdout, or its stderr as the error.
+fn run_against(program: &Path, name: &str, cluster: &Cluster, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
         .arg("--kubeconfig")
         .arg(cluster.kubeconfig())
         .args(args)
         .output()
-        .with_context(|| format!("running kubectl {args:?}"))?;
+        .with_context(|| format!("running {name} {args:?}"))?;
     if !out.status.success() {
         bail!(
-            "kubectl {args:?}: {}\n{}",
+            "{name} {args:?}: {}\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         );
@@ -99,20 +104,7 @@ pub fn image_tag_values(tag: &str) -> [String; 4] {
 
 /// Runs helm against the cluster and returns its stdout; a failure carries its stderr.
 pub fn run_helm(cluster: &Cluster, args: &[&str]) -> Result<String> {
-    let out = Command::new(helm())
-        .arg("--kubeconfig")
-        .arg(cluster.kubeconfig())
-        .args(args)
-        .output()
-        .with_context(|| format!("running helm {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "helm {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run_against(&helm(), "helm", cluster, args)
 }
 
 /// `helm upgrade --install` of the chart (CRDs included) with our images at `tag`, plus `extra`
