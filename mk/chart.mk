@@ -50,20 +50,24 @@ lint-chart:
 
 VERIFY_TARGETS += verify-chart
 
-# kubeconform needs the cluster (for its OpenAPI document): the schemas are cached per Kubernetes version.
-KUBE_SCHEMAS := $(WIMSEY_CACHE)/kube-schemas-$(K8S_VERSION)
+# kubeconform needs the cluster (for its OpenAPI document): the schemas are cached per server version
+# (and per revision of wimsey-kube-schemas, KUBE_SCHEMAS_REV).
+KUBE_SCHEMAS_REV := 1
 test-chart: helm-tools
 	@$(CLUSTER_SH) status >/dev/null 2>&1 || $(MAKE) --no-print-directory cluster-up
-	@if [ ! -f $(KUBE_SCHEMAS)/.done ]; then \
+	@k="$(DEMO_KUBECTL) --kubeconfig $(CLUSTER_KUBECONFIG)"; \
+	version=$$($$k version -o json | sed -n 's/.*"gitVersion": *"\([^"]*\)".*/\1/p' | tail -1); \
+	schemas=$(WIMSEY_CACHE)/kube-schemas-$$version-r$(KUBE_SCHEMAS_REV); \
+	if [ ! -f "$$schemas/.done" ]; then \
 		tmp=$$(mktemp); trap 'rm -f "$$tmp"' EXIT; \
-		$(DEMO_KUBECTL) --kubeconfig $(CLUSTER_KUBECONFIG) get --raw /openapi/v2 >"$$tmp"; \
-		rm -rf $(KUBE_SCHEMAS); $(CARGO) run -q -p wimsey-kind-tests --bin wimsey-kube-schemas -- "$$tmp" $(KUBE_SCHEMAS); \
-		touch $(KUBE_SCHEMAS)/.done; fi
-	@for values in "" $(CHART_MATRIX); do \
-		echo "kubeconform -strict (Kubernetes $(K8S_VERSION)): helm template $${values:+-f $$values}"; \
-		$(HELM) template wimsey $(CHART) --namespace wimsey-system --kube-version $(K8S_VERSION) $${values:+-f "$$values"} | \
+		$$k get --raw /openapi/v2 >"$$tmp"; \
+		rm -rf "$$schemas"; $(CARGO) run -q -p wimsey-kind-tests --bin wimsey-kube-schemas -- "$$tmp" "$$schemas"; \
+		touch "$$schemas/.done"; fi; \
+	for values in "" $(CHART_MATRIX); do \
+		echo "kubeconform -strict (Kubernetes $$version): helm template $${values:+-f $$values}"; \
+		$(HELM) template wimsey $(CHART) --namespace wimsey-system --kube-version $$version $${values:+-f "$$values"} | \
 		$(KUBECONFORM) -strict -summary -skip ServiceMonitor,PodMonitor \
-			-schema-location '$(KUBE_SCHEMAS)/{{ .ResourceKind }}_{{ .Group }}_{{ .ResourceAPIVersion }}.json' - || exit 1; \
+			-schema-location "$$schemas/{{ .ResourceKind }}_{{ .Group }}_{{ .ResourceAPIVersion }}.json" - || exit 1; \
 	done
 
 TEST_TARGETS += test-chart

@@ -66,7 +66,7 @@ images-build:
 images-load:
 	kind-tests/images.sh load
 
-e2e: ## run the kind-tests suite against the cluster (brings it up or raises its level first; idempotent)
+e2e: helm-tools ## run the kind-tests suite against the cluster (brings it up or raises its level first; idempotent)
 	@$(MAKE) --no-print-directory cluster-up
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) WIMSEY_E2E=1 CLUSTER_PROVIDER=$$($(CLUSTER_SH) provider) \
 		CLUSTER_LEVEL=$$(cat $(WIMSEY_CLUSTER_DIR)/level) \
@@ -78,7 +78,7 @@ TEST_TARGETS += e2e
 # The attack suite: hostile pods against their own socket, the node API and their files volume,
 # asserting that nothing beyond the attacker's own connections is affected (kind-tests/tests/attacks.rs).
 .PHONY: test-attacks
-test-attacks: ## attacks from inside pods on the node-level cluster (part of make test)
+test-attacks: helm-tools ## attacks from inside pods on the node-level cluster (part of make test)
 	@$(MAKE) --no-print-directory cluster-up
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) WIMSEY_E2E=1 CLUSTER_PROVIDER=$$($(CLUSTER_SH) provider) \
 		CLUSTER_LEVEL=$$(cat $(WIMSEY_CLUSTER_DIR)/level) \

@@ -38,7 +38,7 @@ demo: ## bring up a cluster, install wimsey and a sample workload, print the wor
 # Installs the chart (CRDs included) with our images at the tag `make images` built, then
 # config/samples through an overlay in target/kustomize/demo (so no tag is ever written into config/;
 # kustomize takes no absolute base), and waits for the rollouts.
-demo-install:
+demo-install: helm-tools
 	@k="$(DEMO_KUBECTL) --kubeconfig $(CLUSTER_KUBECONFIG)"; \
 	tag=$$(cat $(WIMSEY_IMAGES_DIR)/tag); tmp=$(CURDIR)/target/kustomize/demo; mkdir -p "$$tmp"; \
 	echo "[demo] helm upgrade --install wimsey config/charts/wimsey (images :$$tag)"; \

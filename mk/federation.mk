@@ -41,7 +41,7 @@ bench-federation: spire-server ## bundle endpoint throughput and latency vs spir
 # Federation with a real SPIRE Server on this host, both ways, on the node-level cluster
 # (kind-tests/tests/federation.rs): the operator's bundle endpoint and poller, federated bundles in
 # a go-spiffe pod, mTLS with a SPIRE-minted SVID, SPIRE's CA rotation, an unreachable endpoint.
-test-federation-e2e: spire-server ## federation e2e against a real SPIRE Server (part of make test)
+test-federation-e2e: spire-server helm-tools ## federation e2e against a real SPIRE Server (part of make test)
 	@$(MAKE) --no-print-directory cluster-up
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) WIMSEY_E2E=1 CLUSTER_PROVIDER=$$($(CLUSTER_SH) provider) \
 		CLUSTER_LEVEL=$$(cat $(WIMSEY_CLUSTER_DIR)/level) \

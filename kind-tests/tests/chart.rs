@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
@@ -50,7 +50,10 @@ async fn helm_install_upgrade_uninstall_and_apply_keep_every_workload_served() -
     let csid = create_cluster_spiffe_id(&cluster, &ns, Some(TTL)).await?;
     let upgraded = upgrade_keeps_identities(&cluster, &ns, &tag).await;
     let deleted = delete_cluster_spiffe_id(&cluster, &csid).await;
+    let namespace = ns.name().to_owned();
     ns.finish(upgraded.and(deleted)).await?;
+    // The workloads' volumes are unpublished by the plugin: it must outlive them.
+    namespace_gone(&cluster, &namespace).await?;
 
     uninstall_leaves_only_the_crds_and_the_authority(&cluster).await?;
     server_side_apply_is_idempotent(&cluster, &tag).await?;
@@ -58,6 +61,16 @@ async fn helm_install_upgrade_uninstall_and_apply_keep_every_workload_served() -
     // Back to the chart, for the suites that run next.
     helm_upgrade(&cluster, &tag, &[])?;
     wait_until_serving(&cluster).await
+}
+
+async fn namespace_gone(cluster: &Cluster, name: &str) -> Result<()> {
+    let namespaces: Api<Namespace> = Api::all(cluster.client());
+    poll_until(
+        &format!("namespace {name} deleted"),
+        UNINSTALL_TIMEOUT,
+        || async { Ok(namespaces.get_opt(name).await?.is_none().then_some(())) },
+    )
+    .await
 }
 
 /// `helm upgrade` to `<tag>-next`: every operator and plugin pod is replaced while the workloads
@@ -132,9 +145,8 @@ async fn upgrade_keeps_identities(cluster: &Cluster, ns: &TestNamespace, tag: &s
     )
     .await?;
     println!(
-        "pods that lost identity through helm upgrade: {} of {}",
-        lost.len(),
-        WATCHERS + 1
+        "workloads that lost identity through helm upgrade: {} of {WATCHERS} watchers; the files-mode pod's svid.pem was rewritten by the upgraded plugin",
+        lost.len()
     );
     ensure!(lost.is_empty(), "workloads lost their identity: {lost:?}");
     Ok(())
@@ -359,7 +371,12 @@ async fn server_side_apply_is_idempotent(cluster: &Cluster, tag: &str) -> Result
             first.len()
         );
         run_kubectl(cluster, &["delete", "--wait", "-f", file.as_str()])?;
-        Ok(())
+        poll_until(
+            "nothing of the applied manifests left",
+            UNINSTALL_TIMEOUT,
+            || async { Ok(namespaced_leftovers(cluster)?.is_empty().then_some(())) },
+        )
+        .await
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);

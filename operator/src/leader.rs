@@ -8,12 +8,14 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use crate::owner::{self, Owner};
 
 #[derive(Debug, Clone)]
 pub struct LeaseSettings {
@@ -23,8 +25,8 @@ pub struct LeaseSettings {
     pub identity: String,
     pub lease_duration: Duration,
     pub renew_interval: Duration,
-    /// Set on the Lease when this replica creates it (see [`crate::owner`]).
-    pub owner: Option<OwnerReference>,
+    /// Set on the Lease when this replica creates or renews it (see [`crate::owner`]).
+    pub owner: Owner,
 }
 
 impl LeaseSettings {
@@ -37,7 +39,7 @@ impl LeaseSettings {
             identity: identity.to_owned(),
             lease_duration: Duration::from_secs(10),
             renew_interval: Duration::from_secs(2),
-            owner: None,
+            owner: owner::none(),
         }
     }
 }
@@ -175,7 +177,7 @@ async fn try_lead(
             metadata: ObjectMeta {
                 name: Some(settings.name.clone()),
                 namespace: Some(settings.namespace.clone()),
-                owner_references: settings.owner.clone().map(|o| vec![o]),
+                owner_references: settings.owner.borrow().clone().map(|o| vec![o]),
                 ..ObjectMeta::default()
             },
             spec: Some(lease_spec(settings, 0, true, None)),
@@ -213,6 +215,12 @@ async fn try_lead(
         decision == Decision::Acquire,
         lease.spec.as_ref(),
     ));
+    // A Lease created before the owner was known (or by an older release) gets it now.
+    if let Some(owner) = settings.owner.borrow().clone()
+        && !owner::is_owned_by(lease.metadata.owner_references.as_ref(), &owner)
+    {
+        lease.metadata.owner_references = Some(vec![owner]);
+    }
     // The resourceVersion from the read makes this a compare-and-swap.
     match api
         .replace(&settings.name, &PostParams::default(), &lease)

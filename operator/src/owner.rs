@@ -8,21 +8,21 @@ use std::time::Duration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Api, Client, Resource};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use wimsey_core::backoff::{backoff, jitter};
 
-/// How long the start waits for the Deployment before it goes on without an owner.
-const LOOKUP_ATTEMPTS: u32 = 5;
-const LOOKUP_RETRY: Duration = Duration::from_secs(2);
+/// The owner once known; `None` until the lookup succeeds (or when none is configured).
+pub type Owner = watch::Receiver<Option<OwnerReference>>;
 
-#[derive(Debug, thiserror::Error)]
-pub enum OwnerError {
-    #[error("reading Deployment {namespace}/{name}: {source}")]
-    Api {
-        namespace: String,
-        name: String,
-        source: kube::Error,
-    },
-    #[error("Deployment {namespace}/{name} has no UID")]
-    NoUid { namespace: String, name: String },
+/// One attempt may take this long (the API server may hang rather than refuse).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+const RETRY_MIN: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// An owner that is never known.
+pub fn none() -> Owner {
+    watch::channel(None).1
 }
 
 /// A non-controlling reference: garbage collection only, no cascading block.
@@ -37,35 +37,50 @@ pub fn owner_reference(deployment: &Deployment) -> Option<OwnerReference> {
     })
 }
 
-/// Reads the Deployment, retrying a few times (the API server may still be starting).
-pub async fn lookup(
+/// Whether `references` already name exactly this owner (same UID: a recreated Deployment is a
+/// new owner).
+pub fn is_owned_by(references: Option<&Vec<OwnerReference>>, owner: &OwnerReference) -> bool {
+    references.is_some_and(|refs| refs.iter().any(|r| r.uid == owner.uid))
+}
+
+/// Looks the Deployment up in the background, retrying with backoff until it is found or
+/// `shutdown`; the operator starts meanwhile (nothing waits on it but the first bundle publish,
+/// for a bounded time).
+pub fn spawn_lookup(
     client: Client,
     namespace: &str,
     name: &str,
-) -> Result<OwnerReference, OwnerError> {
+    shutdown: CancellationToken,
+) -> Owner {
+    let (sender, owner) = watch::channel(None);
     let api: Api<Deployment> = Api::namespaced(client, namespace);
-    let mut attempt = 1;
-    loop {
-        match api.get(name).await {
-            Ok(deployment) => {
-                return owner_reference(&deployment).ok_or_else(|| OwnerError::NoUid {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                });
+    let (namespace, name) = (namespace.to_owned(), name.to_owned());
+    tokio::spawn(async move {
+        let mut attempt = 0u32;
+        loop {
+            let error = match tokio::time::timeout(ATTEMPT_TIMEOUT, api.get(&name)).await {
+                Ok(Ok(deployment)) => match owner_reference(&deployment) {
+                    Some(reference) => {
+                        tracing::info!(deployment = %name, "owner of the bundle ConfigMap and the Lease");
+                        let _ = sender.send(Some(reference));
+                        return;
+                    }
+                    None => "the Deployment has no UID".to_owned(),
+                },
+                Ok(Err(error)) => error.to_string(),
+                Err(_) => format!("no answer within {ATTEMPT_TIMEOUT:?}"),
+            };
+            attempt = attempt.saturating_add(1);
+            if attempt == 3 {
+                tracing::warn!(%namespace, deployment = %name, %error, "cannot read the operator's Deployment yet; the bundle ConfigMap and the Lease get their owner once it can be read");
             }
-            Err(source) if attempt >= LOOKUP_ATTEMPTS => {
-                return Err(OwnerError::Api {
-                    namespace: namespace.to_owned(),
-                    name: name.to_owned(),
-                    source,
-                });
-            }
-            Err(_) => {
-                attempt += 1;
-                tokio::time::sleep(LOOKUP_RETRY).await;
+            tokio::select! {
+                () = tokio::time::sleep(backoff(attempt, RETRY_MIN, RETRY_MAX, jitter())) => {}
+                () = shutdown.cancelled() => return,
             }
         }
-    }
+    });
+    owner
 }
 
 #[cfg(test)]
@@ -92,5 +107,20 @@ mod tests {
         assert_eq!(reference.controller, None);
         // without a UID (not read from the API server) there is nothing to own by
         assert!(owner_reference(&Deployment::default()).is_none());
+    }
+
+    #[test]
+    fn a_recreated_deployment_is_another_owner() {
+        let owner = OwnerReference {
+            uid: "new".into(),
+            ..OwnerReference::default()
+        };
+        let stale = vec![OwnerReference {
+            uid: "old".into(),
+            ..OwnerReference::default()
+        }];
+        assert!(!is_owned_by(Some(&stale), &owner));
+        assert!(!is_owned_by(None, &owner));
+        assert!(is_owned_by(Some(&vec![owner.clone()]), &owner));
     }
 }

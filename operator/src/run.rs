@@ -62,6 +62,10 @@ pub struct RunOptions {
     pub federation: FederationArgs,
 }
 
+/// How long the authority's start waits for the owner lookup (the API server answers it in
+/// milliseconds when it answers at all).
+const OWNER_WAIT: Duration = Duration::from_secs(10);
+
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
@@ -240,14 +244,10 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let store = EntryStore::new();
     let owner = match &options.owner_deployment {
-        Some(name) => match owner::lookup(client.clone(), &options.namespace, name).await {
-            Ok(reference) => Some(reference),
-            Err(error) => {
-                tracing::warn!(%error, "the bundle ConfigMap and the Lease get no owner");
-                None
-            }
-        },
-        None => None,
+        Some(name) => {
+            owner::spawn_lookup(client.clone(), &options.namespace, name, shutdown.clone())
+        }
+        None => owner::none(),
     };
     let mut lease_settings = LeaseSettings::new(&options.namespace, &identity);
     lease_settings.owner = owner.clone();
@@ -284,7 +284,20 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 
     let mut authority_args = options.authority;
     authority_args.authority_namespace = options.namespace.clone();
-    authority_args.bundle_owner = owner;
+    if options.owner_deployment.is_some() {
+        // The first bundle publish writes its owner, so a ConfigMap still naming a deleted
+        // Deployment (a quick reinstall) is claimed before the garbage collector removes it.
+        let mut known = owner.clone();
+        if tokio::time::timeout(OWNER_WAIT, known.wait_for(Option::is_some))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "the operator's Deployment is not known yet: the bundle ConfigMap is published without an owner for now"
+            );
+        }
+    }
+    authority_args.bundle_owner = Some(owner);
     let starting = start_authority(
         client.clone(),
         settings.trust_domain.clone(),

@@ -20,12 +20,13 @@ pub mod store;
 
 use std::time::Duration;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use wimsey_core::bundle::BundleError;
 use wimsey_core::keys::KeyError;
 use wimsey_core::oidc::IssuerUrl;
 use wimsey_core::rotation::RotationError;
 use wimsey_core::x509::X509Error;
+
+use crate::owner::Owner;
 
 pub use secret::{REASON_REPLACED, REASON_RESTORED, REASON_UNREADABLE, SigningAuthority};
 pub use state::{KeyKind, Lifetimes, SigningMaterial, StoredAuthority, TokenKey};
@@ -60,9 +61,10 @@ pub struct AuthorityArgs {
     /// ConfigMap the trust bundle is published to.
     #[arg(long, env = "WIMSEY_BUNDLE_CONFIGMAP", default_value = "wimsey-bundle")]
     pub bundle_configmap: String,
-    /// The bundle ConfigMap's owner (the operator's Deployment; see [`crate::owner`]).
+    /// The bundle ConfigMap's owner (the operator's Deployment, once looked up; see
+    /// [`crate::owner`]).
     #[arg(skip)]
-    pub bundle_owner: Option<OwnerReference>,
+    pub bundle_owner: Option<Owner>,
     /// Lifetime of a CA certificate; a CA key signs for the first half of it.
     #[arg(long, env = "WIMSEY_CA_TTL", default_value = "24h", value_parser = parse_duration)]
     pub ca_ttl: Duration,

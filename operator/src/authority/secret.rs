@@ -117,7 +117,7 @@ impl SigningAuthority {
                 &args.authority_secret,
                 &args.bundle_configmap,
             )
-            .with_bundle_owner(args.bundle_owner.clone()),
+            .with_bundle_owner(args.bundle_owner.clone().unwrap_or_else(crate::owner::none)),
         );
         let authority = Self::load(store.clone(), trust_domain, args, metrics).await?;
         tokio::spawn(authority.clone().watch_secret(store, shutdown.clone()));

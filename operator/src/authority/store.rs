@@ -6,12 +6,12 @@ use std::sync::Mutex;
 
 use futures_util::future::BoxFuture;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ObjectMeta, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 
 use super::GENERATION_ANNOTATION;
+use crate::owner::{self, Owner};
 use crate::reconcile::status::bounded_message;
 
 pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "wimsey");
@@ -47,7 +47,7 @@ pub struct KubeStore {
     secret_name: String,
     bundle_name: String,
     namespace: String,
-    bundle_owner: Option<OwnerReference>,
+    bundle_owner: Owner,
     recorder: Recorder,
 }
 
@@ -73,13 +73,13 @@ impl KubeStore {
             secret_name: secret_name.to_owned(),
             bundle_name: bundle_name.to_owned(),
             namespace: namespace.to_owned(),
-            bundle_owner: None,
+            bundle_owner: owner::none(),
             recorder: Recorder::new(client, reporter),
         }
     }
 
-    /// The bundle ConfigMap is written with this owner (the operator's Deployment).
-    pub fn with_bundle_owner(mut self, owner: Option<OwnerReference>) -> Self {
+    /// The bundle ConfigMap is written with this owner (the operator's Deployment) once known.
+    pub fn with_bundle_owner(mut self, owner: Owner) -> Self {
         self.bundle_owner = owner;
         self
     }
@@ -143,13 +143,41 @@ impl AuthorityStore for KubeStore {
         Box::pin(async move {
             let name = &self.bundle_name;
             let existing = self.config_maps.get_opt(name).await?;
-            if existing
-                .as_ref()
-                .and_then(published_generation)
-                .is_some_and(|g| g >= generation)
+            let owner = self.bundle_owner.borrow().clone();
+            // Rewritten also when the owner is missing or stale (a recreated Deployment), so that
+            // the garbage collector neither leaves it behind nor deletes the one in use.
+            let owner_current = owner.as_ref().is_none_or(|o| {
+                owner::is_owned_by(
+                    existing
+                        .as_ref()
+                        .and_then(|cm| cm.metadata.owner_references.as_ref()),
+                    o,
+                )
+            });
+            if owner_current
+                && existing
+                    .as_ref()
+                    .and_then(published_generation)
+                    .is_some_and(|g| g >= generation)
             {
                 return Ok(());
             }
+            // Only the owner changes when the published generation is this one or newer
+            // (another replica may be ahead): its data stays.
+            let (generation, data) = match existing
+                .as_ref()
+                .and_then(|cm| Some((published_generation(cm)?, cm.data.clone()?)))
+            {
+                Some((published, published_data)) if published >= generation => {
+                    (published, published_data)
+                }
+                _ => (generation, data),
+            };
+            let owner_references = owner.map(|o| vec![o]).or_else(|| {
+                existing
+                    .as_ref()
+                    .and_then(|cm| cm.metadata.owner_references.clone())
+            });
             let config_map = ConfigMap {
                 metadata: ObjectMeta {
                     name: Some(name.clone()),
@@ -158,7 +186,7 @@ impl AuthorityStore for KubeStore {
                         GENERATION_ANNOTATION.to_owned(),
                         generation.to_string(),
                     )])),
-                    owner_references: self.bundle_owner.clone().map(|o| vec![o]),
+                    owner_references,
                     resource_version: existing.and_then(|cm| cm.metadata.resource_version),
                     ..ObjectMeta::default()
                 },
