@@ -16,6 +16,8 @@ use wimsey_core::entries::{
     DEFAULT_PARENT_ID_TEMPLATE, NamespaceFilter, RenderConfig, parse_go_duration,
 };
 
+use crate::scm_config;
+
 /// spire-controller-manager's default list.
 pub const DEFAULT_IGNORE_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "spire-system"];
 pub const DEFAULT_CLUSTER_DOMAIN: &str = "cluster.local";
@@ -55,6 +57,8 @@ pub enum ConfigError {
     EntryIdPrefix(String),
     #[error("invalid clusterName {value:?}: {reason}")]
     ClusterName { value: String, reason: String },
+    #[error(transparent)]
+    ControllerManagerConfig(#[from] crate::scm_config::ScmConfigError),
 }
 
 impl ConfigError {
@@ -69,6 +73,7 @@ impl ConfigError {
             ConfigError::Duration { .. } => "duration",
             ConfigError::EntryIdPrefix(_) => "entry_id_prefix",
             ConfigError::ClusterName { .. } => "cluster_name",
+            ConfigError::ControllerManagerConfig(_) => "controller_manager_config",
         }
     }
 }
@@ -101,12 +106,26 @@ pub struct FileConfig {
     #[serde(rename = "defaultJWTSVIDTTL")]
     pub default_jwt_svid_ttl: Option<String>,
     pub backend: Option<Backend>,
+    /// What the file set that has no effect here (a spire-controller-manager config's keys),
+    /// logged at start.
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 impl FileConfig {
-    /// Parses YAML (JSON is YAML too).
+    /// Parses YAML (JSON is YAML too): ours, or spire-controller-manager's
+    /// `ControllerManagerConfig` unchanged (see [`crate::scm_config`]).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
+        let document: serde_json::Value =
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        if scm_config::is_controller_manager_config(&document) {
+            let mapped = scm_config::map(document)?;
+            return Ok(Self {
+                notes: mapped.notes,
+                ..mapped.config
+            });
+        }
+        serde_json::from_value(document).map_err(|e| ConfigError::Parse(e.to_string()))
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -201,6 +220,8 @@ pub struct Settings {
     pub default_x509_svid_ttl: Duration,
     pub default_jwt_svid_ttl: Duration,
     pub backend: Backend,
+    /// Config file keys that have no effect here (see [`FileConfig::notes`]).
+    pub notes: Vec<String>,
 }
 
 fn duration(
@@ -287,6 +308,7 @@ impl Settings {
                 DEFAULT_JWT_SVID_TTL,
             )?,
             backend: flags.backend.or(file.backend).unwrap_or_default(),
+            notes: file.notes,
         };
         // Fail at startup, not at the first pod.
         settings.render_config()?;

@@ -18,6 +18,7 @@ pub mod nodeapi;
 pub mod owner;
 pub mod reconcile;
 pub mod run;
+pub mod scm_config;
 pub mod status;
 pub mod store;
 pub mod views;

@@ -213,6 +213,9 @@ where
 pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     init_logging(&options.log);
     let settings = Settings::from_flags(options.config).context("configuration")?;
+    for note in &settings.notes {
+        tracing::info!(note = %note, "config file: accepted, no effect here");
+    }
     options.federation.check().context("configuration")?;
     if options.authority.jwt_issuer_url.is_some()
         && options.federation.bundle_endpoint_addr.is_none()
