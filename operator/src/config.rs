@@ -116,8 +116,10 @@ impl FileConfig {
     /// Parses YAML (JSON is YAML too): ours, or spire-controller-manager's
     /// `ControllerManagerConfig` unchanged (see [`crate::scm_config`]).
     pub fn parse(text: &str) -> Result<Self, ConfigError> {
-        let document: serde_json::Value =
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let parse_error = |e: serde_saphyr::Error| ConfigError::Parse(e.to_string());
+        // Looked at as a generic document only to tell the two kinds apart; ours is then parsed
+        // straight into its type, so its scalars and errors (with line numbers) stay as they were.
+        let document: serde_json::Value = serde_saphyr::from_str(text).map_err(parse_error)?;
         if scm_config::is_controller_manager_config(&document) {
             let mapped = scm_config::map(document)?;
             return Ok(Self {
@@ -125,7 +127,7 @@ impl FileConfig {
                 ..mapped.config
             });
         }
-        serde_json::from_value(document).map_err(|e| ConfigError::Parse(e.to_string()))
+        serde_saphyr::from_str(text).map_err(parse_error)
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {

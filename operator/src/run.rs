@@ -300,7 +300,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             );
         }
     }
-    authority_args.bundle_owner = Some(owner);
+    authority_args.bundle_owner = Some(owner.clone());
     let starting = start_authority(
         client.clone(),
         settings.trust_domain.clone(),
@@ -317,6 +317,19 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             return Ok(());
         }
     };
+    if options.owner_deployment.is_some() {
+        // An owner found after the first publish: the bundle ConfigMap gets it now, not at the
+        // next rotation (it may still name a deleted Deployment, which the collector would
+        // remove). A no-op (one read) when the first publish already wrote it.
+        let (authority, mut owner) = (authority.clone(), owner);
+        tokio::spawn(async move {
+            if owner.wait_for(Option::is_some).await.is_ok()
+                && let Err(error) = authority.publish_bundle().await
+            {
+                tracing::warn!(%error, "publishing the bundle ConfigMap with its owner failed");
+            }
+        });
+    }
     // Federated bundles come from the ClusterFederatedTrustDomains' trustDomainBundle fields.
     let mut federation = controller.federation.clone();
     let (bundles_tx, federated) =

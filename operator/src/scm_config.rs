@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::FileConfig;
+use crate::config::{DEFAULT_IGNORE_NAMESPACES, FileConfig};
 
 pub const API_VERSION: &str = "spire.spiffe.io/v1alpha1";
 pub const KIND: &str = "ControllerManagerConfig";
@@ -24,6 +24,8 @@ pub enum ScmConfigError {
         key: &'static str,
         reason: &'static str,
     },
+    #[error("ControllerManagerConfig: ignoreNamespaces pattern {pattern:?}: {reason}")]
+    Pattern { pattern: String, reason: String },
 }
 
 impl ScmConfigError {
@@ -32,6 +34,7 @@ impl ScmConfigError {
             ScmConfigError::Parse(_) => "parse",
             ScmConfigError::ApiVersion(_) => "api_version",
             ScmConfigError::Unsupported { .. } => "unsupported",
+            ScmConfigError::Pattern { .. } => "pattern",
         }
     }
 }
@@ -113,6 +116,13 @@ pub fn map(document: Value) -> Result<Mapped, ScmConfigError> {
         return Err(ScmConfigError::ApiVersion(scm.api_version));
     }
     refuse_what_changes_entries(&scm)?;
+    // Each pattern on its own, before it is widened (wrapping could make a broken one valid).
+    for pattern in scm.ignore_namespaces.iter().flatten() {
+        regex::Regex::new(pattern).map_err(|e| ScmConfigError::Pattern {
+            pattern: pattern.clone(),
+            reason: e.to_string(),
+        })?;
+    }
     let mut notes = Vec::new();
     let mut note = |present: bool, key: &str, why: &str| {
         if present {
@@ -180,9 +190,13 @@ pub fn map(document: Value) -> Result<Mapped, ScmConfigError> {
         cluster_domain: scm.cluster_domain,
         class_name: scm.class_name,
         watch_classless: scm.watch_classless,
-        ignore_namespaces: scm
-            .ignore_namespaces
-            .map(|patterns| patterns.iter().map(|p| unanchored(p)).collect()),
+        ignore_namespaces: Some(
+            scm.ignore_namespaces
+                .unwrap_or_else(|| DEFAULT_IGNORE_NAMESPACES.map(String::from).to_vec())
+                .iter()
+                .map(|p| unanchored(p))
+                .collect(),
+        ),
         parent_id_template: scm.parent_id_template,
         entry_id_prefix: scm.entry_id_prefix,
         ..FileConfig::default()
@@ -361,6 +375,14 @@ gcInterval: 10000000000
             );
             assert!(error.to_string().contains(key), "{error}");
         }
+        let error = map(parse(&format!("{base}ignoreNamespaces: [\"a)|(b\"]\n"))).unwrap_err();
+        assert_eq!(error.label(), "pattern");
+        // without the key: its own defaults, with its own (unanchored) meaning
+        let mapped = map(parse(base)).unwrap();
+        assert_eq!(
+            mapped.config.ignore_namespaces.unwrap(),
+            DEFAULT_IGNORE_NAMESPACES.map(unanchored)
+        );
         let error = map(parse(&format!("{base}trustDomian: typo.org\n"))).unwrap_err();
         assert!(error.to_string().contains("trustDomian"), "{error}");
         let error = map(parse(
