@@ -52,7 +52,7 @@ VERIFY_TARGETS += verify-chart
 
 # kubeconform needs the cluster (for its OpenAPI document): the schemas are cached per server version
 # (and per revision of wimsey-kube-schemas, KUBE_SCHEMAS_REV).
-KUBE_SCHEMAS_REV := 1
+KUBE_SCHEMAS_REV := 2
 test-chart: helm-tools
 	@$(CLUSTER_SH) status >/dev/null 2>&1 || $(MAKE) --no-print-directory cluster-up
 	@k="$(DEMO_KUBECTL) --kubeconfig $(CLUSTER_KUBECONFIG)"; \
@@ -68,6 +68,12 @@ test-chart: helm-tools
 		$(HELM) template wimsey $(CHART) --namespace wimsey-system --kube-version $$version $${values:+-f "$$values"} | \
 		$(KUBECONFORM) -strict -summary -skip ServiceMonitor,PodMonitor \
 			-schema-location "$$schemas/{{ .ResourceKind }}_{{ .Group }}_{{ .ResourceAPIVersion }}.json" - || exit 1; \
-	done
+	done; \
+	echo "kubeconform -strict refuses a misspelt field (env[].valu)"; \
+	if $(HELM) template wimsey $(CHART) --namespace wimsey-system --kube-version $$version \
+		--set-json 'operator.extraEnv=[{"name":"X","valu":"y"}]' | \
+		$(KUBECONFORM) -strict -summary \
+			-schema-location "$$schemas/{{ .ResourceKind }}_{{ .Group }}_{{ .ResourceAPIVersion }}.json" -; then \
+		echo "kubeconform accepted an unknown field: its schemas are not strict" >&2; exit 1; fi
 
 TEST_TARGETS += test-chart

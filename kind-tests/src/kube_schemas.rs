@@ -41,8 +41,10 @@ pub fn schemas_from_openapi(openapi: &Value) -> Result<BTreeMap<String, Value>, 
     Ok(out)
 }
 
-/// The file name kubeconform's template resolves to for this kind.
+/// The file name kubeconform's template resolves to for this kind. Its `.Group` is the part of
+/// `apiVersion` before the `/`, which for the core group (`v1`) is the version itself.
 pub fn schema_file_name(group: &str, version: &str, kind: &str) -> String {
+    let group = if group.is_empty() { version } else { group };
     format!("{}_{group}_{version}.json", kind.to_lowercase())
 }
 
@@ -175,7 +177,7 @@ mod tests {
         let schemas = schemas_from_openapi(&document()).unwrap();
         assert_eq!(
             schemas.keys().collect::<Vec<_>>(),
-            ["deployment_apps_v1.json", "service__v1.json"]
+            ["deployment_apps_v1.json", "service_v1_v1.json"]
         );
         let deployment = &schemas["deployment_apps_v1.json"];
         let spec = &deployment["properties"]["spec"];
@@ -200,7 +202,7 @@ mod tests {
             json!({"enum": ["apps/v1"]})
         );
         assert_eq!(
-            schemas["service__v1.json"]["properties"]["apiVersion"],
+            schemas["service_v1_v1.json"]["properties"]["apiVersion"],
             json!({"enum": ["v1"]})
         );
     }
