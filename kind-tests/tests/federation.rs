@@ -52,7 +52,9 @@ use wimsey_core::TrustDomain;
 use wimsey_core::bundle::TrustDomainBundle;
 use wimsey_kind_tests::cluster::Provider;
 use wimsey_kind_tests::exec::exec;
-use wimsey_kind_tests::identity::{PROBE, TRUST_DOMAIN, expected_id, logs};
+use wimsey_kind_tests::identity::{
+    APP, FILES_DIR, PROBE, TRUST_DOMAIN, expected_id, files_pod, logs,
+};
 use wimsey_kind_tests::wait::{deployment_ready, pod_ready, poll_until, wait_for};
 use wimsey_kind_tests::wimsey::{self, NAMESPACE, OPERATOR};
 use wimsey_kind_tests::workloads::probe_pod;
@@ -80,6 +82,8 @@ const POD_TIMEOUT: Duration = Duration::from_secs(120);
 const BUNDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Where the pod finds the SPIRE-minted SVID and the bundles its peer trusts.
 const PEER_DIR: &str = "/spire-peer";
+/// A files-mode pod of the same identity (federated/<td>.pem).
+const FILES_POD: &str = "files";
 /// The audience of the JWT-SVID SPIRE mints for the pod to validate.
 const JWT_AUDIENCE: &str = "wimsey-federation-e2e";
 /// Its lifetime: the whole test after the mint, so a refusal is never an expiry.
@@ -138,23 +142,31 @@ fn parse_bundle_lines(log: &str) -> Vec<BundleLine> {
             let mut words = line.split_whitespace();
             (words.next()? == "x509bundles").then_some(())?;
             let at_ms = words.next()?.strip_prefix("at_ms=")?.parse().ok()?;
-            let mut bundles = BTreeMap::new();
-            for word in words {
-                let (td, rest) = word.split_once('=')?;
-                let (n, fps) = rest.split_once(':')?;
-                let fps: Vec<String> = fps
-                    .split(',')
-                    .filter(|f| !f.is_empty())
-                    .map(str::to_string)
-                    .collect();
-                if n.parse::<usize>().ok()? != fps.len() {
-                    return None;
-                }
-                bundles.insert(td.to_string(), fps);
-            }
+            let bundles = parse_bundle_words(words)?;
             Some(BundleLine { at_ms, bundles })
         })
         .collect()
+}
+
+/// `<td>=<n>:<a>,<b>` words -> trust domain -> items; `None` when a count does not match.
+fn parse_bundle_words<'a>(
+    words: impl Iterator<Item = &'a str>,
+) -> Option<BTreeMap<String, Vec<String>>> {
+    let mut bundles = BTreeMap::new();
+    for word in words {
+        let (td, rest) = word.split_once('=')?;
+        let (n, items) = rest.split_once(':')?;
+        let items: Vec<String> = items
+            .split(',')
+            .filter(|f| !f.is_empty())
+            .map(str::to_string)
+            .collect();
+        if n.parse::<usize>().ok()? != items.len() {
+            return None;
+        }
+        bundles.insert(td.to_string(), items);
+    }
+    Some(bundles)
 }
 
 fn same_set(a: &[String], b: &[String]) -> bool {
@@ -790,9 +802,11 @@ async fn federation(
     let (cftd, spire_fps, sequence) = we_fetch_spires(&run, ns, objects).await?;
     let spire_jwt = spire_jwt_validates(&run).await?;
     let rotated_fps = spire_rotates_its_ca(&run, &cftd, &spire_fps, sequence).await?;
+    bundle_rpcs_and_files_follow(&run, Some(&rotated_fps)).await?;
     endpoint_unreachable(&mut run, &cftd, &rotated_fps).await?;
     both_bundle_lists(&run, &cftd).await?;
-    deleting_the_federation(&run, objects, &cftd, &spire_jwt).await
+    deleting_the_federation(&run, objects, &cftd, &spire_jwt).await?;
+    bundle_rpcs_and_files_follow(&run, None).await
 }
 
 /// SPIRE fetches our bundle from our endpoint. It is bootstrapped with only our X.509
@@ -889,14 +903,12 @@ async fn start_workload(
     run.pods
         .create(&PostParams::default(), &bundle_watch_pod("probe")?)
         .await?;
-    wait_for(
-        &run.pods,
-        "probe",
-        "probe pod Ready",
-        POD_TIMEOUT,
-        pod_ready(),
-    )
-    .await?;
+    run.pods
+        .create(&PostParams::default(), &files_pod(FILES_POD)?)
+        .await?;
+    for pod in ["probe", FILES_POD] {
+        wait_for(&run.pods, pod, "pod Ready", POD_TIMEOUT, pod_ready()).await?;
+    }
     let first = run
         .wait_for_line("the probe's first bundle set", 0, |l| {
             l.bundles.contains_key(TRUST_DOMAIN)
@@ -1139,6 +1151,67 @@ async fn both_bundle_lists(run: &Run, cftd: &str) -> Result<()> {
 
 /// Deleting the ClusterFederatedTrustDomain takes spire.test away from the pod: SPIRE's SVID no
 /// longer verifies and its JWT-SVID no longer validates.
+/// FetchX509Bundles, FetchJWTBundles and the files-mode `federated/spire.test.pem` carry what the
+/// operator fetched (`Some`: SPIRE's X.509 authorities after its CA rotation, and its JWT kids),
+/// or no spire.test at all (`None`, after the relationship is deleted).
+async fn bundle_rpcs_and_files_follow(run: &Run, want_x509: Option<&[String]>) -> Result<()> {
+    let want_kids = match want_x509 {
+        Some(_) => {
+            let spire = blocking(|| run.spire.bundle())?;
+            Some(spire.jwt_authorities.keys().cloned().collect::<Vec<_>>())
+        }
+        None => None,
+    };
+    let started = now_ms();
+    let (x509, jwt, files) = poll_until(
+        "the bundle RPCs and the files to show what was fetched",
+        BUNDLE_TIMEOUT,
+        || async {
+            let out = probe_out(&run.pods, &["bundles"]).await?;
+            let x509 = bundle_summary(&out, "x509-bundles").remove(SPIRE_TD);
+            let jwt = bundle_summary(&out, "jwt-bundles").remove(SPIRE_TD);
+            let files = federated_file(&run.pods).await?;
+            let expected = match (want_x509, &want_kids) {
+                (Some(fps), Some(kids)) => {
+                    x509.as_deref().is_some_and(|got| same_set(got, fps))
+                        && jwt.as_deref().is_some_and(|got| same_set(got, kids))
+                        && files.as_deref().is_some_and(|got| same_set(got, fps))
+                }
+                _ => x509.is_none() && jwt.is_none() && files.is_none(),
+            };
+            Ok(expected.then_some((x509, jwt, files)))
+        },
+    )
+    .await?;
+    println!(
+        "federation: FetchX509Bundles {SPIRE_TD}={x509:?}, FetchJWTBundles {SPIRE_TD}={jwt:?}, files federated/{SPIRE_TD}.pem={files:?} ({:.2} s)",
+        seconds_since(now_ms(), started)
+    );
+    Ok(())
+}
+
+/// The `<prefix> <td>=<n>:<a>,<b> ...` line of `spiffe-probe bundles`: trust domain -> items.
+fn bundle_summary(out: &str, prefix: &str) -> BTreeMap<String, Vec<String>> {
+    out.lines()
+        .filter_map(|line| line.strip_prefix(prefix)?.strip_prefix(' '))
+        .find_map(|rest| parse_bundle_words(rest.split_whitespace()))
+        .unwrap_or_default()
+}
+
+/// The fingerprints in the files-mode pod's `federated/spire.test.pem`, or `None` without it.
+async fn federated_file(pods: &Api<Pod>) -> Result<Option<Vec<String>>> {
+    let path = format!("{FILES_DIR}/federated/{SPIRE_TD}.pem");
+    let out = exec(pods, FILES_POD, None, &[APP, "cat", &path]).await?;
+    if !out.success() {
+        return Ok(None);
+    }
+    let certs = wimsey_core::x509::pem::decode_certificates(&out.stdout)
+        .map_err(|e| anyhow!("{path}: {e}"))?;
+    Ok(Some(
+        certs.iter().map(|c| fingerprint(c.as_ref())).collect(),
+    ))
+}
+
 async fn deleting_the_federation(
     run: &Run,
     objects: &mut ClusterObjects,
@@ -1284,6 +1357,16 @@ fn bundle_watch_pod(name: &str) -> Result<Pod> {
 #[cfg(test)]
 mod unit {
     use super::*;
+
+    #[test]
+    fn bundle_rpc_summaries_parse_per_trust_domain() {
+        let out = "x509-bundles example.org=1:aa spire.test=2:bb,cc\njwt-bundles example.org=0: spire.test=1:kid1\n";
+        let x509 = bundle_summary(out, "x509-bundles");
+        assert_eq!(x509["spire.test"], ["bb", "cc"]);
+        assert_eq!(bundle_summary(out, "jwt-bundles")["spire.test"], ["kid1"]);
+        assert!(bundle_summary(out, "jwt-bundles")["example.org"].is_empty());
+        assert!(bundle_summary("error code=Unavailable msg=x", "x509-bundles").is_empty());
+    }
 
     #[test]
     fn parses_watch_bundles_lines() {

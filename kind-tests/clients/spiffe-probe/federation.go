@@ -56,6 +56,8 @@ func federation(name string, args []string) error {
 		return federatedMTLS(args)
 	case "validate-jwt":
 		return validateJWT(args)
+	case "bundles":
+		return fetchBundles()
 	}
 	return fmt.Errorf("unknown federation command %q", name)
 }
@@ -67,19 +69,61 @@ func fingerprint(cert *x509.Certificate) string {
 
 // summarizeBundles renders a bundle set as `<td>=<n>:<fp>,<fp> ...`, trust domains sorted.
 func summarizeBundles(set *x509bundle.Set) string {
-	bundles := set.Bundles()
-	sort.Slice(bundles, func(i, j int) bool {
-		return bundles[i].TrustDomain().Name() < bundles[j].TrustDomain().Name()
-	})
-	parts := make([]string, 0, len(bundles))
-	for _, b := range bundles {
+	items := map[string][]string{}
+	for _, b := range set.Bundles() {
 		fps := make([]string, 0, len(b.X509Authorities()))
 		for _, a := range b.X509Authorities() {
 			fps = append(fps, fingerprint(a))
 		}
-		parts = append(parts, fmt.Sprintf("%s=%d:%s", b.TrustDomain().Name(), len(fps), strings.Join(fps, ",")))
+		items[b.TrustDomain().Name()] = fps
+	}
+	return summarize(items)
+}
+
+// summarize renders trust domain -> items as `<td>=<n>:<a>,<b> ...`, trust domains sorted.
+func summarize(items map[string][]string) string {
+	tds := make([]string, 0, len(items))
+	for td := range items {
+		tds = append(tds, td)
+	}
+	sort.Strings(tds)
+	parts := make([]string, 0, len(tds))
+	for _, td := range tds {
+		parts = append(parts, fmt.Sprintf("%s=%d:%s", td, len(items[td]), strings.Join(items[td], ",")))
 	}
 	return strings.Join(parts, " ")
+}
+
+// fetchBundles asks the two bundle RPCs once each (FetchX509Bundles, FetchJWTBundles) and prints
+// `x509-bundles <td>=<n>:<fp>,<fp> ...` and `jwt-bundles <td>=<n>:<kid>,<kid> ...`.
+func fetchBundles() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	client, err := workloadapi.New(ctx)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	x509Bundles, err := client.FetchX509Bundles(ctx)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("x509-bundles %s\n", summarizeBundles(x509Bundles))
+	jwtBundles, err := client.FetchJWTBundles(ctx)
+	if err != nil {
+		return err
+	}
+	kids := map[string][]string{}
+	for _, b := range jwtBundles.Bundles() {
+		ids := make([]string, 0, len(b.JWTAuthorities()))
+		for kid := range b.JWTAuthorities() {
+			ids = append(ids, kid)
+		}
+		sort.Strings(ids)
+		kids[b.TrustDomain().Name()] = ids
+	}
+	fmt.Printf("jwt-bundles %s\n", summarize(kids))
+	return nil
 }
 
 type bundleWatcher struct{ last string }

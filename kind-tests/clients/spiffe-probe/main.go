@@ -9,6 +9,7 @@
 //	spiffe-probe idle           does nothing until the pod stops (a files-mode pod to exec into)
 //	spiffe-probe attack NAME    a hostile pod's attack for the attack suite: attack <name> <outcome...> (attacks.go)
 //	spiffe-probe watch-bundles  streams the X.509 bundle set, one line per change (federation.go)
+//	spiffe-probe bundles        FetchX509Bundles and FetchJWTBundles once: x509-bundles <td>=<n>:<fp>,.. / jwt-bundles <td>=<n>:<kid>,.. (federation.go)
 //	spiffe-probe federated-mtls ...   verifies another trust domain's SVID and completes mTLS with it (federation.go)
 //	spiffe-probe validate-jwt -audience A -token T   ValidateJWTSVID on a given token: jwt-validated <id> aud=<A> (federation.go)
 //
@@ -40,7 +41,7 @@ var start = time.Now()
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: spiffe-probe watch|fetch|jwt|no-header|idle|attack|watch-bundles|federated-mtls|validate-jwt [flags]")
+		fmt.Fprintln(os.Stderr, "usage: spiffe-probe watch|fetch|jwt|no-header|idle|attack|watch-bundles|bundles|federated-mtls|validate-jwt [flags]")
 		os.Exit(2)
 	}
 	switch os.Args[1] {
@@ -50,7 +51,7 @@ func main() {
 			os.Exit(1)
 		}
 		return
-	case "watch-bundles", "federated-mtls", "validate-jwt":
+	case "watch-bundles", "federated-mtls", "validate-jwt", "bundles":
 		if err := federation(os.Args[1], os.Args[2:]); err != nil {
 			fmt.Printf("error code=%s msg=%s\n", status.Code(err), oneLine(err))
 			os.Exit(1)
