@@ -19,6 +19,7 @@ pub mod owner;
 pub mod reconcile;
 pub mod run;
 pub mod scm_config;
+pub mod spire_entries;
 pub mod status;
 pub mod store;
 pub mod views;

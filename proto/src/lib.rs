@@ -6,6 +6,8 @@
 //! - [`csi::v1`]: CSI v1 Identity and Node services (`csi.v1`).
 //! - [`pluginregistration`]: kubelet plugin registration v1 (`pluginregistration.Registration`).
 //! - [`wimsey::node::v1`]: the wimsey node API between the CSI plugin and the operator.
+//! - [`spire::entry::v1`]: the SPIRE Server's entry API (`spire.api.server.entry.v1.Entry`), the
+//!   subset the operator's spire backend calls.
 
 /// SPIFFE Workload API. The proto file has no package, so the gRPC paths are
 /// `/SpiffeWorkloadAPI/<Method>`.
@@ -46,6 +48,17 @@ pub mod wimsey {
         #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
         pub mod v1 {
             tonic::include_proto!("wimsey.node.v1");
+        }
+    }
+}
+
+/// The SPIRE Server API (wire-compatible subset).
+pub mod spire {
+    /// `spire.api.server.entry.v1`: registration entries.
+    pub mod entry {
+        #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+        pub mod v1 {
+            tonic::include_proto!("spire.api.server.entry.v1");
         }
     }
 }

@@ -1,0 +1,328 @@
+//! A client of the SPIRE Server's entry API (`spire.api.server.entry.v1.Entry`) over the
+//! server's admin Unix socket: paged listing, and creates, updates and deletes in batches of a
+//! bounded size, each item's outcome kept apart so that one refused entry is reported on the
+//! resource that caused it and the rest go through. The spire backend is built on it.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+use wimsey_proto::spire::entry::v1::entry_client::EntryClient;
+use wimsey_proto::spire::entry::v1::{
+    BatchCreateEntryRequest, BatchDeleteEntryRequest, BatchUpdateEntryRequest, CountEntriesRequest,
+    EntryMask, ItemStatus, ListEntriesRequest, RegistrationEntry,
+};
+
+/// How many items one call carries and one page holds. SPIRE takes any batch size; smaller
+/// batches keep each datastore transaction, and what a failure retries, short.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    pub create: usize,
+    pub update: usize,
+    pub delete: usize,
+    pub page: i32,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        Self {
+            create: 50,
+            update: 50,
+            delete: 200,
+            page: 1000,
+        }
+    }
+}
+
+/// A call must answer within this; SPIRE answers in milliseconds unless its datastore is stuck.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpireApiError {
+    #[error("connecting to the SPIRE Server socket {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        source: tonic::transport::Error,
+    },
+    #[error("SPIRE Server {call}: {status}")]
+    Call {
+        call: &'static str,
+        status: tonic::Status,
+    },
+    #[error("SPIRE Server {call} answered {got} results for {sent} items")]
+    ResultCount {
+        call: &'static str,
+        sent: usize,
+        got: usize,
+    },
+}
+
+impl SpireApiError {
+    pub fn label(&self) -> &'static str {
+        match self {
+            SpireApiError::Connect { .. } => "connect",
+            SpireApiError::Call { .. } => "call",
+            SpireApiError::ResultCount { .. } => "result_count",
+        }
+    }
+
+    /// Whether the server is away (restarting, socket gone): retry later, nothing was refused.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            SpireApiError::Connect { .. } => true,
+            SpireApiError::Call { status, .. } => {
+                matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
+            }
+            SpireApiError::ResultCount { .. } => false,
+        }
+    }
+}
+
+/// What became of one item of a batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Done; the entry as the server holds it now (for a delete, only its ID).
+    Done(RegistrationEntry),
+    /// Create only: an entry with the same SPIFFE ID, parent ID and selectors exists (it is this).
+    AlreadyExists(RegistrationEntry),
+    /// Refused, with SPIRE's code and message (e.g. InvalidArgument for a malformed selector).
+    Refused { code: Code, message: String },
+}
+
+impl Outcome {
+    fn from_result(status: Option<ItemStatus>, entry: Option<RegistrationEntry>) -> Self {
+        let status = status.unwrap_or_default();
+        let code = Code::from_i32(status.code);
+        match (code, entry) {
+            (Code::Ok, Some(entry)) => Outcome::Done(entry),
+            (Code::AlreadyExists, Some(entry)) => Outcome::AlreadyExists(entry),
+            (Code::Ok, None) => Outcome::Done(RegistrationEntry::default()),
+            (code, _) => Outcome::Refused {
+                code,
+                message: status.message,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SpireEntries {
+    client: EntryClient<Channel>,
+    limits: BatchLimits,
+}
+
+impl SpireEntries {
+    /// A channel to the socket at `path` (connected lazily; it reconnects by itself when the
+    /// server comes back).
+    pub fn connect_lazy(path: &Path, limits: BatchLimits) -> Result<Self, SpireApiError> {
+        let socket = path.to_path_buf();
+        // The URI is not used: every connection goes to the socket.
+        let endpoint = Endpoint::from_static("http://spire-server.local")
+            .timeout(CALL_TIMEOUT)
+            .connect_timeout(Duration::from_secs(5));
+        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
+        }));
+        Ok(Self {
+            client: EntryClient::new(channel),
+            limits,
+        })
+    }
+
+    pub async fn count(&self) -> Result<i32, SpireApiError> {
+        let response = self
+            .client
+            .clone()
+            .count_entries(CountEntriesRequest {})
+            .await
+            .map_err(|status| SpireApiError::Call {
+                call: "CountEntries",
+                status,
+            })?;
+        Ok(response.into_inner().count)
+    }
+
+    /// Every entry, page by page.
+    pub async fn list_all(&self) -> Result<Vec<RegistrationEntry>, SpireApiError> {
+        let mut entries = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .client
+                .clone()
+                .list_entries(ListEntriesRequest {
+                    filter: None,
+                    output_mask: None,
+                    page_size: self.limits.page,
+                    page_token,
+                })
+                .await
+                .map_err(|status| SpireApiError::Call {
+                    call: "ListEntries",
+                    status,
+                })?
+                .into_inner();
+            entries.extend(page.entries);
+            if page.next_page_token.is_empty() {
+                return Ok(entries);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Creates `entries` (an entry's `id`, when set, is kept: that is how ownership is marked),
+    /// one outcome per entry, in order.
+    pub async fn create(
+        &self,
+        entries: Vec<RegistrationEntry>,
+    ) -> Result<Vec<Outcome>, SpireApiError> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(self.limits.create.max(1)) {
+            let results = self
+                .client
+                .clone()
+                .batch_create_entry(BatchCreateEntryRequest {
+                    entries: chunk.to_vec(),
+                    output_mask: None,
+                })
+                .await
+                .map_err(|status| SpireApiError::Call {
+                    call: "BatchCreateEntry",
+                    status,
+                })?
+                .into_inner()
+                .results;
+            check_count("BatchCreateEntry", chunk.len(), results.len())?;
+            outcomes.extend(
+                results
+                    .into_iter()
+                    .map(|r| Outcome::from_result(r.status, r.entry)),
+            );
+        }
+        Ok(outcomes)
+    }
+
+    /// Sets the fields `mask` names on each entry (by ID), one outcome per entry, in order.
+    pub async fn update(
+        &self,
+        entries: Vec<RegistrationEntry>,
+        mask: EntryMask,
+    ) -> Result<Vec<Outcome>, SpireApiError> {
+        let mut outcomes = Vec::with_capacity(entries.len());
+        for chunk in entries.chunks(self.limits.update.max(1)) {
+            let results = self
+                .client
+                .clone()
+                .batch_update_entry(BatchUpdateEntryRequest {
+                    entries: chunk.to_vec(),
+                    input_mask: Some(mask),
+                    output_mask: None,
+                })
+                .await
+                .map_err(|status| SpireApiError::Call {
+                    call: "BatchUpdateEntry",
+                    status,
+                })?
+                .into_inner()
+                .results;
+            check_count("BatchUpdateEntry", chunk.len(), results.len())?;
+            outcomes.extend(
+                results
+                    .into_iter()
+                    .map(|r| Outcome::from_result(r.status, r.entry)),
+            );
+        }
+        Ok(outcomes)
+    }
+
+    /// Deletes the entries with these IDs, one outcome per ID, in order (NotFound is a refusal:
+    /// someone else deleted it).
+    pub async fn delete(&self, ids: Vec<String>) -> Result<Vec<Outcome>, SpireApiError> {
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(self.limits.delete.max(1)) {
+            let results = self
+                .client
+                .clone()
+                .batch_delete_entry(BatchDeleteEntryRequest {
+                    ids: chunk.to_vec(),
+                })
+                .await
+                .map_err(|status| SpireApiError::Call {
+                    call: "BatchDeleteEntry",
+                    status,
+                })?
+                .into_inner()
+                .results;
+            check_count("BatchDeleteEntry", chunk.len(), results.len())?;
+            outcomes.extend(results.into_iter().map(|r| {
+                let id = r.id.clone();
+                match Outcome::from_result(r.status, None) {
+                    Outcome::Done(_) => Outcome::Done(RegistrationEntry {
+                        id,
+                        ..RegistrationEntry::default()
+                    }),
+                    other => other,
+                }
+            }));
+        }
+        Ok(outcomes)
+    }
+}
+
+/// SPIRE answers one result per item; anything else would pair outcomes with the wrong items.
+fn check_count(call: &'static str, sent: usize, got: usize) -> Result<(), SpireApiError> {
+    if sent == got {
+        Ok(())
+    } else {
+        Err(SpireApiError::ResultCount { call, sent, got })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Code, message: &str) -> Option<ItemStatus> {
+        Some(ItemStatus {
+            code: code as i32,
+            message: message.into(),
+        })
+    }
+
+    #[test]
+    fn each_item_status_becomes_its_outcome() {
+        let entry = RegistrationEntry {
+            id: "wimsey.1".into(),
+            ..RegistrationEntry::default()
+        };
+        assert_eq!(
+            Outcome::from_result(status(Code::Ok, ""), Some(entry.clone())),
+            Outcome::Done(entry.clone())
+        );
+        assert_eq!(
+            Outcome::from_result(status(Code::AlreadyExists, "similar"), Some(entry.clone())),
+            Outcome::AlreadyExists(entry)
+        );
+        assert_eq!(
+            Outcome::from_result(status(Code::InvalidArgument, "bad selector"), None),
+            Outcome::Refused {
+                code: Code::InvalidArgument,
+                message: "bad selector".into()
+            }
+        );
+        // a missing status is OK (proto3 default), never a panic
+        assert!(matches!(Outcome::from_result(None, None), Outcome::Done(_)));
+    }
+
+    #[test]
+    fn a_short_answer_is_an_error_not_a_misattribution() {
+        assert!(check_count("BatchCreateEntry", 3, 3).is_ok());
+        let error = check_count("BatchCreateEntry", 3, 2).unwrap_err();
+        assert_eq!(error.label(), "result_count");
+        assert!(!error.is_unavailable());
+    }
+}
