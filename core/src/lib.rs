@@ -7,6 +7,7 @@ pub mod backoff;
 pub mod bundle;
 pub mod dns_name;
 pub mod entries;
+pub mod entry_sync;
 pub mod federation;
 pub mod issuance;
 pub mod jose;

@@ -10,10 +10,11 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
+use wimsey_core::entry_sync::{ChangedFields, SyncEntry};
 use wimsey_proto::spire::entry::v1::entry_client::EntryClient;
 use wimsey_proto::spire::entry::v1::{
     BatchCreateEntryRequest, BatchDeleteEntryRequest, BatchUpdateEntryRequest, CountEntriesRequest,
-    EntryMask, ItemStatus, ListEntriesRequest, RegistrationEntry,
+    EntryMask, ItemStatus, ListEntriesRequest, RegistrationEntry, Selector, SpiffeId,
 };
 
 /// How many items one call carries and one page holds. SPIRE takes any batch size; smaller
@@ -273,6 +274,80 @@ impl SpireEntries {
     }
 }
 
+/// Our view of a SPIRE entry, for planning (see [`wimsey_core::entry_sync`]).
+pub fn to_sync(entry: &RegistrationEntry) -> SyncEntry {
+    let id = |id: &Option<SpiffeId>| {
+        id.as_ref()
+            .map(|id| format!("spiffe://{}{}", id.trust_domain, id.path))
+            .unwrap_or_default()
+    };
+    SyncEntry {
+        id: entry.id.clone(),
+        spiffe_id: id(&entry.spiffe_id),
+        parent_id: id(&entry.parent_id),
+        selectors: entry
+            .selectors
+            .iter()
+            .map(|s| (s.r#type.clone(), s.value.clone()))
+            .collect(),
+        x509_svid_ttl: entry.x509_svid_ttl,
+        jwt_svid_ttl: entry.jwt_svid_ttl,
+        federates_with: entry.federates_with.clone(),
+        admin: entry.admin,
+        downstream: entry.downstream,
+        dns_names: entry.dns_names.clone(),
+        hint: entry.hint.clone(),
+        store_svid: entry.store_svid,
+    }
+}
+
+/// The SPIRE entry for a planned one; `None` when its SPIFFE ID or parent ID does not parse.
+pub fn from_sync(entry: &SyncEntry) -> Option<RegistrationEntry> {
+    let id = |text: &str| {
+        let id = wimsey_core::SpiffeId::parse(text).ok()?;
+        Some(SpiffeId {
+            trust_domain: id.trust_domain_name().to_owned(),
+            path: id.path().to_owned(),
+        })
+    };
+    Some(RegistrationEntry {
+        id: entry.id.clone(),
+        spiffe_id: Some(id(&entry.spiffe_id)?),
+        parent_id: Some(id(&entry.parent_id)?),
+        selectors: entry
+            .selectors
+            .iter()
+            .map(|(t, v)| Selector {
+                r#type: t.clone(),
+                value: v.clone(),
+            })
+            .collect(),
+        x509_svid_ttl: entry.x509_svid_ttl,
+        jwt_svid_ttl: entry.jwt_svid_ttl,
+        federates_with: entry.federates_with.clone(),
+        admin: entry.admin,
+        downstream: entry.downstream,
+        dns_names: entry.dns_names.clone(),
+        hint: entry.hint.clone(),
+        store_svid: entry.store_svid,
+        ..RegistrationEntry::default()
+    })
+}
+
+/// The update mask for the fields a plan changes.
+pub fn mask(changed: ChangedFields) -> EntryMask {
+    EntryMask {
+        x509_svid_ttl: changed.x509_svid_ttl,
+        jwt_svid_ttl: changed.jwt_svid_ttl,
+        federates_with: changed.federates_with,
+        admin: changed.admin,
+        downstream: changed.downstream,
+        dns_names: changed.dns_names,
+        store_svid: changed.store_svid,
+        ..EntryMask::default()
+    }
+}
+
 /// SPIRE answers one result per item; anything else would pair outcomes with the wrong items.
 fn check_count(call: &'static str, sent: usize, got: usize) -> Result<(), SpireApiError> {
     if sent == got {
@@ -316,6 +391,27 @@ mod tests {
         );
         // a missing status is OK (proto3 default), never a panic
         assert!(matches!(Outcome::from_result(None, None), Outcome::Done(_)));
+    }
+
+    #[test]
+    fn entries_convert_both_ways() {
+        let sync = SyncEntry {
+            id: "wimsey.1".into(),
+            spiffe_id: "spiffe://example.org/ns/a/sa/b".into(),
+            parent_id: "spiffe://example.org/spire/agent/k8s_psat/c/n".into(),
+            selectors: vec![("k8s".into(), "pod-uid:1".into())],
+            x509_svid_ttl: 3600,
+            dns_names: vec!["b.a.svc".into()],
+            ..SyncEntry::default()
+        };
+        let proto = from_sync(&sync).unwrap();
+        assert_eq!(proto.spiffe_id.as_ref().unwrap().path, "/ns/a/sa/b");
+        assert_eq!(to_sync(&proto), sync);
+        let broken = SyncEntry {
+            spiffe_id: "not an id".into(),
+            ..sync
+        };
+        assert!(from_sync(&broken).is_none());
     }
 
     #[test]

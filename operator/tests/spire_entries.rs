@@ -3,12 +3,19 @@
 //! report a similar existing entry as AlreadyExists and a malformed one as InvalidArgument without
 //! failing the others; paged listing sees every entry, and so does SPIRE's own CLI; updates change
 //! what the mask names; deletes remove exactly the IDs given; an entry made with the CLI is
-//! listed but never touched. A stopped server is an "unavailable" error.
+//! listed but never touched. A stopped server is an "unavailable" error. And a takeover from
+//! spire-controller-manager (its entries seeded as it writes them) writes nothing for unchanged
+//! entries.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::BTreeMap;
+
 use tonic::Code;
-use wimsey_operator::spire_entries::{BatchLimits, Outcome, SpireEntries};
+use wimsey_core::entry_sync::{Ownership, SyncEntry, plan_sync};
+use wimsey_operator::spire_entries::{
+    BatchLimits, Outcome, SpireEntries, from_sync, mask, to_sync,
+};
 use wimsey_proto::spire::entry::v1::{EntryMask, RegistrationEntry, Selector, SpiffeId};
 
 #[path = "support/spire.rs"]
@@ -176,4 +183,149 @@ async fn batches_against_a_real_spire_server() {
     drop(spire);
     let error = entries.count().await.unwrap_err();
     assert!(error.is_unavailable(), "{error}");
+}
+
+/// An entry as spire-controller-manager writes it for a pod (`entryIDPrefix: prod`).
+fn scm_entry(n: usize) -> SyncEntry {
+    SyncEntry {
+        id: format!("prod.{}", uuid(n)),
+        spiffe_id: format!("spiffe://{TD}/ns/shop/sa/svc-{n}"),
+        parent_id: format!("spiffe://{TD}/spire/agent/k8s_psat/prod/node-uid-{}", n % 3),
+        selectors: vec![("k8s".into(), format!("pod-uid:pod-{n}"))],
+        x509_svid_ttl: 3600,
+        jwt_svid_ttl: 300,
+        dns_names: vec![format!("svc-{n}"), format!("svc-{n}.shop")],
+        federates_with: vec![],
+        ..SyncEntry::default()
+    }
+}
+
+fn uuid(n: usize) -> String {
+    format!("00000000-0000-4000-8000-{n:012}")
+}
+
+/// Taking over from spire-controller-manager: its 20 entries are in SPIRE (as it writes them),
+/// beside a hand-made entry and another registrar's. We render the same pods (selectors and DNS
+/// names in another order, no IDs), with one pod's DNS names changed, one pod gone and one new:
+/// the plan adopts every unchanged entry with its ID and no call (its revision stays), updates
+/// one, deletes one, creates one, and never touches what it does not own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn taking_over_from_spire_controller_manager_leaves_unchanged_entries_alone() {
+    let spire = tokio::task::spawn_blocking(|| SpireServer::start(SpireOptions::new(TD)))
+        .await
+        .unwrap()
+        .expect("start spire-server");
+    let entries = SpireEntries::connect_lazy(spire.socket_path(), BatchLimits::default()).unwrap();
+    let mut seeded: Vec<RegistrationEntry> =
+        (0..20).map(|n| from_sync(&scm_entry(n)).unwrap()).collect();
+    let mut foreign = scm_entry(100);
+    foreign.id = format!("other.{}", uuid(100));
+    seeded.push(from_sync(&foreign).unwrap());
+    assert!(
+        entries
+            .create(seeded)
+            .await
+            .unwrap()
+            .iter()
+            .all(|o| matches!(o, Outcome::Done(_)))
+    );
+    spire
+        .cli(
+            &[
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://spire.test/by-hand",
+                "-parentID",
+                "spiffe://spire.test/spire/agent/x",
+                "-selector",
+                "unix:uid:0",
+            ],
+            None,
+        )
+        .expect("entry create by the CLI");
+    let before: BTreeMap<String, i64> = entries
+        .list_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.id, e.revision_number))
+        .collect();
+    assert_eq!(before.len(), 22);
+
+    let desired: Vec<SyncEntry> = (0..=20)
+        .filter(|n| *n != 7)
+        .map(|n| {
+            let mut e = scm_entry(n);
+            e.id = String::new();
+            e.dns_names.reverse();
+            if n == 5 {
+                e.dns_names = vec!["renamed".into()];
+            }
+            e
+        })
+        .collect();
+    let current: Vec<SyncEntry> = entries
+        .list_all()
+        .await
+        .unwrap()
+        .iter()
+        .map(to_sync)
+        .collect();
+    let mut fresh = 1000;
+    let plan = plan_sync(&desired, &current, &Ownership::new("prod"), || {
+        fresh += 1;
+        uuid(fresh)
+    });
+    assert_eq!(plan.unchanged, 18, "{plan:?}");
+    assert_eq!(plan.delete, [scm_entry(7).id]);
+    assert_eq!(plan.update.len(), 1);
+    assert_eq!(plan.update[0].0.id, scm_entry(5).id);
+    assert_eq!(plan.create.len(), 1);
+    assert!(plan.create[0].id.starts_with("prod."));
+
+    // Applied in spire-controller-manager's order: deletes, creates, updates.
+    let deleted = entries.delete(plan.delete.clone()).await.unwrap();
+    let created = entries
+        .create(plan.create.iter().map(|e| from_sync(e).unwrap()).collect())
+        .await
+        .unwrap();
+    let (update, changed) = &plan.update[0];
+    let updated = entries
+        .update(vec![from_sync(update).unwrap()], mask(*changed))
+        .await
+        .unwrap();
+    for outcome in deleted.iter().chain(&created).chain(&updated) {
+        assert!(matches!(outcome, Outcome::Done(_)), "{outcome:?}");
+    }
+
+    let after: BTreeMap<String, RegistrationEntry> = entries
+        .list_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.id.clone(), e))
+        .collect();
+    let mut kept = 0;
+    for n in (0..20).filter(|n| *n != 5 && *n != 7) {
+        let id = scm_entry(n).id;
+        assert_eq!(
+            after[&id].revision_number, before[&id],
+            "entry {n} was written"
+        );
+        kept += 1;
+    }
+    assert_eq!(after[&scm_entry(5).id].dns_names, ["renamed"]);
+    assert!(after[&scm_entry(5).id].revision_number > before[&scm_entry(5).id]);
+    assert!(!after.contains_key(&scm_entry(7).id));
+    assert!(after.contains_key(&plan.create[0].id));
+    assert_eq!(after[&foreign.id].revision_number, before[&foreign.id]);
+    assert!(
+        after
+            .values()
+            .any(|e| e.spiffe_id.as_ref().is_some_and(|id| id.path == "/by-hand"))
+    );
+    println!(
+        "takeover from spire-controller-manager: {kept} unchanged entries kept their IDs and revisions (no create, no delete, no update for them); 1 updated, 1 deleted, 1 created; the other registrar's and the hand-made entry untouched"
+    );
 }

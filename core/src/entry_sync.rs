@@ -1,0 +1,308 @@
+//! What to create, update and delete in a SPIRE Server so that the entries a registrar owns become
+//! the desired ones, with spire-controller-manager's rules, so that wimsey can take over from it
+//! without churn: an entry is identified by its key (SPIFFE ID, parent ID, selectors, as SPIRE's
+//! own uniqueness rule); an owned entry whose key is desired keeps its ID and is updated only where
+//! a compared field differs; owned entries no longer desired (and duplicates of a key) are
+//! deleted; entries it does not own are never touched. Pure: the spire backend does the calls.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// One registration entry, as far as syncing goes. IDs are empty on desired entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncEntry {
+    pub id: String,
+    pub spiffe_id: String,
+    pub parent_id: String,
+    /// (type, value), e.g. ("k8s", "pod-uid:...").
+    pub selectors: Vec<(String, String)>,
+    pub x509_svid_ttl: i32,
+    pub jwt_svid_ttl: i32,
+    pub federates_with: Vec<String>,
+    pub admin: bool,
+    pub downstream: bool,
+    pub dns_names: Vec<String>,
+    pub hint: String,
+    pub store_svid: bool,
+}
+
+/// SPIRE's uniqueness rule: same SPIFFE ID, parent ID and selectors (in any order).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct EntryKey {
+    spiffe_id: String,
+    parent_id: String,
+    selectors: Vec<(String, String)>,
+}
+
+impl SyncEntry {
+    pub fn key(&self) -> EntryKey {
+        let mut selectors = self.selectors.clone();
+        selectors.sort();
+        selectors.dedup();
+        EntryKey {
+            spiffe_id: self.spiffe_id.clone(),
+            parent_id: self.parent_id.clone(),
+            selectors,
+        }
+    }
+
+    /// The fields spire-controller-manager compares (sets where it compares sets).
+    fn changes_from(&self, current: &SyncEntry) -> ChangedFields {
+        let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<_>>();
+        ChangedFields {
+            x509_svid_ttl: self.x509_svid_ttl != current.x509_svid_ttl,
+            jwt_svid_ttl: self.jwt_svid_ttl != current.jwt_svid_ttl,
+            federates_with: set(&self.federates_with) != set(&current.federates_with),
+            admin: self.admin != current.admin,
+            downstream: self.downstream != current.downstream,
+            dns_names: set(&self.dns_names) != set(&current.dns_names),
+            hint: self.hint != current.hint,
+            store_svid: self.store_svid != current.store_svid,
+        }
+    }
+}
+
+/// Which fields an update sets (the update's mask).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangedFields {
+    pub x509_svid_ttl: bool,
+    pub jwt_svid_ttl: bool,
+    pub federates_with: bool,
+    pub admin: bool,
+    pub downstream: bool,
+    pub dns_names: bool,
+    pub hint: bool,
+    pub store_svid: bool,
+}
+
+impl ChangedFields {
+    pub fn any(&self) -> bool {
+        self.x509_svid_ttl
+            || self.jwt_svid_ttl
+            || self.federates_with
+            || self.admin
+            || self.downstream
+            || self.dns_names
+            || self.hint
+            || self.store_svid
+    }
+}
+
+/// Which entries a registrar owns, decided as spire-controller-manager decides it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ownership {
+    /// Empty, or ending in ".".
+    prefix: String,
+}
+
+impl Ownership {
+    /// `prefix` as configured (`entryIDPrefix`), with or without its trailing ".".
+    pub fn new(prefix: &str) -> Self {
+        let bare = prefix.strip_suffix('.').unwrap_or(prefix);
+        Self {
+            prefix: if bare.is_empty() {
+                String::new()
+            } else {
+                format!("{bare}.")
+            },
+        }
+    }
+
+    /// With a prefix, the entries whose ID starts with it. Without one, every entry but join-token
+    /// node entries (parent under /spire/agent/join_token/, with a spiffe_id selector).
+    pub fn owns(&self, entry: &SyncEntry) -> bool {
+        if self.prefix.is_empty() {
+            !is_join_token_entry(entry)
+        } else {
+            entry.id.starts_with(&self.prefix)
+        }
+    }
+
+    /// The ID a new entry gets: `<prefix><unique>` with a prefix, else the server chooses.
+    pub fn new_id(&self, unique: &str) -> String {
+        if self.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}{unique}", self.prefix)
+        }
+    }
+}
+
+fn is_join_token_entry(entry: &SyncEntry) -> bool {
+    let parent_path = entry
+        .parent_id
+        .strip_prefix("spiffe://")
+        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or_default();
+    parent_path.starts_with("/spire/agent/join_token/")
+        && entry.selectors.iter().any(|(t, _)| t == "spiffe_id")
+}
+
+/// The calls that make the owned entries the desired ones.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SyncPlan {
+    /// New entries, with their IDs set when owned by prefix.
+    pub create: Vec<SyncEntry>,
+    /// Desired entries with the ID of the owned entry they replace, and the fields to set.
+    pub update: Vec<(SyncEntry, ChangedFields)>,
+    /// IDs of owned entries no longer desired, or duplicates of a desired key.
+    pub delete: Vec<String>,
+    /// Owned entries already as desired: no call at all.
+    pub unchanged: usize,
+}
+
+/// The plan for `desired` (one entry per key: masking is decided before) against `current`
+/// (everything the server holds). `unique_id` yields the unique part of each new ID.
+pub fn plan_sync(
+    desired: &[SyncEntry],
+    current: &[SyncEntry],
+    ownership: &Ownership,
+    mut unique_id: impl FnMut() -> String,
+) -> SyncPlan {
+    let mut owned: BTreeMap<EntryKey, Vec<&SyncEntry>> = BTreeMap::new();
+    for entry in current.iter().filter(|e| ownership.owns(e)) {
+        owned.entry(entry.key()).or_default().push(entry);
+    }
+    let mut plan = SyncPlan::default();
+    let mut seen = BTreeSet::new();
+    for want in desired {
+        let key = want.key();
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let existing = owned.remove(&key).unwrap_or_default();
+        match existing.split_first() {
+            Some((first, duplicates)) => {
+                plan.delete.extend(duplicates.iter().map(|e| e.id.clone()));
+                let changed = want.changes_from(first);
+                if changed.any() {
+                    plan.update.push((
+                        SyncEntry {
+                            id: first.id.clone(),
+                            ..want.clone()
+                        },
+                        changed,
+                    ));
+                } else {
+                    plan.unchanged += 1;
+                }
+            }
+            None => plan.create.push(SyncEntry {
+                id: ownership.new_id(&unique_id()),
+                ..want.clone()
+            }),
+        }
+    }
+    plan.delete
+        .extend(owned.into_values().flatten().map(|e| e.id.clone()));
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, n: usize) -> SyncEntry {
+        SyncEntry {
+            id: id.to_owned(),
+            spiffe_id: format!("spiffe://td/ns/a/sa/app-{n}"),
+            parent_id: "spiffe://td/spire/agent/k8s_psat/c/node-1".into(),
+            selectors: vec![
+                ("k8s".into(), format!("pod-uid:{n}")),
+                ("k8s".into(), "ns:a".into()),
+            ],
+            x509_svid_ttl: 3600,
+            dns_names: vec!["a.svc".into(), "b.svc".into()],
+            federates_with: vec!["x.org".into(), "y.org".into()],
+            ..SyncEntry::default()
+        }
+    }
+
+    fn ids() -> impl FnMut() -> String {
+        let mut n = 0;
+        move || {
+            n += 1;
+            format!("new-{n}")
+        }
+    }
+
+    #[test]
+    fn a_takeover_with_nothing_changed_makes_no_call() {
+        let current: Vec<SyncEntry> = (0..5).map(|n| entry(&format!("scm.{n}"), n)).collect();
+        // rendered by us: no IDs, selectors, DNS names and federatesWith in another order
+        let desired: Vec<SyncEntry> = (0..5)
+            .map(|n| {
+                let mut e = entry("", n);
+                e.selectors.reverse();
+                e.dns_names.reverse();
+                e.federates_with.reverse();
+                e
+            })
+            .collect();
+        let plan = plan_sync(&desired, &current, &Ownership::new("scm"), ids());
+        assert_eq!(
+            plan,
+            SyncPlan {
+                unchanged: 5,
+                ..SyncPlan::default()
+            }
+        );
+    }
+
+    #[test]
+    fn changed_new_gone_and_duplicate_entries() {
+        let current = vec![
+            entry("scm.0", 0),
+            entry("scm.1", 1),
+            entry("scm.1-dup", 1),
+            entry("scm.2", 2),
+            entry("other.9", 9),
+        ];
+        let mut changed = entry("", 0);
+        changed.dns_names = vec!["c.svc".into()];
+        let desired = vec![changed, entry("", 1), entry("", 3), entry("", 9)];
+        let plan = plan_sync(&desired, &current, &Ownership::new("scm."), ids());
+        assert_eq!(plan.update.len(), 1);
+        assert_eq!(plan.update[0].0.id, "scm.0", "the existing ID is kept");
+        assert_eq!(
+            plan.update[0].1,
+            ChangedFields {
+                dns_names: true,
+                ..ChangedFields::default()
+            }
+        );
+        assert_eq!(plan.unchanged, 1);
+        // a new entry for 3, and for 9: `other.9` is not ours, so it is neither adopted nor deleted
+        let created: Vec<&str> = plan.create.iter().map(|e| e.id.as_str()).collect();
+        assert_eq!(created, ["scm.new-1", "scm.new-2"]);
+        assert_eq!(plan.delete, ["scm.1-dup", "scm.2"]);
+    }
+
+    #[test]
+    fn without_a_prefix_everything_but_join_token_entries_is_owned() {
+        let ownership = Ownership::new("");
+        let mut join_token = entry("uuid-1", 1);
+        join_token.parent_id = "spiffe://td/spire/agent/join_token/abc".into();
+        join_token.selectors = vec![(
+            "spiffe_id".into(),
+            "spiffe://td/spire/agent/join_token/abc".into(),
+        )];
+        assert!(!ownership.owns(&join_token));
+        assert!(ownership.owns(&entry("uuid-2", 2)));
+        let plan = plan_sync(&[], &[join_token, entry("uuid-2", 2)], &ownership, ids());
+        assert_eq!(plan.delete, ["uuid-2"]);
+        // and new entries get no ID: the server chooses
+        let plan = plan_sync(&[entry("", 3)], &[], &ownership, ids());
+        assert_eq!(plan.create[0].id, "");
+    }
+
+    #[test]
+    fn a_desired_key_twice_is_planned_once() {
+        let plan = plan_sync(
+            &[entry("", 1), entry("", 1)],
+            &[],
+            &Ownership::new("w"),
+            ids(),
+        );
+        assert_eq!(plan.create.len(), 1);
+    }
+}
