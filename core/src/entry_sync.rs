@@ -7,57 +7,33 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-/// One registration entry, as far as syncing goes. IDs are empty on desired entries.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SyncEntry {
+use crate::entries::{Entry, EntryKey};
+
+/// An entry the server holds, with its ID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
     pub id: String,
-    pub spiffe_id: String,
-    pub parent_id: String,
-    /// (type, value), e.g. ("k8s", "pod-uid:...").
-    pub selectors: Vec<(String, String)>,
-    pub x509_svid_ttl: i32,
-    pub jwt_svid_ttl: i32,
-    pub federates_with: Vec<String>,
-    pub admin: bool,
-    pub downstream: bool,
-    pub dns_names: Vec<String>,
-    pub hint: String,
-    pub store_svid: bool,
+    pub entry: Entry,
 }
 
-/// SPIRE's uniqueness rule: same SPIFFE ID, parent ID and selectors (in any order).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct EntryKey {
-    spiffe_id: String,
-    parent_id: String,
-    selectors: Vec<(String, String)>,
-}
-
-impl SyncEntry {
-    pub fn key(&self) -> EntryKey {
-        let mut selectors = self.selectors.clone();
-        selectors.sort();
-        selectors.dedup();
-        EntryKey {
-            spiffe_id: self.spiffe_id.clone(),
-            parent_id: self.parent_id.clone(),
-            selectors,
-        }
-    }
-
-    /// The fields spire-controller-manager compares (sets where it compares sets).
-    fn changes_from(&self, current: &SyncEntry) -> ChangedFields {
-        let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<_>>();
-        ChangedFields {
-            x509_svid_ttl: self.x509_svid_ttl != current.x509_svid_ttl,
-            jwt_svid_ttl: self.jwt_svid_ttl != current.jwt_svid_ttl,
-            federates_with: set(&self.federates_with) != set(&current.federates_with),
-            admin: self.admin != current.admin,
-            downstream: self.downstream != current.downstream,
-            dns_names: set(&self.dns_names) != set(&current.dns_names),
-            hint: self.hint != current.hint,
-            store_svid: self.store_svid != current.store_svid,
-        }
+/// The fields spire-controller-manager compares (sets where it compares sets).
+fn changes(want: &Entry, current: &Entry) -> ChangedFields {
+    let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<String>>();
+    let trust_domains = |e: &Entry| {
+        e.federates_with
+            .iter()
+            .map(|t| t.name().to_owned())
+            .collect::<BTreeSet<_>>()
+    };
+    ChangedFields {
+        x509_svid_ttl: want.x509_svid_ttl != current.x509_svid_ttl,
+        jwt_svid_ttl: want.jwt_svid_ttl != current.jwt_svid_ttl,
+        federates_with: trust_domains(want) != trust_domains(current),
+        admin: want.admin != current.admin,
+        downstream: want.downstream != current.downstream,
+        dns_names: set(&want.dns_names) != set(&current.dns_names),
+        hint: want.hint != current.hint,
+        store_svid: want.store_svid != current.store_svid,
     }
 }
 
@@ -109,11 +85,11 @@ impl Ownership {
 
     /// With a prefix, the entries whose ID starts with it. Without one, every entry but join-token
     /// node entries (parent under /spire/agent/join_token/, with a spiffe_id selector).
-    pub fn owns(&self, entry: &SyncEntry) -> bool {
+    pub fn owns(&self, stored: &Stored) -> bool {
         if self.prefix.is_empty() {
-            !is_join_token_entry(entry)
+            !is_join_token_entry(&stored.entry)
         } else {
-            entry.id.starts_with(&self.prefix)
+            stored.id.starts_with(&self.prefix)
         }
     }
 
@@ -127,23 +103,21 @@ impl Ownership {
     }
 }
 
-fn is_join_token_entry(entry: &SyncEntry) -> bool {
-    let parent_path = entry
+fn is_join_token_entry(entry: &Entry) -> bool {
+    entry
         .parent_id
-        .strip_prefix("spiffe://")
-        .and_then(|rest| rest.find('/').map(|i| &rest[i..]))
-        .unwrap_or_default();
-    parent_path.starts_with("/spire/agent/join_token/")
-        && entry.selectors.iter().any(|(t, _)| t == "spiffe_id")
+        .path()
+        .starts_with("/spire/agent/join_token/")
+        && entry.selectors.iter().any(|s| s.kind == "spiffe_id")
 }
 
 /// The calls that make the owned entries the desired ones.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SyncPlan {
-    /// New entries, with their IDs set when owned by prefix.
-    pub create: Vec<SyncEntry>,
+    /// New entries, with their IDs set when owned by prefix (else empty: the server chooses).
+    pub create: Vec<Stored>,
     /// Desired entries with the ID of the owned entry they replace, and the fields to set.
-    pub update: Vec<(SyncEntry, ChangedFields)>,
+    pub update: Vec<(Stored, ChangedFields)>,
     /// IDs of owned entries no longer desired, or duplicates of a desired key.
     pub delete: Vec<String>,
     /// Owned entries already as desired: no call at all.
@@ -153,14 +127,14 @@ pub struct SyncPlan {
 /// The plan for `desired` (one entry per key: masking is decided before) against `current`
 /// (everything the server holds). `unique_id` yields the unique part of each new ID.
 pub fn plan_sync(
-    desired: &[SyncEntry],
-    current: &[SyncEntry],
+    desired: &[Entry],
+    current: &[Stored],
     ownership: &Ownership,
     mut unique_id: impl FnMut() -> String,
 ) -> SyncPlan {
-    let mut owned: BTreeMap<EntryKey, Vec<&SyncEntry>> = BTreeMap::new();
-    for entry in current.iter().filter(|e| ownership.owns(e)) {
-        owned.entry(entry.key()).or_default().push(entry);
+    let mut owned: BTreeMap<EntryKey, Vec<&Stored>> = BTreeMap::new();
+    for stored in current.iter().filter(|s| ownership.owns(s)) {
+        owned.entry(stored.entry.key()).or_default().push(stored);
     }
     let mut plan = SyncPlan::default();
     let mut seen = BTreeSet::new();
@@ -172,48 +146,64 @@ pub fn plan_sync(
         let existing = owned.remove(&key).unwrap_or_default();
         match existing.split_first() {
             Some((first, duplicates)) => {
-                plan.delete.extend(duplicates.iter().map(|e| e.id.clone()));
-                let changed = want.changes_from(first);
+                plan.delete.extend(duplicates.iter().map(|s| s.id.clone()));
+                let changed = changes(want, &first.entry);
                 if changed.any() {
-                    plan.update.push((
-                        SyncEntry {
-                            id: first.id.clone(),
-                            ..want.clone()
-                        },
-                        changed,
-                    ));
+                    let adopted = Stored {
+                        id: first.id.clone(),
+                        entry: want.clone(),
+                    };
+                    plan.update.push((adopted, changed));
                 } else {
                     plan.unchanged += 1;
                 }
             }
-            None => plan.create.push(SyncEntry {
+            None => plan.create.push(Stored {
                 id: ownership.new_id(&unique_id()),
-                ..want.clone()
+                entry: want.clone(),
             }),
         }
     }
     plan.delete
-        .extend(owned.into_values().flatten().map(|e| e.id.clone()));
+        .extend(owned.into_values().flatten().map(|s| s.id.clone()));
     plan
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    fn entry(id: &str, n: usize) -> SyncEntry {
-        SyncEntry {
-            id: id.to_owned(),
-            spiffe_id: format!("spiffe://td/ns/a/sa/app-{n}"),
-            parent_id: "spiffe://td/spire/agent/k8s_psat/c/node-1".into(),
+    use super::*;
+    use crate::entries::Selector;
+    use crate::spiffe_id::{SpiffeId, TrustDomain};
+
+    fn entry(n: usize) -> Entry {
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        Entry {
+            spiffe_id: id(&format!("spiffe://td/ns/a/sa/app-{n}")),
+            parent_id: id("spiffe://td/spire/agent/k8s_psat/c/node-1"),
             selectors: vec![
-                ("k8s".into(), format!("pod-uid:{n}")),
-                ("k8s".into(), "ns:a".into()),
+                Selector::new("k8s", &format!("pod-uid:{n}")),
+                Selector::new("k8s", "ns:a"),
             ],
-            x509_svid_ttl: 3600,
+            x509_svid_ttl: Duration::from_secs(3600),
+            jwt_svid_ttl: Duration::ZERO,
+            federates_with: vec![
+                TrustDomain::new("x.org").unwrap(),
+                TrustDomain::new("y.org").unwrap(),
+            ],
+            admin: false,
+            downstream: false,
             dns_names: vec!["a.svc".into(), "b.svc".into()],
-            federates_with: vec!["x.org".into(), "y.org".into()],
-            ..SyncEntry::default()
+            hint: String::new(),
+            store_svid: false,
+        }
+    }
+
+    fn stored(id: &str, n: usize) -> Stored {
+        Stored {
+            id: id.to_owned(),
+            entry: entry(n),
         }
     }
 
@@ -227,11 +217,11 @@ mod tests {
 
     #[test]
     fn a_takeover_with_nothing_changed_makes_no_call() {
-        let current: Vec<SyncEntry> = (0..5).map(|n| entry(&format!("scm.{n}"), n)).collect();
-        // rendered by us: no IDs, selectors, DNS names and federatesWith in another order
-        let desired: Vec<SyncEntry> = (0..5)
+        let current: Vec<Stored> = (0..5).map(|n| stored(&format!("scm.{n}"), n)).collect();
+        // rendered by us: selectors, DNS names and federatesWith in another order
+        let desired: Vec<Entry> = (0..5)
             .map(|n| {
-                let mut e = entry("", n);
+                let mut e = entry(n);
                 e.selectors.reverse();
                 e.dns_names.reverse();
                 e.federates_with.reverse();
@@ -251,15 +241,15 @@ mod tests {
     #[test]
     fn changed_new_gone_and_duplicate_entries() {
         let current = vec![
-            entry("scm.0", 0),
-            entry("scm.1", 1),
-            entry("scm.1-dup", 1),
-            entry("scm.2", 2),
-            entry("other.9", 9),
+            stored("scm.0", 0),
+            stored("scm.1", 1),
+            stored("scm.1-dup", 1),
+            stored("scm.2", 2),
+            stored("other.9", 9),
         ];
-        let mut changed = entry("", 0);
+        let mut changed = entry(0);
         changed.dns_names = vec!["c.svc".into()];
-        let desired = vec![changed, entry("", 1), entry("", 3), entry("", 9)];
+        let desired = vec![changed, entry(1), entry(3), entry(9)];
         let plan = plan_sync(&desired, &current, &Ownership::new("scm."), ids());
         assert_eq!(plan.update.len(), 1);
         assert_eq!(plan.update[0].0.id, "scm.0", "the existing ID is kept");
@@ -280,29 +270,25 @@ mod tests {
     #[test]
     fn without_a_prefix_everything_but_join_token_entries_is_owned() {
         let ownership = Ownership::new("");
-        let mut join_token = entry("uuid-1", 1);
-        join_token.parent_id = "spiffe://td/spire/agent/join_token/abc".into();
-        join_token.selectors = vec![(
-            "spiffe_id".into(),
-            "spiffe://td/spire/agent/join_token/abc".into(),
+        let mut join_token = stored("uuid-1", 1);
+        join_token.entry.parent_id =
+            SpiffeId::parse("spiffe://td/spire/agent/join_token/abc").unwrap();
+        join_token.entry.selectors = vec![Selector::new(
+            "spiffe_id",
+            "spiffe://td/spire/agent/join_token/abc",
         )];
         assert!(!ownership.owns(&join_token));
-        assert!(ownership.owns(&entry("uuid-2", 2)));
-        let plan = plan_sync(&[], &[join_token, entry("uuid-2", 2)], &ownership, ids());
+        assert!(ownership.owns(&stored("uuid-2", 2)));
+        let plan = plan_sync(&[], &[join_token, stored("uuid-2", 2)], &ownership, ids());
         assert_eq!(plan.delete, ["uuid-2"]);
         // and new entries get no ID: the server chooses
-        let plan = plan_sync(&[entry("", 3)], &[], &ownership, ids());
+        let plan = plan_sync(&[entry(3)], &[], &ownership, ids());
         assert_eq!(plan.create[0].id, "");
     }
 
     #[test]
     fn a_desired_key_twice_is_planned_once() {
-        let plan = plan_sync(
-            &[entry("", 1), entry("", 1)],
-            &[],
-            &Ownership::new("w"),
-            ids(),
-        );
+        let plan = plan_sync(&[entry(1), entry(1)], &[], &Ownership::new("w"), ids());
         assert_eq!(plan.create.len(), 1);
     }
 }

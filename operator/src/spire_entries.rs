@@ -10,7 +10,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
-use wimsey_core::entry_sync::{ChangedFields, SyncEntry};
+use wimsey_core::TrustDomain;
+use wimsey_core::entries::{Entry, Selector as CoreSelector};
+use wimsey_core::entry_sync::{ChangedFields, Stored};
 use wimsey_proto::spire::entry::v1::entry_client::EntryClient;
 use wimsey_proto::spire::entry::v1::{
     BatchCreateEntryRequest, BatchDeleteEntryRequest, BatchUpdateEntryRequest, CountEntriesRequest,
@@ -274,64 +276,76 @@ impl SpireEntries {
     }
 }
 
-/// Our view of a SPIRE entry, for planning (see [`wimsey_core::entry_sync`]).
-pub fn to_sync(entry: &RegistrationEntry) -> SyncEntry {
-    let id = |id: &Option<SpiffeId>| {
-        id.as_ref()
-            .map(|id| format!("spiffe://{}{}", id.trust_domain, id.path))
-            .unwrap_or_default()
+/// Our view of a SPIRE entry, for planning (see [`wimsey_core::entry_sync`]); an entry whose IDs,
+/// selectors or trust domains do not parse is reported with why.
+pub fn to_stored(entry: &RegistrationEntry) -> Result<Stored, String> {
+    let id = |id: &Option<SpiffeId>, what: &str| {
+        let id = id.as_ref().ok_or_else(|| format!("no {what}"))?;
+        wimsey_core::SpiffeId::parse(&format!("spiffe://{}{}", id.trust_domain, id.path))
+            .map_err(|e| format!("{what}: {e}"))
     };
-    SyncEntry {
+    let federates_with = entry
+        .federates_with
+        .iter()
+        .map(|td| TrustDomain::new(td).map_err(|e| format!("federates_with {td:?}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let seconds = |s: i32| Duration::from_secs(u64::try_from(s).unwrap_or_default());
+    Ok(Stored {
         id: entry.id.clone(),
-        spiffe_id: id(&entry.spiffe_id),
-        parent_id: id(&entry.parent_id),
-        selectors: entry
-            .selectors
-            .iter()
-            .map(|s| (s.r#type.clone(), s.value.clone()))
-            .collect(),
-        x509_svid_ttl: entry.x509_svid_ttl,
-        jwt_svid_ttl: entry.jwt_svid_ttl,
-        federates_with: entry.federates_with.clone(),
-        admin: entry.admin,
-        downstream: entry.downstream,
-        dns_names: entry.dns_names.clone(),
-        hint: entry.hint.clone(),
-        store_svid: entry.store_svid,
-    }
+        entry: Entry {
+            spiffe_id: id(&entry.spiffe_id, "spiffe_id")?,
+            parent_id: id(&entry.parent_id, "parent_id")?,
+            selectors: entry
+                .selectors
+                .iter()
+                .map(|s| CoreSelector::new(&s.r#type, &s.value))
+                .collect(),
+            x509_svid_ttl: seconds(entry.x509_svid_ttl),
+            jwt_svid_ttl: seconds(entry.jwt_svid_ttl),
+            federates_with,
+            admin: entry.admin,
+            downstream: entry.downstream,
+            dns_names: entry.dns_names.clone(),
+            hint: entry.hint.clone(),
+            store_svid: entry.store_svid,
+        },
+    })
 }
 
-/// The SPIRE entry for a planned one; `None` when its SPIFFE ID or parent ID does not parse.
-pub fn from_sync(entry: &SyncEntry) -> Option<RegistrationEntry> {
-    let id = |text: &str| {
-        let id = wimsey_core::SpiffeId::parse(text).ok()?;
-        Some(SpiffeId {
-            trust_domain: id.trust_domain_name().to_owned(),
-            path: id.path().to_owned(),
-        })
+/// The SPIRE entry for a planned one.
+pub fn from_stored(stored: &Stored) -> RegistrationEntry {
+    let entry = &stored.entry;
+    let id = |id: &wimsey_core::SpiffeId| SpiffeId {
+        trust_domain: id.trust_domain_name().to_owned(),
+        path: id.path().to_owned(),
     };
-    Some(RegistrationEntry {
-        id: entry.id.clone(),
-        spiffe_id: Some(id(&entry.spiffe_id)?),
-        parent_id: Some(id(&entry.parent_id)?),
+    let seconds = |d: Duration| i32::try_from(d.as_secs()).unwrap_or(i32::MAX);
+    RegistrationEntry {
+        id: stored.id.clone(),
+        spiffe_id: Some(id(&entry.spiffe_id)),
+        parent_id: Some(id(&entry.parent_id)),
         selectors: entry
             .selectors
             .iter()
-            .map(|(t, v)| Selector {
-                r#type: t.clone(),
-                value: v.clone(),
+            .map(|s| Selector {
+                r#type: s.kind.clone(),
+                value: s.value.clone(),
             })
             .collect(),
-        x509_svid_ttl: entry.x509_svid_ttl,
-        jwt_svid_ttl: entry.jwt_svid_ttl,
-        federates_with: entry.federates_with.clone(),
+        x509_svid_ttl: seconds(entry.x509_svid_ttl),
+        jwt_svid_ttl: seconds(entry.jwt_svid_ttl),
+        federates_with: entry
+            .federates_with
+            .iter()
+            .map(|td| td.name().to_owned())
+            .collect(),
         admin: entry.admin,
         downstream: entry.downstream,
         dns_names: entry.dns_names.clone(),
         hint: entry.hint.clone(),
         store_svid: entry.store_svid,
         ..RegistrationEntry::default()
-    })
+    }
 }
 
 /// The update mask for the fields a plan changes.
@@ -395,23 +409,33 @@ mod tests {
 
     #[test]
     fn entries_convert_both_ways() {
-        let sync = SyncEntry {
+        let spire = RegistrationEntry {
             id: "wimsey.1".into(),
-            spiffe_id: "spiffe://example.org/ns/a/sa/b".into(),
-            parent_id: "spiffe://example.org/spire/agent/k8s_psat/c/n".into(),
-            selectors: vec![("k8s".into(), "pod-uid:1".into())],
+            spiffe_id: Some(SpiffeId {
+                trust_domain: "example.org".into(),
+                path: "/ns/a/sa/b".into(),
+            }),
+            parent_id: Some(SpiffeId {
+                trust_domain: "example.org".into(),
+                path: "/spire/agent/k8s_psat/c/n".into(),
+            }),
+            selectors: vec![Selector {
+                r#type: "k8s".into(),
+                value: "pod-uid:1".into(),
+            }],
             x509_svid_ttl: 3600,
+            federates_with: vec!["peer.org".into()],
             dns_names: vec!["b.a.svc".into()],
-            ..SyncEntry::default()
+            ..RegistrationEntry::default()
         };
-        let proto = from_sync(&sync).unwrap();
-        assert_eq!(proto.spiffe_id.as_ref().unwrap().path, "/ns/a/sa/b");
-        assert_eq!(to_sync(&proto), sync);
-        let broken = SyncEntry {
-            spiffe_id: "not an id".into(),
-            ..sync
+        let stored = to_stored(&spire).unwrap();
+        assert_eq!(stored.entry.x509_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(from_stored(&stored), spire);
+        let broken = RegistrationEntry {
+            federates_with: vec!["Not A Domain".into()],
+            ..spire
         };
-        assert!(from_sync(&broken).is_none());
+        assert!(to_stored(&broken).unwrap_err().contains("federates_with"));
     }
 
     #[test]

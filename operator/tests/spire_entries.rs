@@ -10,11 +10,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use tonic::Code;
-use wimsey_core::entry_sync::{Ownership, SyncEntry, plan_sync};
+use wimsey_core::entries::{Entry, Selector as CoreSelector};
+use wimsey_core::entry_sync::{Ownership, Stored, plan_sync};
 use wimsey_operator::spire_entries::{
-    BatchLimits, Outcome, SpireEntries, from_sync, mask, to_sync,
+    BatchLimits, Outcome, SpireEntries, from_stored, mask, to_stored,
 };
 use wimsey_proto::spire::entry::v1::{EntryMask, RegistrationEntry, Selector, SpiffeId};
 
@@ -186,17 +188,26 @@ async fn batches_against_a_real_spire_server() {
 }
 
 /// An entry as spire-controller-manager writes it for a pod (`entryIDPrefix: prod`).
-fn scm_entry(n: usize) -> SyncEntry {
-    SyncEntry {
+fn scm_entry(n: usize) -> Stored {
+    let id = |s: String| wimsey_core::SpiffeId::parse(&s).unwrap();
+    Stored {
         id: format!("prod.{}", uuid(n)),
-        spiffe_id: format!("spiffe://{TD}/ns/shop/sa/svc-{n}"),
-        parent_id: format!("spiffe://{TD}/spire/agent/k8s_psat/prod/node-uid-{}", n % 3),
-        selectors: vec![("k8s".into(), format!("pod-uid:pod-{n}"))],
-        x509_svid_ttl: 3600,
-        jwt_svid_ttl: 300,
-        dns_names: vec![format!("svc-{n}"), format!("svc-{n}.shop")],
-        federates_with: vec![],
-        ..SyncEntry::default()
+        entry: Entry {
+            spiffe_id: id(format!("spiffe://{TD}/ns/shop/sa/svc-{n}")),
+            parent_id: id(format!(
+                "spiffe://{TD}/spire/agent/k8s_psat/prod/node-uid-{}",
+                n % 3
+            )),
+            selectors: vec![CoreSelector::new("k8s", &format!("pod-uid:pod-{n}"))],
+            x509_svid_ttl: Duration::from_secs(3600),
+            jwt_svid_ttl: Duration::from_secs(300),
+            federates_with: vec![],
+            admin: false,
+            downstream: false,
+            dns_names: vec![format!("svc-{n}"), format!("svc-{n}.shop")],
+            hint: String::new(),
+            store_svid: false,
+        },
     }
 }
 
@@ -216,11 +227,10 @@ async fn taking_over_from_spire_controller_manager_leaves_unchanged_entries_alon
         .unwrap()
         .expect("start spire-server");
     let entries = SpireEntries::connect_lazy(spire.socket_path(), BatchLimits::default()).unwrap();
-    let mut seeded: Vec<RegistrationEntry> =
-        (0..20).map(|n| from_sync(&scm_entry(n)).unwrap()).collect();
+    let mut seeded: Vec<RegistrationEntry> = (0..20).map(|n| from_stored(&scm_entry(n))).collect();
     let mut foreign = scm_entry(100);
     foreign.id = format!("other.{}", uuid(100));
-    seeded.push(from_sync(&foreign).unwrap());
+    seeded.push(from_stored(&foreign));
     assert!(
         entries
             .create(seeded)
@@ -253,11 +263,10 @@ async fn taking_over_from_spire_controller_manager_leaves_unchanged_entries_alon
         .collect();
     assert_eq!(before.len(), 22);
 
-    let desired: Vec<SyncEntry> = (0..=20)
+    let desired: Vec<Entry> = (0..=20)
         .filter(|n| *n != 7)
         .map(|n| {
-            let mut e = scm_entry(n);
-            e.id = String::new();
+            let mut e = scm_entry(n).entry;
             e.dns_names.reverse();
             if n == 5 {
                 e.dns_names = vec!["renamed".into()];
@@ -265,12 +274,12 @@ async fn taking_over_from_spire_controller_manager_leaves_unchanged_entries_alon
             e
         })
         .collect();
-    let current: Vec<SyncEntry> = entries
+    let current: Vec<Stored> = entries
         .list_all()
         .await
         .unwrap()
         .iter()
-        .map(to_sync)
+        .map(|e| to_stored(e).unwrap())
         .collect();
     let mut fresh = 1000;
     let plan = plan_sync(&desired, &current, &Ownership::new("prod"), || {
@@ -287,12 +296,12 @@ async fn taking_over_from_spire_controller_manager_leaves_unchanged_entries_alon
     // Applied in spire-controller-manager's order: deletes, creates, updates.
     let deleted = entries.delete(plan.delete.clone()).await.unwrap();
     let created = entries
-        .create(plan.create.iter().map(|e| from_sync(e).unwrap()).collect())
+        .create(plan.create.iter().map(from_stored).collect())
         .await
         .unwrap();
     let (update, changed) = &plan.update[0];
     let updated = entries
-        .update(vec![from_sync(update).unwrap()], mask(*changed))
+        .update(vec![from_stored(update)], mask(*changed))
         .await
         .unwrap();
     for outcome in deleted.iter().chain(&created).chain(&updated) {
