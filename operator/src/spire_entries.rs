@@ -183,30 +183,24 @@ impl SpireEntries {
         &self,
         entries: Vec<RegistrationEntry>,
     ) -> Result<Vec<Outcome>, SpireApiError> {
-        let mut outcomes = Vec::with_capacity(entries.len());
-        for chunk in entries.chunks(self.limits.create.max(1)) {
-            let results = self
-                .client
-                .clone()
-                .batch_create_entry(BatchCreateEntryRequest {
-                    entries: chunk.to_vec(),
-                    output_mask: None,
-                })
-                .await
-                .map_err(|status| SpireApiError::Call {
-                    call: "BatchCreateEntry",
-                    status,
-                })?
-                .into_inner()
-                .results;
-            check_count("BatchCreateEntry", chunk.len(), results.len())?;
-            outcomes.extend(
-                results
+        in_batches(entries, self.limits.create, "BatchCreateEntry", |chunk| {
+            let mut client = self.client.clone();
+            async move {
+                let response = client
+                    .batch_create_entry(BatchCreateEntryRequest {
+                        entries: chunk,
+                        output_mask: None,
+                    })
+                    .await?;
+                Ok(response
+                    .into_inner()
+                    .results
                     .into_iter()
-                    .map(|r| Outcome::from_result(r.status, r.entry)),
-            );
-        }
-        Ok(outcomes)
+                    .map(|r| Outcome::from_result(r.status, r.entry))
+                    .collect())
+            }
+        })
+        .await
     }
 
     /// Sets the fields `mask` names on each entry (by ID), one outcome per entry, in order.
@@ -215,65 +209,76 @@ impl SpireEntries {
         entries: Vec<RegistrationEntry>,
         mask: EntryMask,
     ) -> Result<Vec<Outcome>, SpireApiError> {
-        let mut outcomes = Vec::with_capacity(entries.len());
-        for chunk in entries.chunks(self.limits.update.max(1)) {
-            let results = self
-                .client
-                .clone()
-                .batch_update_entry(BatchUpdateEntryRequest {
-                    entries: chunk.to_vec(),
-                    input_mask: Some(mask),
-                    output_mask: None,
-                })
-                .await
-                .map_err(|status| SpireApiError::Call {
-                    call: "BatchUpdateEntry",
-                    status,
-                })?
-                .into_inner()
-                .results;
-            check_count("BatchUpdateEntry", chunk.len(), results.len())?;
-            outcomes.extend(
-                results
+        in_batches(entries, self.limits.update, "BatchUpdateEntry", |chunk| {
+            let mut client = self.client.clone();
+            async move {
+                let response = client
+                    .batch_update_entry(BatchUpdateEntryRequest {
+                        entries: chunk,
+                        input_mask: Some(mask),
+                        output_mask: None,
+                    })
+                    .await?;
+                Ok(response
+                    .into_inner()
+                    .results
                     .into_iter()
-                    .map(|r| Outcome::from_result(r.status, r.entry)),
-            );
-        }
-        Ok(outcomes)
+                    .map(|r| Outcome::from_result(r.status, r.entry))
+                    .collect())
+            }
+        })
+        .await
     }
 
     /// Deletes the entries with these IDs, one outcome per ID, in order (NotFound is a refusal:
     /// someone else deleted it).
     pub async fn delete(&self, ids: Vec<String>) -> Result<Vec<Outcome>, SpireApiError> {
-        let mut outcomes = Vec::with_capacity(ids.len());
-        for chunk in ids.chunks(self.limits.delete.max(1)) {
-            let results = self
-                .client
-                .clone()
-                .batch_delete_entry(BatchDeleteEntryRequest {
-                    ids: chunk.to_vec(),
-                })
-                .await
-                .map_err(|status| SpireApiError::Call {
-                    call: "BatchDeleteEntry",
-                    status,
-                })?
-                .into_inner()
-                .results;
-            check_count("BatchDeleteEntry", chunk.len(), results.len())?;
-            outcomes.extend(results.into_iter().map(|r| {
-                let id = r.id.clone();
-                match Outcome::from_result(r.status, None) {
-                    Outcome::Done(_) => Outcome::Done(RegistrationEntry {
-                        id,
-                        ..RegistrationEntry::default()
-                    }),
-                    other => other,
-                }
-            }));
-        }
-        Ok(outcomes)
+        in_batches(ids, self.limits.delete, "BatchDeleteEntry", |chunk| {
+            let mut client = self.client.clone();
+            async move {
+                let response = client
+                    .batch_delete_entry(BatchDeleteEntryRequest { ids: chunk })
+                    .await?;
+                Ok(response
+                    .into_inner()
+                    .results
+                    .into_iter()
+                    .map(|r| match Outcome::from_result(r.status, None) {
+                        Outcome::Done(_) => Outcome::Done(RegistrationEntry {
+                            id: r.id,
+                            ..RegistrationEntry::default()
+                        }),
+                        other => other,
+                    })
+                    .collect())
+            }
+        })
+        .await
     }
+}
+
+/// `items` sent `size` at a time through `call`, the outcomes in order. SPIRE answers one result
+/// per item; a batch answered otherwise is an error, never outcomes paired with the wrong items.
+async fn in_batches<T, F, Fut>(
+    items: Vec<T>,
+    size: usize,
+    name: &'static str,
+    mut call: F,
+) -> Result<Vec<Outcome>, SpireApiError>
+where
+    T: Clone,
+    F: FnMut(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<Outcome>, tonic::Status>>,
+{
+    let mut outcomes = Vec::with_capacity(items.len());
+    for chunk in items.chunks(size.max(1)) {
+        let results = call(chunk.to_vec())
+            .await
+            .map_err(|status| SpireApiError::Call { call: name, status })?;
+        check_count(name, chunk.len(), results.len())?;
+        outcomes.extend(results);
+    }
+    Ok(outcomes)
 }
 
 /// Our view of a SPIRE entry, for planning (see [`wimsey_core::entry_sync`]); an entry whose IDs,
