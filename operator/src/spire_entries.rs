@@ -3,7 +3,7 @@
 //! bounded size, each item's outcome kept apart so that one refused entry is reported on the
 //! resource that caused it and the rest go through. The spire backend is built on it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -45,11 +45,6 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpireApiError {
-    #[error("connecting to the SPIRE Server socket {path}: {source}")]
-    Connect {
-        path: PathBuf,
-        source: tonic::transport::Error,
-    },
     #[error("SPIRE Server {call}: {status}")]
     Call {
         call: &'static str,
@@ -66,7 +61,6 @@ pub enum SpireApiError {
 impl SpireApiError {
     pub fn label(&self) -> &'static str {
         match self {
-            SpireApiError::Connect { .. } => "connect",
             SpireApiError::Call { .. } => "call",
             SpireApiError::ResultCount { .. } => "result_count",
         }
@@ -75,7 +69,6 @@ impl SpireApiError {
     /// Whether the server is away (restarting, socket gone): retry later, nothing was refused.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            SpireApiError::Connect { .. } => true,
             SpireApiError::Call { status, .. } => {
                 matches!(status.code(), Code::Unavailable | Code::DeadlineExceeded)
             }
@@ -118,9 +111,10 @@ pub struct SpireEntries {
 }
 
 impl SpireEntries {
-    /// A channel to the socket at `path` (connected lazily; it reconnects by itself when the
-    /// server comes back).
-    pub fn connect_lazy(path: &Path, limits: BatchLimits) -> Result<Self, SpireApiError> {
+    /// A channel to the socket at `path`, connected lazily: a missing or refusing socket shows
+    /// up as an Unavailable call (see [`SpireApiError::is_unavailable`]), and the channel
+    /// reconnects by itself when the server is back.
+    pub fn connect_lazy(path: &Path, limits: BatchLimits) -> Self {
         let socket = path.to_path_buf();
         // The URI is not used: every connection goes to the socket.
         let endpoint = Endpoint::from_static("http://spire-server.local")
@@ -130,10 +124,10 @@ impl SpireEntries {
             let socket = socket.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(socket).await?)) }
         }));
-        Ok(Self {
+        Self {
             client: EntryClient::new(channel),
             limits,
-        })
+        }
     }
 
     pub async fn count(&self) -> Result<i32, SpireApiError> {

@@ -65,7 +65,7 @@ async fn batches_against_a_real_spire_server() {
         delete: 5,
         page: 7,
     };
-    let entries = SpireEntries::connect_lazy(spire.socket_path(), limits).unwrap();
+    let entries = SpireEntries::connect_lazy(spire.socket_path(), limits);
     assert_eq!(entries.count().await.unwrap(), 0);
 
     // Someone else's entry, made with SPIRE's CLI.
@@ -226,7 +226,7 @@ async fn taking_over_from_spire_controller_manager_leaves_unchanged_entries_alon
         .await
         .unwrap()
         .expect("start spire-server");
-    let entries = SpireEntries::connect_lazy(spire.socket_path(), BatchLimits::default()).unwrap();
+    let entries = SpireEntries::connect_lazy(spire.socket_path(), BatchLimits::default());
     let mut seeded: Vec<RegistrationEntry> = (0..20).map(|n| from_stored(&scm_entry(n))).collect();
     let mut foreign = scm_entry(100);
     foreign.id = format!("other.{}", uuid(100));

@@ -170,11 +170,17 @@ impl AuthorityError {
     }
 }
 
+/// Authority settings and material for unit tests, from the flags' defaults.
 #[cfg(test)]
-mod tests {
-    use clap::Parser;
+pub(crate) mod test_support {
+    use std::sync::Arc;
+    use std::time::SystemTime;
 
-    use super::*;
+    use clap::Parser;
+    use wimsey_core::TrustDomain;
+
+    use super::state::rotate;
+    use super::{AuthorityArgs, SigningMaterial, StoredAuthority};
 
     #[derive(Debug, Parser)]
     struct Cli {
@@ -182,23 +188,47 @@ mod tests {
         authority: AuthorityArgs,
     }
 
+    /// `args` parsed as `wimsey-operator run` flags.
+    pub(crate) fn parse_args(args: &[&str]) -> Result<AuthorityArgs, clap::Error> {
+        Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied())).map(|c| c.authority)
+    }
+
+    /// The defaults: 24h CA, 24h JWT keys, 1h propagation, 12h X.509-SVIDs.
+    pub(crate) fn default_args() -> AuthorityArgs {
+        parse_args(&[]).expect("the defaults parse")
+    }
+
+    /// Fresh material of `td`: keys made now, with the default lifetimes.
+    pub(crate) fn fresh_material(td: &TrustDomain) -> Arc<SigningMaterial> {
+        let lifetimes = default_args().lifetimes();
+        let now = SystemTime::now();
+        let mut stored = StoredAuthority::empty(td);
+        rotate(&mut stored, td, &lifetimes, now).expect("rotate");
+        Arc::new(SigningMaterial::from_stored(&stored, td, &lifetimes, now).expect("material"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::parse_args;
+    use super::*;
+
     #[test]
     fn flags_parse_go_durations_and_default() {
-        let cli = Cli::try_parse_from(["x", "--ca-ttl", "2h", "--node-svid-ttl", "90s"]).unwrap();
-        assert_eq!(cli.authority.ca_ttl, Duration::from_secs(7200));
-        assert_eq!(cli.authority.node_svid_ttl, Duration::from_secs(90));
-        assert_eq!(cli.authority.authority_secret, "wimsey-authority");
-        assert!(Cli::try_parse_from(["x", "--ca-ttl", "soon"]).is_err());
+        let args = parse_args(&["--ca-ttl", "2h", "--node-svid-ttl", "90s"]).unwrap();
+        assert_eq!(args.ca_ttl, Duration::from_secs(7200));
+        assert_eq!(args.node_svid_ttl, Duration::from_secs(90));
+        assert_eq!(args.authority_secret, "wimsey-authority");
+        assert!(parse_args(&["--ca-ttl", "soon"]).is_err());
     }
 
     #[test]
     fn the_jwt_issuer_url_is_optional_and_validated() {
-        let unset = Cli::try_parse_from(["x"]).unwrap();
-        assert_eq!(unset.authority.jwt_issuer_url, None);
-        let set =
-            Cli::try_parse_from(["x", "--jwt-issuer-url", "https://oidc.example.org"]).unwrap();
+        let unset = parse_args(&[]).unwrap();
+        assert_eq!(unset.jwt_issuer_url, None);
+        let set = parse_args(&["--jwt-issuer-url", "https://oidc.example.org"]).unwrap();
         assert_eq!(
-            set.authority.jwt_issuer_url.as_ref().map(IssuerUrl::as_str),
+            set.jwt_issuer_url.as_ref().map(IssuerUrl::as_str),
             Some("https://oidc.example.org")
         );
         for bad in [
@@ -206,7 +236,7 @@ mod tests {
             "https://oidc.example.org/?x=1",
             "oidc",
         ] {
-            let error = Cli::try_parse_from(["x", "--jwt-issuer-url", bad]).unwrap_err();
+            let error = parse_args(&["--jwt-issuer-url", bad]).unwrap_err();
             assert!(error.to_string().contains("issuer URL"), "{bad}: {error}");
         }
     }

@@ -587,22 +587,15 @@ fn secret_object(
 
 #[cfg(test)]
 mod tests {
-    use clap::Parser;
     use k8s_openapi::api::core::v1::Secret;
 
     use super::*;
     use crate::authority::KeyKind;
     use crate::authority::store::MemoryStore;
 
-    #[derive(Debug, Parser)]
-    struct Cli {
-        #[command(flatten)]
-        authority: AuthorityArgs,
-    }
-
     /// The defaults: 24h CA, 24h JWT keys, 1h propagation, 12h X.509-SVIDs.
     fn args() -> AuthorityArgs {
-        Cli::try_parse_from(["x"]).unwrap().authority
+        crate::authority::test_support::default_args()
     }
 
     fn td() -> TrustDomain {

@@ -106,24 +106,10 @@ mod tests {
     use wimsey_core::jose::jwt_svid::{JwtSvidClaims, mint_jwt_svid};
 
     use super::*;
-    use crate::authority::state::rotate;
-    use crate::authority::{AuthorityArgs, StoredAuthority};
-
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        authority: AuthorityArgs,
-    }
+    use crate::authority::test_support::fresh_material;
 
     fn material() -> Arc<SigningMaterial> {
-        let td = TrustDomain::new("example.org").unwrap();
-        let lifetimes = <Cli as clap::Parser>::parse_from(["x"])
-            .authority
-            .lifetimes();
-        let now = SystemTime::now();
-        let mut stored = StoredAuthority::empty(&td);
-        rotate(&mut stored, &td, &lifetimes, now).unwrap();
-        Arc::new(SigningMaterial::from_stored(&stored, &td, &lifetimes, now).unwrap())
+        fresh_material(&TrustDomain::new("example.org").unwrap())
     }
 
     async fn call(router: &Router, method: Method, path: &str) -> (StatusCode, Response) {

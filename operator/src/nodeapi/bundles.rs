@@ -81,27 +81,12 @@ fn serialize(bundle: &TrustDomainBundle) -> Result<TrustBundle, NodeApiError> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
 
     use super::*;
-    use crate::authority::state::rotate;
-    use crate::authority::{AuthorityArgs, StoredAuthority};
-
-    #[derive(Debug, clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        authority: AuthorityArgs,
-    }
+    use crate::authority::test_support::fresh_material;
 
     fn material(td: &TrustDomain) -> Arc<SigningMaterial> {
-        // The flags' defaults, whatever fields the lifetimes have.
-        let lifetimes = <Cli as clap::Parser>::parse_from(["x"])
-            .authority
-            .lifetimes();
-        let now = SystemTime::now();
-        let mut stored = StoredAuthority::empty(td);
-        rotate(&mut stored, td, &lifetimes, now).unwrap();
-        Arc::new(SigningMaterial::from_stored(&stored, td, &lifetimes, now).unwrap())
+        fresh_material(td)
     }
 
     #[test]
