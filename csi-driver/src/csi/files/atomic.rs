@@ -67,7 +67,8 @@ impl VolumeRoot {
 }
 
 /// Replaces the visible file set under `root` with `files`, atomically. Each top-level name is a
-/// symlink into `..data`; names no longer present disappear; old generations are removed. A
+/// symlink into `..data`, created in the order of `files` (a name that does not exist yet appears
+/// only after the ones before it); names no longer present disappear; old generations are removed. A
 /// symlink met where the writer expects its own directory or a new file is an error
 /// ([`CsiError::Symlink`]), never followed.
 pub fn write_atomically(
@@ -86,6 +87,7 @@ pub fn write_atomically(
 
     let mut subdirs: BTreeMap<&str, OwnedFd> = BTreeMap::new();
     let mut top_level = BTreeSet::new();
+    let mut link_order = Vec::new();
     for entry in files {
         let path = generation_path.join(&entry.path);
         let (dir, name) = match entry.path.split_once('/') {
@@ -111,14 +113,16 @@ pub fn write_atomically(
         };
         write_file(dir, name, &path, &entry.contents, entry.mode, fs_group)?;
         let first = entry.path.split('/').next().unwrap_or(&entry.path);
-        top_level.insert(first.to_owned());
+        if top_level.insert(first.to_owned()) {
+            link_order.push(first.to_owned());
+        }
     }
     drop(subdirs);
     drop(generation_dir);
 
     // The switch: a new `..data` link renamed over the old one.
     replace_with_symlink(root, &generation, DATA_LINK_TMP, DATA_LINK)?;
-    for name in &top_level {
+    for name in &link_order {
         let wanted = format!("{DATA_LINK}/{name}");
         let current = rustix::fs::readlinkat(root.fd(), name.as_str(), Vec::new());
         if current.is_ok_and(|target| target.as_bytes() == wanted.as_bytes()) {
