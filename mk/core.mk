@@ -10,7 +10,7 @@ export GOSPIFFE_CHECK
 CARGO_FUZZ_VERSION := 0.13.2
 CARGO_FUZZ_ROOT := $(WIMSEY_CACHE)/cargo-fuzz-$(CARGO_FUZZ_VERSION)
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := spiffe_id template jws jwt_svid wit_wpt bundle_json x509_csr x509_cert service_account_token
+FUZZ_TARGETS := spiffe_id template jws jwt_svid wit_wpt bundle_json x509_csr x509_cert service_account_token upstream_ca
 # Each crate with a fuzz/ directory, and its targets as FUZZ_TARGETS_<crate dir>; other mk files
 # add theirs. A crate's fuzz/seeds/<target> (if any) seeds the corpus.
 FUZZ_CRATES := core

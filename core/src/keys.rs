@@ -132,6 +132,17 @@ impl SigningKey {
             .or_else(|_| Self::from_pkcs8(KeyAlgorithm::EcdsaP384, der))
     }
 
+    /// Loads an unencrypted private key of `algorithm` in PKCS#8 or SEC1 (RFC 5915
+    /// `EC PRIVATE KEY`, what cert-manager and openssl write by default) DER.
+    pub fn from_private_key_der(algorithm: KeyAlgorithm, der: &[u8]) -> Result<Self, KeyError> {
+        let invalid = KeyError::InvalidPkcs8(algorithm);
+        let pair = EcdsaKeyPair::from_private_key_der(algorithm.fixed_signing(), der)
+            .map_err(|_| invalid.clone())?;
+        let document = pair.to_pkcs8v1().map_err(|_| invalid)?;
+        let pkcs8 = Zeroizing::new(document.as_ref().to_vec());
+        Self::from_pkcs8(algorithm, &pkcs8)
+    }
+
     pub fn algorithm(&self) -> KeyAlgorithm {
         self.algorithm
     }

@@ -235,6 +235,22 @@ pub(crate) fn encode_time(time: SystemTime) -> Result<([u8; 17], usize), X509Err
     Ok((out, text_len + 2))
 }
 
+/// `time` as RFC 3339 in UTC with whole seconds (for messages); times before 1970 read as 1970.
+pub(crate) fn rfc3339(time: SystemTime) -> String {
+    let secs = time
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let (year, month, day) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2));
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
 /// (Howard Hinnant's `civil_from_days`). Input is bounded by `u64` seconds / 86400.
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
@@ -367,6 +383,13 @@ mod tests {
         let mut out = Vec::new();
         push_time(&mut out, UNIX_EPOCH + Duration::from_secs(secs)).expect("encodable");
         String::from_utf8(out.get(2..).expect("tlv").to_vec()).expect("ascii")
+    }
+
+    #[test]
+    fn rfc3339_reads_like_the_calendar() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let leap_day = UNIX_EPOCH + std::time::Duration::from_secs(1_709_210_096);
+        assert_eq!(rfc3339(leap_day), "2024-02-29T12:34:56Z");
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod csr;
 pub mod pem;
 mod san;
 mod signature;
+pub mod upstream;
 mod verify;
 
 #[cfg(test)]

@@ -63,10 +63,10 @@ pub fn decode_private_key(text: &str) -> Result<Zeroizing<Vec<u8>>, X509Error> {
 const BEGIN: &str = "-----BEGIN ";
 
 /// One decoded PEM block: its label and its DER contents.
-type PemBlock = (String, Zeroizing<Vec<u8>>);
+pub(crate) type PemBlock = (String, Zeroizing<Vec<u8>>);
 
 /// Splits `text` into (label, DER) blocks. DER is kept in zeroizing buffers since it may be a key.
-fn decode_blocks(text: &str) -> Result<Vec<PemBlock>, X509Error> {
+pub(crate) fn decode_blocks(text: &str) -> Result<Vec<PemBlock>, X509Error> {
     let mut blocks = Vec::new();
     let mut rest = text;
     while let Some(start) = rest.find(BEGIN) {
