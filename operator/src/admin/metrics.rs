@@ -55,6 +55,8 @@ pub struct Metrics {
     authority_replacements: Family<KindLabels, Counter>,
     authority_secret_unreadable: Gauge,
     authority_secret_errors: Family<ReasonLabels, Counter>,
+    upstream_ca_unusable: Gauge,
+    upstream_ca_errors: Family<ReasonLabels, Counter>,
     federation_fetches: Family<FetchLabels, Counter>,
     federation_bundle_age: Family<TrustDomainLabels, Gauge>,
     /// Unix seconds of each federated trust domain's last good fetch; the age is computed
@@ -122,6 +124,18 @@ impl Metrics {
             "Authority Secret reads that failed, by error",
             authority_secret_errors.clone(),
         );
+        let upstream_ca_unusable = Gauge::default();
+        registry.register(
+            "upstream_ca_unusable",
+            "1 while the upstream CA Secret cannot be used; the last good upstream CA keeps signing",
+            upstream_ca_unusable.clone(),
+        );
+        let upstream_ca_errors = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "upstream_ca_errors",
+            "Upstream CA Secret reads that found it unusable, by error",
+            upstream_ca_errors.clone(),
+        );
         let federation_fetches = Family::<FetchLabels, Counter>::default();
         registry.register(
             "federation_fetches",
@@ -142,6 +156,8 @@ impl Metrics {
             authority_replacements,
             authority_secret_unreadable,
             authority_secret_errors,
+            upstream_ca_unusable,
+            upstream_ca_errors,
             reconcile_duration,
             entries,
             render_failures,
@@ -191,6 +207,16 @@ impl Metrics {
             .set(i64::from(error.is_some()));
         if let Some(reason) = error {
             self.authority_secret_errors
+                .get_or_create(&ReasonLabels { reason })
+                .inc();
+        }
+    }
+
+    /// Records whether the upstream CA Secret is usable, and why not.
+    pub fn set_upstream_ca_error(&self, error: Option<&'static str>) {
+        self.upstream_ca_unusable.set(i64::from(error.is_some()));
+        if let Some(reason) = error {
+            self.upstream_ca_errors
                 .get_or_create(&ReasonLabels { reason })
                 .inc();
         }

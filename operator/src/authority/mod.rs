@@ -17,6 +17,7 @@ mod secret;
 pub mod serving;
 pub mod state;
 pub mod store;
+pub mod upstream;
 
 use std::time::Duration;
 
@@ -25,10 +26,13 @@ use wimsey_core::keys::KeyError;
 use wimsey_core::oidc::IssuerUrl;
 use wimsey_core::rotation::RotationError;
 use wimsey_core::x509::X509Error;
+use wimsey_core::x509::upstream::UpstreamCaError;
 
 use crate::owner::Owner;
 
-pub use secret::{REASON_REPLACED, REASON_RESTORED, REASON_UNREADABLE, SigningAuthority};
+pub use secret::{
+    REASON_REPLACED, REASON_RESTORED, REASON_UNREADABLE, REASON_UPSTREAM_UNUSABLE, SigningAuthority,
+};
 pub use state::{KeyKind, Lifetimes, SigningMaterial, StoredAuthority, TokenKey};
 
 /// The Secret key holding the authority's JSON state.
@@ -91,6 +95,11 @@ pub struct AuthorityArgs {
     /// Unset: no `iss` and no discovery.
     #[arg(long, env = "WIMSEY_JWT_ISSUER_URL", value_parser = IssuerUrl::parse)]
     pub jwt_issuer_url: Option<IssuerUrl>,
+    /// Secret (in the operator's namespace, cert-manager's `kubernetes.io/tls` layout with
+    /// `ca.crt`) holding an upstream CA: X.509-SVIDs are then signed by it and the bundle
+    /// carries its `ca.crt` roots. Unset: the authority's own self-signed root.
+    #[arg(long, env = "WIMSEY_UPSTREAM_CA_SECRET")]
+    pub upstream_ca_secret: Option<String>,
 }
 
 impl AuthorityArgs {
@@ -141,6 +150,13 @@ pub enum AuthorityError {
     Rotation(#[from] RotationError),
     #[error("{0}")]
     Bundle(#[from] BundleError),
+    #[error("upstream CA Secret {secret:?}: {error}")]
+    Upstream {
+        secret: String,
+        error: UpstreamCaError,
+    },
+    #[error("upstream CA Secret {0:?} does not exist")]
+    UpstreamMissing(String),
 }
 
 impl AuthorityError {
@@ -148,7 +164,15 @@ impl AuthorityError {
     /// (down, RBAC not applied yet), or other replicas kept changing the Secret. A Secret whose
     /// contents cannot be used, or bad settings, stay wrong until someone fixes them.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, AuthorityError::Kube(_) | AuthorityError::Contended(_))
+        // The upstream CA Secret may be created, renewed or fixed at any time (cert-manager
+        // issues it asynchronously), so starting waits for it.
+        matches!(
+            self,
+            AuthorityError::Kube(_)
+                | AuthorityError::Contended(_)
+                | AuthorityError::Upstream { .. }
+                | AuthorityError::UpstreamMissing(_)
+        )
     }
 
     pub fn label(&self) -> &'static str {
@@ -166,6 +190,8 @@ impl AuthorityError {
             AuthorityError::Key(_) => "key",
             AuthorityError::Rotation(_) => "rotation",
             AuthorityError::Bundle(_) => "bundle",
+            AuthorityError::Upstream { error, .. } => error.label(),
+            AuthorityError::UpstreamMissing(_) => "missing",
         }
     }
 }

@@ -30,12 +30,15 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use wimsey_core::TrustDomain;
+use wimsey_core::x509::CertDer;
+use wimsey_core::x509::upstream::UpstreamCa;
 
 use super::state::{
     Lifetimes, Observed, Rotated, SigningMaterial, StoredAuthority, adopt_restored, check_stored,
-    classify, rotate,
+    classify, rotate_with,
 };
 use super::store::{AuthorityStore, KubeStore, MANAGED_BY, Written};
+use super::upstream::{self, Selection};
 use super::{AuthorityArgs, AuthorityError, BUNDLE_PEM_KEY, BUNDLE_SPIFFE_KEY, SECRET_DATA_KEY};
 use crate::admin::Metrics;
 
@@ -47,6 +50,7 @@ const START_ATTEMPTS: u32 = 3;
 pub const REASON_REPLACED: &str = "AuthorityReplaced";
 pub const REASON_UNREADABLE: &str = "AuthoritySecretUnreadable";
 pub const REASON_RESTORED: &str = "AuthoritySecretRestored";
+pub const REASON_UPSTREAM_UNUSABLE: &str = "UpstreamCAUnusable";
 
 /// What this replica last loaded from the Secret.
 #[derive(Clone)]
@@ -65,6 +69,26 @@ struct Inner {
     /// Whether the last read of the Secret failed (to report the change once, not every read).
     unreadable: Mutex<bool>,
     material: watch::Sender<Arc<SigningMaterial>>,
+    upstream: Option<UpstreamSlot>,
+}
+
+/// The upstream CA, when one is configured.
+struct UpstreamSlot {
+    secret: String,
+    /// The last usable CA read from the Secret.
+    candidate: Mutex<Arc<UpstreamCa>>,
+    /// The CA that signs: the candidate, or the one before it while the candidate's root is
+    /// still propagating.
+    signing: Mutex<Arc<UpstreamCa>>,
+    /// When the candidate takes over from the held CA.
+    switch_at: Mutex<Option<SystemTime>>,
+    /// The problem last reported, so a persisting one is reported once.
+    problem: Mutex<Option<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Every write replaces the whole value, so a poisoned lock still holds a consistent value.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The running authority of one replica. Cheap to clone.
@@ -119,7 +143,48 @@ impl SigningAuthority {
             )
             .with_bundle_owner(args.bundle_owner.clone().unwrap_or_else(crate::owner::none)),
         );
-        let authority = Self::load(store.clone(), trust_domain, args, metrics).await?;
+        let upstream = match &args.upstream_ca_secret {
+            Some(name) => {
+                let secret = store.secrets().get_opt(name).await?;
+                let read = secret
+                    .ok_or_else(|| AuthorityError::UpstreamMissing(name.clone()))
+                    .and_then(|secret| {
+                        upstream::from_secret(
+                            &secret,
+                            &trust_domain,
+                            &args.lifetimes(),
+                            SystemTime::now(),
+                        )
+                        .map_err(|error| AuthorityError::Upstream {
+                            secret: name.clone(),
+                            error,
+                        })
+                    });
+                match read {
+                    Ok(ca) => Some(Arc::new(ca)),
+                    Err(error) => {
+                        metrics.set_upstream_ca_error(Some(error.label()));
+                        store
+                            .warn(
+                                REASON_UPSTREAM_UNUSABLE,
+                                format!("{error}; not signing until it is usable"),
+                            )
+                            .await;
+                        return Err(error);
+                    }
+                }
+            }
+            None => None,
+        };
+        let authority =
+            Self::load_with_upstream(store.clone(), trust_domain, args, metrics, upstream).await?;
+        if let Some(name) = authority.args().upstream_ca_secret.clone() {
+            tokio::spawn(
+                authority
+                    .clone()
+                    .watch_upstream(store.clone(), name, shutdown.clone()),
+            );
+        }
         tokio::spawn(authority.clone().watch_secret(store, shutdown.clone()));
         tokio::spawn(authority.clone().rotation_loop(shutdown));
         Ok(authority)
@@ -133,10 +198,23 @@ impl SigningAuthority {
         args: AuthorityArgs,
         metrics: Arc<Metrics>,
     ) -> Result<Self, AuthorityError> {
+        Self::load_with_upstream(store, trust_domain, args, metrics, None).await
+    }
+
+    /// [`SigningAuthority::load`], signing X.509-SVIDs with `upstream` when given.
+    pub async fn load_with_upstream(
+        store: Arc<dyn AuthorityStore>,
+        trust_domain: TrustDomain,
+        args: AuthorityArgs,
+        metrics: Arc<Metrics>,
+        upstream: Option<Arc<UpstreamCa>>,
+    ) -> Result<Self, AuthorityError> {
         let lifetimes = args.lifetimes();
         lifetimes.check()?;
-        let (loaded, rotated) = match load_current(store.as_ref(), &trust_domain, &lifetimes).await
-        {
+        let roots = upstream.as_ref().map(|ca| ca.roots().to_vec());
+        let current =
+            load_current(store.as_ref(), &trust_domain, &lifetimes, roots.as_deref()).await;
+        let (loaded, rotated) = match current {
             Ok(current) => current,
             Err(error) if error.is_retryable() => return Err(error),
             Err(error) => {
@@ -147,12 +225,22 @@ impl SigningAuthority {
             }
         };
         metrics.set_authority_secret_error(None);
-        let material = SigningMaterial::from_stored(
+        metrics.set_upstream_ca_error(None);
+        // At start nothing older is held: the Secret's CA signs.
+        let material = SigningMaterial::from_stored_with(
             &loaded.stored,
             &trust_domain,
             &lifetimes,
+            upstream.as_deref(),
             SystemTime::now(),
         )?;
+        let upstream = upstream.map(|ca| UpstreamSlot {
+            secret: args.upstream_ca_secret.clone().unwrap_or_default(),
+            candidate: Mutex::new(Arc::clone(&ca)),
+            signing: Mutex::new(ca),
+            switch_at: Mutex::new(None),
+            problem: Mutex::new(None),
+        });
         let (material, _) = watch::channel(Arc::new(material));
         let authority = Self {
             inner: Arc::new(Inner {
@@ -164,6 +252,7 @@ impl SigningAuthority {
                 loaded: Mutex::new(loaded),
                 unreadable: Mutex::new(false),
                 material,
+                upstream,
             }),
         };
         authority.report_replaced(&rotated).await;
@@ -197,12 +286,7 @@ impl SigningAuthority {
     /// Takes `stored` as the state to sign with. If it cannot sign (it needs a rotation first)
     /// it still becomes the base of the next guarded write, and the old material keeps signing.
     fn install(&self, stored: StoredAuthority, resource_version: String) {
-        let material = SigningMaterial::from_stored(
-            &stored,
-            &self.inner.trust_domain,
-            &self.inner.lifetimes,
-            SystemTime::now(),
-        );
+        let material = self.material_for(&stored, SystemTime::now());
         let generation = stored.generation;
         *self.loaded() = Loaded {
             stored,
@@ -218,16 +302,174 @@ impl SigningAuthority {
         }
     }
 
+    /// The material for `stored`: with an upstream CA, the one [`upstream::select`] picks.
+    fn material_for(
+        &self,
+        stored: &StoredAuthority,
+        now: SystemTime,
+    ) -> Result<SigningMaterial, AuthorityError> {
+        let Some(slot) = &self.inner.upstream else {
+            return SigningMaterial::from_stored(
+                stored,
+                &self.inner.trust_domain,
+                &self.inner.lifetimes,
+                now,
+            );
+        };
+        let candidate = Arc::clone(&lock(&slot.candidate));
+        let held = Arc::clone(&lock(&slot.signing));
+        let selection =
+            upstream::select(stored, Some(&held), &candidate, &self.inner.lifetimes, now);
+        let signing = match selection {
+            Selection::Candidate => {
+                if *held != *candidate
+                    && !held.usable_at(self.inner.lifetimes.max_ca_signed_lifetime(), now)
+                {
+                    tracing::warn!(
+                        "the upstream CA held here can no longer sign the longest lifetime; the Secret's new CA signs before its root has propagated"
+                    );
+                }
+                *lock(&slot.switch_at) = None;
+                *lock(&slot.signing) = Arc::clone(&candidate);
+                candidate
+            }
+            Selection::KeepHeld { until } => {
+                *lock(&slot.switch_at) = Some(until);
+                held
+            }
+        };
+        SigningMaterial::from_stored_with(
+            stored,
+            &self.inner.trust_domain,
+            &self.inner.lifetimes,
+            Some(&signing),
+            now,
+        )
+    }
+
+    /// The upstream roots to keep published (None without an upstream CA).
+    fn upstream_roots(&self) -> Option<Vec<CertDer>> {
+        let slot = self.inner.upstream.as_ref()?;
+        let candidate = Arc::clone(&lock(&slot.candidate));
+        let signing = Arc::clone(&lock(&slot.signing));
+        Some(upstream::wanted_roots(&candidate, &signing))
+    }
+
+    /// Rebuilds the material from the state held (the upstream CA changed, or its switch time
+    /// came) and publishes the bundle.
+    async fn refresh_material(&self) {
+        let stored = self.loaded().stored.clone();
+        match self.material_for(&stored, SystemTime::now()) {
+            Ok(material) => {
+                self.inner.material.send_replace(Arc::new(material));
+            }
+            Err(error) => {
+                tracing::warn!(%error, label = error.label(), "building the signing material");
+            }
+        }
+        if let Err(error) = self.publish_bundle().await {
+            tracing::warn!(%error, label = error.label(), "publishing the bundle");
+        }
+    }
+
+    /// Handles one observed version of the upstream CA Secret (None: deleted). A usable CA
+    /// becomes the candidate; anything else is reported, and the CA held keeps signing.
+    pub async fn observe_upstream(&self, secret: Option<&Secret>) {
+        let Some(slot) = &self.inner.upstream else {
+            return;
+        };
+        let read = secret
+            .ok_or_else(|| AuthorityError::UpstreamMissing(slot.secret.clone()))
+            .and_then(|secret| {
+                upstream::from_secret(
+                    secret,
+                    &self.inner.trust_domain,
+                    &self.inner.lifetimes,
+                    SystemTime::now(),
+                )
+                .map_err(|error| AuthorityError::Upstream {
+                    secret: slot.secret.clone(),
+                    error,
+                })
+            });
+        let candidate = match read {
+            Ok(candidate) => candidate,
+            Err(error) => {
+                self.inner
+                    .metrics
+                    .set_upstream_ca_error(Some(error.label()));
+                let message = error.to_string();
+                tracing::error!(%error, label = error.label(), "upstream CA unusable; signing with the last good one");
+                let first = lock(&slot.problem).replace(message.clone()) != Some(message.clone());
+                if first {
+                    let note =
+                        format!("{message}; signing continues with the last good upstream CA");
+                    self.inner.store.warn(REASON_UPSTREAM_UNUSABLE, note).await;
+                }
+                return;
+            }
+        };
+        self.inner.metrics.set_upstream_ca_error(None);
+        if lock(&slot.problem).take().is_some() {
+            tracing::info!("upstream CA usable again");
+        }
+        if **lock(&slot.candidate) == candidate {
+            return;
+        }
+        tracing::info!(secret = %slot.secret, "upstream CA renewed");
+        *lock(&slot.candidate) = Arc::new(candidate);
+        // Publishes a new root first (a guarded write), then picks what signs.
+        if let Err(error) = self.rotate_once().await {
+            tracing::warn!(%error, label = error.label(), "publishing the upstream roots");
+        }
+        self.refresh_material().await;
+        if let Some(until) = *lock(&slot.switch_at) {
+            tracing::info!(
+                ?until,
+                "the renewed upstream CA has a new root; it signs once the root has propagated"
+            );
+        }
+    }
+
+    async fn watch_upstream(
+        self,
+        store: Arc<KubeStore>,
+        name: String,
+        shutdown: CancellationToken,
+    ) {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut events = watcher(store.secrets().clone(), config)
+            .backoff(crate::watch_backoff::WatchBackoff::default())
+            .boxed();
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return,
+                next = events.next() => next,
+            };
+            match next {
+                None => return,
+                Some(Err(error)) => tracing::warn!(%error, "watching the upstream CA Secret"),
+                Some(Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret))) => {
+                    self.observe_upstream(Some(&secret)).await;
+                }
+                Some(Ok(watcher::Event::Delete(_))) => self.observe_upstream(None).await,
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
     /// Applies due rotations (and recoveries) and writes them back, guarded by the
     /// resourceVersion we loaded. On a conflict another writer got there first: the watch
     /// brings its state, and the rotation loop tries again.
     pub async fn rotate_once(&self) -> Result<bool, AuthorityError> {
         let loaded = self.loaded().clone();
+        let roots = self.upstream_roots();
         let written = write_rotation(
             self.inner.store.as_ref(),
             loaded,
             &self.inner.trust_domain,
             &self.inner.lifetimes,
+            roots.as_deref(),
             SystemTime::now(),
         )
         .await?;
@@ -441,6 +683,15 @@ impl SigningAuthority {
                 .stored
                 .next_rotation_check(&self.inner.lifetimes, now);
             // A failed write is retried within MAX_ROTATION_SLEEP; never spin.
+            let switch_at = self
+                .inner
+                .upstream
+                .as_ref()
+                .and_then(|slot| *lock(&slot.switch_at));
+            let next = match (next, switch_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep = next
                 .map_or(MAX_ROTATION_SLEEP, |t| {
                     t.duration_since(now).unwrap_or_default()
@@ -453,6 +704,10 @@ impl SigningAuthority {
             }
             if let Err(error) = self.rotate_once().await {
                 tracing::warn!(%error, label = error.label(), "rotating authority keys");
+            }
+            if switch_at.is_some_and(|at| at <= SystemTime::now()) {
+                tracing::info!("the upstream CA's root has propagated; the renewed CA signs");
+                self.refresh_material().await;
             }
         }
     }
@@ -470,13 +725,14 @@ async fn write_rotation(
     loaded: Loaded,
     trust_domain: &TrustDomain,
     lifetimes: &Lifetimes,
+    upstream_roots: Option<&[CertDer]>,
     now: SystemTime,
 ) -> Result<Rotation, AuthorityError> {
     let Loaded {
         mut stored,
         resource_version,
     } = loaded;
-    let rotated = rotate(&mut stored, trust_domain, lifetimes, now)?;
+    let rotated = rotate_with(&mut stored, trust_domain, lifetimes, upstream_roots, now)?;
     if !rotated.changed {
         return Ok(Rotation::Unchanged);
     }
@@ -499,6 +755,7 @@ async fn load_current(
     store: &dyn AuthorityStore,
     trust_domain: &TrustDomain,
     lifetimes: &Lifetimes,
+    upstream_roots: Option<&[CertDer]>,
 ) -> Result<(Loaded, Rotated), AuthorityError> {
     for _ in 0..START_ATTEMPTS {
         let loaded = match store.get_secret().await? {
@@ -511,7 +768,8 @@ async fn load_current(
             }
             None => {
                 let mut stored = StoredAuthority::empty(trust_domain);
-                rotate(&mut stored, trust_domain, lifetimes, SystemTime::now())?;
+                let now = SystemTime::now();
+                rotate_with(&mut stored, trust_domain, lifetimes, upstream_roots, now)?;
                 match store.create_secret(secret_object(&stored, None)?).await? {
                     Written::Ok(resource_version) => {
                         tracing::info!("authority created");
@@ -533,6 +791,7 @@ async fn load_current(
             loaded.clone(),
             trust_domain,
             lifetimes,
+            upstream_roots,
             SystemTime::now(),
         )
         .await?
@@ -591,6 +850,7 @@ mod tests {
 
     use super::*;
     use crate::authority::KeyKind;
+    use crate::authority::state::rotate;
     use crate::authority::store::MemoryStore;
 
     /// The defaults: 24h CA, 24h JWT keys, 1h propagation, 12h X.509-SVIDs.
@@ -647,6 +907,100 @@ mod tests {
             .into_iter()
             .map(|(reason, _)| reason)
             .collect()
+    }
+
+    #[tokio::test]
+    async fn an_upstream_ca_signs_is_renewed_and_a_bad_secret_keeps_the_last_good_one() {
+        use crate::authority::upstream::test_pki::Root;
+        let store = Arc::new(MemoryStore::default());
+        let metrics = Arc::new(Metrics::new());
+        let mut args = args();
+        args.upstream_ca_secret = Some("user-ca".to_owned());
+        let root = Root::new(&td());
+        let lifetimes = args.lifetimes();
+        let first = upstream::from_secret(
+            &root.intermediate_secret(),
+            &td(),
+            &lifetimes,
+            SystemTime::now(),
+        )
+        .expect("usable");
+        let first_cert = first.certificate().clone();
+        let authority = SigningAuthority::load_with_upstream(
+            store.clone(),
+            td(),
+            args,
+            metrics.clone(),
+            Some(Arc::new(first)),
+        )
+        .await
+        .expect("load");
+        let material = authority.current();
+        assert_eq!(material.ca.chain()[0], first_cert);
+        let root_der = root.0.trust_bundle_roots()[0].as_bytes().to_vec();
+        assert_eq!(material.bundle.x509_authorities, vec![root_der.clone()]);
+        let (_, bundle) = store.bundle().expect("published");
+        assert!(bundle[BUNDLE_PEM_KEY].contains("BEGIN CERTIFICATE"));
+        assert_eq!(
+            stored_in(&store).upstream_roots.len(),
+            1,
+            "the root is stored"
+        );
+
+        // cert-manager renews the intermediate under the same root: it signs at once.
+        let renewed = root.intermediate_secret();
+        authority.observe_upstream(Some(&renewed)).await;
+        let material = authority.current();
+        assert_ne!(material.ca.chain()[0], first_cert);
+        assert_eq!(material.bundle.x509_authorities, vec![root_der.clone()]);
+        let renewed_cert = material.ca.chain()[0].clone();
+
+        // Expired, wrong and deleted Secrets: reported once each, the renewed CA keeps signing.
+        let mut broken = renewed.clone();
+        broken.data.as_mut().expect("data").insert(
+            "tls.key".to_owned(),
+            ByteString(
+                b"-----BEGIN RSA PRIVATE KEY-----\nAA==\n-----END RSA PRIVATE KEY-----\n".to_vec(),
+            ),
+        );
+        authority.observe_upstream(Some(&broken)).await;
+        authority.observe_upstream(Some(&broken)).await;
+        authority.observe_upstream(None).await;
+        let events = store.events();
+        let upstream_events: Vec<&String> = events
+            .iter()
+            .filter(|(reason, _)| *reason == REASON_UPSTREAM_UNUSABLE)
+            .map(|(_, note)| note)
+            .collect();
+        assert_eq!(upstream_events.len(), 2, "{upstream_events:?}");
+        assert!(upstream_events[0].contains("RSA"), "{}", upstream_events[0]);
+        assert!(
+            upstream_events[1].contains("does not exist"),
+            "{}",
+            upstream_events[1]
+        );
+        assert_eq!(authority.current().ca.chain()[0], renewed_cert);
+        let text = metrics.encode();
+        assert!(text.contains("upstream_ca_unusable 1"), "{text}");
+
+        // A new root is published at once but signs only after the propagation delay.
+        let other = Root::new(&td());
+        authority
+            .observe_upstream(Some(&other.intermediate_secret()))
+            .await;
+        let material = authority.current();
+        assert_eq!(
+            material.ca.chain()[0],
+            renewed_cert,
+            "the held CA keeps signing"
+        );
+        assert_eq!(
+            material.bundle.x509_authorities.len(),
+            2,
+            "both roots published"
+        );
+        assert_eq!(stored_in(&store).upstream_roots.len(), 2);
+        assert!(metrics.encode().contains("upstream_ca_unusable 0"));
     }
 
     #[tokio::test]
@@ -746,7 +1100,7 @@ mod tests {
         // resourceVersion of the last Secret that was read successfully.
         assert!(!authority.rotate_once().await.unwrap());
         let due = SystemTime::now() + 30 * HOUR;
-        let written = write_rotation(store.as_ref(), held, &td(), &args().lifetimes(), due)
+        let written = write_rotation(store.as_ref(), held, &td(), &args().lifetimes(), None, due)
             .await
             .unwrap();
         assert!(matches!(written, Rotation::Conflict));

@@ -23,6 +23,7 @@ use wimsey_core::bundle::TrustDomainBundle;
 use wimsey_core::jose::{PublicJwk, key_id};
 use wimsey_core::keys::{KeyAlgorithm, SigningKey};
 use wimsey_core::rotation::{self, KeyRecord, KeySet, Phase, RotationPolicy, Transition, Validity};
+use wimsey_core::x509::upstream::UpstreamCa;
 use wimsey_core::x509::{Authority, CaParams, CertDer, certificate_validity};
 
 use super::AuthorityError;
@@ -60,6 +61,21 @@ pub struct StoredAuthority {
     pub x509_ca: Vec<StoredKey>,
     pub jwt: Vec<StoredKey>,
     pub wit: Vec<StoredKey>,
+    /// Roots of an upstream CA (see [`super::upstream`]): published in the bundle, with when,
+    /// so a new root is trusted everywhere before anything chaining to it is handed out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upstream_roots: Vec<StoredRoot>,
+}
+
+/// A published upstream root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredRoot {
+    /// DER, standard base64.
+    pub certificate: String,
+    pub published_at_ms: u64,
+    /// When it stopped anchoring the CA that signs; dropped one longest signed lifetime later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for StoredAuthority {
@@ -70,6 +86,7 @@ impl std::fmt::Debug for StoredAuthority {
             .field("x509_ca", &self.x509_ca)
             .field("jwt", &self.jwt)
             .field("wit", &self.wit)
+            .field("upstream_roots", &self.upstream_roots.len())
             .finish()
     }
 }
@@ -205,13 +222,13 @@ impl Lifetimes {
     }
 }
 
-fn to_ms(time: SystemTime) -> u64 {
+pub(super) fn to_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
-fn from_ms(ms: u64) -> SystemTime {
+pub(super) fn from_ms(ms: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(ms)
 }
 
@@ -366,6 +383,10 @@ pub fn check_stored(
             configured: trust_domain.name().to_owned(),
         });
     }
+    for root in &stored.upstream_roots {
+        let der = decode("upstream root", &root.certificate)?;
+        certificate_validity(&der).map_err(|_| AuthorityError::Corrupt("upstream root"))?;
+    }
     for kind in KeyKind::ALL {
         let keys = stored.keys(kind);
         if keys
@@ -467,8 +488,26 @@ pub fn rotate(
     lifetimes: &Lifetimes,
     now: SystemTime,
 ) -> Result<Rotated, AuthorityError> {
+    rotate_with(stored, trust_domain, lifetimes, None, now)
+}
+
+/// [`rotate`], with an upstream CA whose roots (those to publish) are `upstream_roots`: the own
+/// CA keys are then retired instead of rotated, and the roots tracked ([`super::upstream`]).
+pub fn rotate_with(
+    stored: &mut StoredAuthority,
+    trust_domain: &TrustDomain,
+    lifetimes: &Lifetimes,
+    upstream_roots: Option<&[CertDer]>,
+    now: SystemTime,
+) -> Result<Rotated, AuthorityError> {
     let mut rotated = Rotated::default();
+    rotated.changed |=
+        super::upstream::track_roots(stored, upstream_roots.unwrap_or(&[]), lifetimes, now);
     for kind in KeyKind::ALL {
+        if kind == KeyKind::X509Ca && upstream_roots.is_some() {
+            rotated.changed |= super::upstream::retire_own_cas(stored, lifetimes, now);
+            continue;
+        }
         let (changed, replaced) = rotate_kind(stored, kind, trust_domain, lifetimes, now)?;
         rotated.changed |= changed;
         if replaced {
@@ -580,6 +619,18 @@ impl SigningMaterial {
         lifetimes: &Lifetimes,
         now: SystemTime,
     ) -> Result<Self, AuthorityError> {
+        Self::from_stored_with(stored, trust_domain, lifetimes, None, now)
+    }
+
+    /// [`SigningMaterial::from_stored`], with X.509-SVIDs signed by `upstream` when given
+    /// instead of the stored active CA.
+    pub fn from_stored_with(
+        stored: &StoredAuthority,
+        trust_domain: &TrustDomain,
+        lifetimes: &Lifetimes,
+        upstream: Option<&UpstreamCa>,
+        now: SystemTime,
+    ) -> Result<Self, AuthorityError> {
         check_stored(stored, trust_domain)?;
         let active = |kind: KeyKind| {
             stored
@@ -588,13 +639,18 @@ impl SigningMaterial {
                 .find(|k| k.phase == StoredPhase::Active)
                 .ok_or(AuthorityError::NoActiveKey(kind.as_str()))
         };
-        let ca_key = active(KeyKind::X509Ca)?;
-        let ca = Authority::from_chain(
-            ca_key.signing_key()?,
-            vec![CertDer::new(ca_key.certificate_der()?)],
-            trust_domain,
-            now,
-        )?;
+        let ca = match upstream {
+            Some(upstream) => upstream.authority(trust_domain, now)?,
+            None => {
+                let ca_key = active(KeyKind::X509Ca)?;
+                Authority::from_chain(
+                    ca_key.signing_key()?,
+                    vec![CertDer::new(ca_key.certificate_der()?)],
+                    trust_domain,
+                    now,
+                )?
+            }
+        };
         let token_key = |kind: KeyKind| -> Result<TokenKey, AuthorityError> {
             let stored = active(kind)?;
             Ok(TokenKey {
@@ -613,6 +669,11 @@ impl SigningMaterial {
         };
         for key in published(KeyKind::X509Ca) {
             bundle.x509_authorities.push(key.certificate_der()?);
+        }
+        for root in super::upstream::published_roots(stored) {
+            bundle
+                .x509_authorities
+                .push(decode("upstream root", &root.certificate)?);
         }
         for key in published(KeyKind::Jwt) {
             let public = PublicJwk::for_signing_key(&key.signing_key()?);
