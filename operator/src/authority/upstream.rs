@@ -396,5 +396,15 @@ mod tests {
             material.bundle.x509_authorities,
             vec![upstream.anchor().as_bytes().to_vec()]
         );
+
+        // Back to the own root (the setting removed): a new own CA signs at once, and the user's
+        // root stays published, retired, for the longest signed lifetime.
+        assert!(rotate(&mut stored, &td(), &lifetimes, later).expect("switch back").changed);
+        assert_eq!(stored.x509_ca.len(), 1);
+        assert_eq!(stored.x509_ca[0].phase, StoredPhase::Active);
+        let material =
+            SigningMaterial::from_stored(&stored, &td(), &lifetimes, later).expect("own material");
+        assert_eq!(material.bundle.x509_authorities.len(), 2);
+        assert!(stored.upstream_roots[0].retired_at_ms.is_some());
     }
 }
