@@ -9,7 +9,8 @@
 //!   [`wait`] (wait for a condition with a timeout), [`diagnostics`] (pod status, events and logs) and
 //!   [`exec`] (run a command in a pod), [`identity`] (a ClusterSPIFFEID per test and the pods that read
 //!   their identity), [`plugin_admin`] (the CSI plugin's `/readyz` and `/metrics` through a pod
-//!   port-forward) and [`wimsey`] (install wimsey from its Helm chart).
+//!   port-forward), [`svid_timeline`] (a watcher's SVIDs over time, and any moment it held only an
+//!   expired one) and [`wimsey`] (install wimsey from its Helm chart).
 
 pub mod kube_schemas;
 pub mod oci;
@@ -27,6 +28,8 @@ pub mod identity;
 pub mod namespace;
 #[cfg(feature = "cluster")]
 pub mod plugin_admin;
+#[cfg(feature = "cluster")]
+pub mod svid_timeline;
 #[cfg(feature = "cluster")]
 pub mod wait;
 #[cfg(feature = "cluster")]

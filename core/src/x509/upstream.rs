@@ -326,3 +326,79 @@ fn anchor_of(chain: &[CertDer], roots: &[CertDer]) -> Result<Option<CertDer>, Up
         "no certificate in ca.crt issued the last certificate of tls.crt".to_owned(),
     ))
 }
+
+/// A user's PKI for tests (this crate's and, with the `test-pki` feature, others'): a root, and
+/// intermediates under it as the values of an upstream CA Secret.
+#[cfg(any(test, feature = "test-pki"))]
+pub mod test_pki {
+    use std::time::{Duration, SystemTime};
+
+    use zeroize::Zeroizing;
+
+    use crate::keys::{KeyAlgorithm, SigningKey};
+    use crate::spiffe_id::TrustDomain;
+    use crate::x509::pem::{encode_certificates, encode_private_key};
+    use crate::x509::{Authority, CaParams, CertDer};
+
+    /// The PEM values of one upstream CA Secret: `tls.crt`, `tls.key`, `ca.crt`.
+    #[allow(missing_debug_implementations)] // holds a private key
+    pub struct SecretValues {
+        pub tls_crt: String,
+        pub tls_key: Zeroizing<String>,
+        pub ca_crt: String,
+        /// The intermediate, DER.
+        pub certificate: CertDer,
+    }
+
+    impl SecretValues {
+        pub fn files(&self) -> super::UpstreamFiles<'_> {
+            super::UpstreamFiles {
+                tls_crt: Some(self.tls_crt.as_bytes()),
+                tls_key: Some(self.tls_key.as_bytes()),
+                ca_crt: Some(self.ca_crt.as_bytes()),
+            }
+        }
+    }
+
+    #[allow(missing_debug_implementations)] // holds the root's key
+    pub struct UserPki {
+        root: Authority,
+    }
+
+    impl UserPki {
+        /// A root for `trust_domain` valid for a year.
+        pub fn new(trust_domain: &TrustDomain) -> Self {
+            let params = CaParams::new("user root", Duration::from_secs(365 * 86400));
+            let root = Authority::generate_root(
+                trust_domain,
+                KeyAlgorithm::EcdsaP256,
+                &params,
+                SystemTime::now(),
+            )
+            .expect("root");
+            Self { root }
+        }
+
+        pub fn root(&self) -> &CertDer {
+            self.root.certificate()
+        }
+
+        /// A fresh 90-day intermediate under the root, as cert-manager writes a CA Certificate's
+        /// Secret: the intermediate in `tls.crt`, its key in `tls.key`, the root in `ca.crt`.
+        pub fn intermediate(&self) -> SecretValues {
+            let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
+            let params = CaParams::new("user intermediate", Duration::from_secs(90 * 86400));
+            let chain = self
+                .root
+                .issue_intermediate(&key.public_key_spki_der(), &params, SystemTime::now())
+                .expect("intermediate");
+            let certificate = chain.first().cloned().expect("intermediate first");
+            SecretValues {
+                tls_crt: encode_certificates(std::slice::from_ref(&certificate)).expect("pem"),
+                tls_key: encode_private_key(&key.pkcs8_der()).expect("pem"),
+                ca_crt: encode_certificates(std::slice::from_ref(self.root())).expect("pem"),
+                certificate,
+            }
+        }
+    }
+}

@@ -34,8 +34,8 @@ use wimsey_core::x509::CertDer;
 use wimsey_core::x509::upstream::UpstreamCa;
 
 use super::state::{
-    Lifetimes, Observed, Rotated, SigningMaterial, StoredAuthority, adopt_restored, check_stored,
-    classify, rotate_with,
+    Lifetimes, Observed, Rotated, SigningMaterial, StoredAuthority, X509Source, adopt_restored,
+    check_stored, classify, rotate_with,
 };
 use super::store::{AuthorityStore, KubeStore, MANAGED_BY, Written};
 use super::upstream::{self, Selection};
@@ -70,6 +70,9 @@ struct Inner {
     unreadable: Mutex<bool>,
     material: watch::Sender<Arc<SigningMaterial>>,
     upstream: Option<UpstreamSlot>,
+    /// When this replica loaded the authority: a switch of the CA setting stored after it was
+    /// made by a newer replica ([`X509Source::superseded`]).
+    started_at: SystemTime,
 }
 
 /// The upstream CA, when one is configured.
@@ -211,9 +214,10 @@ impl SigningAuthority {
     ) -> Result<Self, AuthorityError> {
         let lifetimes = args.lifetimes();
         lifetimes.check()?;
-        let roots = upstream.as_ref().map(|ca| ca.roots().to_vec());
-        let current =
-            load_current(store.as_ref(), &trust_domain, &lifetimes, roots.as_deref()).await;
+        let x509 = upstream
+            .as_deref()
+            .map_or(X509Source::Own, |ca| X509Source::Upstream(ca.roots()));
+        let current = load_current(store.as_ref(), &trust_domain, &lifetimes, x509).await;
         let (loaded, rotated) = match current {
             Ok(current) => current,
             Err(error) if error.is_retryable() => return Err(error),
@@ -253,6 +257,7 @@ impl SigningAuthority {
                 unreadable: Mutex::new(false),
                 material,
                 upstream,
+                started_at: SystemTime::now(),
             }),
         };
         authority.report_replaced(&rotated).await;
@@ -464,12 +469,21 @@ impl SigningAuthority {
     pub async fn rotate_once(&self) -> Result<bool, AuthorityError> {
         let loaded = self.loaded().clone();
         let roots = self.upstream_roots();
+        let mut x509 = roots
+            .as_deref()
+            .map_or(X509Source::Own, X509Source::Upstream);
+        if x509.superseded(&loaded.stored, self.inner.started_at) {
+            tracing::info!(
+                "a newer replica switched the CA setting; leaving X.509 keys to it until this replica is replaced"
+            );
+            x509 = X509Source::Frozen;
+        }
         let written = write_rotation(
             self.inner.store.as_ref(),
             loaded,
             &self.inner.trust_domain,
             &self.inner.lifetimes,
-            roots.as_deref(),
+            x509,
             SystemTime::now(),
         )
         .await?;
@@ -725,14 +739,14 @@ async fn write_rotation(
     loaded: Loaded,
     trust_domain: &TrustDomain,
     lifetimes: &Lifetimes,
-    upstream_roots: Option<&[CertDer]>,
+    x509: X509Source<'_>,
     now: SystemTime,
 ) -> Result<Rotation, AuthorityError> {
     let Loaded {
         mut stored,
         resource_version,
     } = loaded;
-    let rotated = rotate_with(&mut stored, trust_domain, lifetimes, upstream_roots, now)?;
+    let rotated = rotate_with(&mut stored, trust_domain, lifetimes, x509, now)?;
     if !rotated.changed {
         return Ok(Rotation::Unchanged);
     }
@@ -755,7 +769,7 @@ async fn load_current(
     store: &dyn AuthorityStore,
     trust_domain: &TrustDomain,
     lifetimes: &Lifetimes,
-    upstream_roots: Option<&[CertDer]>,
+    x509: X509Source<'_>,
 ) -> Result<(Loaded, Rotated), AuthorityError> {
     for _ in 0..START_ATTEMPTS {
         let loaded = match store.get_secret().await? {
@@ -769,7 +783,7 @@ async fn load_current(
             None => {
                 let mut stored = StoredAuthority::empty(trust_domain);
                 let now = SystemTime::now();
-                rotate_with(&mut stored, trust_domain, lifetimes, upstream_roots, now)?;
+                rotate_with(&mut stored, trust_domain, lifetimes, x509, now)?;
                 match store.create_secret(secret_object(&stored, None)?).await? {
                     Written::Ok(resource_version) => {
                         tracing::info!("authority created");
@@ -791,7 +805,7 @@ async fn load_current(
             loaded.clone(),
             trust_domain,
             lifetimes,
-            upstream_roots,
+            x509,
             SystemTime::now(),
         )
         .await?
@@ -911,15 +925,17 @@ mod tests {
 
     #[tokio::test]
     async fn an_upstream_ca_signs_is_renewed_and_a_bad_secret_keeps_the_last_good_one() {
-        use crate::authority::upstream::test_pki::Root;
+        use wimsey_core::x509::upstream::test_pki::UserPki;
+
+        use crate::authority::upstream::test_secret;
         let store = Arc::new(MemoryStore::default());
         let metrics = Arc::new(Metrics::new());
         let mut args = args();
         args.upstream_ca_secret = Some("user-ca".to_owned());
-        let root = Root::new(&td());
+        let root = UserPki::new(&td());
         let lifetimes = args.lifetimes();
         let first = upstream::from_secret(
-            &root.intermediate_secret(),
+            &test_secret(&root.intermediate()),
             &td(),
             &lifetimes,
             SystemTime::now(),
@@ -937,7 +953,7 @@ mod tests {
         .expect("load");
         let material = authority.current();
         assert_eq!(material.ca.chain()[0], first_cert);
-        let root_der = root.0.trust_bundle_roots()[0].as_bytes().to_vec();
+        let root_der = root.root().as_bytes().to_vec();
         assert_eq!(material.bundle.x509_authorities, vec![root_der.clone()]);
         let (_, bundle) = store.bundle().expect("published");
         assert!(bundle[BUNDLE_PEM_KEY].contains("BEGIN CERTIFICATE"));
@@ -948,7 +964,7 @@ mod tests {
         );
 
         // cert-manager renews the intermediate under the same root: it signs at once.
-        let renewed = root.intermediate_secret();
+        let renewed = test_secret(&root.intermediate());
         authority.observe_upstream(Some(&renewed)).await;
         let material = authority.current();
         assert_ne!(material.ca.chain()[0], first_cert);
@@ -984,9 +1000,9 @@ mod tests {
         assert!(text.contains("upstream_ca_unusable 1"), "{text}");
 
         // A new root is published at once but signs only after the propagation delay.
-        let other = Root::new(&td());
+        let other = UserPki::new(&td());
         authority
-            .observe_upstream(Some(&other.intermediate_secret()))
+            .observe_upstream(Some(&test_secret(&other.intermediate())))
             .await;
         let material = authority.current();
         assert_eq!(
@@ -1100,9 +1116,16 @@ mod tests {
         // resourceVersion of the last Secret that was read successfully.
         assert!(!authority.rotate_once().await.unwrap());
         let due = SystemTime::now() + 30 * HOUR;
-        let written = write_rotation(store.as_ref(), held, &td(), &args().lifetimes(), None, due)
-            .await
-            .unwrap();
+        let written = write_rotation(
+            store.as_ref(),
+            held,
+            &td(),
+            &args().lifetimes(),
+            X509Source::Own,
+            due,
+        )
+        .await
+        .unwrap();
         assert!(matches!(written, Rotation::Conflict));
         assert_eq!(store.secret(), Some(broken));
 

@@ -488,24 +488,61 @@ pub fn rotate(
     lifetimes: &Lifetimes,
     now: SystemTime,
 ) -> Result<Rotated, AuthorityError> {
-    rotate_with(stored, trust_domain, lifetimes, None, now)
+    rotate_with(stored, trust_domain, lifetimes, X509Source::Own, now)
 }
 
-/// [`rotate`], with an upstream CA whose roots (those to publish) are `upstream_roots`: the own
-/// CA keys are then retired instead of rotated, and the roots tracked ([`super::upstream`]).
+/// Where X.509-SVIDs are signed from, for [`rotate_with`].
+#[derive(Debug, Clone, Copy)]
+pub enum X509Source<'a> {
+    /// The authority's own CA keys, rotated.
+    Own,
+    /// An upstream CA whose roots (those to publish) are these: own CA keys are retired instead
+    /// of rotated, and the roots tracked ([`super::upstream`]).
+    Upstream(&'a [CertDer]),
+    /// Left as stored: a replica started with the other setting after this one, so this one is
+    /// about to be replaced and must not undo the switch (see [`X509Source::superseded`]).
+    Frozen,
+}
+
+impl X509Source<'_> {
+    /// Whether `stored` shows the other setting switched on after `started_at` (a rollout that
+    /// changes the setting: old and new replicas run side by side for a while).
+    pub fn superseded(&self, stored: &StoredAuthority, started_at: SystemTime) -> bool {
+        let since = to_ms(started_at);
+        match self {
+            X509Source::Own => stored
+                .upstream_roots
+                .iter()
+                .any(|r| r.retired_at_ms.is_none() && r.published_at_ms > since),
+            X509Source::Upstream(_) => stored.x509_ca.iter().any(|k| {
+                k.phase == StoredPhase::Active && k.activated_at_ms.is_some_and(|at| at > since)
+            }),
+            X509Source::Frozen => false,
+        }
+    }
+}
+
+/// [`rotate`], with X.509 signed from `x509`.
 pub fn rotate_with(
     stored: &mut StoredAuthority,
     trust_domain: &TrustDomain,
     lifetimes: &Lifetimes,
-    upstream_roots: Option<&[CertDer]>,
+    x509: X509Source<'_>,
     now: SystemTime,
 ) -> Result<Rotated, AuthorityError> {
     let mut rotated = Rotated::default();
-    rotated.changed |=
-        super::upstream::track_roots(stored, upstream_roots.unwrap_or(&[]), lifetimes, now);
-    for kind in KeyKind::ALL {
-        if kind == KeyKind::X509Ca && upstream_roots.is_some() {
+    match x509 {
+        X509Source::Own => {
+            rotated.changed |= super::upstream::track_roots(stored, &[], lifetimes, now);
+        }
+        X509Source::Upstream(roots) => {
+            rotated.changed |= super::upstream::track_roots(stored, roots, lifetimes, now);
             rotated.changed |= super::upstream::retire_own_cas(stored, lifetimes, now);
+        }
+        X509Source::Frozen => {}
+    }
+    for kind in KeyKind::ALL {
+        if kind == KeyKind::X509Ca && !matches!(x509, X509Source::Own) {
             continue;
         }
         let (changed, replaced) = rotate_kind(stored, kind, trust_domain, lifetimes, now)?;

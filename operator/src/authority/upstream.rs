@@ -186,70 +186,24 @@ pub fn wanted_roots(candidate: &UpstreamCa, signing: &UpstreamCa) -> Vec<CertDer
     roots
 }
 
+/// An upstream CA Secret as cert-manager writes it, for tests.
 #[cfg(test)]
-pub(crate) mod test_pki {
-    //! A user's PKI for tests: a root and intermediates issued under it, as Secrets in
-    //! cert-manager's layout.
-
-    use std::collections::BTreeMap;
-    use std::time::{Duration, SystemTime};
-
+pub(crate) fn test_secret(
+    values: &wimsey_core::x509::upstream::test_pki::SecretValues,
+) -> k8s_openapi::api::core::v1::Secret {
     use k8s_openapi::ByteString;
-    use k8s_openapi::api::core::v1::Secret;
-    use wimsey_core::TrustDomain;
-    use wimsey_core::keys::{KeyAlgorithm, SigningKey};
-    use wimsey_core::x509::pem::{encode_certificates, encode_private_key};
-    use wimsey_core::x509::{Authority, CaParams};
-
-    pub(crate) struct Root(pub(crate) Authority);
-
-    impl Root {
-        pub(crate) fn new(td: &TrustDomain) -> Self {
-            let params = CaParams::new("user root", Duration::from_secs(365 * 86400));
-            Self(
-                Authority::generate_root(td, KeyAlgorithm::EcdsaP256, &params, SystemTime::now())
-                    .expect("root"),
-            )
-        }
-
-        /// A fresh intermediate under this root, as cert-manager writes it: `tls.crt` the
-        /// intermediate, `tls.key` its key, `ca.crt` the root.
-        pub(crate) fn intermediate_secret(&self) -> Secret {
-            let key = SigningKey::generate(KeyAlgorithm::EcdsaP256).expect("key");
-            let params = CaParams::new("user intermediate", Duration::from_secs(90 * 86400));
-            let chain = self
-                .0
-                .issue_intermediate(&key.public_key_spki_der(), &params, SystemTime::now())
-                .expect("intermediate");
-            let data = BTreeMap::from([
-                (
-                    "tls.crt".to_owned(),
-                    ByteString(encode_certificates(&chain[..1]).expect("pem").into_bytes()),
-                ),
-                (
-                    "tls.key".to_owned(),
-                    ByteString(
-                        encode_private_key(&key.pkcs8_der())
-                            .expect("pem")
-                            .as_bytes()
-                            .to_vec(),
-                    ),
-                ),
-                (
-                    "ca.crt".to_owned(),
-                    ByteString(
-                        encode_certificates(self.0.trust_bundle_roots())
-                            .expect("pem")
-                            .into_bytes(),
-                    ),
-                ),
-            ]);
-            Secret {
-                type_: Some("kubernetes.io/tls".to_owned()),
-                data: Some(data),
-                ..Secret::default()
-            }
-        }
+    let data = [
+        (TLS_CRT, values.tls_crt.as_bytes()),
+        (TLS_KEY, values.tls_key.as_bytes()),
+        (CA_CRT, values.ca_crt.as_bytes()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), ByteString(v.to_vec())))
+    .collect();
+    k8s_openapi::api::core::v1::Secret {
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(data),
+        ..Default::default()
     }
 }
 
@@ -259,27 +213,35 @@ mod tests {
 
     use wimsey_core::TrustDomain;
 
-    use super::test_pki::Root;
+    use wimsey_core::x509::upstream::test_pki::UserPki;
+
     use super::*;
-    use crate::authority::state::{SigningMaterial, rotate, rotate_with};
+    use crate::authority::state::{SigningMaterial, X509Source, rotate, rotate_with};
     use crate::authority::test_support::default_args;
 
     fn td() -> TrustDomain {
         TrustDomain::new("example.org").expect("td")
     }
 
-    fn ca(root: &Root, lifetimes: &Lifetimes, now: SystemTime) -> UpstreamCa {
-        from_secret(&root.intermediate_secret(), &td(), lifetimes, now).expect("usable")
+    fn ca(root: &UserPki, lifetimes: &Lifetimes, now: SystemTime) -> UpstreamCa {
+        from_secret(&test_secret(&root.intermediate()), &td(), lifetimes, now).expect("usable")
     }
 
     #[test]
     fn a_renewal_under_the_same_root_signs_at_once_and_a_new_root_waits_for_propagation() {
         let lifetimes = default_args().lifetimes();
         let now = SystemTime::now();
-        let root = Root::new(&td());
+        let root = UserPki::new(&td());
         let first = ca(&root, &lifetimes, now);
         let mut stored = StoredAuthority::empty(&td());
-        rotate_with(&mut stored, &td(), &lifetimes, Some(first.roots()), now).expect("rotate");
+        rotate_with(
+            &mut stored,
+            &td(),
+            &lifetimes,
+            X509Source::Upstream(first.roots()),
+            now,
+        )
+        .expect("rotate");
         assert_eq!(stored.upstream_roots.len(), 1);
         assert!(stored.x509_ca.is_empty(), "no own CA in upstream mode");
         // Nothing held at start: the Secret's CA signs.
@@ -297,7 +259,7 @@ mod tests {
         let later = now + Duration::from_secs(60);
 
         // A new root: published now, trusted after the propagation delay; the held CA signs until.
-        let other_root = Root::new(&td());
+        let other_root = UserPki::new(&td());
         let moved = ca(&other_root, &lifetimes, now);
         let wanted = wanted_roots(&moved, &first);
         assert!(track_roots(&mut stored, &wanted, &lifetimes, later));
@@ -338,8 +300,8 @@ mod tests {
     fn a_held_ca_too_close_to_its_end_gives_way_at_once() {
         let lifetimes = default_args().lifetimes();
         let now = SystemTime::now();
-        let first = ca(&Root::new(&td()), &lifetimes, now);
-        let moved = ca(&Root::new(&td()), &lifetimes, now);
+        let first = ca(&UserPki::new(&td()), &lifetimes, now);
+        let moved = ca(&UserPki::new(&td()), &lifetimes, now);
         let mut stored = StoredAuthority::empty(&td());
         track_roots(&mut stored, &wanted_roots(&moved, &first), &lifetimes, now);
         // 90 days later the held intermediate ends within the longest SVID lifetime.
@@ -356,9 +318,15 @@ mod tests {
         let now = SystemTime::now();
         let mut stored = StoredAuthority::empty(&td());
         rotate(&mut stored, &td(), &lifetimes, now).expect("own authority");
-        let upstream = ca(&Root::new(&td()), &lifetimes, now);
-        let rotated = rotate_with(&mut stored, &td(), &lifetimes, Some(upstream.roots()), now)
-            .expect("switch");
+        let upstream = ca(&UserPki::new(&td()), &lifetimes, now);
+        let rotated = rotate_with(
+            &mut stored,
+            &td(),
+            &lifetimes,
+            X509Source::Upstream(upstream.roots()),
+            now,
+        )
+        .expect("switch");
         assert!(rotated.changed);
         assert!(rotated.replaced.is_empty());
         assert_eq!(stored.x509_ca[0].phase, StoredPhase::Retired);
@@ -384,7 +352,7 @@ mod tests {
             &mut stored,
             &td(),
             &lifetimes,
-            Some(upstream.roots()),
+            X509Source::Upstream(upstream.roots()),
             later,
         )
         .expect("drop");
@@ -399,12 +367,51 @@ mod tests {
 
         // Back to the own root (the setting removed): a new own CA signs at once, and the user's
         // root stays published, retired, for the longest signed lifetime.
-        assert!(rotate(&mut stored, &td(), &lifetimes, later).expect("switch back").changed);
+        assert!(
+            rotate(&mut stored, &td(), &lifetimes, later)
+                .expect("switch back")
+                .changed
+        );
         assert_eq!(stored.x509_ca.len(), 1);
         assert_eq!(stored.x509_ca[0].phase, StoredPhase::Active);
         let material =
             SigningMaterial::from_stored(&stored, &td(), &lifetimes, later).expect("own material");
         assert_eq!(material.bundle.x509_authorities.len(), 2);
         assert!(stored.upstream_roots[0].retired_at_ms.is_some());
+    }
+
+    #[test]
+    fn during_a_rollout_that_changes_the_setting_the_older_replicas_leave_x509_to_the_newer() {
+        let lifetimes = default_args().lifetimes();
+        let t0 = SystemTime::now();
+        let mut stored = StoredAuthority::empty(&td());
+        rotate(&mut stored, &td(), &lifetimes, t0).expect("own authority");
+        let upstream = ca(&UserPki::new(&td()), &lifetimes, t0);
+        let source = X509Source::Upstream(upstream.roots());
+
+        // A replica with the upstream setting starts later and switches.
+        let t1 = t0 + Duration::from_secs(60);
+        assert!(!source.superseded(&stored, t1));
+        rotate_with(&mut stored, &td(), &lifetimes, source, t1).expect("switch");
+        assert!(
+            X509Source::Own.superseded(&stored, t0),
+            "the old own-CA replica"
+        );
+        assert!(!source.superseded(&stored, t1));
+        // Frozen leaves the X.509 side alone.
+        let before = stored.clone();
+        rotate_with(&mut stored, &td(), &lifetimes, X509Source::Frozen, t1).expect("frozen");
+        assert_eq!(stored.x509_ca, before.x509_ca);
+        assert_eq!(stored.upstream_roots, before.upstream_roots);
+
+        // And back: a replica without the setting starts after that one.
+        let t2 = t1 + Duration::from_secs(60);
+        assert!(!X509Source::Own.superseded(&stored, t2));
+        rotate_with(&mut stored, &td(), &lifetimes, X509Source::Own, t2).expect("switch back");
+        assert!(
+            source.superseded(&stored, t1),
+            "the upstream replica gives way"
+        );
+        assert!(!X509Source::Own.superseded(&stored, t2));
     }
 }
