@@ -71,7 +71,7 @@ e2e: helm-tools ## run the kind-tests suite against the cluster (brings it up or
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) WIMSEY_E2E=1 CLUSTER_PROVIDER=$$($(CLUSTER_SH) provider) \
 		CLUSTER_LEVEL=$$(cat $(WIMSEY_CLUSTER_DIR)/level) \
 		WIMSEY_IMAGE_TAG=$$(cat $(WIMSEY_IMAGES_DIR)/tag 2>/dev/null || kind-tests/images.sh tag) \
-		$(CARGO) test -p wimsey-kind-tests --test chart --test control_plane --test node --test identity --test outage -- --show-output
+		$(CARGO) test -p wimsey-kind-tests --test chart --test control_plane --test node --test identity --test outage --test upstream_ca -- --show-output
 
 TEST_TARGETS += e2e
 

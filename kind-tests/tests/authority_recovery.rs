@@ -119,11 +119,13 @@ async fn recovery(cluster: &Cluster, ns: &TestNamespace) -> Result<()> {
             .find(|e| {
                 e.reason.as_deref() == Some("AuthorityReplaced")
                     && e.type_.as_deref() == Some("Warning")
+                    // Only one raised by this recovery (events.k8s.io Events carry eventTime).
                     && e.last_timestamp
                         .as_ref()
                         .or(e.first_timestamp.as_ref())
-                        .map(|t| SystemTime::from(t.0) + Duration::from_secs(5) >= started)
-                        .unwrap_or(true)
+                        .map(|t| t.0)
+                        .or(e.event_time.as_ref().map(|t| t.0))
+                        .is_some_and(|t| SystemTime::from(t) + Duration::from_secs(5) >= started)
             });
         Ok(found)
     })

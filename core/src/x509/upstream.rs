@@ -342,6 +342,7 @@ pub mod test_pki {
 
     /// The PEM values of one upstream CA Secret: `tls.crt`, `tls.key`, `ca.crt`.
     #[allow(missing_debug_implementations)] // holds a private key
+    #[derive(Clone)]
     pub struct SecretValues {
         pub tls_crt: String,
         pub tls_key: Zeroizing<String>,

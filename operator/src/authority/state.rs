@@ -531,6 +531,12 @@ pub fn rotate_with(
     now: SystemTime,
 ) -> Result<Rotated, AuthorityError> {
     let mut rotated = Rotated::default();
+    // Leaving an upstream CA: the own CA that takes over at once is the switch, not a recovery.
+    let leaving_upstream = matches!(x509, X509Source::Own)
+        && stored
+            .upstream_roots
+            .iter()
+            .any(|r| r.retired_at_ms.is_none());
     match x509 {
         X509Source::Own => {
             rotated.changed |= super::upstream::track_roots(stored, &[], lifetimes, now);
@@ -547,7 +553,7 @@ pub fn rotate_with(
         }
         let (changed, replaced) = rotate_kind(stored, kind, trust_domain, lifetimes, now)?;
         rotated.changed |= changed;
-        if replaced {
+        if replaced && !(leaving_upstream && kind == KeyKind::X509Ca) {
             rotated.replaced.push(kind);
         }
     }

@@ -367,11 +367,9 @@ mod tests {
 
         // Back to the own root (the setting removed): a new own CA signs at once, and the user's
         // root stays published, retired, for the longest signed lifetime.
-        assert!(
-            rotate(&mut stored, &td(), &lifetimes, later)
-                .expect("switch back")
-                .changed
-        );
+        let rotated = rotate(&mut stored, &td(), &lifetimes, later).expect("switch back");
+        assert!(rotated.changed);
+        assert!(rotated.replaced.is_empty(), "a switch, not a recovery");
         assert_eq!(stored.x509_ca.len(), 1);
         assert_eq!(stored.x509_ca[0].phase, StoredPhase::Active);
         let material =
