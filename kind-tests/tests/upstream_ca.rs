@@ -35,7 +35,12 @@ const SECRET: &str = "wimsey-upstream-ca";
 /// Renewal at half-life: a new SVID every ~15 s, so the renewed intermediate shows up quickly.
 const TTL: &str = "30s";
 const WATCHERS: usize = 2;
+/// The switch from wimsey's own root: the user's root is published this long before the user's
+/// CA signs (the default is an hour).
+const PROPAGATION: &str = "20s";
 const EVENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// The propagation delay, then an SVID renewal (half of TTL), with room for a busy node.
+const SWITCH_TIMEOUT: Duration = Duration::from_secs(120);
 
 #[tokio::test]
 async fn an_upstream_ca_signs_and_its_renewal_reaches_workloads_that_keep_fetching() -> Result<()> {
@@ -66,11 +71,16 @@ async fn run(cluster: &Cluster, tag: &str, pki: &UserPki, secrets: &Api<Secret>)
     helm_upgrade(
         cluster,
         tag,
-        &["--set", &format!("authority.upstreamCASecret={SECRET}")],
+        &[
+            "--set",
+            &format!("authority.upstreamCASecret={SECRET}"),
+            "--set",
+            &format!("authority.keyPropagationDelay={PROPAGATION}"),
+        ],
     )?;
     wait_until_serving(cluster).await?;
     println!(
-        "helm upgrade with authority.upstreamCASecret: operator serving again after {:.1} s",
+        "helm upgrade with authority.upstreamCASecret: operator serving again after {:.1} s; the user's root is published and the own CA signs for {PROPAGATION} more",
         started.elapsed().as_secs_f64()
     );
 
@@ -101,8 +111,10 @@ async fn workloads(
         .await?;
     wait_for(&pods, "files", "files pod Ready", POD_TIMEOUT, pod_ready()).await?;
 
-    // Signed by the user's intermediate, trusted through the user's root alone.
+    // Once the user's root has propagated: signed by the user's intermediate, trusted through
+    // the user's root alone, with no workload left holding only an expired SVID meanwhile.
     let svid = intermediate_in_use(&pods, first).await?;
+    no_watcher_lost_identity(&pods, ns, &watchers, 0, "the switch to the upstream CA").await?;
     let bundle = read_pod_file(&pods, "files", "bundle.pem").await?;
     let bundle_roots = decode_certificates(&bundle)?;
     ensure!(
@@ -126,34 +138,7 @@ async fn workloads(
         "renewed intermediate in the pod's svid.pem {:.1} s after the Secret was replaced",
         started.elapsed().as_secs_f64()
     );
-    let mut lost = Vec::new();
-    for name in &watchers {
-        let timeline = poll_until(
-            &format!("an SVID after the renewal in the log of {name}"),
-            SVID_TIMEOUT,
-            || async {
-                let timeline = svid_timeline(&logs(&pods, name).await?)?;
-                Ok(timeline
-                    .iter()
-                    .any(|s| s.received_ms > renewal)
-                    .then_some(timeline))
-            },
-        )
-        .await?;
-        ensure!(
-            timeline.iter().all(|s| s.id == expected_id(ns.name())),
-            "{name} got another identity: {timeline:?}"
-        );
-        let gaps = expiry_gaps(&timeline, now_ms());
-        if !gaps.is_empty() {
-            lost.push(format!("{name}: {gaps:?}"));
-        }
-    }
-    println!(
-        "workloads that lost identity through the renewal: {} of {WATCHERS} watchers",
-        lost.len()
-    );
-    ensure!(lost.is_empty(), "workloads lost their identity: {lost:?}");
+    no_watcher_lost_identity(&pods, ns, &watchers, renewal, "the renewal").await?;
 
     // An unusable Secret (another CA's key) is reported; the renewed CA keeps signing.
     let other = pki.intermediate();
@@ -179,6 +164,46 @@ async fn workloads(
     )
     .await?;
     intermediate_in_use(&pods, &renewed).await?;
+    Ok(())
+}
+
+/// Every watcher received an SVID after `since_ms` and never held only an expired one.
+async fn no_watcher_lost_identity(
+    pods: &Api<Pod>,
+    ns: &TestNamespace,
+    watchers: &[String],
+    since_ms: i64,
+    what: &str,
+) -> Result<()> {
+    let mut lost = Vec::new();
+    for name in watchers {
+        let timeline = poll_until(
+            &format!("an SVID after {what} in the log of {name}"),
+            SVID_TIMEOUT,
+            || async {
+                let timeline = svid_timeline(&logs(pods, name).await?)?;
+                Ok(timeline
+                    .iter()
+                    .any(|s| s.received_ms > since_ms)
+                    .then_some(timeline))
+            },
+        )
+        .await?;
+        ensure!(
+            timeline.iter().all(|s| s.id == expected_id(ns.name())),
+            "{name} got another identity: {timeline:?}"
+        );
+        let gaps = expiry_gaps(&timeline, now_ms());
+        if !gaps.is_empty() {
+            lost.push(format!("{name}: {gaps:?}"));
+        }
+    }
+    println!(
+        "workloads that lost identity through {what}: {} of {} watchers",
+        lost.len(),
+        watchers.len()
+    );
+    ensure!(lost.is_empty(), "workloads lost their identity: {lost:?}");
     Ok(())
 }
 
@@ -219,7 +244,7 @@ async fn write_secret(secrets: &Api<Secret>, values: &SecretValues) -> Result<()
 async fn intermediate_in_use(pods: &Api<Pod>, values: &SecretValues) -> Result<String> {
     poll_until(
         "svid.pem chained through the expected intermediate",
-        SVID_TIMEOUT,
+        SWITCH_TIMEOUT,
         || async {
             let pem = read_pod_file(pods, "files", "svid.pem").await?;
             let chain = decode_certificates(&pem).context("svid.pem")?;

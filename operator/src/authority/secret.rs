@@ -80,9 +80,10 @@ struct UpstreamSlot {
     secret: String,
     /// The last usable CA read from the Secret.
     candidate: Mutex<Arc<UpstreamCa>>,
-    /// The CA that signs: the candidate, or the one before it while the candidate's root is
-    /// still propagating.
-    signing: Mutex<Arc<UpstreamCa>>,
+    /// The upstream CA that signs: the candidate, or the one before it while the candidate's
+    /// root is still propagating; None while none has signed yet (the own CA may, while the
+    /// user's root propagates after the setting was switched on).
+    signing: Mutex<Option<Arc<UpstreamCa>>>,
     /// When the candidate takes over from the held CA.
     switch_at: Mutex<Option<SystemTime>>,
     /// The problem last reported, so a persisting one is reported once.
@@ -216,7 +217,7 @@ impl SigningAuthority {
         lifetimes.check()?;
         let x509 = upstream
             .as_deref()
-            .map_or(X509Source::Own, |ca| X509Source::Upstream(ca.roots()));
+            .map_or(X509Source::Own, X509Source::upstream);
         let current = load_current(store.as_ref(), &trust_domain, &lifetimes, x509).await;
         let (loaded, rotated) = match current {
             Ok(current) => current,
@@ -230,21 +231,20 @@ impl SigningAuthority {
         };
         metrics.set_authority_secret_error(None);
         metrics.set_upstream_ca_error(None);
-        // At start nothing older is held: the Secret's CA signs.
-        let material = SigningMaterial::from_stored_with(
-            &loaded.stored,
-            &trust_domain,
-            &lifetimes,
-            upstream.as_deref(),
-            SystemTime::now(),
-        )?;
         let upstream = upstream.map(|ca| UpstreamSlot {
             secret: args.upstream_ca_secret.clone().unwrap_or_default(),
-            candidate: Mutex::new(Arc::clone(&ca)),
-            signing: Mutex::new(ca),
+            candidate: Mutex::new(ca),
+            signing: Mutex::new(None),
             switch_at: Mutex::new(None),
             problem: Mutex::new(None),
         });
+        let material = select_material(
+            &loaded.stored,
+            &trust_domain,
+            &lifetimes,
+            upstream.as_ref(),
+            SystemTime::now(),
+        )?;
         let (material, _) = watch::channel(Arc::new(material));
         let authority = Self {
             inner: Arc::new(Inner {
@@ -307,57 +307,28 @@ impl SigningAuthority {
         }
     }
 
-    /// The material for `stored`: with an upstream CA, the one [`upstream::select`] picks.
     fn material_for(
         &self,
         stored: &StoredAuthority,
         now: SystemTime,
     ) -> Result<SigningMaterial, AuthorityError> {
-        let Some(slot) = &self.inner.upstream else {
-            return SigningMaterial::from_stored(
-                stored,
-                &self.inner.trust_domain,
-                &self.inner.lifetimes,
-                now,
-            );
-        };
-        let candidate = Arc::clone(&lock(&slot.candidate));
-        let held = Arc::clone(&lock(&slot.signing));
-        let selection =
-            upstream::select(stored, Some(&held), &candidate, &self.inner.lifetimes, now);
-        let signing = match selection {
-            Selection::Candidate => {
-                if *held != *candidate
-                    && !held.usable_at(self.inner.lifetimes.max_ca_signed_lifetime(), now)
-                {
-                    tracing::warn!(
-                        "the upstream CA held here can no longer sign the longest lifetime; the Secret's new CA signs before its root has propagated"
-                    );
-                }
-                *lock(&slot.switch_at) = None;
-                *lock(&slot.signing) = Arc::clone(&candidate);
-                candidate
-            }
-            Selection::KeepHeld { until } => {
-                *lock(&slot.switch_at) = Some(until);
-                held
-            }
-        };
-        SigningMaterial::from_stored_with(
+        select_material(
             stored,
             &self.inner.trust_domain,
             &self.inner.lifetimes,
-            Some(&signing),
+            self.inner.upstream.as_ref(),
             now,
         )
     }
 
-    /// The upstream roots to keep published (None without an upstream CA).
-    fn upstream_roots(&self) -> Option<Vec<CertDer>> {
+    /// The upstream roots to keep published and the root the Secret's CA chains to (None
+    /// without an upstream CA).
+    fn upstream_roots(&self) -> Option<(Vec<CertDer>, CertDer)> {
         let slot = self.inner.upstream.as_ref()?;
         let candidate = Arc::clone(&lock(&slot.candidate));
-        let signing = Arc::clone(&lock(&slot.signing));
-        Some(upstream::wanted_roots(&candidate, &signing))
+        let signing = lock(&slot.signing).clone();
+        let roots = upstream::wanted_roots(&candidate, signing.as_deref());
+        Some((roots, candidate.anchor().clone()))
     }
 
     /// Rebuilds the material from the state held (the upstream CA changed, or its switch time
@@ -431,7 +402,7 @@ impl SigningAuthority {
         if let Some(until) = *lock(&slot.switch_at) {
             tracing::info!(
                 ?until,
-                "the renewed upstream CA has a new root; it signs once the root has propagated"
+                "the upstream CA has a new root; it signs once the root has propagated"
             );
         }
     }
@@ -469,9 +440,13 @@ impl SigningAuthority {
     pub async fn rotate_once(&self) -> Result<bool, AuthorityError> {
         let loaded = self.loaded().clone();
         let roots = self.upstream_roots();
-        let mut x509 = roots
-            .as_deref()
-            .map_or(X509Source::Own, X509Source::Upstream);
+        let mut x509 =
+            roots
+                .as_ref()
+                .map_or(X509Source::Own, |(roots, anchor)| X509Source::Upstream {
+                    roots,
+                    anchor,
+                });
         if x509.superseded(&loaded.stored, self.inner.started_at) {
             tracing::info!(
                 "a newer replica switched the CA setting; leaving X.509 keys to it until this replica is replaced"
@@ -720,9 +695,46 @@ impl SigningAuthority {
                 tracing::warn!(%error, label = error.label(), "rotating authority keys");
             }
             if switch_at.is_some_and(|at| at <= SystemTime::now()) {
-                tracing::info!("the upstream CA's root has propagated; the renewed CA signs");
+                tracing::info!("the upstream CA's root has propagated; it signs now");
                 self.refresh_material().await;
             }
+        }
+    }
+}
+
+/// The material for `stored`: with an upstream CA, the CA [`upstream::select`] picks (and the
+/// slot remembers what signs and until when).
+fn select_material(
+    stored: &StoredAuthority,
+    trust_domain: &TrustDomain,
+    lifetimes: &Lifetimes,
+    slot: Option<&UpstreamSlot>,
+    now: SystemTime,
+) -> Result<SigningMaterial, AuthorityError> {
+    let Some(slot) = slot else {
+        return SigningMaterial::from_stored(stored, trust_domain, lifetimes, now);
+    };
+    let candidate = Arc::clone(&lock(&slot.candidate));
+    let held = lock(&slot.signing).clone();
+    match upstream::select(stored, held.as_deref(), &candidate, lifetimes, now) {
+        Selection::Candidate => {
+            *lock(&slot.switch_at) = None;
+            *lock(&slot.signing) = Some(Arc::clone(&candidate));
+            SigningMaterial::from_stored_with(
+                stored,
+                trust_domain,
+                lifetimes,
+                Some(&candidate),
+                now,
+            )
+        }
+        Selection::KeepHeld { until } => {
+            *lock(&slot.switch_at) = Some(until);
+            SigningMaterial::from_stored_with(stored, trust_domain, lifetimes, held.as_deref(), now)
+        }
+        Selection::KeepOwn { until } => {
+            *lock(&slot.switch_at) = Some(until);
+            SigningMaterial::from_stored(stored, trust_domain, lifetimes, now)
         }
     }
 }

@@ -496,15 +496,27 @@ pub fn rotate(
 pub enum X509Source<'a> {
     /// The authority's own CA keys, rotated.
     Own,
-    /// An upstream CA whose roots (those to publish) are these: own CA keys are retired instead
-    /// of rotated, and the roots tracked ([`super::upstream`]).
-    Upstream(&'a [CertDer]),
+    /// An upstream CA: `roots` (those to publish) are tracked ([`super::upstream`]), and the own
+    /// CA keys are retired once `anchor` (the root the Secret's CA chains to) has been published
+    /// for the propagation delay; until then an active own CA keeps rotating and signing.
+    Upstream {
+        roots: &'a [CertDer],
+        anchor: &'a CertDer,
+    },
     /// Left as stored: a replica started with the other setting after this one, so this one is
     /// about to be replaced and must not undo the switch (see [`X509Source::superseded`]).
     Frozen,
 }
 
-impl X509Source<'_> {
+impl<'a> X509Source<'a> {
+    /// Signing with `ca`: its roots published, its anchor awaited.
+    pub fn upstream(ca: &'a UpstreamCa) -> Self {
+        X509Source::Upstream {
+            roots: ca.roots(),
+            anchor: ca.anchor(),
+        }
+    }
+
     /// Whether `stored` shows the other setting switched on after `started_at` (a rollout that
     /// changes the setting: old and new replicas run side by side for a while).
     pub fn superseded(&self, stored: &StoredAuthority, started_at: SystemTime) -> bool {
@@ -514,9 +526,17 @@ impl X509Source<'_> {
                 .upstream_roots
                 .iter()
                 .any(|r| r.retired_at_ms.is_none() && r.published_at_ms > since),
-            X509Source::Upstream(_) => stored.x509_ca.iter().any(|k| {
-                k.phase == StoredPhase::Active && k.activated_at_ms.is_some_and(|at| at > since)
-            }),
+            // The own-CA replica retires every upstream root.
+            X509Source::Upstream { .. } => {
+                stored
+                    .upstream_roots
+                    .iter()
+                    .all(|r| r.retired_at_ms.is_some())
+                    && stored
+                        .upstream_roots
+                        .iter()
+                        .any(|r| r.retired_at_ms.is_some_and(|at| at > since))
+            }
             X509Source::Frozen => false,
         }
     }
@@ -541,14 +561,28 @@ pub fn rotate_with(
         X509Source::Own => {
             rotated.changed |= super::upstream::track_roots(stored, &[], lifetimes, now);
         }
-        X509Source::Upstream(roots) => {
+        X509Source::Upstream { roots, .. } => {
             rotated.changed |= super::upstream::track_roots(stored, roots, lifetimes, now);
-            rotated.changed |= super::upstream::retire_own_cas(stored, lifetimes, now);
         }
         X509Source::Frozen => {}
     }
+    let rotate_own_ca = match x509 {
+        X509Source::Own => true,
+        X509Source::Upstream { anchor, .. } => {
+            let switching = stored
+                .x509_ca
+                .iter()
+                .any(|k| k.phase == StoredPhase::Active)
+                && super::upstream::trusted_from(stored, anchor, lifetimes, now) > now;
+            if !switching {
+                rotated.changed |= super::upstream::retire_own_cas(stored, lifetimes, now);
+            }
+            switching
+        }
+        X509Source::Frozen => false,
+    };
     for kind in KeyKind::ALL {
-        if kind == KeyKind::X509Ca && !matches!(x509, X509Source::Own) {
+        if kind == KeyKind::X509Ca && !rotate_own_ca {
             continue;
         }
         let (changed, replaced) = rotate_kind(stored, kind, trust_domain, lifetimes, now)?;

@@ -25,21 +25,24 @@ use wimsey_core::x509::upstream::{
 
 use super::state::{Lifetimes, StoredAuthority, StoredPhase, StoredRoot, from_ms, to_ms};
 
-/// Which upstream CA signs now.
+/// Which CA signs X.509 now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Selection {
-    /// The one the Secret holds now.
+    /// The upstream CA the Secret holds now.
     Candidate,
-    /// The one held here until `until`, when the candidate's root has been published long
-    /// enough.
+    /// The upstream CA held here, until `until`, when the candidate's root has been published
+    /// long enough.
     KeepHeld { until: SystemTime },
+    /// The authority's own CA, until `until`: the setting was just switched on for a trust
+    /// domain that already had a bundle, and the user's root is not yet trusted everywhere.
+    KeepOwn { until: SystemTime },
 }
 
-/// The CA to sign with: the candidate if it chains to the held CA's root, or once its root has
-/// been in the bundle for the propagation delay; until then the held CA, while it may still sign
-/// the longest lifetime. With nothing
-/// usable held (first start, a restart, the held CA ending) the candidate signs at once: there
-/// is no older chain to keep working.
+/// The CA to sign with. The candidate when it chains to the held CA's root (whoever validates
+/// the one validates the other), or once its root has been in the bundle for the propagation
+/// delay. Until then the CA that signed before keeps signing, while it may still sign the
+/// longest lifetime: the upstream CA held here, or, when switching an existing trust domain to
+/// an upstream CA, the own CA. With neither usable the candidate signs at once.
 pub fn select(
     stored: &StoredAuthority,
     held: Option<&UpstreamCa>,
@@ -47,21 +50,42 @@ pub fn select(
     lifetimes: &Lifetimes,
     now: SystemTime,
 ) -> Selection {
-    let Some(held) = held else {
-        return Selection::Candidate;
-    };
-    // Under the same root, whoever validates the held CA's SVIDs validates the candidate's.
-    if held == candidate || held.anchor() == candidate.anchor() {
+    if held.is_some_and(|held| held == candidate || held.anchor() == candidate.anchor()) {
         return Selection::Candidate;
     }
-    let published_at = root_published_at(stored, candidate.anchor()).unwrap_or(now);
-    let trusted_from = published_at + lifetimes.propagation_delay;
-    if trusted_from <= now || !held.usable_at(lifetimes.max_ca_signed_lifetime(), now) {
+    let until = trusted_from(stored, candidate.anchor(), lifetimes, now);
+    if until <= now {
         return Selection::Candidate;
     }
-    Selection::KeepHeld {
-        until: trusted_from,
+    let longest = lifetimes.max_ca_signed_lifetime();
+    if held.is_some_and(|held| held.usable_at(longest, now)) {
+        return Selection::KeepHeld { until };
     }
+    if own_ca_usable(stored, longest, now) {
+        return Selection::KeepOwn { until };
+    }
+    Selection::Candidate
+}
+
+/// When `root` has been published for the propagation delay (from now if not published yet).
+pub fn trusted_from(
+    stored: &StoredAuthority,
+    root: &CertDer,
+    lifetimes: &Lifetimes,
+    now: SystemTime,
+) -> SystemTime {
+    root_published_at(stored, root).unwrap_or(now) + lifetimes.propagation_delay
+}
+
+/// Whether the stored active own CA may still sign `longest` from `now`.
+fn own_ca_usable(stored: &StoredAuthority, longest: std::time::Duration, now: SystemTime) -> bool {
+    stored
+        .x509_ca
+        .iter()
+        .filter(|k| k.phase == StoredPhase::Active)
+        .filter_map(|k| k.certificate_der().ok())
+        .filter_map(|der| wimsey_core::x509::certificate_validity(&der).ok())
+        .any(|(_, not_after)| now.checked_add(longest).is_some_and(|end| end <= not_after))
 }
 
 fn root_published_at(stored: &StoredAuthority, root: &CertDer) -> Option<SystemTime> {
@@ -88,6 +112,13 @@ pub fn track_roots(
         .map(|c| STANDARD.encode(c.as_bytes()))
         .collect();
     let now_ms = to_ms(now);
+    // A trust domain's first bundle: nobody can hold an older one, so it is trusted at once.
+    let first_bundle = stored.x509_ca.is_empty() && stored.upstream_roots.is_empty();
+    let published_at_ms = if first_bundle {
+        to_ms(now.checked_sub(lifetimes.propagation_delay).unwrap_or(now))
+    } else {
+        now_ms
+    };
     let keep_ms = to_ms(from_ms(0) + lifetimes.max_ca_signed_lifetime());
     let mut changed = false;
     for root in &mut stored.upstream_roots {
@@ -113,7 +144,7 @@ pub fn track_roots(
         {
             stored.upstream_roots.push(StoredRoot {
                 certificate,
-                published_at_ms: now_ms,
+                published_at_ms,
                 retired_at_ms: None,
             });
             changed = true;
@@ -178,9 +209,11 @@ pub fn from_secret(
 }
 
 /// The roots to keep published: the Secret's, and the root the signing CA chains to.
-pub fn wanted_roots(candidate: &UpstreamCa, signing: &UpstreamCa) -> Vec<CertDer> {
+pub fn wanted_roots(candidate: &UpstreamCa, signing: Option<&UpstreamCa>) -> Vec<CertDer> {
     let mut roots = candidate.roots().to_vec();
-    if !roots.contains(signing.anchor()) {
+    if let Some(signing) = signing
+        && !roots.contains(signing.anchor())
+    {
         roots.push(signing.anchor().clone());
     }
     roots
@@ -238,7 +271,7 @@ mod tests {
             &mut stored,
             &td(),
             &lifetimes,
-            X509Source::Upstream(first.roots()),
+            X509Source::upstream(&first),
             now,
         )
         .expect("rotate");
@@ -261,7 +294,7 @@ mod tests {
         // A new root: published now, trusted after the propagation delay; the held CA signs until.
         let other_root = UserPki::new(&td());
         let moved = ca(&other_root, &lifetimes, now);
-        let wanted = wanted_roots(&moved, &first);
+        let wanted = wanted_roots(&moved, Some(&first));
         assert!(track_roots(&mut stored, &wanted, &lifetimes, later));
         assert_eq!(stored.upstream_roots.len(), 2, "both roots published");
         assert_eq!(
@@ -303,56 +336,94 @@ mod tests {
         let first = ca(&UserPki::new(&td()), &lifetimes, now);
         let moved = ca(&UserPki::new(&td()), &lifetimes, now);
         let mut stored = StoredAuthority::empty(&td());
-        track_roots(&mut stored, &wanted_roots(&moved, &first), &lifetimes, now);
-        // 90 days later the held intermediate ends within the longest SVID lifetime.
+        track_roots(&mut stored, first.roots(), &lifetimes, now);
+        // 90 days later the new root has just been published; the held intermediate ends within
+        // the longest SVID lifetime, so it cannot bridge the propagation delay.
         let end = first.not_after() - Duration::from_secs(3600);
+        track_roots(
+            &mut stored,
+            &wanted_roots(&moved, Some(&first)),
+            &lifetimes,
+            end,
+        );
         assert_eq!(
             select(&stored, Some(&first), &moved, &lifetimes, end),
             Selection::Candidate
         );
+        // A day earlier it would have kept signing.
+        let earlier = end - Duration::from_secs(86400);
+        assert!(matches!(
+            select(&stored, Some(&first), &moved, &lifetimes, earlier),
+            Selection::KeepHeld { .. }
+        ));
     }
 
     #[test]
-    fn own_cas_retire_into_upstream_mode_and_the_bundle_carries_both_until_they_drop() {
+    fn switching_an_existing_trust_domain_publishes_the_users_root_before_it_signs() {
         let lifetimes = default_args().lifetimes();
         let now = SystemTime::now();
         let mut stored = StoredAuthority::empty(&td());
         rotate(&mut stored, &td(), &lifetimes, now).expect("own authority");
+        let own_root = stored.x509_ca[0].certificate_der().expect("own root");
         let upstream = ca(&UserPki::new(&td()), &lifetimes, now);
+        let user_root = upstream.anchor().as_bytes().to_vec();
+
+        // The setting is switched on: the user's root is published, the own CA keeps signing.
         let rotated = rotate_with(
             &mut stored,
             &td(),
             &lifetimes,
-            X509Source::Upstream(upstream.roots()),
+            X509Source::upstream(&upstream),
             now,
         )
         .expect("switch");
         assert!(rotated.changed);
-        assert!(rotated.replaced.is_empty());
-        assert_eq!(stored.x509_ca[0].phase, StoredPhase::Retired);
-
+        assert_eq!(stored.x509_ca[0].phase, StoredPhase::Active);
+        let until = now + lifetimes.propagation_delay;
+        let until = from_ms(to_ms(until));
+        assert_eq!(
+            select(&stored, None, &upstream, &lifetimes, now),
+            Selection::KeepOwn { until }
+        );
         let material =
-            SigningMaterial::from_stored_with(&stored, &td(), &lifetimes, Some(&upstream), now)
+            SigningMaterial::from_stored(&stored, &td(), &lifetimes, now).expect("own material");
+        assert_eq!(material.ca.chain()[0].as_bytes(), own_root.as_slice());
+        assert_eq!(
+            material.bundle.x509_authorities,
+            vec![own_root.clone(), user_root.clone()]
+        );
+
+        // After the propagation delay the user's CA signs and the own CA is retired.
+        rotate_with(
+            &mut stored,
+            &td(),
+            &lifetimes,
+            X509Source::upstream(&upstream),
+            until,
+        )
+        .expect("propagated");
+        assert_eq!(stored.x509_ca[0].phase, StoredPhase::Retired);
+        assert_eq!(
+            select(&stored, None, &upstream, &lifetimes, until),
+            Selection::Candidate
+        );
+        let material =
+            SigningMaterial::from_stored_with(&stored, &td(), &lifetimes, Some(&upstream), until)
                 .expect("material");
         assert_eq!(material.ca.chain()[0], *upstream.certificate());
         assert_eq!(
             material.bundle.x509_authorities.len(),
             2,
-            "own root kept, user's root added"
-        );
-        assert!(
-            material
-                .bundle
-                .x509_authorities
-                .contains(&upstream.anchor().as_bytes().to_vec())
+            "the own root stays a while"
         );
 
-        let later = now + lifetimes.max_ca_signed_lifetime();
+        // The own root leaves once what it signed has expired.
+        let later = until + lifetimes.max_ca_signed_lifetime();
         rotate_with(
             &mut stored,
             &td(),
             &lifetimes,
-            X509Source::Upstream(upstream.roots()),
+            X509Source::upstream(&upstream),
             later,
         )
         .expect("drop");
@@ -360,10 +431,7 @@ mod tests {
         let material =
             SigningMaterial::from_stored_with(&stored, &td(), &lifetimes, Some(&upstream), later)
                 .expect("material");
-        assert_eq!(
-            material.bundle.x509_authorities,
-            vec![upstream.anchor().as_bytes().to_vec()]
-        );
+        assert_eq!(material.bundle.x509_authorities, vec![user_root]);
 
         // Back to the own root (the setting removed): a new own CA signs at once, and the user's
         // root stays published, retired, for the longest signed lifetime.
@@ -379,13 +447,34 @@ mod tests {
     }
 
     #[test]
+    fn a_new_trust_domain_under_an_upstream_ca_signs_with_it_at_once() {
+        let lifetimes = default_args().lifetimes();
+        let now = SystemTime::now();
+        let upstream = ca(&UserPki::new(&td()), &lifetimes, now);
+        let mut stored = StoredAuthority::empty(&td());
+        rotate_with(
+            &mut stored,
+            &td(),
+            &lifetimes,
+            X509Source::upstream(&upstream),
+            now,
+        )
+        .expect("create");
+        assert!(stored.x509_ca.is_empty(), "no own CA is made");
+        assert_eq!(
+            select(&stored, None, &upstream, &lifetimes, now),
+            Selection::Candidate
+        );
+    }
+
+    #[test]
     fn during_a_rollout_that_changes_the_setting_the_older_replicas_leave_x509_to_the_newer() {
         let lifetimes = default_args().lifetimes();
         let t0 = SystemTime::now();
         let mut stored = StoredAuthority::empty(&td());
         rotate(&mut stored, &td(), &lifetimes, t0).expect("own authority");
         let upstream = ca(&UserPki::new(&td()), &lifetimes, t0);
-        let source = X509Source::Upstream(upstream.roots());
+        let source = X509Source::upstream(&upstream);
 
         // A replica with the upstream setting starts later and switches.
         let t1 = t0 + Duration::from_secs(60);
