@@ -170,6 +170,7 @@ impl Fixture {
             node_svid_ttl: Duration::from_secs(3600),
             server_svid_ttl: Duration::from_secs(3600),
             jwt_issuer_url: None,
+            upstream_ca_secret: None,
         }
     }
 

@@ -413,25 +413,18 @@ impl SigningAuthority {
         name: String,
         shutdown: CancellationToken,
     ) {
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut events = watcher(store.secrets().clone(), config)
-            .backoff(crate::watch_backoff::WatchBackoff::default())
-            .boxed();
-        loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => return,
-                next = events.next() => next,
-            };
-            match next {
-                None => return,
-                Some(Err(error)) => tracing::warn!(%error, "watching the upstream CA Secret"),
-                Some(Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret))) => {
-                    self.observe_upstream(Some(&secret)).await;
-                }
-                Some(Ok(watcher::Event::Delete(_))) => self.observe_upstream(None).await,
-                Some(Ok(_)) => {}
-            }
-        }
+        let secrets = store.secrets().clone();
+        follow_secret(
+            secrets,
+            &name,
+            "the upstream CA Secret",
+            shutdown,
+            |secret| {
+                let this = self.clone();
+                async move { this.observe_upstream(secret.as_ref()).await }
+            },
+        )
+        .await;
     }
 
     /// Applies due rotations (and recoveries) and writes them back, guarded by the
@@ -645,23 +638,19 @@ impl SigningAuthority {
     }
 
     async fn watch_secret(self, store: Arc<KubeStore>, shutdown: CancellationToken) {
-        let config =
-            watcher::Config::default().fields(&format!("metadata.name={}", store.secret_name()));
-        let mut events = watcher(store.secrets().clone(), config)
-            .backoff(crate::watch_backoff::WatchBackoff::default())
-            .applied_objects()
-            .boxed();
-        loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => return,
-                next = events.next() => next,
-            };
-            match next {
-                None => return,
-                Some(Err(error)) => tracing::warn!(%error, "watching the authority Secret"),
-                Some(Ok(secret)) => self.observe(&secret).await,
+        let secrets = store.secrets().clone();
+        let name = store.secret_name().to_owned();
+        // A deleted authority Secret changes nothing: the keys held keep signing, and the next
+        // rotation writes it again.
+        follow_secret(secrets, &name, "the authority Secret", shutdown, |secret| {
+            let this = self.clone();
+            async move {
+                if let Some(secret) = secret {
+                    this.observe(&secret).await;
+                }
             }
-        }
+        })
+        .await;
     }
 
     async fn rotation_loop(self, shutdown: CancellationToken) {
@@ -698,6 +687,39 @@ impl SigningAuthority {
                 tracing::info!("the upstream CA's root has propagated; it signs now");
                 self.refresh_material().await;
             }
+        }
+    }
+}
+
+/// Follows the Secret `name` until `shutdown`: `on_change(Some(..))` for each version seen,
+/// `on_change(None)` when it is deleted.
+async fn follow_secret<F, Fut>(
+    secrets: kube::Api<Secret>,
+    name: &str,
+    what: &str,
+    shutdown: CancellationToken,
+    mut on_change: F,
+) where
+    F: FnMut(Option<Secret>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let mut events = watcher(secrets, config)
+        .backoff(crate::watch_backoff::WatchBackoff::default())
+        .boxed();
+    loop {
+        let next = tokio::select! {
+            () = shutdown.cancelled() => return,
+            next = events.next() => next,
+        };
+        match next {
+            None => return,
+            Some(Err(error)) => tracing::warn!(%error, "watching {what}"),
+            Some(Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret))) => {
+                on_change(Some(secret)).await;
+            }
+            Some(Ok(watcher::Event::Delete(_))) => on_change(None).await,
+            Some(Ok(watcher::Event::Init | watcher::Event::InitDone)) => {}
         }
     }
 }
