@@ -42,7 +42,7 @@ fmt-check:
 
 lint: ## clippy over every target, warnings are errors
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p wimsey-operator --test control_plane --test spire_harness --test spire_federation --test spire_entries -- -D warnings
+	$(CARGO) clippy -p wimsey-operator --test control_plane --test spire_harness --test spire_federation --test spire_entries --test spire_sync -- -D warnings
 	$(CARGO) clippy -p wimsey-kind-tests --test node_api_on_api_server -- -D warnings
 
 generate: generate-crds ## regenerate committed generated files (CRD YAML)

@@ -5,7 +5,7 @@
 SPIRE_VERSION ?= $(shell . kind-tests/cluster/local/versions.sh && echo $$SPIRE_VERSION)
 SPIRE_SERVER := $(WIMSEY_CACHE)/spire-$(SPIRE_VERSION)/bin/spire-server
 # The operator test files (test = false in operator/Cargo.toml) that need WIMSEY_SPIRE_SERVER.
-SPIRE_INTEROP_TESTS := spire_harness spire_federation spire_entries
+SPIRE_INTEROP_TESTS := spire_harness spire_federation spire_entries spire_sync
 
 # oidc-verify: a relying party that knows only OpenID Connect (go-oidc), for
 # operator/tests/oidc_discovery.rs; built from the Go module proxy, cached by content.

@@ -37,8 +37,8 @@ fn changes(want: &Entry, current: &Entry) -> ChangedFields {
     }
 }
 
-/// Which fields an update sets (the update's mask).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// Which fields an update sets (the update's mask); ordered, so updates can be grouped by it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ChangedFields {
     pub x509_svid_ttl: bool,
     pub jwt_svid_ttl: bool,
@@ -125,12 +125,12 @@ pub struct SyncPlan {
 }
 
 /// The plan for `desired` (one entry per key: masking is decided before) against `current`
-/// (everything the server holds). `unique_id` yields the unique part of each new ID.
+/// (everything the server holds). `unique_id` yields the unique part of a new entry's ID.
 pub fn plan_sync(
     desired: &[Entry],
     current: &[Stored],
     ownership: &Ownership,
-    mut unique_id: impl FnMut() -> String,
+    mut unique_id: impl FnMut(&Entry) -> String,
 ) -> SyncPlan {
     let mut owned: BTreeMap<EntryKey, Vec<&Stored>> = BTreeMap::new();
     for stored in current.iter().filter(|s| ownership.owns(s)) {
@@ -159,7 +159,7 @@ pub fn plan_sync(
                 }
             }
             None => plan.create.push(Stored {
-                id: ownership.new_id(&unique_id()),
+                id: ownership.new_id(&unique_id(want)),
                 entry: want.clone(),
             }),
         }
@@ -207,9 +207,9 @@ mod tests {
         }
     }
 
-    fn ids() -> impl FnMut() -> String {
+    fn ids() -> impl FnMut(&Entry) -> String {
         let mut n = 0;
-        move || {
+        move |_| {
             n += 1;
             format!("new-{n}")
         }

@@ -20,6 +20,7 @@ pub mod reconcile;
 pub mod run;
 pub mod scm_config;
 pub mod spire_entries;
+pub mod spire_sync;
 pub mod status;
 pub mod store;
 pub mod views;

@@ -4,6 +4,8 @@
 //! resource that caused it and the rest go through. The spire backend is built on it.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper_util::rt::TokioIo;
@@ -108,6 +110,32 @@ impl Outcome {
 pub struct SpireEntries {
     client: EntryClient<Channel>,
     limits: BatchLimits,
+    calls: Arc<CallCounts>,
+}
+
+/// Calls made to the SPIRE Server, by RPC (a ListEntries page counts once).
+#[derive(Debug, Default)]
+pub struct CallCounts {
+    pub list_entries: AtomicU64,
+    pub batch_create: AtomicU64,
+    pub batch_update: AtomicU64,
+    pub batch_delete: AtomicU64,
+}
+
+impl CallCounts {
+    /// (ListEntries, BatchCreateEntry, BatchUpdateEntry, BatchDeleteEntry) so far.
+    pub fn snapshot(&self) -> [u64; 4] {
+        [
+            self.list_entries.load(Ordering::Relaxed),
+            self.batch_create.load(Ordering::Relaxed),
+            self.batch_update.load(Ordering::Relaxed),
+            self.batch_delete.load(Ordering::Relaxed),
+        ]
+    }
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
 }
 
 impl SpireEntries {
@@ -127,7 +155,13 @@ impl SpireEntries {
         Self {
             client: EntryClient::new(channel),
             limits,
+            calls: Arc::default(),
         }
+    }
+
+    /// The calls this client (and its clones) made.
+    pub fn calls(&self) -> &CallCounts {
+        &self.calls
     }
 
     pub async fn count(&self) -> Result<i32, SpireApiError> {
@@ -148,6 +182,7 @@ impl SpireEntries {
         let mut entries = Vec::new();
         let mut page_token = String::new();
         loop {
+            count(&self.calls.list_entries);
             let page = self
                 .client
                 .clone()
@@ -178,6 +213,7 @@ impl SpireEntries {
         entries: Vec<RegistrationEntry>,
     ) -> Result<Vec<Outcome>, SpireApiError> {
         in_batches(entries, self.limits.create, "BatchCreateEntry", |chunk| {
+            count(&self.calls.batch_create);
             let mut client = self.client.clone();
             async move {
                 let response = client
@@ -204,6 +240,7 @@ impl SpireEntries {
         mask: EntryMask,
     ) -> Result<Vec<Outcome>, SpireApiError> {
         in_batches(entries, self.limits.update, "BatchUpdateEntry", |chunk| {
+            count(&self.calls.batch_update);
             let mut client = self.client.clone();
             async move {
                 let response = client
@@ -228,6 +265,7 @@ impl SpireEntries {
     /// someone else deleted it).
     pub async fn delete(&self, ids: Vec<String>) -> Result<Vec<Outcome>, SpireApiError> {
         in_batches(ids, self.limits.delete, "BatchDeleteEntry", |chunk| {
+            count(&self.calls.batch_delete);
             let mut client = self.client.clone();
             async move {
                 let response = client

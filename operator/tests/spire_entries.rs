@@ -282,7 +282,7 @@ async fn taking_over_from_spire_controller_manager_leaves_unchanged_entries_alon
         .map(|e| to_stored(e).unwrap())
         .collect();
     let mut fresh = 1000;
-    let plan = plan_sync(&desired, &current, &Ownership::new("prod"), || {
+    let plan = plan_sync(&desired, &current, &Ownership::new("prod"), |_| {
         fresh += 1;
         uuid(fresh)
     });

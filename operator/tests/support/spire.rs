@@ -195,8 +195,37 @@ pub struct SpireServer {
     config_path: PathBuf,
     config: String,
     command_timeout: Duration,
+    env: Vec<(String, String)>,
+    startup_timeout: Duration,
     // Last: removed after the process is gone.
     dir: tempfile::TempDir,
+}
+
+/// `spire-server run -config <config>` in `dir`, appending to `log`.
+fn spawn(
+    binary: &Path,
+    config: &Path,
+    dir: &Path,
+    log: &Path,
+    env: &[(String, String)],
+) -> anyhow::Result<Child> {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut cmd = Command::new(binary);
+    cmd.arg("run")
+        .arg("-config")
+        .arg(config)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone()?)
+        .stderr(log_file);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting {}", binary.display()))
 }
 
 /// The spire-server binary from `WIMSEY_SPIRE_SERVER`.
@@ -626,21 +655,7 @@ impl SpireServer {
         let config_path = dir.path().join("server.conf");
         std::fs::write(&config_path, &config)?;
         let log = dir.path().join("spire-server.log");
-        let log_file = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(&binary);
-        cmd.arg("run")
-            .arg("-config")
-            .arg(&config_path)
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
-            .stderr(log_file);
-        for (key, value) in &opts.env {
-            cmd.env(key, value);
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
+        let child = spawn(&binary, &config_path, dir.path(), &log, &opts.env)?;
         let mut server = Self {
             child,
             binary,
@@ -651,10 +666,31 @@ impl SpireServer {
             config_path,
             config,
             command_timeout: opts.command_timeout,
+            env: opts.env.clone(),
+            startup_timeout: opts.startup_timeout,
             dir,
         };
         server.wait_ready(opts.startup_timeout)?;
         Ok(server)
+    }
+
+    /// Stops the server (by PID) and reaps it; its socket stops answering.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts a stopped server again on the same configuration and datastore (the log goes on).
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        self.child = spawn(
+            &self.binary,
+            &self.config_path,
+            self.dir.path(),
+            &self.log,
+            &self.env,
+        )?;
+        self.wait_ready(self.startup_timeout)
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {

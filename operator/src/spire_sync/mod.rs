@@ -1,0 +1,232 @@
+//! The `spire` backend's engine: keeps the entries a SPIRE Server holds for us equal to the
+//! desired entries the reconciler keeps in the [`EntryStore`].
+//!
+//! It lists the server's entries once when it (re)connects, keeps a [`Mirror`] of the owned ones
+//! from then on, and on every change of the store sends only the creates, updates and deletes
+//! the difference needs, in batches; so while nothing changes it sends nothing. A slow drift check
+//! (a fresh listing, by default every 10 minutes) repairs changes made behind its back. It writes
+//! only while this replica holds the Lease; when the server is away (restarting, its socket gone)
+//! it says so ([`BackendState::Unavailable`]) and retries with backoff, listing again once back,
+//! so nothing is lost or duplicated.
+
+pub mod mirror;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use wimsey_core::backoff::{backoff, jitter};
+use wimsey_core::entries::Entry;
+use wimsey_core::entry_sync::{ChangedFields, Ownership, Stored};
+
+pub use mirror::{Mirror, Refusal};
+
+use crate::spire_entries::{SpireApiError, SpireEntries, from_stored, mask};
+use crate::store::EntryStore;
+
+/// How the sync behaves.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub ownership: Ownership,
+    /// A full listing this often repairs entries changed by someone else.
+    pub drift_check: Duration,
+    /// Changes arriving within this are sent together.
+    pub coalesce: Duration,
+}
+
+impl SyncSettings {
+    pub fn new(ownership: Ownership) -> Self {
+        Self {
+            ownership,
+            drift_check: Duration::from_secs(600),
+            coalesce: Duration::from_millis(20),
+        }
+    }
+}
+
+/// What the backend is doing, for status and readiness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendState {
+    /// Not the Lease holder, or not connected yet.
+    Idle,
+    /// The owned entries equal the desired ones (but those SPIRE refused).
+    Synced { owned: usize, refused: usize },
+    /// The SPIRE Server cannot be reached; the reason.
+    Unavailable(String),
+}
+
+/// What one pass sent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub created: usize,
+    pub updated: usize,
+    pub deleted: usize,
+    pub unchanged: usize,
+}
+
+#[derive(Debug)]
+pub struct SpireSync {
+    client: SpireEntries,
+    store: EntryStore,
+    settings: SyncSettings,
+    leader: watch::Receiver<bool>,
+    state: watch::Sender<BackendState>,
+}
+
+impl SpireSync {
+    pub fn new(
+        client: SpireEntries,
+        store: EntryStore,
+        settings: SyncSettings,
+        leader: watch::Receiver<bool>,
+    ) -> (Self, watch::Receiver<BackendState>) {
+        let (state, observed) = watch::channel(BackendState::Idle);
+        (
+            Self {
+                client,
+                store,
+                settings,
+                leader,
+                state,
+            },
+            observed,
+        )
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        loop {
+            // Write only as the Lease holder.
+            if !*self.leader.borrow_and_update() {
+                self.state.send_replace(BackendState::Idle);
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    changed = self.leader.changed() => if changed.is_err() { return },
+                }
+                continue;
+            }
+            match self.connected(&shutdown).await {
+                Ok(()) => return,
+                Err(Interrupted::StartOver) => failures = 0,
+                Err(Interrupted::Failed(error)) => {
+                    let reason = error.to_string();
+                    tracing::warn!(%error, label = error.label(), "SPIRE Server sync");
+                    self.state.send_replace(BackendState::Unavailable(reason));
+                    let wait = backoff(
+                        failures,
+                        Duration::from_millis(200),
+                        Duration::from_secs(30),
+                        jitter(),
+                    );
+                    failures = failures.saturating_add(1);
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One connection: list, then follow the store until the drift check, a failure, the end
+    /// of the lease or shutdown (`Ok`).
+    async fn connected(&mut self, shutdown: &CancellationToken) -> Result<(), Interrupted> {
+        let mut changes = self.store.subscribe();
+        changes.borrow_and_update();
+        let listed = self.client.list_all().await?;
+        let mut mirror = Mirror::from_listed(&listed, &self.settings.ownership);
+        drop(listed);
+        tracing::info!(owned = mirror.len(), "SPIRE Server entries listed");
+        let drift_at = Instant::now() + self.settings.drift_check;
+        loop {
+            let report = self.sync_once(&mut mirror).await?;
+            if report != SyncReport::default() {
+                tracing::info!(?report, "SPIRE Server entries synced");
+            }
+            self.state.send_replace(BackendState::Synced {
+                owned: mirror.len(),
+                refused: mirror.refusals().count(),
+            });
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tokio::time::sleep_until(drift_at) => return Err(Interrupted::StartOver),
+                changed = self.leader.changed() => {
+                    if changed.is_err() || !*self.leader.borrow_and_update() {
+                        return Err(Interrupted::StartOver);
+                    }
+                }
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    tokio::time::sleep(self.settings.coalesce).await;
+                    changes.borrow_and_update();
+                }
+            }
+        }
+    }
+
+    /// Sends what makes the owned entries the desired ones, and records the answers.
+    pub async fn sync_once(&self, mirror: &mut Mirror) -> Result<SyncReport, SpireApiError> {
+        let desired = desired_entries(&self.store);
+        let ownership = &self.settings.ownership;
+        let plan = mirror.plan(&desired, ownership);
+        let report = SyncReport {
+            created: plan.create.len(),
+            updated: plan.update.len(),
+            deleted: plan.delete.len(),
+            unchanged: plan.unchanged,
+        };
+        if !plan.delete.is_empty() {
+            let outcomes = self.client.delete(plan.delete.clone()).await?;
+            mirror.record_deleted(&plan.delete, outcomes);
+        }
+        if !plan.create.is_empty() {
+            let sent: Vec<_> = plan.create.iter().map(from_stored).collect();
+            let outcomes = self.client.create(sent).await?;
+            mirror.record_created(&plan.create, outcomes, ownership);
+        }
+        for (fields, entries) in by_mask(plan.update) {
+            let sent: Vec<_> = entries.iter().map(from_stored).collect();
+            let outcomes = self.client.update(sent, mask(fields)).await?;
+            mirror.record_updated(&entries, outcomes);
+        }
+        Ok(report)
+    }
+}
+
+/// Why a connection ended without shutdown.
+enum Interrupted {
+    /// Not the Lease holder any more, or time for the drift check: list again.
+    StartOver,
+    Failed(SpireApiError),
+}
+
+impl From<SpireApiError> for Interrupted {
+    fn from(error: SpireApiError) -> Self {
+        Interrupted::Failed(error)
+    }
+}
+
+/// Every desired entry: those of the pods, then the static ones.
+fn desired_entries(store: &EntryStore) -> Vec<Entry> {
+    let mut entries: Vec<Entry> = store
+        .all_pods()
+        .iter()
+        .flat_map(|pod| pod.entries.iter().map(|e| e.entry.clone()))
+        .collect();
+    entries.extend(store.static_entries().into_iter().map(|e| e.entry));
+    entries
+}
+
+/// Updates grouped by the fields they set: one mask per call.
+fn by_mask(updates: Vec<(Stored, ChangedFields)>) -> BTreeMap<ChangedFields, Vec<Stored>> {
+    let mut groups: BTreeMap<ChangedFields, Vec<Stored>> = BTreeMap::new();
+    for (stored, fields) in updates {
+        groups.entry(fields).or_default().push(stored);
+    }
+    groups
+}
