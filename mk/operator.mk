@@ -18,9 +18,9 @@ VERIFY_TARGETS += verify-crds
 
 # The CRDs against a real API server: install, Established, SCM samples accepted, invalid ones
 # rejected by CEL. Brings a cluster up if none is; fails (never skips) without one.
-test-operator-cp:
+test-operator-cp: spire-server
 	@$(CLUSTER_SH) status >/dev/null 2>&1 || $(MAKE) --no-print-directory cluster-up
-	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test -p wimsey-operator --test control_plane -- --show-output
+	KUBECONFIG=$(CLUSTER_KUBECONFIG) WIMSEY_SPIRE_SERVER=$(SPIRE_SERVER) $(CARGO) test -p wimsey-operator --test control_plane -- --show-output
 	KUBECONFIG=$(CLUSTER_KUBECONFIG) $(CARGO) test -p wimsey-kind-tests --test node_api_on_api_server -- --show-output
 
 TEST_TARGETS += test-operator-cp

@@ -85,7 +85,13 @@ pub enum Backend {
     /// The operator is the trust domain's authority and keeps entries in memory.
     #[default]
     Embedded,
+    /// A SPIRE Server is the authority; the operator keeps its registration entries (as
+    /// spire-controller-manager does), over the server's admin socket.
+    Spire,
 }
+
+/// Where a SPIRE Server's admin socket is unless configured (spire-controller-manager's default).
+pub const DEFAULT_SPIRE_SERVER_SOCKET: &str = "/spire-server/api.sock";
 
 /// The config file. Every key is optional here; [`Settings::resolve`] says what is required.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +112,8 @@ pub struct FileConfig {
     #[serde(rename = "defaultJWTSVIDTTL")]
     pub default_jwt_svid_ttl: Option<String>,
     pub backend: Option<Backend>,
+    /// The SPIRE Server's admin socket (backend `spire`).
+    pub spire_server_socket_path: Option<String>,
     /// What the file set that has no effect here (a spire-controller-manager config's keys),
     /// logged at start.
     #[serde(skip)]
@@ -178,6 +186,9 @@ pub struct ConfigFlags {
     /// Where entries live.
     #[arg(long, env = "WIMSEY_BACKEND", value_enum)]
     pub backend: Option<Backend>,
+    /// The SPIRE Server's admin socket, with --backend spire (default /spire-server/api.sock).
+    #[arg(long, env = "WIMSEY_SPIRE_SERVER_SOCKET")]
+    pub spire_server_socket: Option<String>,
 }
 
 /// `ignoreNamespaces`, compiled; every pattern must match the whole namespace name.
@@ -222,6 +233,8 @@ pub struct Settings {
     pub default_x509_svid_ttl: Duration,
     pub default_jwt_svid_ttl: Duration,
     pub backend: Backend,
+    /// The SPIRE Server's admin socket (used by the `spire` backend).
+    pub spire_server_socket: std::path::PathBuf,
     /// Config file keys that have no effect here (see [`FileConfig::notes`]).
     pub notes: Vec<String>,
 }
@@ -310,6 +323,11 @@ impl Settings {
                 DEFAULT_JWT_SVID_TTL,
             )?,
             backend: flags.backend.or(file.backend).unwrap_or_default(),
+            spire_server_socket: flags
+                .spire_server_socket
+                .or(file.spire_server_socket_path)
+                .unwrap_or_else(|| DEFAULT_SPIRE_SERVER_SOCKET.to_owned())
+                .into(),
             notes: file.notes,
         };
         // Fail at startup, not at the first pod.

@@ -17,7 +17,7 @@ use wimsey_runtime::{LogArgs, all_ready, init_logging, shutdown_signal};
 use crate::admin::{self, AdminState, Metrics};
 use crate::authority::serving::ServingCert;
 use crate::authority::{AuthorityArgs, AuthorityError, SigningAuthority};
-use crate::config::{ConfigFlags, Settings};
+use crate::config::{Backend, ConfigFlags, Settings};
 use crate::federation::args::FederationArgs;
 use crate::federation::args::ServeProfile;
 use crate::federation::{self as fed};
@@ -29,8 +29,11 @@ use crate::owner;
 use crate::reconcile::federation::federated_bundles;
 use crate::reconcile::status::DesiredStatus;
 use crate::reconcile::{FederationSet, PodDirectory, ReconcileError, Reconciler};
+use crate::spire_entries::{BatchLimits, SpireEntries};
+use crate::spire_sync::{SpireSync, SyncSettings};
 use crate::status::StatusWriter;
 use crate::store::EntryStore;
+use wimsey_core::entry_sync::Ownership;
 
 #[derive(Debug, clap::Args)]
 pub struct RunOptions {
@@ -285,6 +288,26 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         shutdown.clone(),
     ));
 
+    if settings.backend == Backend::Spire {
+        // SPIRE Server is the authority: no signing keys, node API or bundle endpoint here.
+        let sync = start_spire_sync(&settings, &controller);
+        authority_loaded.send_replace(true);
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+        controller.stop().await;
+        sync.await.context("SPIRE sync task")?;
+        admin
+            .await
+            .context("admin server task")?
+            .context("admin server")?;
+        debug
+            .await
+            .context("debug server task")?
+            .context("debug server")?;
+        return Ok(());
+    }
+
     let mut authority_args = options.authority;
     authority_args.authority_namespace = options.namespace.clone();
     if options.owner_deployment.is_some() {
@@ -420,6 +443,24 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .context("bundle endpoint")?;
     }
     Ok(())
+}
+
+/// The `spire` backend: the entries the reconciler keeps in the store go to the SPIRE Server
+/// (see [`crate::spire_sync`]), written by the Lease holder.
+pub fn start_spire_sync(settings: &Settings, controller: &Controller) -> JoinHandle<()> {
+    let client = SpireEntries::connect_lazy(&settings.spire_server_socket, BatchLimits::default());
+    let ownership = Ownership::new(&settings.entry_id_prefix);
+    // Its state (synced, or the SPIRE Server unavailable) is logged by the sync; the status
+    // conditions that should carry it are not written yet.
+    let (sync, _state) = SpireSync::new(
+        client,
+        controller.store.clone(),
+        SyncSettings::new(ownership),
+        controller.leader.clone(),
+    );
+    tracing::info!(socket = %settings.spire_server_socket.display(), "spire backend: entries go to the SPIRE Server");
+    let shutdown = controller.shutdown.clone();
+    tokio::spawn(sync.run(shutdown))
 }
 
 /// Binds the bundle endpoint and returns the future serving it: our bundle at `/`, OIDC

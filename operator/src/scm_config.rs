@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{DEFAULT_IGNORE_NAMESPACES, FileConfig};
+use crate::config::{Backend, DEFAULT_IGNORE_NAMESPACES, FileConfig};
 
 pub const API_VERSION: &str = "spire.spiffe.io/v1alpha1";
 pub const KIND: &str = "ControllerManagerConfig";
@@ -130,11 +130,6 @@ pub fn map(document: Value) -> Result<Mapped, ScmConfigError> {
         }
     };
     note(
-        scm.spire_server_socket_path.is_some(),
-        "spireServerSocketPath",
-        "not used: the embedded backend is the authority (the spire backend is not available yet)",
-    );
-    note(
         scm.validating_webhook_configuration_name.is_some(),
         "validatingWebhookConfigurationName",
         "no webhook: the CRDs' schema and CEL rules validate, and status shows the rest",
@@ -199,6 +194,9 @@ pub fn map(document: Value) -> Result<Mapped, ScmConfigError> {
         ),
         parent_id_template: scm.parent_id_template,
         entry_id_prefix: scm.entry_id_prefix,
+        // Its entries live in a SPIRE Server: wimsey drives that server instead.
+        backend: Some(Backend::Spire),
+        spire_server_socket_path: scm.spire_server_socket_path,
         ..FileConfig::default()
     };
     Ok(Mapped { config, notes })
@@ -236,7 +234,7 @@ fn refuse_what_changes_entries(scm: &ControllerManagerConfig) -> Result<(), ScmC
     if scm.entry_id_prefix_cleanup.is_some() {
         return unsupported(
             "entryIDPrefixCleanup",
-            "it deletes entries in a SPIRE Server, which the embedded backend has none of; remove it",
+            "a one-off cleanup of another prefix's entries; delete those with spire-server entry delete, then remove it",
         );
     }
     if scm.cluster_spiffe_id_label_selector.is_some() {
@@ -321,8 +319,12 @@ gcInterval: 10000000000
             .iter()
             .map(|n| n.split(':').next().unwrap())
             .collect();
+        assert_eq!(c.backend, Some(Backend::Spire));
+        assert_eq!(
+            c.spire_server_socket_path.as_deref(),
+            Some("/tmp/spire-server/private/api.sock")
+        );
         for key in [
-            "spireServerSocketPath",
             "validatingWebhookConfigurationName",
             "gcInterval",
             "leaderElection",

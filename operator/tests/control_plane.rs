@@ -165,6 +165,9 @@ async fn crds_install_and_admission_accepts_scm_samples_and_rejects_invalid_ones
 #[path = "support/domain.rs"]
 mod domain;
 
+#[path = "support/spire.rs"]
+mod spire;
+
 // ---------------------------------------------------------------------------------------------
 // The reconciler in-process against the real API server. Each test uses its own namespaces,
 // Node, Lease and className, so tests and other users of the cluster do not collide.
@@ -212,19 +215,19 @@ mod reconciler {
         }
     }
 
+    fn settings_flags(trust_domain: &str, class: Option<&str>) -> ConfigFlags {
+        ConfigFlags {
+            trust_domain: Some(trust_domain.into()),
+            cluster_name: Some("cp".into()),
+            cluster_domain: Some("cluster.local".into()),
+            class_name: class.map(Into::into),
+            entry_id_prefix: Some("cp".into()),
+            ..ConfigFlags::default()
+        }
+    }
+
     fn settings(trust_domain: &str, class: Option<&str>) -> Settings {
-        Settings::resolve(
-            FileConfig::default(),
-            ConfigFlags {
-                trust_domain: Some(trust_domain.into()),
-                cluster_name: Some("cp".into()),
-                cluster_domain: Some("cluster.local".into()),
-                class_name: class.map(Into::into),
-                entry_id_prefix: Some("cp".into()),
-                ..ConfigFlags::default()
-            },
-        )
-        .unwrap()
+        Settings::resolve(FileConfig::default(), settings_flags(trust_domain, class)).unwrap()
     }
 
     fn start(
@@ -959,6 +962,115 @@ mod reconciler {
         let _ = Api::<ClusterStaticEntry>::all(client.clone())
             .delete("wimsey-cp-restart", &DeleteParams::default())
             .await;
+        fixture.cleanup().await;
+    }
+
+    /// The `spire` backend wired as `wimsey-operator run --backend spire` wires it: pods of a
+    /// ClusterSPIFFEID become entries in a real SPIRE Server (v1.13.3), follow pod deletion and
+    /// the resource's deletion, and an entry made by hand in SPIRE survives all of it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_the_spire_backend_pods_become_entries_in_a_real_spire_server() {
+        use super::spire::{SpireOptions, SpireServer};
+        use wimsey_operator::config::Backend;
+        use wimsey_operator::spire_entries::{BatchLimits, SpireEntries};
+
+        const CLASS: &str = "wimsey-cp-spire";
+        let client = client().await;
+        install_crds(&client).await;
+        let spire =
+            tokio::task::spawn_blocking(|| SpireServer::start(SpireOptions::new("example.org")))
+                .await
+                .unwrap()
+                .expect("start spire-server");
+        spire
+            .cli(
+                &[
+                    "entry",
+                    "create",
+                    "-parentID",
+                    "spiffe://example.org/admin",
+                    "-spiffeID",
+                    "spiffe://example.org/by-hand",
+                    "-selector",
+                    "unix:uid:0",
+                ],
+                None,
+            )
+            .unwrap();
+        let observer = SpireEntries::connect_lazy(spire.socket_path(), BatchLimits::default());
+        let spiffe_ids = || async {
+            let mut ids: Vec<String> = observer
+                .list_all()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| {
+                    let id = e.spiffe_id.unwrap_or_default();
+                    format!(
+                        "{}{}",
+                        if e.id.starts_with("cp.") { "ours " } else { "" },
+                        id.path
+                    )
+                })
+                .collect();
+            ids.sort();
+            ids
+        };
+
+        let mut fixture = Fixture::new(&client, "wimsey-cp-spire-node").await;
+        let namespace = "wimsey-cp-spire";
+        fixture
+            .namespace(namespace, json!({"wimsey-cp": "spire"}))
+            .await;
+        fixture.pod(namespace, "one", json!({})).await;
+        fixture.pod(namespace, "two", json!({})).await;
+        let spec_api = apply_cr(&client, class_spec("wimsey-cp-spire", CLASS, "spire")).await;
+        let settings = Settings::resolve(
+            FileConfig::default(),
+            ConfigFlags {
+                backend: Some(Backend::Spire),
+                spire_server_socket: Some(spire.socket_path().display().to_string()),
+                ..settings_flags("example.org", Some(CLASS))
+            },
+        )
+        .unwrap();
+        let controller = start(
+            &client,
+            settings.clone(),
+            namespace,
+            "wimsey-cp-spire",
+            "wimsey-cp-spire-test",
+        );
+        wait_ready(&controller).await;
+        let sync = wimsey_operator::run::start_spire_sync(&settings, &controller);
+
+        let path = |pod: &str| format!("ours /ns/{namespace}/sa/default/{pod}");
+        let both = vec!["/by-hand".to_owned(), path("one"), path("two")];
+        wait_for("both pods' entries in SPIRE", SYNC, || async {
+            (spiffe_ids().await == both).then_some(())
+        })
+        .await;
+
+        Api::<Pod>::namespaced(client.clone(), namespace)
+            .delete("two", &force_delete())
+            .await
+            .unwrap();
+        let one = vec!["/by-hand".to_owned(), path("one")];
+        wait_for("the deleted pod's entry gone from SPIRE", SYNC, || async {
+            (spiffe_ids().await == one).then_some(())
+        })
+        .await;
+
+        spec_api
+            .delete("wimsey-cp-spire", &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for("only the hand-made entry left", SYNC, || async {
+            (spiffe_ids().await == ["/by-hand"]).then_some(())
+        })
+        .await;
+        controller.stop().await;
+        sync.await.unwrap();
         fixture.cleanup().await;
     }
 
