@@ -170,3 +170,120 @@ impl Mirror {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use wimsey_core::entries::Selector;
+    use wimsey_core::spiffe_id::SpiffeId;
+
+    use super::*;
+    use crate::spire_entries::from_stored;
+
+    fn entry(n: usize) -> Entry {
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        Entry {
+            spiffe_id: id(&format!("spiffe://td/ns/a/sa/app-{n}")),
+            parent_id: id("spiffe://td/spire/agent/k8s_psat/c/node-1"),
+            selectors: vec![Selector::new("k8s", &format!("pod-uid:{n}"))],
+            x509_svid_ttl: Duration::from_secs(3600),
+            jwt_svid_ttl: Duration::ZERO,
+            federates_with: Vec::new(),
+            admin: false,
+            downstream: false,
+            dns_names: Vec::new(),
+            hint: String::new(),
+            store_svid: false,
+        }
+    }
+
+    fn ours() -> Ownership {
+        Ownership::new("w")
+    }
+
+    #[test]
+    fn new_entries_get_ids_from_their_key_and_answers_fill_the_mirror() {
+        let mut mirror = Mirror::default();
+        let plan = mirror.plan(&[entry(1), entry(2)], &ours());
+        assert_eq!(plan.create.len(), 2);
+        assert_eq!(
+            plan.create[0].id,
+            format!("w.{}", entry_id("", &entry(1).key()))
+        );
+        let answers = plan
+            .create
+            .iter()
+            .map(|s| Outcome::Done(from_stored(s)))
+            .collect();
+        mirror.record_created(&plan.create, answers, &ours());
+        assert_eq!(mirror.len(), 2);
+        let again = mirror.plan(&[entry(1), entry(2)], &ours());
+        assert_eq!((again.create.len(), again.unchanged), (0, 2));
+    }
+
+    #[test]
+    fn a_refused_entry_is_not_sent_again_until_it_changes() {
+        let mut mirror = Mirror::default();
+        let plan = mirror.plan(&[entry(1)], &ours());
+        let refused = Outcome::Refused {
+            code: Code::InvalidArgument,
+            message: "bad selector".into(),
+        };
+        mirror.record_created(&plan.create, vec![refused], &ours());
+        assert_eq!(mirror.refusals().count(), 1);
+        assert!(mirror.plan(&[entry(1)], &ours()).create.is_empty());
+        let mut changed = entry(1);
+        changed.hint = "fixed".into();
+        assert_eq!(mirror.plan(&[changed], &ours()).create.len(), 1);
+    }
+
+    #[test]
+    fn someone_elses_entry_with_our_key_is_a_refusal_and_ours_is_adopted() {
+        let mut mirror = Mirror::default();
+        let plan = mirror.plan(&[entry(1), entry(2)], &ours());
+        let mut foreign = from_stored(&plan.create[0]);
+        foreign.id = "not-ours".into();
+        let mut earlier = from_stored(&plan.create[1]);
+        earlier.id = "w.from-an-earlier-attempt".into();
+        mirror.record_created(
+            &plan.create,
+            vec![
+                Outcome::AlreadyExists(foreign),
+                Outcome::AlreadyExists(earlier),
+            ],
+            &ours(),
+        );
+        assert_eq!(mirror.len(), 1);
+        let refusal = mirror.refusals().next().unwrap();
+        assert_eq!(refusal.code, Code::AlreadyExists);
+        assert!(refusal.message.contains("not-ours"), "{}", refusal.message);
+    }
+
+    #[test]
+    fn entries_gone_behind_our_back_leave_the_mirror() {
+        let mut mirror = Mirror::default();
+        let plan = mirror.plan(&[entry(1), entry(2)], &ours());
+        let answers = plan
+            .create
+            .iter()
+            .map(|s| Outcome::Done(from_stored(s)))
+            .collect();
+        mirror.record_created(&plan.create, answers, &ours());
+        let not_found = || Outcome::Refused {
+            code: Code::NotFound,
+            message: "gone".into(),
+        };
+        let mut changed = plan.create[0].clone();
+        changed.entry.hint = "new".into();
+        mirror.record_updated(std::slice::from_ref(&changed), vec![not_found()]);
+        assert_eq!(
+            mirror.len(),
+            1,
+            "an update of a deleted entry: recreated by the next plan"
+        );
+        mirror.record_deleted(std::slice::from_ref(&plan.create[1].id), vec![not_found()]);
+        assert!(mirror.is_empty());
+        assert_eq!(mirror.plan(&[changed.entry], &ours()).create.len(), 1);
+    }
+}
