@@ -4,7 +4,29 @@
 //! the authority and the node API then serve from; a SPIRE Server backend would create, update
 //! and delete entries through SPIRE's Entry API instead.
 
+use std::collections::BTreeMap;
+
+use wimsey_core::entries::OwnerKind;
+
 use crate::store::{EntryStore, PodRecord, StoredEntry};
+
+/// What a backend that writes elsewhere (the `spire` backend) reports back to the reconciler, for
+/// the resources' status: whether it can reach its server, and the entries the server refused,
+/// by the resource that declared them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Feedback {
+    /// Why the server cannot be reached, while it cannot.
+    pub unavailable: Option<String>,
+    pub failures: BTreeMap<(OwnerKind, String), EntryFailures>,
+}
+
+/// The entries of one resource the server refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryFailures {
+    pub count: i64,
+    /// The first refusal: which entry and why.
+    pub first: String,
+}
 
 /// What one hand-over changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

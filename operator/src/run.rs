@@ -28,9 +28,9 @@ use crate::owner;
 
 use crate::reconcile::federation::federated_bundles;
 use crate::reconcile::status::DesiredStatus;
-use crate::reconcile::{FederationSet, PodDirectory, ReconcileError, Reconciler};
+use crate::reconcile::{FederationSet, FeedbackSender, PodDirectory, ReconcileError, Reconciler};
 use crate::spire_entries::{BatchLimits, SpireEntries};
-use crate::spire_sync::{SpireSync, SyncSettings};
+use crate::spire_sync::{self, SpireSync, SyncSettings};
 use crate::status::StatusWriter;
 use crate::store::EntryStore;
 use wimsey_core::entry_sync::Ownership;
@@ -89,6 +89,8 @@ pub struct Controller {
     pub federation: watch::Receiver<Arc<FederationSet>>,
     /// The informer's pods, for the node API.
     pub pods: PodDirectory,
+    /// Where a backend reports what it could not write (into the resources' status).
+    pub feedback: FeedbackSender,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -143,6 +145,7 @@ impl Controller {
             statuses: reconciler.statuses,
             federation: reconciler.federation,
             pods: reconciler.pods,
+            feedback: reconciler.feedback,
             shutdown,
             tasks,
         })
@@ -446,21 +449,28 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
 }
 
 /// The `spire` backend: the entries the reconciler keeps in the store go to the SPIRE Server
-/// (see [`crate::spire_sync`]), written by the Lease holder.
+/// (see [`crate::spire_sync`]), written by the Lease holder; what the server refuses, and whether
+/// it can be reached, goes back into the resources' status.
 pub fn start_spire_sync(settings: &Settings, controller: &Controller) -> JoinHandle<()> {
     let client = SpireEntries::connect_lazy(&settings.spire_server_socket, BatchLimits::default());
     let ownership = Ownership::new(&settings.entry_id_prefix);
-    // Its state (synced, or the SPIRE Server unavailable) is logged by the sync; the status
-    // conditions that should carry it are not written yet.
-    let (sync, _state) = SpireSync::new(
+    let (sync, mut state) = SpireSync::new(
         client,
         controller.store.clone(),
         SyncSettings::new(ownership),
         controller.leader.clone(),
     );
     tracing::info!(socket = %settings.spire_server_socket.display(), "spire backend: entries go to the SPIRE Server");
-    let shutdown = controller.shutdown.clone();
-    tokio::spawn(sync.run(shutdown))
+    let (store, feedback) = (controller.store.clone(), controller.feedback.clone());
+    tokio::spawn(async move {
+        while state.changed().await.is_ok() {
+            let report = state.borrow_and_update().clone();
+            if let Some(report) = spire_sync::feedback(&report, &store) {
+                feedback.report(report);
+            }
+        }
+    });
+    tokio::spawn(sync.run(controller.shutdown.clone()))
 }
 
 /// Binds the bundle endpoint and returns the future serving it: our bundle at `/`, OIDC

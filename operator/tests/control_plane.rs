@@ -977,7 +977,7 @@ mod reconciler {
         const CLASS: &str = "wimsey-cp-spire";
         let client = client().await;
         install_crds(&client).await;
-        let spire =
+        let mut spire =
             tokio::task::spawn_blocking(|| SpireServer::start(SpireOptions::new("example.org")))
                 .await
                 .unwrap()
@@ -1050,6 +1050,48 @@ mod reconciler {
             (spiffe_ids().await == both).then_some(())
         })
         .await;
+        let reason_is = |name: &'static str, reason: &'static str| {
+            let api = spec_api.clone();
+            async move {
+                wait_for(&format!("{name} Ready reason {reason}"), SYNC, || async {
+                    ready_condition(&api, name)
+                        .await
+                        .filter(|(ready, _)| ready["reason"] == reason)
+                        .map(|(ready, _)| ready)
+                })
+                .await
+            }
+        };
+        reason_is("wimsey-cp-spire", "Reconciled").await;
+
+        // SPIRE refuses an entry federating with a trust domain it has no bundle for: the
+        // resource that declared it says so; the other one stays Ready.
+        let mut federated = class_spec("wimsey-cp-spire-fed", CLASS, "spire");
+        federated["spec"]["spiffeIDTemplate"] =
+            json!("spiffe://example.org/fed/{{ .PodMeta.Name }}");
+        federated["spec"]["federatesWith"] = json!(["unknown.example"]);
+        apply_cr(&client, federated).await;
+        let refused = reason_is("wimsey-cp-spire-fed", "EntryFailed").await;
+        println!("SPIRE refusal on the resource: {}", refused["message"]);
+        assert!(
+            refused["message"]
+                .as_str()
+                .unwrap()
+                .contains("refused 2 of 2"),
+            "{refused}"
+        );
+        reason_is("wimsey-cp-spire", "Reconciled").await;
+        spec_api
+            .delete("wimsey-cp-spire-fed", &DeleteParams::default())
+            .await
+            .unwrap();
+
+        // The SPIRE Server goes away: BackendUnavailable, and Ready again once it is back.
+        tokio::task::block_in_place(|| spire.stop()).unwrap();
+        let down = reason_is("wimsey-cp-spire", "BackendUnavailable").await;
+        println!("SPIRE Server down: {}", down["message"]);
+        tokio::task::block_in_place(|| spire.start_again()).unwrap();
+        reason_is("wimsey-cp-spire", "Reconciled").await;
 
         Api::<Pod>::namespaced(client.clone(), namespace)
             .delete("two", &force_delete())

@@ -131,11 +131,19 @@ where
 }
 
 async fn synced(state: &mut watch::Receiver<BackendState>, owned: usize) {
-    let want = BackendState::Synced { owned, refused: 0 };
-    let reached = tokio::time::timeout(WAIT, state.wait_for(|s| *s == want))
-        .await
-        .is_ok();
-    assert!(reached, "not {want:?}: {:?}", *state.borrow());
+    let reached = tokio::time::timeout(
+        WAIT,
+        state.wait_for(|s| {
+            matches!(s, BackendState::Synced { owned: o, refused } if *o == owned && refused.is_empty())
+        }),
+    )
+    .await
+    .is_ok();
+    assert!(
+        reached,
+        "not synced with {owned} owned: {:?}",
+        *state.borrow()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

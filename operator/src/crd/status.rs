@@ -20,6 +20,8 @@ pub mod reasons {
     pub const MASKED: &str = "Masked";
     /// The backend refused or failed to store at least one entry.
     pub const ENTRY_FAILED: &str = "EntryFailed";
+    /// The backend's server (SPIRE Server) cannot be reached; entries wait for it.
+    pub const BACKEND_UNAVAILABLE: &str = "BackendUnavailable";
     /// The trust domain is declared by an older ClusterFederatedTrustDomain.
     pub const DUPLICATE_TRUST_DOMAIN: &str = "DuplicateTrustDomain";
     /// The bundle endpoint could not be reached or returned no valid bundle.

@@ -27,4 +27,4 @@ pub use ids::entry_id;
 pub use kept::{KeptFields, KeptKind};
 pub use resource_meta::ResourceMeta;
 pub use state::{ClusterState, Dirty, PassReport, SliceInput, SpecInput, StaticInput};
-pub use watch::{ReconcileError, Reconciler, ReconcilerHandle};
+pub use watch::{FeedbackSender, ReconcileError, Reconciler, ReconcilerHandle};

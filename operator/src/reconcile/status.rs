@@ -5,7 +5,7 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
-use wimsey_core::entries::EntryError;
+use wimsey_core::entries::{EntryError, OwnerKind};
 
 use super::federation::{FederationInput, FederationOutcome};
 use super::state::{ClusterState, StaticOutcome};
@@ -98,6 +98,10 @@ pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
             continue;
         }
         let generation = input.meta.generation;
+        let failures = state
+            .backend
+            .failures
+            .get(&(OwnerKind::ClusterSpiffeId, name.clone()));
         let (condition, stats) = match &spec.compiled {
             Err(error) => (
                 ready_condition(
@@ -118,7 +122,7 @@ pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
                     pod_entry_render_failures: tally.render_failures,
                     entries_masked: tally.entries_masked,
                     entries_to_set: tally.entries_to_set,
-                    entry_failures: 0,
+                    entry_failures: failures.map_or(0, |f| f.count),
                 };
                 let condition = if let Some((pod, (error, _))) = tally.failures.iter().next() {
                     ready_condition(
@@ -139,6 +143,23 @@ pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
                             "{} entries are masked by an older resource with the same SPIFFE ID, parent ID and selectors; pod {pod}: masked by {by}",
                             tally.entries_masked
                         ),
+                    )
+                } else if let Some(failures) = failures {
+                    ready_condition(
+                        generation,
+                        false,
+                        reasons::ENTRY_FAILED,
+                        format!(
+                            "the SPIRE Server refused {} of {} entries; {}",
+                            failures.count, tally.entries_to_set, failures.first
+                        ),
+                    )
+                } else if let Some(reason) = &state.backend.unavailable {
+                    ready_condition(
+                        generation,
+                        false,
+                        reasons::BACKEND_UNAVAILABLE,
+                        format!("entries wait for the SPIRE Server: {reason}"),
                     )
                 } else {
                     ready_condition(
@@ -171,18 +192,39 @@ pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
         let generation = entry.input.meta.generation;
         let status = match &entry.outcome {
             None | Some(StaticOutcome::NotOurs) => continue,
-            Some(StaticOutcome::Set { id }) => ClusterStaticEntryStatus {
-                conditions: vec![ready_condition(
-                    generation,
-                    true,
-                    reasons::RECONCILED,
-                    format!("entry {id} is set"),
-                )],
-                observed_generation: generation,
-                rendered: true,
-                masked: false,
-                set: true,
-            },
+            Some(StaticOutcome::Set { id }) => {
+                let refused = state
+                    .backend
+                    .failures
+                    .get(&(OwnerKind::ClusterStaticEntry, name.clone()));
+                let condition = match (refused, &state.backend.unavailable) {
+                    (Some(failures), _) => ready_condition(
+                        generation,
+                        false,
+                        reasons::ENTRY_FAILED,
+                        format!("the SPIRE Server refused entry {id}; {}", failures.first),
+                    ),
+                    (None, Some(reason)) => ready_condition(
+                        generation,
+                        false,
+                        reasons::BACKEND_UNAVAILABLE,
+                        format!("entry {id} waits for the SPIRE Server: {reason}"),
+                    ),
+                    (None, None) => ready_condition(
+                        generation,
+                        true,
+                        reasons::RECONCILED,
+                        format!("entry {id} is set"),
+                    ),
+                };
+                ClusterStaticEntryStatus {
+                    conditions: vec![condition],
+                    observed_generation: generation,
+                    rendered: true,
+                    masked: false,
+                    set: refused.is_none(),
+                }
+            }
             Some(StaticOutcome::Masked { by }) => ClusterStaticEntryStatus {
                 conditions: vec![ready_condition(
                     generation,

@@ -388,3 +388,67 @@ fn static_entries_oldest_wins() {
         Some(StaticOutcome::Set { .. })
     ));
 }
+
+#[test]
+fn the_backends_refusals_and_outage_show_in_the_status_of_the_resource_that_declared_them() {
+    use wimsey_core::entries::OwnerKind;
+
+    use super::status::desired_statuses;
+    use crate::backend::{EntryFailures, Feedback};
+
+    let (mut state, _store) = cluster();
+    let ready = |state: &ClusterState, name: &str| {
+        let status = desired_statuses(state)
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap();
+        let (ok, reason, message) = status.ready().unwrap();
+        let failures = status.status["stats"]["entryFailures"].as_i64().unwrap();
+        (ok, reason, message, failures)
+    };
+    assert_eq!(ready(&state, "team-a").1, "Reconciled");
+
+    let refused = Feedback {
+        unavailable: None,
+        failures: BTreeMap::from([(
+            (OwnerKind::ClusterSpiffeId, "team-a".to_owned()),
+            EntryFailures {
+                count: 1,
+                first: "entry spiffe://example.org/ns/a/p1: InvalidArgument: bad".into(),
+            },
+        )]),
+    };
+    assert!(state.set_backend_feedback(refused.clone()));
+    assert!(
+        !state.set_backend_feedback(refused),
+        "the same report changes nothing"
+    );
+    let (ok, reason, message, failures) = ready(&state, "team-a");
+    assert_eq!(
+        (ok.as_str(), reason.as_str(), failures),
+        ("False", "EntryFailed", 1)
+    );
+    assert!(
+        message.contains("refused 1 of 2 entries") && message.contains("InvalidArgument"),
+        "{message}"
+    );
+    assert_eq!(
+        ready(&state, "team-b").1,
+        "Reconciled",
+        "only the resource that declared it"
+    );
+
+    state.set_backend_feedback(Feedback {
+        unavailable: Some("connection refused".into()),
+        failures: BTreeMap::new(),
+    });
+    let (ok, reason, message, _) = ready(&state, "team-b");
+    assert_eq!(
+        (ok.as_str(), reason.as_str()),
+        ("False", "BackendUnavailable")
+    );
+    assert!(message.contains("connection refused"), "{message}");
+
+    state.set_backend_feedback(Feedback::default());
+    assert_eq!(ready(&state, "team-a").1, "Reconciled");
+}

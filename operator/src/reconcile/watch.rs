@@ -87,6 +87,19 @@ enum Change {
     Synced(&'static str),
     /// A relist of a kind, converted with the kept fields of this version, has been delivered.
     Relisted(KeptKind, u64),
+    /// The backend's report (see [`crate::backend::Feedback`]).
+    Backend(crate::backend::Feedback),
+}
+
+/// Hands the backend's reports to the reconciler, which puts them in the resources' status.
+#[derive(Debug, Clone)]
+pub struct FeedbackSender(mpsc::UnboundedSender<Change>);
+
+impl FeedbackSender {
+    pub fn report(&self, feedback: crate::backend::Feedback) {
+        // A stopped reconciler has no status left to write.
+        let _ = self.0.send(Change::Backend(feedback));
+    }
 }
 
 fn meta_of<K: Resource>(resource: &K) -> ResourceMeta {
@@ -153,12 +166,13 @@ pub fn slice_input(slice: &EndpointSlice) -> SliceInput {
     }
 }
 
+/// Applies one change; returns whether the statuses must be computed again without a pass.
 fn apply_change(
     state: &mut ClusterState,
     pods: &PodDirectory,
     change: Change,
     synced: &mut HashSet<&'static str>,
-) {
+) -> bool {
     match change {
         Change::Apply(object) => match *object {
             Object::Pod(view) => {
@@ -188,7 +202,9 @@ fn apply_change(
             synced.insert(kind);
         }
         Change::Relisted(kind, version) => state.relisted(kind, version),
+        Change::Backend(feedback) => return state.set_backend_feedback(feedback),
     }
+    false
 }
 
 /// Where a watch gets the fields to keep, for the kinds converted with them.
@@ -332,6 +348,8 @@ pub struct ReconcilerHandle {
     /// Every pod the Pod watch has seen (the node API's view of where pods run); synced with
     /// `ready`.
     pub pods: PodDirectory,
+    /// Where a backend reports what it could not write.
+    pub feedback: FeedbackSender,
     /// Ends when the reconciler stops (shutdown).
     pub task: JoinHandle<()>,
 }
@@ -375,6 +393,7 @@ impl Reconciler {
             &self.settings.entry_id_prefix,
         );
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
+        let feedback = FeedbackSender(changes_tx.clone());
         let client = &self.client;
         let mut watches: Vec<JoinHandle<()>> = Vec::new();
         let (kept_tx, kept_rx) = watch::channel(None::<KeptFields>);
@@ -481,6 +500,7 @@ impl Reconciler {
             statuses,
             federation,
             pods,
+            feedback,
             task,
         })
     }
@@ -530,10 +550,12 @@ async fn run_loop(
             },
         };
         let started = Instant::now();
-        apply_change(&mut state, &pods, first, &mut synced);
+        let mut statuses_stale = apply_change(&mut state, &pods, first, &mut synced);
         for _ in 1..MAX_BATCH {
             match changes.try_recv() {
-                Ok(change) => apply_change(&mut state, &pods, change, &mut synced),
+                Ok(change) => {
+                    statuses_stale |= apply_change(&mut state, &pods, change, &mut synced)
+                }
                 Err(_) => break,
             }
         }
@@ -563,6 +585,15 @@ async fn run_loop(
             if report.federations_changed {
                 outputs.federation.send_replace(state.federation_set());
             }
+            statuses_stale = true;
+            let (masked, failed) = state.masked_and_failed();
+            metrics.set_entries(
+                i64::try_from(store.entry_count()).unwrap_or(i64::MAX),
+                masked,
+                failed,
+            );
+        }
+        if statuses_stale {
             let desired = desired_statuses(&state);
             outputs.statuses.send_if_modified(|current| {
                 if **current == desired {
@@ -572,12 +603,6 @@ async fn run_loop(
                     true
                 }
             });
-            let (masked, failed) = state.masked_and_failed();
-            metrics.set_entries(
-                i64::try_from(store.entry_count()).unwrap_or(i64::MAX),
-                masked,
-                failed,
-            );
         }
         metrics.set_queue_depth(changes.len());
         if !*outputs.ready.borrow() {

@@ -12,17 +12,19 @@
 pub mod mirror;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wimsey_core::backoff::{backoff, jitter};
-use wimsey_core::entries::Entry;
+use wimsey_core::entries::{Entry, EntryKey, OwnerKind};
 use wimsey_core::entry_sync::{ChangedFields, Ownership, Stored};
 
 pub use mirror::{Mirror, Refusal};
 
+use crate::backend::{EntryFailures, Feedback};
 use crate::spire_entries::{SpireApiError, SpireEntries, from_stored, mask};
 use crate::store::EntryStore;
 
@@ -51,10 +53,56 @@ impl SyncSettings {
 pub enum BackendState {
     /// Not the Lease holder, or not connected yet.
     Idle,
-    /// The owned entries equal the desired ones (but those SPIRE refused).
-    Synced { owned: usize, refused: usize },
+    /// The owned entries equal the desired ones, but those SPIRE refused.
+    Synced {
+        owned: usize,
+        refused: Arc<Vec<Refusal>>,
+    },
     /// The SPIRE Server cannot be reached; the reason.
     Unavailable(String),
+}
+
+/// The resources' view of `state`: the refused entries by the resource that declared them (found
+/// in `store` by entry key), and the server's reachability. None while idle (another replica
+/// writes, and reports).
+pub fn feedback(state: &BackendState, store: &EntryStore) -> Option<Feedback> {
+    match state {
+        BackendState::Idle => None,
+        BackendState::Unavailable(reason) => Some(Feedback {
+            unavailable: Some(reason.clone()),
+            failures: BTreeMap::new(),
+        }),
+        BackendState::Synced { refused, .. } => {
+            let mut failures: BTreeMap<(OwnerKind, String), EntryFailures> = BTreeMap::new();
+            if !refused.is_empty() {
+                let refused_keys: BTreeMap<EntryKey, &Refusal> =
+                    refused.iter().map(|r| (r.entry.key(), r)).collect();
+                let pods = store.all_pods();
+                let declared = pods
+                    .iter()
+                    .flat_map(|pod| pod.entries.iter().cloned())
+                    .chain(store.static_entries());
+                for stored in declared {
+                    let Some(refusal) = refused_keys.get(&stored.entry.key()) else {
+                        continue;
+                    };
+                    let owner = (stored.owner.kind, stored.owner.name.clone());
+                    let failures = failures.entry(owner).or_default();
+                    if failures.count == 0 {
+                        failures.first = format!(
+                            "entry {}: {:?}: {}",
+                            stored.entry.spiffe_id, refusal.code, refusal.message
+                        );
+                    }
+                    failures.count += 1;
+                }
+            }
+            Some(Feedback {
+                unavailable: None,
+                failures,
+            })
+        }
+    }
 }
 
 /// What one pass sent.
@@ -146,9 +194,15 @@ impl SpireSync {
             if report != SyncReport::default() {
                 tracing::info!(?report, "SPIRE Server entries synced");
             }
-            self.state.send_replace(BackendState::Synced {
-                owned: mirror.len(),
-                refused: mirror.refusals().count(),
+            let refused: Vec<Refusal> = mirror.refusals().cloned().collect();
+            self.state.send_if_modified(|current| {
+                let next = BackendState::Synced {
+                    owned: mirror.len(),
+                    refused: Arc::new(refused),
+                };
+                let changed = *current != next;
+                *current = next;
+                changed
             });
             tokio::select! {
                 () = shutdown.cancelled() => return Ok(()),

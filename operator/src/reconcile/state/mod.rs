@@ -207,6 +207,8 @@ pub struct ClusterState {
     /// The distinct kept template fields of the pods.
     fields: SharedPool<Fields>,
     dirty: Dirty,
+    /// What the backend last reported (the `spire` backend: refusals, reachability).
+    pub(crate) backend: crate::backend::Feedback,
 }
 
 fn pod_key(view: &PodView) -> String {
@@ -214,6 +216,15 @@ fn pod_key(view: &PodView) -> String {
 }
 
 impl ClusterState {
+    /// Takes the backend's report; returns whether it changed (the statuses then change).
+    pub fn set_backend_feedback(&mut self, feedback: crate::backend::Feedback) -> bool {
+        if self.backend == feedback {
+            return false;
+        }
+        self.backend = feedback;
+        true
+    }
+
     pub fn new(config: RenderConfig, entry_id_prefix: &str) -> Self {
         let mut kept = KeptTracker::new();
         kept.reached(&reached_fields(std::iter::empty(), &config));
@@ -238,6 +249,7 @@ impl ClusterState {
             maps: SharedPool::default(),
             fields: SharedPool::default(),
             dirty: Dirty::default(),
+            backend: crate::backend::Feedback::default(),
         }
     }
 
