@@ -300,15 +300,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
         shutdown.cancel();
         controller.stop().await;
         sync.await.context("SPIRE sync task")?;
-        admin
-            .await
-            .context("admin server task")?
-            .context("admin server")?;
-        debug
-            .await
-            .context("debug server task")?
-            .context("debug server")?;
-        return Ok(());
+        return admin_servers_ended(admin, debug).await;
     }
 
     let mut authority_args = options.authority;
@@ -427,14 +419,7 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     shutdown.cancel();
     controller.stop().await;
-    admin
-        .await
-        .context("admin server task")?
-        .context("admin server")?;
-    debug
-        .await
-        .context("debug server task")?
-        .context("debug server")?;
+    admin_servers_ended(admin, debug).await?;
     node_api
         .await
         .context("node API task")?
@@ -445,6 +430,22 @@ pub async fn run(options: RunOptions) -> anyhow::Result<()> {
             .context("bundle endpoint task")?
             .context("bundle endpoint")?;
     }
+    Ok(())
+}
+
+/// Waits for the admin and debug servers to end (after shutdown), with what stopped them.
+async fn admin_servers_ended(
+    admin: JoinHandle<Result<(), wimsey_runtime::AdminError>>,
+    debug: JoinHandle<Result<(), wimsey_runtime::AdminError>>,
+) -> anyhow::Result<()> {
+    admin
+        .await
+        .context("admin server task")?
+        .context("admin server")?;
+    debug
+        .await
+        .context("debug server task")?
+        .context("debug server")?;
     Ok(())
 }
 
