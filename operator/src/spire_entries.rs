@@ -47,7 +47,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpireApiError {
-    #[error("SPIRE Server {call}: {status}")]
+    #[error("SPIRE Server {call}: {}: {}", code_name(status.code()), status.message())]
     Call {
         call: &'static str,
         status: tonic::Status,
@@ -58,6 +58,11 @@ pub enum SpireApiError {
         sent: usize,
         got: usize,
     },
+}
+
+/// The gRPC code as its name (`Unavailable`), which reads better than tonic's description.
+fn code_name(code: Code) -> String {
+    format!("{code:?}")
 }
 
 impl SpireApiError {

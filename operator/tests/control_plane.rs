@@ -1086,18 +1086,30 @@ mod reconciler {
             .await
             .unwrap();
 
-        // The SPIRE Server goes away: BackendUnavailable, and Ready again once it is back.
+        // The SPIRE Server goes away. Nothing is sent while nothing changes, so the next change
+        // finds it gone: BackendUnavailable; once it is back the change goes through.
         tokio::task::block_in_place(|| spire.stop()).unwrap();
+        fixture.pod(namespace, "three", json!({})).await;
         let down = reason_is("wimsey-cp-spire", "BackendUnavailable").await;
         println!("SPIRE Server down: {}", down["message"]);
         tokio::task::block_in_place(|| spire.start_again()).unwrap();
         reason_is("wimsey-cp-spire", "Reconciled").await;
+        let three = vec![
+            "/by-hand".to_owned(),
+            path("one"),
+            path("three"),
+            path("two"),
+        ];
+        wait_for("the pod made during the outage in SPIRE", SYNC, || async {
+            (spiffe_ids().await == three).then_some(())
+        })
+        .await;
 
         Api::<Pod>::namespaced(client.clone(), namespace)
             .delete("two", &force_delete())
             .await
             .unwrap();
-        let one = vec!["/by-hand".to_owned(), path("one")];
+        let one = vec!["/by-hand".to_owned(), path("one"), path("three")];
         wait_for("the deleted pod's entry gone from SPIRE", SYNC, || async {
             (spiffe_ids().await == one).then_some(())
         })
