@@ -37,6 +37,12 @@ TEST_TARGETS += test-spire-interop
 bench-federation: spire-server ## bundle endpoint throughput and latency vs spire-server's, built --release
 	WIMSEY_SPIRE_SERVER=$(SPIRE_SERVER) $(CARGO) bench -p wimsey-operator --bench bundle_endpoint
 
+.PHONY: bench-spire
+# The spire backend's sync against a real SPIRE Server (SQLite), 10k and 50k entries, beside the
+# floor of a raw BatchCreateEntry client (not in make test).
+bench-spire: spire-server ## spire backend: convergence vs SPIRE's floor, single-pod latency, idle calls, memory
+	WIMSEY_SPIRE_SERVER=$(SPIRE_SERVER) $(CARGO) bench -p wimsey-operator --bench spire_sync
+
 .PHONY: test-federation-e2e
 # Federation with a real SPIRE Server on this host, both ways, on the node-level cluster
 # (kind-tests/tests/federation.rs): the operator's bundle endpoint and poller, federated bundles in

@@ -3,13 +3,14 @@
 //! that a refused entry is not sent again on every change. Plain data; the calls are made by
 //! [`super::SpireSync`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use tonic::Code;
 use wimsey_core::entries::{Entry, EntryKey};
 use wimsey_core::entry_sync::{Ownership, Stored, SyncPlan, plan_sync};
 use wimsey_proto::spire::entry::v1::RegistrationEntry;
 
+use super::desired::Changed;
 use crate::reconcile::entry_id;
 use crate::spire_entries::{Outcome, to_stored};
 
@@ -25,6 +26,9 @@ pub struct Refusal {
 #[derive(Debug, Default)]
 pub struct Mirror {
     owned: BTreeMap<String, Stored>,
+    /// The IDs of the owned entries, by key (more than one only for duplicates, which the
+    /// next plan for that key deletes).
+    by_key: BTreeMap<EntryKey, BTreeSet<String>>,
     refused: BTreeMap<EntryKey, Refusal>,
 }
 
@@ -32,21 +36,45 @@ impl Mirror {
     /// The owned entries among everything listed; an owned entry we cannot read is left out
     /// (logged): it is never planned for, so never deleted by mistake.
     pub fn from_listed(listed: &[RegistrationEntry], ownership: &Ownership) -> Self {
-        let mut owned = BTreeMap::new();
+        let mut mirror = Self::default();
         for entry in listed {
             match to_stored(entry) {
-                Ok(stored) if ownership.owns(&stored) => {
-                    owned.insert(stored.id.clone(), stored);
-                }
+                Ok(stored) if ownership.owns(&stored) => mirror.insert(stored),
                 Ok(_) => {}
                 Err(reason) => {
                     tracing::warn!(id = %entry.id, %reason, "SPIRE entry not understood; left alone");
                 }
             }
         }
-        Self {
-            owned,
-            refused: BTreeMap::new(),
+        mirror
+    }
+
+    fn insert(&mut self, stored: Stored) {
+        if let Some(old) = self.owned.get(&stored.id) {
+            let old_key = old.entry.key();
+            if let Some(ids) = self.by_key.get_mut(&old_key) {
+                ids.remove(&stored.id);
+                if ids.is_empty() {
+                    self.by_key.remove(&old_key);
+                }
+            }
+        }
+        self.by_key
+            .entry(stored.entry.key())
+            .or_default()
+            .insert(stored.id.clone());
+        self.owned.insert(stored.id.clone(), stored);
+    }
+
+    fn remove(&mut self, id: &str) {
+        if let Some(old) = self.owned.remove(id) {
+            let key = old.entry.key();
+            if let Some(ids) = self.by_key.get_mut(&key) {
+                ids.remove(id);
+                if ids.is_empty() {
+                    self.by_key.remove(&key);
+                }
+            }
         }
     }
 
@@ -81,6 +109,38 @@ impl Mirror {
         })
     }
 
+    /// The calls for the keys in `changed` only (what changed in the store since the last
+    /// plan): the same decisions as [`Mirror::plan`] over everything, at the cost of the change.
+    /// Refusals of keys no longer wanted are forgotten.
+    pub fn plan_changes(&mut self, changed: &Changed, ownership: &Ownership) -> SyncPlan {
+        let mut wanted = Vec::new();
+        for (key, entry) in changed {
+            match entry {
+                Some(entry) => {
+                    let held_back = self
+                        .refused
+                        .get(key)
+                        .is_some_and(|refusal| refusal.entry == *entry);
+                    if !held_back {
+                        wanted.push(entry.clone());
+                    }
+                }
+                None => {
+                    self.refused.remove(key);
+                }
+            }
+        }
+        let current: Vec<Stored> = changed
+            .keys()
+            .filter_map(|key| self.by_key.get(key))
+            .flatten()
+            .filter_map(|id| self.owned.get(id).cloned())
+            .collect();
+        plan_sync(&wanted, &current, ownership, |entry| {
+            entry_id("", &entry.key())
+        })
+    }
+
     /// Records the answers to creates of `sent`, in order.
     pub fn record_created(
         &mut self,
@@ -94,9 +154,7 @@ impl Mirror {
                 // Ours from an earlier attempt (owned: adopted, updated by the next plan if it
                 // differs), or someone else's with the same key (refused).
                 Outcome::AlreadyExists(existing) => match to_stored(&existing) {
-                    Ok(stored) if ownership.owns(&stored) => {
-                        self.owned.insert(stored.id.clone(), stored);
-                    }
+                    Ok(stored) if ownership.owns(&stored) => self.insert(stored),
                     _ => self.refuse(
                         &sent.entry,
                         Code::AlreadyExists,
@@ -120,9 +178,7 @@ impl Mirror {
                 Outcome::Refused {
                     code: Code::NotFound,
                     ..
-                } => {
-                    self.owned.remove(&sent.id);
-                }
+                } => self.remove(&sent.id),
                 Outcome::Refused { code, message } => self.refuse(&sent.entry, code, message),
                 Outcome::AlreadyExists(_) => {}
             }
@@ -137,9 +193,7 @@ impl Mirror {
                 | Outcome::Refused {
                     code: Code::NotFound,
                     ..
-                } => {
-                    self.owned.remove(id);
-                }
+                } => self.remove(id),
                 Outcome::Refused { code, message } => {
                     tracing::warn!(%id, ?code, %message, "SPIRE refused to delete an entry");
                 }
@@ -155,7 +209,7 @@ impl Mirror {
             .filter(|s| !s.id.is_empty())
             .unwrap_or_else(|| sent.clone());
         self.refused.remove(&stored.entry.key());
-        self.owned.insert(stored.id.clone(), stored);
+        self.insert(stored);
     }
 
     fn refuse(&mut self, entry: &Entry, code: Code, message: String) {
@@ -285,5 +339,121 @@ mod tests {
         mirror.record_deleted(std::slice::from_ref(&plan.create[1].id), vec![not_found()]);
         assert!(mirror.is_empty());
         assert_eq!(mirror.plan(&[changed.entry], &ours()).create.len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod incremental_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use wimsey_core::entries::{EntryOwner, OwnerKind, Selector};
+    use wimsey_core::spiffe_id::SpiffeId;
+
+    use super::*;
+    use crate::spire_entries::from_stored;
+    use crate::spire_sync::Desired;
+    use crate::store::{PodRecord, StoredEntry};
+
+    fn pod(n: usize, ttl: u64) -> Arc<PodRecord> {
+        let id = |s: &str| SpiffeId::parse(s).unwrap();
+        Arc::new(PodRecord {
+            uid: format!("uid-{n}"),
+            namespace: "a".into(),
+            name: format!("p{n}"),
+            service_account: "default".into(),
+            node_name: "node".into(),
+            entries: vec![StoredEntry {
+                id: String::new(),
+                entry: Entry {
+                    spiffe_id: id(&format!("spiffe://td/app-{n}")),
+                    parent_id: id("spiffe://td/node"),
+                    selectors: vec![Selector::new("k8s", &format!("pod-uid:{n}"))],
+                    x509_svid_ttl: Duration::from_secs(ttl),
+                    jwt_svid_ttl: Duration::ZERO,
+                    federates_with: Vec::new(),
+                    admin: false,
+                    downstream: false,
+                    dns_names: Vec::new(),
+                    hint: String::new(),
+                    store_svid: false,
+                },
+                owner: EntryOwner {
+                    kind: OwnerKind::ClusterSpiffeId,
+                    name: "s".into(),
+                    uid: "u".into(),
+                    creation_timestamp: 0,
+                    deletion_timestamp: None,
+                },
+            }],
+        })
+    }
+
+    /// Applies `plan` as a server that accepts everything would.
+    fn accept(mirror: &mut Mirror, plan: &SyncPlan, ownership: &Ownership) {
+        let done = |s: &Stored| Outcome::Done(from_stored(s));
+        mirror.record_deleted(
+            &plan.delete,
+            plan.delete
+                .iter()
+                .map(|_| Outcome::Done(RegistrationEntry::default()))
+                .collect(),
+        );
+        mirror.record_created(
+            &plan.create,
+            plan.create.iter().map(done).collect(),
+            ownership,
+        );
+        let updated: Vec<Stored> = plan.update.iter().map(|(s, _)| s.clone()).collect();
+        mirror.record_updated(&updated, updated.iter().map(done).collect());
+    }
+
+    #[test]
+    fn planning_the_changes_decides_as_planning_everything() {
+        let ownership = Ownership::new("w");
+        let mut mirror = Mirror::default();
+        let mut desired = Desired::default();
+        desired.update((0..20).map(|n| pod(n, 60)).collect(), Vec::new());
+        let plan = mirror.plan(&desired.all(), &ownership);
+        accept(&mut mirror, &plan, &ownership);
+        assert_eq!(mirror.len(), 20);
+
+        // Pods 0-4 leave, 5-9 change their TTL, 10-19 stay as they were, 20-24 arrive.
+        let kept: Vec<_> = (5..25)
+            .map(|n| match n {
+                5..10 => pod(n, 120),
+                10..20 => desired_pod(&desired, &format!("uid-{n}")),
+                _ => pod(n, 60),
+            })
+            .collect();
+        let changed = desired.update(kept, Vec::new());
+        assert_eq!(changed.len(), 15, "only the pods that changed");
+        let incremental = mirror.plan_changes(&changed, &ownership);
+        let everything = mirror.plan(&desired.all(), &ownership);
+        let ids = |plan: &SyncPlan| {
+            let mut c: Vec<_> = plan.create.iter().map(|s| s.id.clone()).collect();
+            let mut u: Vec<_> = plan.update.iter().map(|(s, _)| s.id.clone()).collect();
+            let mut d = plan.delete.clone();
+            c.sort();
+            u.sort();
+            d.sort();
+            (c, u, d)
+        };
+        assert_eq!(ids(&incremental), ids(&everything));
+        assert_eq!(
+            (
+                incremental.create.len(),
+                incremental.update.len(),
+                incremental.delete.len()
+            ),
+            (5, 5, 5)
+        );
+        accept(&mut mirror, &incremental, &ownership);
+        assert_eq!(mirror.plan(&desired.all(), &ownership).unchanged, 20);
+    }
+
+    /// The record `desired` holds for `uid` (the same allocation: unchanged).
+    fn desired_pod(desired: &Desired, uid: &str) -> Arc<PodRecord> {
+        desired.pod(uid).expect("held")
     }
 }

@@ -9,6 +9,7 @@
 //! it says so ([`BackendState::Unavailable`]) and retries with backoff, listing again once back,
 //! so nothing is lost or duplicated.
 
+pub mod desired;
 pub mod mirror;
 
 use std::collections::BTreeMap;
@@ -19,9 +20,10 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use wimsey_core::backoff::{backoff, jitter};
-use wimsey_core::entries::{Entry, EntryKey, OwnerKind};
+use wimsey_core::entries::{EntryKey, OwnerKind};
 use wimsey_core::entry_sync::{ChangedFields, Ownership, Stored};
 
+pub use desired::Desired;
 pub use mirror::{Mirror, Refusal};
 
 use crate::backend::{EntryFailures, Feedback};
@@ -43,7 +45,7 @@ impl SyncSettings {
         Self {
             ownership,
             drift_check: Duration::from_secs(600),
-            coalesce: Duration::from_millis(20),
+            coalesce: Duration::from_millis(2),
         }
     }
 }
@@ -189,8 +191,11 @@ impl SpireSync {
         drop(listed);
         tracing::info!(owned = mirror.len(), "SPIRE Server entries listed");
         let drift_at = Instant::now() + self.settings.drift_check;
+        let mut desired = Desired::default();
+        let mut full = true;
         loop {
-            let report = self.sync_once(&mut mirror).await?;
+            let report = self.sync_once(&mut mirror, &mut desired, full).await?;
+            full = false;
             if report != SyncReport::default() {
                 tracing::info!(?report, "SPIRE Server entries synced");
             }
@@ -223,11 +228,21 @@ impl SpireSync {
         }
     }
 
-    /// Sends what makes the owned entries the desired ones, and records the answers.
-    pub async fn sync_once(&self, mirror: &mut Mirror) -> Result<SyncReport, SpireApiError> {
-        let desired = desired_entries(&self.store);
+    /// Sends what makes the owned entries the desired ones, and records the answers: after a
+    /// listing (`full`) over every entry, else over what changed in the store since the last call.
+    pub async fn sync_once(
+        &self,
+        mirror: &mut Mirror,
+        desired: &mut Desired,
+        full: bool,
+    ) -> Result<SyncReport, SpireApiError> {
+        let changed = desired.update(self.store.all_pods(), self.store.static_entries());
         let ownership = &self.settings.ownership;
-        let plan = mirror.plan(&desired, ownership);
+        let plan = if full {
+            mirror.plan(&desired.all(), ownership)
+        } else {
+            mirror.plan_changes(&changed, ownership)
+        };
         let report = SyncReport {
             created: plan.create.len(),
             updated: plan.update.len(),
@@ -263,17 +278,6 @@ impl From<SpireApiError> for Interrupted {
     fn from(error: SpireApiError) -> Self {
         Interrupted::Failed(error)
     }
-}
-
-/// Every desired entry: those of the pods, then the static ones.
-fn desired_entries(store: &EntryStore) -> Vec<Entry> {
-    let mut entries: Vec<Entry> = store
-        .all_pods()
-        .iter()
-        .flat_map(|pod| pod.entries.iter().map(|e| e.entry.clone()))
-        .collect();
-    entries.extend(store.static_entries().into_iter().map(|e| e.entry));
-    entries
 }
 
 /// Updates grouped by the fields they set: one mask per call.
