@@ -14,32 +14,43 @@ pub type Changed = BTreeMap<EntryKey, Option<Entry>>;
 
 #[derive(Debug, Default)]
 pub struct Desired {
-    pods: HashMap<String, Arc<PodRecord>>,
+    /// Pod UID -> its record and the update that last saw it in the store.
+    pods: HashMap<String, (Arc<PodRecord>, u64)>,
     statics: Vec<StoredEntry>,
+    updates: u64,
 }
 
 impl Desired {
     /// Takes the store's current `pods` and `statics`; returns what changed since the last call.
+    /// Unchanged pods cost a pointer comparison, and no allocation.
     pub fn update(&mut self, pods: Vec<Arc<PodRecord>>, statics: Vec<StoredEntry>) -> Changed {
+        self.updates += 1;
+        let seen = self.updates;
         let mut changed = Changed::new();
-        let mut current: HashMap<String, Arc<PodRecord>> = HashMap::with_capacity(pods.len());
         for pod in pods {
-            match self.pods.remove(&pod.uid) {
-                Some(old) if Arc::ptr_eq(&old, &pod) => {}
-                old => {
-                    if let Some(old) = old {
-                        unwanted(&mut changed, &old.entries);
+            match self.pods.get_mut(&pod.uid) {
+                Some((held, at)) => {
+                    *at = seen;
+                    if !Arc::ptr_eq(held, &pod) {
+                        unwanted(&mut changed, &held.entries);
+                        wanted(&mut changed, &pod.entries);
+                        *held = pod;
                     }
+                }
+                None => {
                     wanted(&mut changed, &pod.entries);
+                    self.pods.insert(pod.uid.clone(), (pod, seen));
                 }
             }
-            current.insert(pod.uid.clone(), pod);
         }
         // Pods no longer in the store.
-        for old in self.pods.values() {
-            unwanted(&mut changed, &old.entries);
-        }
-        self.pods = current;
+        self.pods.retain(|_, (held, at)| {
+            let present = *at == seen;
+            if !present {
+                unwanted(&mut changed, &held.entries);
+            }
+            present
+        });
         if statics != self.statics {
             unwanted(&mut changed, &self.statics);
             wanted(&mut changed, &statics);
@@ -50,14 +61,14 @@ impl Desired {
 
     /// The record held for pod `uid`.
     pub fn pod(&self, uid: &str) -> Option<Arc<PodRecord>> {
-        self.pods.get(uid).cloned()
+        self.pods.get(uid).map(|(pod, _)| Arc::clone(pod))
     }
 
     /// Every desired entry.
     pub fn all(&self) -> Vec<Entry> {
         self.pods
             .values()
-            .flat_map(|pod| pod.entries.iter())
+            .flat_map(|(pod, _)| pod.entries.iter())
             .chain(self.statics.iter())
             .map(|e| e.entry.clone())
             .collect()
