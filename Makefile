@@ -50,4 +50,4 @@ generate: generate-crds ## regenerate committed generated files (CRD YAML)
 verify: $(VERIFY_TARGETS) ## formatting, clippy, and generated files up to date
 	@echo "make verify: ok"
 
-bench: bench-core bench-operator ## every benchmark
+bench: bench-core bench-operator bench-federation bench-spire ## every benchmark
