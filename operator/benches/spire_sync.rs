@@ -154,6 +154,7 @@ async fn run(size: usize, idle: Duration) -> Figures {
         store.clone(),
         SyncSettings::new(Ownership::new(PREFIX)),
         leader,
+        watch::channel(true).1,
     );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(sync.run(shutdown.clone()));

@@ -460,15 +460,14 @@ pub fn start_spire_sync(settings: &Settings, controller: &Controller) -> JoinHan
         controller.store.clone(),
         SyncSettings::new(ownership),
         controller.leader.clone(),
+        controller.ready.clone(),
     );
     tracing::info!(socket = %settings.spire_server_socket.display(), "spire backend: entries go to the SPIRE Server");
     let (store, feedback) = (controller.store.clone(), controller.feedback.clone());
     tokio::spawn(async move {
         while state.changed().await.is_ok() {
             let report = state.borrow_and_update().clone();
-            if let Some(report) = spire_sync::feedback(&report, &store) {
-                feedback.report(report);
-            }
+            feedback.report(spire_sync::feedback(&report, &store));
         }
     });
     tokio::spawn(sync.run(controller.shutdown.clone()))

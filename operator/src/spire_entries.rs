@@ -400,6 +400,7 @@ pub fn mask(changed: ChangedFields) -> EntryMask {
         downstream: changed.downstream,
         dns_names: changed.dns_names,
         store_svid: changed.store_svid,
+        hint: changed.hint,
         ..EntryMask::default()
     }
 }

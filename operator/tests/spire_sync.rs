@@ -187,7 +187,13 @@ async fn the_spire_backend_takes_over_follows_without_listing_and_rides_out_a_re
     let client = SpireEntries::connect_lazy(server.socket_path(), BatchLimits::default());
     let (_leader, leader) = watch::channel(true);
     let settings = SyncSettings::new(Ownership::new(PREFIX));
-    let (sync, mut state) = SpireSync::new(client.clone(), store.clone(), settings, leader);
+    let (sync, mut state) = SpireSync::new(
+        client.clone(),
+        store.clone(),
+        settings,
+        leader,
+        watch::channel(true).1,
+    );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(sync.run(shutdown.clone()));
 
@@ -259,7 +265,13 @@ async fn the_spire_backend_takes_over_follows_without_listing_and_rides_out_a_re
     let mut settings = SyncSettings::new(Ownership::new(PREFIX));
     settings.drift_check = Duration::from_secs(2);
     let (_leader, leader) = watch::channel(true);
-    let (sync, mut state) = SpireSync::new(client.clone(), store.clone(), settings, leader);
+    let (sync, mut state) = SpireSync::new(
+        client.clone(),
+        store.clone(),
+        settings,
+        leader,
+        watch::channel(true).1,
+    );
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(sync.run(shutdown.clone()));
     synced(&mut state, 11).await;

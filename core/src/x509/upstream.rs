@@ -111,6 +111,7 @@ pub struct UpstreamCa {
     chain: Vec<CertDer>,
     /// `ca.crt`: every root to publish (the chain's root among them).
     roots: Vec<CertDer>,
+    /// The earliest notAfter of the chain: nothing signed may outlive it.
     not_after: SystemTime,
 }
 
@@ -154,6 +155,14 @@ impl UpstreamCa {
     pub fn usable_at(&self, longest: Duration, now: SystemTime) -> bool {
         now.checked_add(longest)
             .is_some_and(|end| end <= self.not_after)
+    }
+
+    /// The error for a CA that can no longer sign `longest` (it ends before).
+    pub fn ends_too_soon(&self, longest: Duration) -> UpstreamCaError {
+        UpstreamCaError::EndsTooSoon {
+            not_after: rfc3339(self.not_after),
+            needed_seconds: longest.as_secs(),
+        }
     }
 
     /// The signing [`Authority`]; SVIDs it issues carry the chain without the root.
@@ -232,6 +241,45 @@ pub fn load_upstream_ca(
         && !roots.contains(last)
     {
         roots.push(last.clone());
+    }
+    // Every certificate above ours must be valid as long as what we sign: the earliest end in
+    // the chain is the CA's end, and the path length must leave room for our leaves.
+    let mut not_after = not_after;
+    for (depth, cert) in chain.iter().enumerate().skip(1) {
+        let parsed =
+            parse_certificate(cert.as_bytes()).map_err(|e| UpstreamCaError::Unreadable {
+                field: TLS_CRT,
+                reason: e.to_string(),
+            })?;
+        let name = if depth + 1 == chain.len() {
+            "the root".to_owned()
+        } else {
+            format!("intermediate {depth} of tls.crt")
+        };
+        if now < parsed.not_before || now > parsed.not_after {
+            return Err(UpstreamCaError::NotChained(format!(
+                "{name} is not valid now (notBefore {}, notAfter {})",
+                rfc3339(parsed.not_before),
+                rfc3339(parsed.not_after)
+            )));
+        }
+        // A CA `depth` levels up may have at most pathLen CAs below it; ours is one of them.
+        if parsed
+            .path_len
+            .is_some_and(|limit| usize::from(limit) < depth)
+        {
+            return Err(UpstreamCaError::NotChained(format!(
+                "{name} allows {} CA certificate(s) below it; tls.crt's CA is {depth} level(s) down",
+                parsed.path_len.unwrap_or_default()
+            )));
+        }
+        not_after = not_after.min(parsed.not_after);
+    }
+    if now.checked_add(longest).is_none_or(|end| end > not_after) {
+        return Err(UpstreamCaError::EndsTooSoon {
+            not_after: rfc3339(not_after),
+            needed_seconds: longest.as_secs(),
+        });
     }
     let key_pkcs8 = key.pkcs8_der();
     Authority::from_chain(key, chain.clone(), trust_domain, now).map_err(|e| match e {

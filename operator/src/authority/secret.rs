@@ -687,6 +687,33 @@ impl SigningAuthority {
                 tracing::info!("the upstream CA's root has propagated; it signs now");
                 self.refresh_material().await;
             }
+            self.check_upstream_lifetime().await;
+        }
+    }
+
+    /// An upstream CA nobody renews runs out while its Secret stays the same: say so once it can
+    /// no longer sign the longest lifetime (it keeps signing, shorter, until it ends).
+    async fn check_upstream_lifetime(&self) {
+        let Some(slot) = &self.inner.upstream else {
+            return;
+        };
+        let candidate = Arc::clone(&lock(&slot.candidate));
+        let longest = self.inner.lifetimes.max_ca_signed_lifetime();
+        if candidate.usable_at(longest, SystemTime::now()) {
+            return;
+        }
+        let error = AuthorityError::Upstream {
+            secret: slot.secret.clone(),
+            error: candidate.ends_too_soon(longest),
+        };
+        self.inner
+            .metrics
+            .set_upstream_ca_error(Some(error.label()));
+        let message = error.to_string();
+        if lock(&slot.problem).replace(message.clone()) != Some(message.clone()) {
+            tracing::error!(%error, "the upstream CA is about to end and was not renewed");
+            let note = format!("{message}; renew it (is cert-manager running?)");
+            self.inner.store.warn(REASON_UPSTREAM_UNUSABLE, note).await;
         }
     }
 }
@@ -738,27 +765,24 @@ fn select_material(
     };
     let candidate = Arc::clone(&lock(&slot.candidate));
     let held = lock(&slot.signing).clone();
-    match upstream::select(stored, held.as_deref(), &candidate, lifetimes, now) {
-        Selection::Candidate => {
-            *lock(&slot.switch_at) = None;
-            *lock(&slot.signing) = Some(Arc::clone(&candidate));
-            SigningMaterial::from_stored_with(
-                stored,
-                trust_domain,
-                lifetimes,
-                Some(&candidate),
-                now,
-            )
+    let (signing, switch_at) =
+        match upstream::select(stored, held.as_deref(), &candidate, lifetimes, now) {
+            Selection::Candidate => (Some(candidate), None),
+            Selection::KeepHeld { until } => (held, Some(until)),
+            Selection::KeepOwn { until } => (None, Some(until)),
+        };
+    let material = match &signing {
+        Some(ca) => {
+            SigningMaterial::from_stored_with(stored, trust_domain, lifetimes, Some(ca), now)
         }
-        Selection::KeepHeld { until } => {
-            *lock(&slot.switch_at) = Some(until);
-            SigningMaterial::from_stored_with(stored, trust_domain, lifetimes, held.as_deref(), now)
-        }
-        Selection::KeepOwn { until } => {
-            *lock(&slot.switch_at) = Some(until);
-            SigningMaterial::from_stored(stored, trust_domain, lifetimes, now)
-        }
+        None => SigningMaterial::from_stored(stored, trust_domain, lifetimes, now),
+    }?;
+    // Remembered only once the material is built: what signs is what the slot says.
+    *lock(&slot.switch_at) = switch_at;
+    if signing.is_some() {
+        *lock(&slot.signing) = signing;
     }
+    Ok(material)
 }
 
 /// What a guarded rotation write did.

@@ -30,6 +30,7 @@ pub struct Mirror {
     /// next plan for that key deletes).
     by_key: BTreeMap<EntryKey, BTreeSet<String>>,
     refused: BTreeMap<EntryKey, Refusal>,
+    needs_full_plan: bool,
 }
 
 impl Mirror {
@@ -94,16 +95,22 @@ impl Mirror {
     /// New entries get stable IDs (`<prefix><hash of the key>`), so a retried create of the
     /// same entry meets AlreadyExists instead of making a duplicate.
     pub fn plan(&self, desired: &[Entry], ownership: &Ownership) -> SyncPlan {
-        let wanted: Vec<Entry> = desired
-            .iter()
-            .filter(|e| {
-                self.refused
-                    .get(&e.key())
-                    .is_none_or(|refusal| refusal.entry != **e)
-            })
+        let mut held_back = BTreeSet::new();
+        let mut wanted = Vec::with_capacity(desired.len());
+        for entry in desired {
+            if self.is_held_back(entry) {
+                held_back.insert(entry.key());
+            } else {
+                wanted.push(entry.clone());
+            }
+        }
+        // What SPIRE holds for a held-back key stays as it is: neither updated nor deleted.
+        let current: Vec<Stored> = self
+            .owned
+            .values()
+            .filter(|s| !held_back.contains(&s.entry.key()))
             .cloned()
             .collect();
-        let current: Vec<Stored> = self.owned.values().cloned().collect();
         plan_sync(&wanted, &current, ownership, |entry| {
             entry_id("", &entry.key())
         })
@@ -114,17 +121,13 @@ impl Mirror {
     /// Refusals of keys no longer wanted are forgotten.
     pub fn plan_changes(&mut self, changed: &Changed, ownership: &Ownership) -> SyncPlan {
         let mut wanted = Vec::new();
+        let mut held_back = BTreeSet::new();
         for (key, entry) in changed {
             match entry {
-                Some(entry) => {
-                    let held_back = self
-                        .refused
-                        .get(key)
-                        .is_some_and(|refusal| refusal.entry == *entry);
-                    if !held_back {
-                        wanted.push(entry.clone());
-                    }
+                Some(entry) if self.is_held_back(entry) => {
+                    held_back.insert(key);
                 }
+                Some(entry) => wanted.push(entry.clone()),
                 None => {
                     self.refused.remove(key);
                 }
@@ -132,6 +135,7 @@ impl Mirror {
         }
         let current: Vec<Stored> = changed
             .keys()
+            .filter(|key| !held_back.contains(key))
             .filter_map(|key| self.by_key.get(key))
             .flatten()
             .filter_map(|id| self.owned.get(id).cloned())
@@ -139,6 +143,19 @@ impl Mirror {
         plan_sync(&wanted, &current, ownership, |entry| {
             entry_id("", &entry.key())
         })
+    }
+
+    /// Whether `entry` was refused as it is now (then it is not sent again).
+    fn is_held_back(&self, entry: &Entry) -> bool {
+        self.refused
+            .get(&entry.key())
+            .is_some_and(|refusal| refusal.entry == *entry)
+    }
+
+    /// Whether an answer showed SPIRE holding something other than we thought (an entry of ours
+    /// we did not know of, one deleted behind our back): the next plan must cover every key.
+    pub fn take_needs_full_plan(&mut self) -> bool {
+        std::mem::take(&mut self.needs_full_plan)
     }
 
     /// Records the answers to creates of `sent`, in order.
@@ -154,7 +171,10 @@ impl Mirror {
                 // Ours from an earlier attempt (owned: adopted, updated by the next plan if it
                 // differs), or someone else's with the same key (refused).
                 Outcome::AlreadyExists(existing) => match to_stored(&existing) {
-                    Ok(stored) if ownership.owns(&stored) => self.insert(stored),
+                    Ok(stored) if ownership.owns(&stored) => {
+                        self.insert(stored);
+                        self.needs_full_plan = true;
+                    }
                     _ => self.refuse(
                         &sent.entry,
                         Code::AlreadyExists,
@@ -178,7 +198,10 @@ impl Mirror {
                 Outcome::Refused {
                     code: Code::NotFound,
                     ..
-                } => self.remove(&sent.id),
+                } => {
+                    self.remove(&sent.id);
+                    self.needs_full_plan = true;
+                }
                 Outcome::Refused { code, message } => self.refuse(&sent.entry, code, message),
                 Outcome::AlreadyExists(_) => {}
             }
@@ -455,5 +478,33 @@ mod incremental_tests {
     /// The record `desired` holds for `uid` (the same allocation: unchanged).
     fn desired_pod(desired: &Desired, uid: &str) -> Arc<PodRecord> {
         desired.pod(uid).expect("held")
+    }
+
+    #[test]
+    fn a_refused_update_leaves_the_entry_spire_holds_alone() {
+        let ownership = Ownership::new("w");
+        let mut mirror = Mirror::default();
+        let mut desired = Desired::default();
+        desired.update(vec![pod(1, 60)], Vec::new());
+        let plan = mirror.plan(&desired.all(), &ownership);
+        accept(&mut mirror, &plan, &ownership);
+        // The TTL changes; SPIRE refuses the update.
+        let changed = desired.update(vec![pod(1, 7200)], Vec::new());
+        let plan = mirror.plan_changes(&changed, &ownership);
+        assert_eq!(plan.update.len(), 1);
+        let refused = Outcome::Refused {
+            code: Code::InvalidArgument,
+            message: "no".into(),
+        };
+        let sent: Vec<Stored> = plan.update.iter().map(|(s, _)| s.clone()).collect();
+        mirror.record_updated(&sent, vec![refused]);
+        // Asked again (any change to the same record), and in a full plan: no call at all, and
+        // above all no delete of the entry SPIRE still holds.
+        let again = desired.update(vec![pod(1, 7200), pod(2, 60)], Vec::new());
+        let plan = mirror.plan_changes(&again, &ownership);
+        assert!(plan.delete.is_empty() && plan.update.is_empty(), "{plan:?}");
+        let full = mirror.plan(&desired.all(), &ownership);
+        assert!(full.delete.is_empty() && full.update.is_empty(), "{full:?}");
+        assert_eq!(full.create.len(), 1, "only pod 2");
     }
 }

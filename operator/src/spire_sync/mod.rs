@@ -65,15 +65,15 @@ pub enum BackendState {
 }
 
 /// The resources' view of `state`: the refused entries by the resource that declared them (found
-/// in `store` by entry key), and the server's reachability. None while idle (another replica
-/// writes, and reports).
-pub fn feedback(state: &BackendState, store: &EntryStore) -> Option<Feedback> {
+/// in `store` by entry key), and the server's reachability. Nothing to report while idle (another
+/// replica writes, and reports).
+pub fn feedback(state: &BackendState, store: &EntryStore) -> Feedback {
     match state {
-        BackendState::Idle => None,
-        BackendState::Unavailable(reason) => Some(Feedback {
+        BackendState::Idle => Feedback::default(),
+        BackendState::Unavailable(reason) => Feedback {
             unavailable: Some(reason.clone()),
             failures: BTreeMap::new(),
-        }),
+        },
         BackendState::Synced { refused, .. } => {
             let mut failures: BTreeMap<(OwnerKind, String), EntryFailures> = BTreeMap::new();
             if !refused.is_empty() {
@@ -99,10 +99,10 @@ pub fn feedback(state: &BackendState, store: &EntryStore) -> Option<Feedback> {
                     failures.count += 1;
                 }
             }
-            Some(Feedback {
+            Feedback {
                 unavailable: None,
                 failures,
-            })
+            }
         }
     }
 }
@@ -122,6 +122,7 @@ pub struct SpireSync {
     store: EntryStore,
     settings: SyncSettings,
     leader: watch::Receiver<bool>,
+    ready: watch::Receiver<bool>,
     state: watch::Sender<BackendState>,
 }
 
@@ -131,6 +132,7 @@ impl SpireSync {
         store: EntryStore,
         settings: SyncSettings,
         leader: watch::Receiver<bool>,
+        ready: watch::Receiver<bool>,
     ) -> (Self, watch::Receiver<BackendState>) {
         let (state, observed) = watch::channel(BackendState::Idle);
         (
@@ -139,6 +141,7 @@ impl SpireSync {
                 store,
                 settings,
                 leader,
+                ready,
                 state,
             },
             observed,
@@ -149,12 +152,17 @@ impl SpireSync {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut failures = 0u32;
         loop {
-            // Write only as the Lease holder.
-            if !*self.leader.borrow_and_update() {
+            // Write only as the Lease holder, and only once the store holds the desired entries
+            // (the reconciler's caches have synced): a plan against a store still empty would
+            // delete every owned entry.
+            let leading = *self.leader.borrow_and_update();
+            let ready = *self.ready.borrow_and_update();
+            if !(leading && ready) {
                 self.state.send_replace(BackendState::Idle);
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     changed = self.leader.changed() => if changed.is_err() { return },
+                    changed = self.ready.changed() => if changed.is_err() { return },
                 }
                 continue;
             }
@@ -194,7 +202,12 @@ impl SpireSync {
         let mut desired = Desired::default();
         let mut full = true;
         loop {
-            let report = self.sync_once(&mut mirror, &mut desired, full).await?;
+            let mut report = self.sync_once(&mut mirror, &mut desired, full).await?;
+            // An answer showed SPIRE holding something else than we thought: one full plan now.
+            if mirror.take_needs_full_plan() {
+                report = self.sync_once(&mut mirror, &mut desired, true).await?;
+                mirror.take_needs_full_plan();
+            }
             full = false;
             if report != SyncReport::default() {
                 tracing::info!(?report, "SPIRE Server entries synced");
