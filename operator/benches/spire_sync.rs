@@ -193,6 +193,21 @@ async fn run(size: usize, idle: Duration) -> Figures {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs this binary too, unoptimized and without `--bench`: a small
+    // run when a SPIRE Server is at hand, else nothing (`make test-spire-interop` covers the sync).
+    if !std::env::args().any(|a| a == "--bench") {
+        if std::env::var_os("WIMSEY_SPIRE_SERVER").is_none() {
+            println!(
+                "bench-spire: not run here (no WIMSEY_SPIRE_SERVER); `make bench-spire` runs it"
+            );
+            return;
+        }
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let f = runtime.block_on(run(300, Duration::from_secs(1)));
+        assert_eq!(f.idle_calls, 0);
+        println!("bench-spire smoke run (300 entries) ok; `make bench-spire` measures");
+        return;
+    }
     let idle = Duration::from_secs(
         std::env::var("IDLE_SECONDS")
             .ok()
