@@ -250,29 +250,12 @@ impl Mirror {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use wimsey_core::entries::Selector;
-    use wimsey_core::spiffe_id::SpiffeId;
-
     use super::*;
     use crate::spire_entries::from_stored;
+    use crate::spire_sync::test_fixtures::entry as fixture_entry;
 
     fn entry(n: usize) -> Entry {
-        let id = |s: &str| SpiffeId::parse(s).unwrap();
-        Entry {
-            spiffe_id: id(&format!("spiffe://td/ns/a/sa/app-{n}")),
-            parent_id: id("spiffe://td/spire/agent/k8s_psat/c/node-1"),
-            selectors: vec![Selector::new("k8s", &format!("pod-uid:{n}"))],
-            x509_svid_ttl: Duration::from_secs(3600),
-            jwt_svid_ttl: Duration::ZERO,
-            federates_with: Vec::new(),
-            admin: false,
-            downstream: false,
-            dns_names: Vec::new(),
-            hint: String::new(),
-            store_svid: false,
-        }
+        fixture_entry(n, 3600)
     }
 
     fn ours() -> Ownership {
@@ -368,49 +351,12 @@ mod tests {
 #[cfg(test)]
 mod incremental_tests {
     use std::sync::Arc;
-    use std::time::Duration;
-
-    use wimsey_core::entries::{EntryOwner, OwnerKind, Selector};
-    use wimsey_core::spiffe_id::SpiffeId;
 
     use super::*;
     use crate::spire_entries::from_stored;
     use crate::spire_sync::Desired;
-    use crate::store::{PodRecord, StoredEntry};
-
-    fn pod(n: usize, ttl: u64) -> Arc<PodRecord> {
-        let id = |s: &str| SpiffeId::parse(s).unwrap();
-        Arc::new(PodRecord {
-            uid: format!("uid-{n}"),
-            namespace: "a".into(),
-            name: format!("p{n}"),
-            service_account: "default".into(),
-            node_name: "node".into(),
-            entries: vec![StoredEntry {
-                id: String::new(),
-                entry: Entry {
-                    spiffe_id: id(&format!("spiffe://td/app-{n}")),
-                    parent_id: id("spiffe://td/node"),
-                    selectors: vec![Selector::new("k8s", &format!("pod-uid:{n}"))],
-                    x509_svid_ttl: Duration::from_secs(ttl),
-                    jwt_svid_ttl: Duration::ZERO,
-                    federates_with: Vec::new(),
-                    admin: false,
-                    downstream: false,
-                    dns_names: Vec::new(),
-                    hint: String::new(),
-                    store_svid: false,
-                },
-                owner: EntryOwner {
-                    kind: OwnerKind::ClusterSpiffeId,
-                    name: "s".into(),
-                    uid: "u".into(),
-                    creation_timestamp: 0,
-                    deletion_timestamp: None,
-                },
-            }],
-        })
-    }
+    use crate::spire_sync::test_fixtures::pod;
+    use crate::store::PodRecord;
 
     /// Applies `plan` as a server that accepts everything would.
     fn accept(mirror: &mut Mirror, plan: &SyncPlan, ownership: &Ownership) {

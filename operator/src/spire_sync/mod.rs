@@ -11,6 +11,8 @@
 
 pub mod desired;
 pub mod mirror;
+#[cfg(test)]
+mod test_fixtures;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
