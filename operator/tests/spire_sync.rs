@@ -130,6 +130,34 @@ where
     }
 }
 
+/// A running sync of `store` into the server behind `client`, as the Lease holder with the
+/// caches synced.
+struct Running {
+    task: tokio::task::JoinHandle<()>,
+    state: watch::Receiver<BackendState>,
+    shutdown: CancellationToken,
+    /// Held: a dropped Lease sender reads as a lost Lease.
+    _leader: watch::Sender<bool>,
+}
+
+fn start_sync(client: &SpireEntries, store: &EntryStore, settings: SyncSettings) -> Running {
+    let (leader_tx, leader) = watch::channel(true);
+    let (sync, state) = SpireSync::new(
+        client.clone(),
+        store.clone(),
+        settings,
+        leader,
+        watch::channel(true).1,
+    );
+    let shutdown = CancellationToken::new();
+    Running {
+        task: tokio::spawn(sync.run(shutdown.clone())),
+        state,
+        shutdown,
+        _leader: leader_tx,
+    }
+}
+
 async fn synced(state: &mut watch::Receiver<BackendState>, owned: usize) {
     let reached = tokio::time::timeout(
         WAIT,
@@ -185,17 +213,13 @@ async fn the_spire_backend_takes_over_follows_without_listing_and_rides_out_a_re
     let store = EntryStore::new();
     set_pods(&store, (0..10).map(|n| (n, Some(3600))));
     let client = SpireEntries::connect_lazy(server.socket_path(), BatchLimits::default());
-    let (_leader, leader) = watch::channel(true);
     let settings = SyncSettings::new(Ownership::new(PREFIX));
-    let (sync, mut state) = SpireSync::new(
-        client.clone(),
-        store.clone(),
-        settings,
-        leader,
-        watch::channel(true).1,
-    );
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(sync.run(shutdown.clone()));
+    let Running {
+        task,
+        mut state,
+        shutdown,
+        _leader,
+    } = start_sync(&client, &store, settings);
 
     synced(&mut state, 10).await;
     let entries = server_entries(&observer).await;
@@ -264,16 +288,12 @@ async fn the_spire_backend_takes_over_follows_without_listing_and_rides_out_a_re
     // A drift check repairs an entry deleted behind the backend's back.
     let mut settings = SyncSettings::new(Ownership::new(PREFIX));
     settings.drift_check = Duration::from_secs(2);
-    let (_leader, leader) = watch::channel(true);
-    let (sync, mut state) = SpireSync::new(
-        client.clone(),
-        store.clone(),
-        settings,
-        leader,
-        watch::channel(true).1,
-    );
-    let shutdown = CancellationToken::new();
-    let task = tokio::spawn(sync.run(shutdown.clone()));
+    let Running {
+        task,
+        mut state,
+        shutdown,
+        _leader,
+    } = start_sync(&client, &store, settings);
     synced(&mut state, 11).await;
     let victim = entries["/ns/team/sa/app-5"][0].0.clone();
     observer.delete(vec![victim]).await.unwrap();
