@@ -4,12 +4,13 @@
 
 use std::path::PathBuf;
 
-const PROTOS: [&str; 5] = [
+const PROTOS: [&str; 6] = [
     "proto/workloadapi.proto",
     "proto/csi/v1/csi.proto",
     "proto/pluginregistration/v1/api.proto",
     "proto/wimsey/node/v1/node.proto",
     "proto/spire/api/server/entry/v1/entry.proto",
+    "proto/spire/api/server/trustdomain/v1/trustdomain.proto",
 ];
 
 /// The file under `OUT_DIR` that `wimsey_proto::workload::FILE_DESCRIPTOR_SET` includes.

@@ -18,6 +18,18 @@ pub struct Feedback {
     /// Why the server cannot be reached, while it cannot.
     pub unavailable: Option<String>,
     pub failures: BTreeMap<(OwnerKind, String), EntryFailures>,
+    /// What became of each ClusterFederatedTrustDomain's relationship in the server, by resource
+    /// name. `None` when the backend does not hold relationships (embedded: the bundle poller
+    /// reports on them instead).
+    pub relationships: Option<BTreeMap<String, RelationshipStatus>>,
+}
+
+/// A ClusterFederatedTrustDomain's relationship in the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RelationshipStatus {
+    Set,
+    /// Refused, with the server's code and message.
+    Refused(String),
 }
 
 /// The entries of one resource the server refused.

@@ -30,6 +30,7 @@ use crate::reconcile::federation::federated_bundles;
 use crate::reconcile::status::DesiredStatus;
 use crate::reconcile::{FederationSet, FeedbackSender, PodDirectory, ReconcileError, Reconciler};
 use crate::spire_entries::{BatchLimits, SpireEntries};
+use crate::spire_relationships::SpireRelationships;
 use crate::spire_sync::{self, SpireSync, SyncSettings};
 use crate::status::StatusWriter;
 use crate::store::EntryStore;
@@ -462,6 +463,11 @@ pub fn start_spire_sync(settings: &Settings, controller: &Controller) -> JoinHan
         controller.leader.clone(),
         controller.ready.clone(),
     );
+    // ClusterFederatedTrustDomains become SPIRE's federation relationships; SPIRE fetches the
+    // bundles itself.
+    let relationships =
+        SpireRelationships::connect_lazy(&settings.spire_server_socket, BatchLimits::default());
+    let sync = sync.with_federation(relationships, controller.federation.clone());
     tracing::info!(socket = %settings.spire_server_socket.display(), "spire backend: entries go to the SPIRE Server");
     let (store, feedback) = (controller.store.clone(), controller.feedback.clone());
     tokio::spawn(async move {

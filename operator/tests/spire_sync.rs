@@ -3,20 +3,34 @@
 //! owned entries nobody wants and never touches others; then follows the desired entries with
 //! creates, updates and deletes only, no listing; rides out a server restart (Unavailable, then
 //! whatever changed meanwhile, with no duplicates); and a drift check repairs an entry deleted
-//! behind its back.
+//! behind its back. ClusterFederatedTrustDomains become SPIRE's federation relationships (created
+//! with their starting bundle, moved in place, deleted), and an entry federating with such a
+//! trust domain is accepted once SPIRE knows it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use wimsey_core::bundle::TrustDomainBundle;
 use wimsey_core::entries::{Entry, EntryOwner, OwnerKind, Selector};
 use wimsey_core::entry_sync::Ownership;
+use wimsey_core::jose::PublicJwk;
+use wimsey_core::keys::{KeyAlgorithm, SigningKey};
 use wimsey_core::spiffe_id::SpiffeId;
+use wimsey_core::spiffe_id::TrustDomain;
+use wimsey_core::x509::upstream::test_pki::UserPki;
+use wimsey_operator::backend::RelationshipStatus;
+use wimsey_operator::reconcile::federation::{
+    BundleEndpointProfile, FederatedTrustDomain, FederationSet,
+};
 use wimsey_operator::spire_entries::{BatchLimits, SpireEntries, to_stored};
+use wimsey_operator::spire_relationships::SpireRelationships;
 use wimsey_operator::spire_sync::{BackendState, SpireSync, SyncSettings};
 use wimsey_operator::store::{EntryStore, PodRecord, StoredEntry};
 use wimsey_proto::spire::entry::v1::{
@@ -162,7 +176,7 @@ async fn synced(state: &mut watch::Receiver<BackendState>, owned: usize) {
     let reached = tokio::time::timeout(
         WAIT,
         state.wait_for(|s| {
-            matches!(s, BackendState::Synced { owned: o, refused } if *o == owned && refused.is_empty())
+            matches!(s, BackendState::Synced { owned: o, refused, .. } if *o == owned && refused.is_empty())
         }),
     )
     .await
@@ -330,4 +344,174 @@ async fn the_spire_backend_takes_over_follows_without_listing_and_rides_out_a_re
         let ttl = if n == 4 { 7200 } else { 3600 };
         assert_eq!(*entry, pod_entry(n, ttl));
     }
+}
+
+fn federation(td: &str, url: &str, bundle: Option<TrustDomainBundle>) -> FederatedTrustDomain {
+    FederatedTrustDomain {
+        resource: format!("cftd-{td}"),
+        trust_domain: TrustDomain::new(td).unwrap(),
+        bundle_endpoint_url: url::Url::parse(url).unwrap(),
+        profile: BundleEndpointProfile::HttpsSpiffe {
+            endpoint_spiffe_id: SpiffeId::parse(&format!("spiffe://{td}/spire/server")).unwrap(),
+        },
+        initial_bundle: bundle,
+        fetched_bundle: None,
+    }
+}
+
+fn federation_set(federations: &[FederatedTrustDomain]) -> Arc<FederationSet> {
+    Arc::new(
+        federations
+            .iter()
+            .map(|f| (f.trust_domain.name().to_owned(), f.clone()))
+            .collect(),
+    )
+}
+
+/// The relationships SPIRE holds: trust domain -> endpoint URL.
+async fn server_relationships(client: &SpireRelationships) -> BTreeMap<String, String> {
+    client
+        .list_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| (r.trust_domain, r.bundle_endpoint_url))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn federated_trust_domains_become_spire_federation_relationships() {
+    let server = tokio::task::spawn_blocking(|| SpireServer::start(SpireOptions::new(TD)))
+        .await
+        .unwrap()
+        .expect("start spire-server");
+    let observer = SpireRelationships::connect_lazy(server.socket_path(), BatchLimits::default());
+    // A relationship made by hand: as with spire-controller-manager, no resource declares it,
+    // so it goes.
+    server
+        .cli(
+            &[
+                "federation",
+                "create",
+                "-trustDomain",
+                "by-hand.test",
+                "-bundleEndpointURL",
+                "https://by-hand.example/bundle",
+                "-bundleEndpointProfile",
+                "https_web",
+            ],
+            None,
+        )
+        .unwrap();
+
+    // peer.test starts from a bundle with an X.509 root and a JWT key.
+    let peer = TrustDomain::new("peer.test").unwrap();
+    let mut bundle = TrustDomainBundle::new(peer.clone());
+    bundle
+        .x509_authorities
+        .push(UserPki::new(&peer).root().as_ref().to_vec());
+    let jwt_key = SigningKey::generate(KeyAlgorithm::EcdsaP256).unwrap();
+    bundle
+        .jwt_authorities
+        .insert("peer-kid".into(), PublicJwk::for_signing_key(&jwt_key));
+    let first = federation(
+        "peer.test",
+        "https://peer.example:8443/bundle",
+        Some(bundle.clone()),
+    );
+    let (federation_tx, federation_rx) = watch::channel(federation_set(&[first.clone()]));
+
+    // A pod entry federating with peer.test: SPIRE refuses it unless it knows that trust domain.
+    let store = EntryStore::new();
+    let mut pod = record(1, 3600);
+    pod.entries[0].entry.federates_with = vec![peer.clone()];
+    store.set_pods([("uid-1".to_owned(), Some(pod))]);
+
+    let client = SpireEntries::connect_lazy(server.socket_path(), BatchLimits::default());
+    let relationships =
+        SpireRelationships::connect_lazy(server.socket_path(), BatchLimits::default());
+    let (leader_tx, leader) = watch::channel(true);
+    let (sync, mut state) = SpireSync::new(
+        client.clone(),
+        store.clone(),
+        SyncSettings::new(Ownership::new(PREFIX)),
+        leader,
+        watch::channel(true).1,
+    );
+    let sync = sync.with_federation(relationships.clone(), federation_rx);
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(sync.run(shutdown.clone()));
+
+    synced(&mut state, 1).await;
+    assert_eq!(
+        server_relationships(&observer).await,
+        BTreeMap::from([(
+            "peer.test".to_owned(),
+            "https://peer.example:8443/bundle".to_owned()
+        )]),
+        "created, and the hand-made one deleted"
+    );
+    let held = server
+        .federated_bundle("peer.test")
+        .unwrap()
+        .expect("SPIRE holds the starting bundle");
+    assert_eq!(held.x509_authorities, bundle.x509_authorities);
+    assert_eq!(
+        held.jwt_authorities.get("peer-kid").map(|jwk| &jwk.key),
+        Some(&PublicJwk::for_signing_key(&jwt_key).key),
+        "the JWT authority arrives as the same key"
+    );
+    let statuses = match &*state.borrow() {
+        BackendState::Synced { relationships, .. } => relationships.as_ref().clone(),
+        other => panic!("not synced: {other:?}"),
+    };
+    assert_eq!(
+        statuses,
+        BTreeMap::from([("cftd-peer.test".to_owned(), RelationshipStatus::Set)])
+    );
+    // SPIRE answers a full page with a token for the next, possibly empty, one.
+    let listed = relationships.calls().list.load(Ordering::Relaxed);
+    let entries = server_entries(&client).await;
+    assert_eq!(
+        entries["/ns/team/sa/app-1"].len(),
+        1,
+        "the entry federating with peer.test is accepted"
+    );
+
+    // The endpoint moves: updated in place; then the resource goes: deleted.
+    let moved = federation("peer.test", "https://peer2.example/bundle", Some(bundle));
+    federation_tx.send_replace(federation_set(&[moved]));
+    until("the relationship moved", || async {
+        (server_relationships(&observer).await.get("peer.test")
+            == Some(&"https://peer2.example/bundle".to_owned()))
+        .then_some(())
+    })
+    .await;
+    let [_, creates, updates, deletes] = [
+        relationships.calls().list.load(Ordering::Relaxed),
+        relationships.calls().batch_create.load(Ordering::Relaxed),
+        relationships.calls().batch_update.load(Ordering::Relaxed),
+        relationships.calls().batch_delete.load(Ordering::Relaxed),
+    ];
+    assert_eq!(
+        (creates, updates, deletes),
+        (1, 1, 1),
+        "moved with one update"
+    );
+    federation_tx.send_replace(federation_set(&[]));
+    until("the relationship deleted", || async {
+        server_relationships(&observer)
+            .await
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        relationships.calls().list.load(Ordering::Relaxed),
+        listed,
+        "listed at the start only"
+    );
+    shutdown.cancel();
+    task.await.unwrap();
+    drop(leader_tx);
 }

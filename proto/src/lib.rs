@@ -7,7 +7,8 @@
 //! - [`pluginregistration`]: kubelet plugin registration v1 (`pluginregistration.Registration`).
 //! - [`wimsey::node::v1`]: the wimsey node API between the CSI plugin and the operator.
 //! - [`spire::entry::v1`]: the SPIRE Server's entry API (`spire.api.server.entry.v1.Entry`), the
-//!   subset the operator's spire backend calls.
+//!   subset the operator's spire backend calls; [`spire::trustdomain::v1`]: its federation
+//!   relationships (`spire.api.server.trustdomain.v1.TrustDomain`).
 
 /// SPIFFE Workload API. The proto file has no package, so the gRPC paths are
 /// `/SpiffeWorkloadAPI/<Method>`.
@@ -59,6 +60,13 @@ pub mod spire {
         #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
         pub mod v1 {
             tonic::include_proto!("spire.api.server.entry.v1");
+        }
+    }
+    /// `spire.api.server.trustdomain.v1`: federation relationships.
+    pub mod trustdomain {
+        #[allow(clippy::all, clippy::pedantic, missing_docs, unreachable_pub)]
+        pub mod v1 {
+            tonic::include_proto!("spire.api.server.trustdomain.v1");
         }
     }
 }

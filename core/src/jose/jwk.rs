@@ -154,6 +154,61 @@ impl PublicKey {
         }
     }
 
+    /// The DER SubjectPublicKeyInfo, as a certificate holds it (what [`Self::from_spki_der`]
+    /// reads; SPIRE's API carries JWT authorities this way).
+    pub fn to_spki_der(&self) -> Result<Vec<u8>, JoseError> {
+        use der::Encode as _;
+        use der::asn1::{AnyRef, BitStringRef};
+        let encoding = |_| JoseError::UnsupportedSpki;
+        let curve_oid;
+        let rsa_key;
+        let (algorithm, key) = match self {
+            PublicKey::Ec { curve, point } => {
+                curve_oid = match curve {
+                    EcCurve::P256 => OID_P256,
+                    EcCurve::P384 => OID_P384,
+                    EcCurve::P521 => OID_P521,
+                };
+                let parameters = Some(AnyRef::from(&curve_oid));
+                (
+                    spki::AlgorithmIdentifierRef {
+                        oid: OID_EC_PUBLIC_KEY,
+                        parameters,
+                    },
+                    point.as_slice(),
+                )
+            }
+            PublicKey::Rsa { n, e } => {
+                rsa_key = RsaPublicKeyDer {
+                    modulus: UintRef::new(n).map_err(encoding)?,
+                    public_exponent: UintRef::new(e).map_err(encoding)?,
+                }
+                .to_der()
+                .map_err(encoding)?;
+                (
+                    spki::AlgorithmIdentifierRef {
+                        oid: OID_RSA_ENCRYPTION,
+                        parameters: Some(AnyRef::NULL),
+                    },
+                    rsa_key.as_slice(),
+                )
+            }
+            PublicKey::Ed25519 { x } => (
+                spki::AlgorithmIdentifierRef {
+                    oid: OID_ED25519,
+                    parameters: None,
+                },
+                x.as_slice(),
+            ),
+        };
+        spki::SubjectPublicKeyInfoRef {
+            algorithm,
+            subject_public_key: BitStringRef::from_bytes(key).map_err(encoding)?,
+        }
+        .to_der()
+        .map_err(encoding)
+    }
+
     /// The JWK `kty`.
     pub fn kty(&self) -> &'static str {
         match self {
@@ -487,6 +542,32 @@ mod tests {
         assert_eq!(
             PublicKey::from_spki_der(&a.public_key_spki_der()).expect("spki"),
             ja.key
+        );
+    }
+
+    #[test]
+    fn spki_encoding_is_the_exact_inverse_of_reading_it() {
+        for alg in [KeyAlgorithm::EcdsaP256, KeyAlgorithm::EcdsaP384] {
+            let key = SigningKey::generate(alg).expect("key");
+            let spki = key.public_key_spki_der();
+            let public = PublicKey::from_spki_der(&spki).expect("spki");
+            assert_eq!(public.to_spki_der().expect("encode"), spki.to_vec());
+        }
+        let rsa = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("rsa");
+        let spki =
+            aws_lc_rs::encoding::AsDer::<aws_lc_rs::encoding::PublicKeyX509Der<'static>>::as_der(
+                rsa.public_key(),
+            )
+            .expect("rsa spki");
+        let public = PublicKey::from_spki_der(spki.as_ref()).expect("rsa public key");
+        assert_eq!(
+            public.to_spki_der().expect("encode"),
+            spki.as_ref().to_vec()
+        );
+        let ed = PublicKey::Ed25519 { x: vec![7; 32] };
+        assert_eq!(
+            PublicKey::from_spki_der(&ed.to_spki_der().expect("encode")).expect("read"),
+            ed
         );
     }
 

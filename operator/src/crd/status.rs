@@ -22,6 +22,8 @@ pub mod reasons {
     pub const ENTRY_FAILED: &str = "EntryFailed";
     /// The backend's server (SPIRE Server) cannot be reached; entries wait for it.
     pub const BACKEND_UNAVAILABLE: &str = "BackendUnavailable";
+    /// The SPIRE Server refused the federation relationship (spire backend).
+    pub const RELATIONSHIP_FAILED: &str = "RelationshipFailed";
     /// The trust domain is declared by an older ClusterFederatedTrustDomain.
     pub const DUPLICATE_TRUST_DOMAIN: &str = "DuplicateTrustDomain";
     /// The bundle endpoint could not be reached or returned no valid bundle.

@@ -9,6 +9,7 @@ use wimsey_core::entries::{EntryError, OwnerKind};
 
 use super::federation::{FederationInput, FederationOutcome};
 use super::state::{ClusterState, StaticOutcome};
+use crate::backend::RelationshipStatus;
 use crate::crd::{
     CONDITION_BUNDLE_FETCHED, CONDITION_READY, ClusterFederatedTrustDomainStatus,
     ClusterSPIFFEIDStats, ClusterSPIFFEIDStatus, ClusterStaticEntryStatus, reasons,
@@ -268,7 +269,15 @@ pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
         let generation = input.meta.generation;
         let condition = match outcome {
             None | Some(FederationOutcome::NotOurs) => continue,
-            Some(FederationOutcome::Accepted) => federation_ready(generation, input, observed),
+            Some(FederationOutcome::Accepted) => match &state.backend.relationships {
+                Some(relationships) => relationship_ready(
+                    generation,
+                    input,
+                    relationships.get(name),
+                    state.backend.unavailable.as_deref(),
+                ),
+                None => federation_ready(generation, input, observed),
+            },
             Some(FederationOutcome::Invalid { field, reason }) => ready_condition(
                 generation,
                 false,
@@ -299,6 +308,47 @@ pub fn desired_statuses(state: &ClusterState) -> Vec<DesiredStatus> {
         });
     }
     out
+}
+
+/// Ready of an accepted relationship when the SPIRE Server holds relationships (spire backend):
+/// whether SPIRE holds it as declared. SPIRE fetches the bundle itself from then on.
+fn relationship_ready(
+    generation: Option<i64>,
+    input: &FederationInput,
+    status: Option<&RelationshipStatus>,
+    unavailable: Option<&str>,
+) -> Condition {
+    let (td, endpoint) = (&input.spec.trust_domain, &input.spec.bundle_endpoint_url);
+    match (status, unavailable) {
+        (_, Some(reason)) => ready_condition(
+            generation,
+            false,
+            reasons::BACKEND_UNAVAILABLE,
+            bounded_message(&format!(
+                "the federation relationship waits for the SPIRE Server: {reason}"
+            )),
+        ),
+        (Some(RelationshipStatus::Set), None) => ready_condition(
+            generation,
+            true,
+            reasons::RECONCILED,
+            format!("the SPIRE Server federates with {td}, fetching its bundle from {endpoint}"),
+        ),
+        (Some(RelationshipStatus::Refused(why)), None) => ready_condition(
+            generation,
+            false,
+            reasons::RELATIONSHIP_FAILED,
+            bounded_message(&format!(
+                "the SPIRE Server refused the federation relationship: {why}"
+            )),
+        ),
+        (None, None) => ready_condition(
+            generation,
+            false,
+            reasons::PENDING,
+            "waiting for the SPIRE Server to hold the federation relationship".to_owned(),
+        ),
+    }
 }
 
 /// Ready of an accepted relationship follows the poller's `BundleFetched` condition: a bundle

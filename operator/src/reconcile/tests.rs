@@ -417,6 +417,7 @@ fn the_backends_refusals_and_outage_show_in_the_status_of_the_resource_that_decl
                 first: "entry spiffe://example.org/ns/a/p1: InvalidArgument: bad".into(),
             },
         )]),
+        relationships: None,
     };
     assert!(state.set_backend_feedback(refused.clone()));
     assert!(
@@ -441,6 +442,7 @@ fn the_backends_refusals_and_outage_show_in_the_status_of_the_resource_that_decl
     state.set_backend_feedback(Feedback {
         unavailable: Some("connection refused".into()),
         failures: BTreeMap::new(),
+        relationships: None,
     });
     let (ok, reason, message, _) = ready(&state, "team-b");
     assert_eq!(
@@ -451,4 +453,74 @@ fn the_backends_refusals_and_outage_show_in_the_status_of_the_resource_that_decl
 
     state.set_backend_feedback(Feedback::default());
     assert_eq!(ready(&state, "team-a").1, "Reconciled");
+}
+
+#[test]
+fn with_the_spire_backend_a_federation_is_ready_when_spire_holds_its_relationship() {
+    use super::federation::FederationInput;
+    use super::status::desired_statuses;
+    use crate::backend::{Feedback, RelationshipStatus};
+    use crate::crd::{BundleEndpointProfile, ClusterFederatedTrustDomainSpec};
+
+    let (mut state, store) = cluster();
+    state.apply_federation(FederationInput {
+        meta: ResourceMeta {
+            name: "peer".into(),
+            uid: "uid-peer".into(),
+            generation: Some(1),
+            resource_version: None,
+        },
+        created: 1,
+        spec: ClusterFederatedTrustDomainSpec {
+            trust_domain: "peer.test".into(),
+            bundle_endpoint_url: "https://peer.example/bundle".into(),
+            bundle_endpoint_profile: BundleEndpointProfile::default(),
+            ..ClusterFederatedTrustDomainSpec::default()
+        },
+        status: None,
+    });
+    state.reconcile(&store);
+    let mut ready = |feedback: Feedback| {
+        state.set_backend_feedback(feedback);
+        let status = desired_statuses(&state)
+            .into_iter()
+            .find(|s| s.name == "peer")
+            .unwrap();
+        let (ok, reason, message) = status.ready().unwrap();
+        (ok, reason, message)
+    };
+    // embedded: the poller's fetch decides (none yet)
+    assert_eq!(ready(Feedback::default()).1, "Pending");
+    let spire =
+        |relationships: &[(&str, RelationshipStatus)], unavailable: Option<&str>| Feedback {
+            unavailable: unavailable.map(str::to_owned),
+            relationships: Some(
+                relationships
+                    .iter()
+                    .map(|(name, status)| ((*name).to_owned(), status.clone()))
+                    .collect(),
+            ),
+            ..Feedback::default()
+        };
+    let (ok, reason, message) = ready(spire(&[], None));
+    assert_eq!((ok.as_str(), reason.as_str()), ("False", "Pending"));
+    assert!(message.contains("SPIRE Server"), "{message}");
+    let (ok, reason, message) = ready(spire(&[("peer", RelationshipStatus::Set)], None));
+    assert_eq!((ok.as_str(), reason.as_str()), ("True", "Reconciled"));
+    assert!(message.contains("peer.test"), "{message}");
+    let refused = RelationshipStatus::Refused("InvalidArgument: bad URL".into());
+    let (ok, reason, message) = ready(spire(&[("peer", refused)], None));
+    assert_eq!(
+        (ok.as_str(), reason.as_str()),
+        ("False", "RelationshipFailed")
+    );
+    assert!(message.contains("bad URL"), "{message}");
+    let (ok, reason, _) = ready(spire(
+        &[("peer", RelationshipStatus::Set)],
+        Some("connection refused"),
+    ));
+    assert_eq!(
+        (ok.as_str(), reason.as_str()),
+        ("False", "BackendUnavailable")
+    );
 }

@@ -145,6 +145,12 @@ impl Mirror {
         })
     }
 
+    /// Forgets the refusals, so that the next plan sends those entries again: something they
+    /// depend on changed (a federation relationship they name was created).
+    pub fn forget_refusals(&mut self) {
+        self.refused.clear();
+    }
+
     /// Whether `entry` was refused as it is now (then it is not sent again).
     fn is_held_back(&self, entry: &Entry) -> bool {
         self.refused

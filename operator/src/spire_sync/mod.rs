@@ -11,6 +11,7 @@
 
 pub mod desired;
 pub mod mirror;
+pub mod relationships;
 #[cfg(test)]
 mod test_fixtures;
 
@@ -27,9 +28,12 @@ use wimsey_core::entry_sync::{ChangedFields, Ownership, Stored};
 
 pub use desired::Desired;
 pub use mirror::{Mirror, Refusal};
+pub use relationships::Relationships;
 
-use crate::backend::{EntryFailures, Feedback};
+use crate::backend::{EntryFailures, Feedback, RelationshipStatus};
+use crate::reconcile::federation::FederationSet;
 use crate::spire_entries::{SpireApiError, SpireEntries, from_stored, mask};
+use crate::spire_relationships::SpireRelationships;
 use crate::store::EntryStore;
 
 /// How the sync behaves.
@@ -61,6 +65,9 @@ pub enum BackendState {
     Synced {
         owned: usize,
         refused: Arc<Vec<Refusal>>,
+        /// Each ClusterFederatedTrustDomain's relationship, by resource name (empty when the
+        /// sync does not hold relationships).
+        relationships: Arc<BTreeMap<String, RelationshipStatus>>,
     },
     /// The SPIRE Server cannot be reached; the reason.
     Unavailable(String),
@@ -71,12 +78,20 @@ pub enum BackendState {
 /// replica writes, and reports).
 pub fn feedback(state: &BackendState, store: &EntryStore) -> Feedback {
     match state {
-        BackendState::Idle => Feedback::default(),
+        BackendState::Idle => Feedback {
+            relationships: Some(BTreeMap::new()),
+            ..Feedback::default()
+        },
         BackendState::Unavailable(reason) => Feedback {
             unavailable: Some(reason.clone()),
             failures: BTreeMap::new(),
+            relationships: Some(BTreeMap::new()),
         },
-        BackendState::Synced { refused, .. } => {
+        BackendState::Synced {
+            refused,
+            relationships,
+            ..
+        } => {
             let mut failures: BTreeMap<(OwnerKind, String), EntryFailures> = BTreeMap::new();
             if !refused.is_empty() {
                 let refused_keys: BTreeMap<EntryKey, &Refusal> =
@@ -104,6 +119,7 @@ pub fn feedback(state: &BackendState, store: &EntryStore) -> Feedback {
             Feedback {
                 unavailable: None,
                 failures,
+                relationships: Some(relationships.as_ref().clone()),
             }
         }
     }
@@ -116,6 +132,8 @@ pub struct SyncReport {
     pub updated: usize,
     pub deleted: usize,
     pub unchanged: usize,
+    /// Federation relationships created, updated or deleted.
+    pub relationships: usize,
 }
 
 #[derive(Debug)]
@@ -126,6 +144,8 @@ pub struct SpireSync {
     leader: watch::Receiver<bool>,
     ready: watch::Receiver<bool>,
     state: watch::Sender<BackendState>,
+    /// Where federation relationships go, and the ClusterFederatedTrustDomains they follow.
+    federation: Option<(SpireRelationships, watch::Receiver<Arc<FederationSet>>)>,
 }
 
 impl SpireSync {
@@ -145,9 +165,21 @@ impl SpireSync {
                 leader,
                 ready,
                 state,
+                federation: None,
             },
             observed,
         )
+    }
+
+    /// Also keeps SPIRE's federation relationships equal to `federation` (the validated
+    /// ClusterFederatedTrustDomains), through `client`.
+    pub fn with_federation(
+        mut self,
+        client: SpireRelationships,
+        federation: watch::Receiver<Arc<FederationSet>>,
+    ) -> Self {
+        self.federation = Some((client, federation));
+        self
     }
 
     /// Runs until `shutdown`.
@@ -196,6 +228,11 @@ impl SpireSync {
     async fn connected(&mut self, shutdown: &CancellationToken) -> Result<(), Interrupted> {
         let mut changes = self.store.subscribe();
         changes.borrow_and_update();
+        let mut federation = self.federation.as_ref().map(|(_, set)| set.clone());
+        let mut relationships = match &self.federation {
+            Some((client, _)) => Some(Relationships::from_listed(client.list_all().await?)),
+            None => None,
+        };
         let listed = self.client.list_all().await?;
         let mut mirror = Mirror::from_listed(&listed, &self.settings.ownership);
         drop(listed);
@@ -204,7 +241,22 @@ impl SpireSync {
         let mut desired = Desired::default();
         let mut full = true;
         loop {
+            let mut statuses = BTreeMap::new();
+            let mut relationships_sent = 0;
+            if let (Some(held), Some(wanted)) = (relationships.as_mut(), federation.as_mut()) {
+                let wanted = wanted.borrow_and_update().clone();
+                let (sent, added) = self.sync_relationships(held, &wanted).await?;
+                relationships_sent = sent;
+                if added {
+                    // Entries refused for federating with a trust domain SPIRE did not know
+                    // may be accepted now.
+                    mirror.forget_refusals();
+                    full = true;
+                }
+                statuses = held.statuses(&wanted);
+            }
             let mut report = self.sync_once(&mut mirror, &mut desired, full).await?;
+            report.relationships = relationships_sent;
             // An answer showed SPIRE holding something else than we thought: one full plan now.
             if mirror.take_needs_full_plan() {
                 report = self.sync_once(&mut mirror, &mut desired, true).await?;
@@ -219,6 +271,7 @@ impl SpireSync {
                 let next = BackendState::Synced {
                     owned: mirror.len(),
                     refused: Arc::new(refused),
+                    relationships: Arc::new(statuses),
                 };
                 let changed = *current != next;
                 *current = next;
@@ -238,6 +291,11 @@ impl SpireSync {
                     }
                     tokio::time::sleep(self.settings.coalesce).await;
                     changes.borrow_and_update();
+                }
+                changed = federation_changed(federation.as_mut()) => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
                 }
             }
         }
@@ -263,6 +321,7 @@ impl SpireSync {
             updated: plan.update.len(),
             deleted: plan.delete.len(),
             unchanged: plan.unchanged,
+            relationships: 0,
         };
         if !plan.delete.is_empty() {
             let outcomes = self.client.delete(plan.delete.clone()).await?;
@@ -279,6 +338,58 @@ impl SpireSync {
             mirror.record_updated(&entries, outcomes);
         }
         Ok(report)
+    }
+
+    /// Makes SPIRE's relationships `desired`: deletes, then creates, then updates (as
+    /// spire-controller-manager orders them). Returns how many were sent, and whether any was
+    /// created or moved (entries federating with it may be accepted now).
+    async fn sync_relationships(
+        &self,
+        held: &mut Relationships,
+        desired: &FederationSet,
+    ) -> Result<(usize, bool), SpireApiError> {
+        let Some((client, _)) = &self.federation else {
+            return Ok((0, false));
+        };
+        let (mut sent, mut added) = (0, false);
+        // An answer showing a relationship we did not know of asks for one more plan; twice is
+        // enough (the second plan knows it), more would only chase someone racing us.
+        for _ in 0..3 {
+            let plan = held.plan(desired);
+            if plan.is_empty() {
+                break;
+            }
+            sent += plan.create.len() + plan.update.len() + plan.delete.len();
+            let mut again = false;
+            if !plan.delete.is_empty() {
+                let outcomes = client.delete(plan.delete.clone()).await?;
+                held.record_deleted(&plan.delete, outcomes);
+            }
+            if !plan.create.is_empty() {
+                let outcomes = client.create(plan.create.clone()).await?;
+                again |= held.record_created(&plan.create, outcomes);
+                added = true;
+            }
+            if !plan.update.is_empty() {
+                let outcomes = client.update(plan.update.clone()).await?;
+                again |= held.record_updated(&plan.update, outcomes);
+                added = true;
+            }
+            if !again {
+                break;
+            }
+        }
+        Ok((sent, added))
+    }
+}
+
+/// Resolves when the federation set changes; never without one.
+async fn federation_changed(
+    federation: Option<&mut watch::Receiver<Arc<FederationSet>>>,
+) -> Result<(), watch::error::RecvError> {
+    match federation {
+        Some(receiver) => receiver.changed().await,
+        None => std::future::pending().await,
     }
 }
 
