@@ -419,7 +419,8 @@ async fn federated_trust_domains_become_spire_federation_relationships() {
         "https://peer.example:8443/bundle",
         Some(bundle.clone()),
     );
-    let (federation_tx, federation_rx) = watch::channel(federation_set(&[first.clone()]));
+    let (federation_tx, federation_rx) =
+        watch::channel(federation_set(std::slice::from_ref(&first)));
 
     // A pod entry federating with peer.test: SPIRE refuses it unless it knows that trust domain.
     let store = EntryStore::new();
