@@ -17,6 +17,7 @@ use wimsey_core::entries::{
 };
 
 use crate::scm_config;
+use crate::spire_api::BatchLimits;
 
 /// spire-controller-manager's default list.
 pub const DEFAULT_IGNORE_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "spire-system"];
@@ -57,6 +58,12 @@ pub enum ConfigError {
     EntryIdPrefix(String),
     #[error("invalid clusterName {value:?}: {reason}")]
     ClusterName { value: String, reason: String },
+    #[error("invalid spireSync.{field} {value}: must be from 1 to {max}")]
+    BatchSize {
+        field: &'static str,
+        value: i64,
+        max: i64,
+    },
     #[error(transparent)]
     ControllerManagerConfig(#[from] crate::scm_config::ScmConfigError),
 }
@@ -73,6 +80,7 @@ impl ConfigError {
             ConfigError::Duration { .. } => "duration",
             ConfigError::EntryIdPrefix(_) => "entry_id_prefix",
             ConfigError::ClusterName { .. } => "cluster_name",
+            ConfigError::BatchSize { .. } => "batch_size",
             ConfigError::ControllerManagerConfig(_) => "controller_manager_config",
         }
     }
@@ -92,6 +100,35 @@ pub enum Backend {
 
 /// Where a SPIRE Server's admin socket is unless configured (spire-controller-manager's default).
 pub const DEFAULT_SPIRE_SERVER_SOCKET: &str = "/spire-server/api.sock";
+
+/// How often the spire backend relists to repair changes made behind its back, unless configured.
+pub const DEFAULT_SPIRE_DRIFT_CHECK: Duration = Duration::from_secs(600);
+/// The drift check's bounds: often enough to matter, rarely enough not to load the server.
+const SPIRE_DRIFT_CHECK_RANGE: (Duration, Duration) =
+    (Duration::from_secs(30), Duration::from_secs(86_400));
+
+/// The largest batches and page the spire backend may be configured to send or ask for: every
+/// call must stay well under gRPC's 4 MiB message limit (entries can carry many selectors and
+/// DNS names), and each batch is one datastore transaction in SPIRE.
+const MAX_WRITE_BATCH: i64 = 500;
+const MAX_DELETE_BATCH: i64 = 1000;
+const MAX_LIST_PAGE: i64 = 2000;
+
+/// The spire backend's sync (`spireSync` in the config file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SpireSyncConfig {
+    /// A full listing this often repairs changes made behind the sync's back (default 10m).
+    pub drift_check_interval: Option<String>,
+    /// Entries or relationships per create call (default 50).
+    pub create_batch_size: Option<i64>,
+    /// Per update call (default 50).
+    pub update_batch_size: Option<i64>,
+    /// Per delete call (default 200).
+    pub delete_batch_size: Option<i64>,
+    /// Entries per ListEntries page (default 1000).
+    pub list_page_size: Option<i64>,
+}
 
 /// The config file. Every key is optional here; [`Settings::resolve`] says what is required.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,6 +151,8 @@ pub struct FileConfig {
     pub backend: Option<Backend>,
     /// The SPIRE Server's admin socket (backend `spire`).
     pub spire_server_socket_path: Option<String>,
+    /// Batch sizes and drift check of the `spire` backend.
+    pub spire_sync: Option<SpireSyncConfig>,
     /// What the file set that has no effect here (a spire-controller-manager config's keys),
     /// logged at start.
     #[serde(skip)]
@@ -235,6 +274,10 @@ pub struct Settings {
     pub backend: Backend,
     /// The SPIRE Server's admin socket (used by the `spire` backend).
     pub spire_server_socket: std::path::PathBuf,
+    /// The `spire` backend's batch sizes and page size.
+    pub spire_batch_limits: BatchLimits,
+    /// How often the `spire` backend relists (the drift check).
+    pub spire_drift_check: Duration,
     /// Config file keys that have no effect here (see [`FileConfig::notes`]).
     pub notes: Vec<String>,
 }
@@ -254,9 +297,63 @@ fn duration(
     }
 }
 
+/// The batch sizes `config` sets, each within its bound, else the defaults.
+fn batch_limits(config: &SpireSyncConfig) -> Result<BatchLimits, ConfigError> {
+    let size = |field: &'static str, value: Option<i64>, max: i64, default: usize| match value {
+        None => Ok(default),
+        Some(value) if (1..=max).contains(&value) => {
+            usize::try_from(value).map_err(|_| ConfigError::BatchSize { field, value, max })
+        }
+        Some(value) => Err(ConfigError::BatchSize { field, value, max }),
+    };
+    let defaults = BatchLimits::default();
+    let page = size(
+        "listPageSize",
+        config.list_page_size,
+        MAX_LIST_PAGE,
+        usize::try_from(defaults.page).unwrap_or(1000),
+    )?;
+    Ok(BatchLimits {
+        create: size(
+            "createBatchSize",
+            config.create_batch_size,
+            MAX_WRITE_BATCH,
+            defaults.create,
+        )?,
+        update: size(
+            "updateBatchSize",
+            config.update_batch_size,
+            MAX_WRITE_BATCH,
+            defaults.update,
+        )?,
+        delete: size(
+            "deleteBatchSize",
+            config.delete_batch_size,
+            MAX_DELETE_BATCH,
+            defaults.delete,
+        )?,
+        page: i32::try_from(page).unwrap_or(defaults.page),
+    })
+}
+
+fn drift_check(value: Option<String>) -> Result<Duration, ConfigError> {
+    let field = "spireSync.driftCheckInterval";
+    let interval = duration(field, value.clone(), DEFAULT_SPIRE_DRIFT_CHECK)?;
+    let (min, max) = SPIRE_DRIFT_CHECK_RANGE;
+    if interval < min || interval > max {
+        return Err(ConfigError::Duration {
+            field,
+            value: value.unwrap_or_default(),
+            reason: "must be from 30s to 24h",
+        });
+    }
+    Ok(interval)
+}
+
 impl Settings {
     /// Flags (and their variables) over the file over the defaults; then validation.
     pub fn resolve(file: FileConfig, flags: ConfigFlags) -> Result<Self, ConfigError> {
+        let spire_sync = file.spire_sync.clone().unwrap_or_default();
         let trust_domain = flags
             .trust_domain
             .or(file.trust_domain)
@@ -328,6 +425,8 @@ impl Settings {
                 .or(file.spire_server_socket_path)
                 .unwrap_or_else(|| DEFAULT_SPIRE_SERVER_SOCKET.to_owned())
                 .into(),
+            spire_batch_limits: batch_limits(&spire_sync)?,
+            spire_drift_check: drift_check(spire_sync.drift_check_interval.clone())?,
             notes: file.notes,
         };
         // Fail at startup, not at the first pod.
@@ -466,6 +565,55 @@ mod tests {
         assert_eq!(s.trust_domain.name(), "example.org", "flags win");
         assert_eq!(s.cluster_name, "prod");
         assert_eq!(s.class_name, "a", "the file fills what flags leave out");
+    }
+
+    #[test]
+    fn the_spire_sync_settings_have_defaults_and_bounds() {
+        let s = Settings::resolve(FileConfig::default(), flags()).unwrap();
+        assert_eq!(s.spire_batch_limits, BatchLimits::default());
+        assert_eq!(s.spire_drift_check, DEFAULT_SPIRE_DRIFT_CHECK);
+        let file = FileConfig::parse(
+            "spireSync:\n  driftCheckInterval: 2m\n  createBatchSize: 100\n  updateBatchSize: 20\n  deleteBatchSize: 500\n  listPageSize: 200\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(file, flags()).unwrap();
+        assert_eq!(
+            s.spire_batch_limits,
+            BatchLimits {
+                create: 100,
+                update: 20,
+                delete: 500,
+                page: 200
+            }
+        );
+        assert_eq!(s.spire_drift_check, Duration::from_secs(120));
+        for (yaml, label, says) in [
+            (
+                "createBatchSize: 0",
+                "batch_size",
+                "spireSync.createBatchSize 0",
+            ),
+            ("updateBatchSize: 501", "batch_size", "from 1 to 500"),
+            ("deleteBatchSize: -1", "batch_size", "deleteBatchSize -1"),
+            ("listPageSize: 5000", "batch_size", "from 1 to 2000"),
+            ("driftCheckInterval: 5s", "duration", "from 30s to 24h"),
+            ("driftCheckInterval: soon", "duration", "driftCheckInterval"),
+        ] {
+            let file = FileConfig::parse(&format!("spireSync:\n  {yaml}\n")).unwrap();
+            let err = Settings::resolve(file, flags()).unwrap_err();
+            assert_eq!(err.label(), label, "{yaml}");
+            assert!(err.to_string().contains(says), "{yaml}: {err}");
+        }
+        // as the chart renders it (config/charts/wimsey/ci/spire-backend.yaml)
+        let chart = "backend: spire\nignoreNamespaces:\n  - \"kube-system\"\nspireServerSocketPath: \"/run/spire/server-sockets/api.sock\"\nspireSync:\n  driftCheckInterval: \"5m\"\n  createBatchSize: 100\n";
+        let s = Settings::resolve(FileConfig::parse(chart).unwrap(), flags()).unwrap();
+        assert_eq!(s.backend, Backend::Spire);
+        assert_eq!(
+            (s.spire_batch_limits.create, s.spire_drift_check),
+            (100, Duration::from_secs(300))
+        );
+        let err = FileConfig::parse("spireSync:\n  batchSize: 10\n").unwrap_err();
+        assert_eq!(err.label(), "parse", "unknown keys are refused");
     }
 
     #[test]

@@ -29,7 +29,7 @@ use crate::owner;
 use crate::reconcile::federation::federated_bundles;
 use crate::reconcile::status::DesiredStatus;
 use crate::reconcile::{FederationSet, FeedbackSender, PodDirectory, ReconcileError, Reconciler};
-use crate::spire_entries::{BatchLimits, SpireEntries};
+use crate::spire_entries::SpireEntries;
 use crate::spire_relationships::SpireRelationships;
 use crate::spire_sync::{self, SpireSync, SyncSettings};
 use crate::status::StatusWriter;
@@ -454,19 +454,25 @@ async fn admin_servers_ended(
 /// (see [`crate::spire_sync`]), written by the Lease holder; what the server refuses, and whether
 /// it can be reached, goes back into the resources' status.
 pub fn start_spire_sync(settings: &Settings, controller: &Controller) -> JoinHandle<()> {
-    let client = SpireEntries::connect_lazy(&settings.spire_server_socket, BatchLimits::default());
+    let client =
+        SpireEntries::connect_lazy(&settings.spire_server_socket, settings.spire_batch_limits);
     let ownership = Ownership::new(&settings.entry_id_prefix);
     let (sync, mut state) = SpireSync::new(
         client,
         controller.store.clone(),
-        SyncSettings::new(ownership),
+        SyncSettings {
+            drift_check: settings.spire_drift_check,
+            ..SyncSettings::new(ownership)
+        },
         controller.leader.clone(),
         controller.ready.clone(),
     );
     // ClusterFederatedTrustDomains become SPIRE's federation relationships; SPIRE fetches the
     // bundles itself.
-    let relationships =
-        SpireRelationships::connect_lazy(&settings.spire_server_socket, BatchLimits::default());
+    let relationships = SpireRelationships::connect_lazy(
+        &settings.spire_server_socket,
+        settings.spire_batch_limits,
+    );
     let sync = sync.with_federation(relationships, controller.federation.clone());
     tracing::info!(socket = %settings.spire_server_socket.display(), "spire backend: entries go to the SPIRE Server");
     let (store, feedback) = (controller.store.clone(), controller.feedback.clone());

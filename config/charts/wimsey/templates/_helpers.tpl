@@ -59,4 +59,19 @@ defaultX509SVIDTTL: {{ . | quote }}
 {{- with .Values.svid.defaultJWTTTL }}
 defaultJWTSVIDTTL: {{ . | quote }}
 {{- end }}
+{{- if eq .Values.backend "spire" }}
+{{- $spire := .Values.spire }}
+spireServerSocketPath: {{ $spire.serverSocketPath | quote }}
+{{- if or $spire.driftCheckInterval $spire.createBatchSize $spire.updateBatchSize $spire.deleteBatchSize $spire.listPageSize }}
+spireSync:
+  {{- with $spire.driftCheckInterval }}
+  driftCheckInterval: {{ . | quote }}
+  {{- end }}
+  {{- range $key := list "createBatchSize" "updateBatchSize" "deleteBatchSize" "listPageSize" }}
+  {{- with index $spire $key }}
+  {{ $key }}: {{ . }}
+  {{- end }}
+  {{- end }}
+{{- end }}
+{{- end }}
 {{- end }}
