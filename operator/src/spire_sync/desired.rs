@@ -1,8 +1,13 @@
 //! The desired entries as the sync last saw them in the [`EntryStore`], so that a change costs
 //! work in proportion to what changed: pod records are shared (`Arc`), and a record that is the
 //! same allocation as before has not changed.
+//!
+//! Two records can want the same entry key (a ClusterStaticEntry identical to a pod's entry): a
+//! count of the records wanting each key (by its hash) keeps a key wanted while any record still
+//! wants it, so removing one of them never deletes the entry the other needs.
 
 use std::collections::{BTreeMap, HashMap};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use wimsey_core::entries::{Entry, EntryKey};
@@ -18,6 +23,9 @@ pub struct Desired {
     pods: HashMap<String, (Arc<PodRecord>, u64)>,
     statics: Vec<StoredEntry>,
     updates: u64,
+    /// How many desired entries have a key of this hash (a hash, not the key: 16 bytes per entry
+    /// instead of a copy of every key; a collision only costs a search).
+    wanting: HashMap<u64, u32>,
 }
 
 impl Desired {
@@ -32,31 +40,53 @@ impl Desired {
                 Some((held, at)) => {
                     *at = seen;
                     if !Arc::ptr_eq(held, &pod) {
-                        unwanted(&mut changed, &held.entries);
-                        wanted(&mut changed, &pod.entries);
+                        unwanted(&mut changed, &mut self.wanting, &held.entries);
+                        wanted(&mut changed, &mut self.wanting, &pod.entries);
                         *held = pod;
                     }
                 }
                 None => {
-                    wanted(&mut changed, &pod.entries);
+                    wanted(&mut changed, &mut self.wanting, &pod.entries);
                     self.pods.insert(pod.uid.clone(), (pod, seen));
                 }
             }
         }
         // Pods no longer in the store.
+        let wanting = &mut self.wanting;
         self.pods.retain(|_, (held, at)| {
             let present = *at == seen;
             if !present {
-                unwanted(&mut changed, &held.entries);
+                unwanted(&mut changed, wanting, &held.entries);
             }
             present
         });
         if statics != self.statics {
-            unwanted(&mut changed, &self.statics);
-            wanted(&mut changed, &statics);
+            unwanted(&mut changed, &mut self.wanting, &self.statics);
+            wanted(&mut changed, &mut self.wanting, &statics);
             self.statics = statics;
         }
+        self.still_wanted(&mut changed);
         changed
+    }
+
+    /// A key no changed record wants any more may still be wanted by an unchanged one: then
+    /// that record's entry is what is wanted.
+    fn still_wanted(&self, changed: &mut Changed) {
+        for (key, entry) in changed.iter_mut() {
+            if entry.is_none() && self.wanting.contains_key(&key_hash(key)) {
+                *entry = self.find(key);
+            }
+        }
+    }
+
+    /// The desired entry with `key`, searched (rare: only for a key two records want).
+    fn find(&self, key: &EntryKey) -> Option<Entry> {
+        self.pods
+            .values()
+            .flat_map(|(pod, _)| pod.entries.iter())
+            .chain(self.statics.iter())
+            .find(|stored| stored.entry.key() == *key)
+            .map(|stored| stored.entry.clone())
     }
 
     /// The record held for pod `uid`.
@@ -75,16 +105,34 @@ impl Desired {
     }
 }
 
-/// Marks the keys of `entries` as no longer wanted, unless something else already wants them.
-fn unwanted(changed: &mut Changed, entries: &[StoredEntry]) {
+fn key_hash(key: &EntryKey) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Marks the keys of `entries` as no longer wanted by their record, unless a changed record
+/// already wants them.
+fn unwanted(changed: &mut Changed, wanting: &mut HashMap<u64, u32>, entries: &[StoredEntry]) {
     for stored in entries {
-        changed.entry(stored.entry.key()).or_insert(None);
+        let key = stored.entry.key();
+        if let std::collections::hash_map::Entry::Occupied(mut count) =
+            wanting.entry(key_hash(&key))
+        {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+        changed.entry(key).or_insert(None);
     }
 }
 
-fn wanted(changed: &mut Changed, entries: &[StoredEntry]) {
+fn wanted(changed: &mut Changed, wanting: &mut HashMap<u64, u32>, entries: &[StoredEntry]) {
     for stored in entries {
-        changed.insert(stored.entry.key(), Some(stored.entry.clone()));
+        let key = stored.entry.key();
+        *wanting.entry(key_hash(&key)).or_default() += 1;
+        changed.insert(key, Some(stored.entry.clone()));
     }
 }
 
@@ -115,6 +163,20 @@ mod tests {
         let mut all = desired.all();
         all.sort_by_key(|e| e.spiffe_id.to_string());
         assert_eq!(all, vec![entry(2, 120), entry(3, 60), entry(9, 60)]);
+    }
+
+    #[test]
+    fn a_key_two_records_want_stays_wanted_while_either_does() {
+        let mut desired = Desired::default();
+        let twin = stored(entry(1, 60));
+        desired.update(vec![pod(1, 60)], vec![twin.clone()]);
+        // The pod goes; the static entry with the same key still wants it.
+        let changed = desired.update(Vec::new(), vec![twin]);
+        assert_eq!(changed[&entry(1, 60).key()], Some(entry(1, 60)));
+        // Now the static entry goes too: no longer wanted.
+        let changed = desired.update(Vec::new(), Vec::new());
+        assert_eq!(changed[&entry(1, 60).key()], None);
+        assert!(desired.wanting.is_empty(), "{:?}", desired.wanting);
     }
 
     #[test]
