@@ -971,8 +971,12 @@ mod reconciler {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn with_the_spire_backend_pods_become_entries_in_a_real_spire_server() {
         use super::spire::{SpireOptions, SpireServer};
+        use wimsey_core::bundle::TrustDomainBundle;
+        use wimsey_core::spiffe_id::TrustDomain;
+        use wimsey_core::x509::upstream::test_pki::UserPki;
         use wimsey_operator::config::Backend;
         use wimsey_operator::spire_entries::{BatchLimits, SpireEntries};
+        use wimsey_operator::spire_relationships::SpireRelationships;
 
         const CLASS: &str = "wimsey-cp-spire";
         let client = client().await;
@@ -1081,10 +1085,78 @@ mod reconciler {
             "{refused}"
         );
         reason_is("wimsey-cp-spire", "Reconciled").await;
+
+        // A ClusterFederatedTrustDomain for that trust domain becomes a SPIRE federation
+        // relationship, with its trustDomainBundle as SPIRE's bundle: the refused entries are
+        // accepted now, and the resource says SPIRE holds the relationship.
+        let peer = TrustDomain::new("unknown.example").unwrap();
+        let mut bundle = TrustDomainBundle::new(peer.clone());
+        bundle
+            .x509_authorities
+            .push(UserPki::new(&peer).root().as_ref().to_vec());
+        let cftd_api = apply_cr(
+            &client,
+            json!({
+                "apiVersion": "spire.spiffe.io/v1alpha1",
+                "kind": "ClusterFederatedTrustDomain",
+                "metadata": {"name": "wimsey-cp-spire-peer"},
+                "spec": {
+                    "className": CLASS,
+                    "trustDomain": "unknown.example",
+                    "bundleEndpointURL": "https://unknown.example/bundle",
+                    "bundleEndpointProfile": {"type": "https_web"},
+                    "trustDomainBundle": bundle.to_spiffe_jwks().unwrap(),
+                }
+            }),
+        )
+        .await;
+        let held = wait_for("the CFTD Ready: SPIRE holds it", SYNC, || async {
+            ready_condition(&cftd_api, "wimsey-cp-spire-peer")
+                .await
+                .filter(|(ready, _)| ready["reason"] == "Reconciled")
+                .map(|(ready, _)| ready)
+        })
+        .await;
+        println!(
+            "ClusterFederatedTrustDomain with the spire backend: {}",
+            held["message"]
+        );
+        let relationships =
+            SpireRelationships::connect_lazy(spire.socket_path(), BatchLimits::default());
+        let listed = relationships.list_all().await.unwrap();
+        assert_eq!(
+            listed
+                .iter()
+                .map(|r| (r.trust_domain.as_str(), r.bundle_endpoint_url.as_str()))
+                .collect::<Vec<_>>(),
+            [("unknown.example", "https://unknown.example/bundle")]
+        );
+        let accepted = reason_is("wimsey-cp-spire-fed", "Reconciled").await;
+        println!(
+            "federated entries once SPIRE knows the trust domain: {}",
+            accepted["message"]
+        );
         spec_api
             .delete("wimsey-cp-spire-fed", &DeleteParams::default())
             .await
             .unwrap();
+        cftd_api
+            .delete("wimsey-cp-spire-peer", &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for(
+            "the relationship deleted with its resource",
+            SYNC,
+            || async {
+                relationships
+                    .list_all()
+                    .await
+                    .unwrap()
+                    .is_empty()
+                    .then_some(())
+            },
+        )
+        .await;
 
         // The SPIRE Server goes away. Nothing is sent while nothing changes, so the next change
         // finds it gone: BackendUnavailable; once it is back the change goes through.
