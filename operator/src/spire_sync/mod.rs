@@ -352,8 +352,8 @@ impl SpireSync {
             return Ok((0, false));
         };
         let (mut sent, mut added) = (0, false);
-        // An answer showing a relationship we did not know of asks for one more plan; twice is
-        // enough (the second plan knows it), more would only chase someone racing us.
+        // A relationship deleted behind our back while we update it asks for one more plan (to
+        // create it); a bound, so that someone racing us is never chased for long.
         for _ in 0..3 {
             let plan = held.plan(desired);
             if plan.is_empty() {
@@ -367,7 +367,7 @@ impl SpireSync {
             }
             if !plan.create.is_empty() {
                 let outcomes = client.create(plan.create.clone()).await?;
-                again |= held.record_created(&plan.create, outcomes);
+                held.record_created(&plan.create, outcomes);
                 added = true;
             }
             if !plan.update.is_empty() {

@@ -93,32 +93,25 @@ impl Relationships {
         plan
     }
 
-    /// Records the answers to creating `sent`. Returns whether SPIRE holds something we did not
-    /// know of (a relationship created meanwhile by someone else): then plan again.
-    pub fn record_created(
-        &mut self,
-        sent: &[FederationRelationship],
-        outcomes: Vec<ItemOutcome>,
-    ) -> bool {
-        let mut again = false;
+    /// Records the answers to creating `sent`.
+    pub fn record_created(&mut self, sent: &[FederationRelationship], outcomes: Vec<ItemOutcome>) {
         for (sent, outcome) in sent.iter().zip(outcomes) {
             match outcome {
                 ItemOutcome::Done => self.hold(sent),
-                ItemOutcome::AlreadyExists => {
-                    // Its endpoint is unknown: held without one, the next plan updates it.
-                    self.held.insert(
-                        sent.trust_domain.clone(),
-                        FederationRelationship {
-                            trust_domain: sent.trust_domain.clone(),
-                            ..FederationRelationship::default()
-                        },
-                    );
-                    again = true;
-                }
+                // Not listed, yet there: a static relationship of SPIRE's configuration file
+                // (not ours to change), or one created since our listing. A refusal until the
+                // resource changes or the next drift check, which lists (and then updates) the
+                // latter: never a create-update loop against a static one.
+                ItemOutcome::AlreadyExists => self.refuse(
+                    sent,
+                    Code::AlreadyExists,
+                    "SPIRE Server already has a federation relationship with this trust domain \
+                     that it did not list (one of its configuration file?)"
+                        .to_owned(),
+                ),
                 ItemOutcome::Refused { code, message } => self.refuse(sent, code, message),
             }
         }
-        again
     }
 
     /// Records the answers to updating `sent`. Returns whether to plan again (a relationship
@@ -270,14 +263,13 @@ mod tests {
         let a = federation("a.test", "https://a.example/bundle");
         let mut held = Relationships::default();
         let plan = held.plan(&set(std::slice::from_ref(&a)));
-        let again = held.record_created(
+        held.record_created(
             &plan.create,
             vec![ItemOutcome::Refused {
                 code: Code::InvalidArgument,
                 message: "bad endpoint".into(),
             }],
         );
-        assert!(!again);
         assert!(held.plan(&set(std::slice::from_ref(&a))).is_empty());
         let statuses = held.statuses(&set(std::slice::from_ref(&a)));
         assert_eq!(
@@ -293,14 +285,19 @@ mod tests {
     }
 
     #[test]
-    fn answers_showing_unknown_state_lead_to_another_plan() {
+    fn answers_showing_unknown_state_never_loop() {
         let a = federation("a.test", "https://a.example/bundle");
         let desired = set(std::slice::from_ref(&a));
-        // created meanwhile by someone else: held with an unknown endpoint, then updated
+        // there but not listed (a static relationship): refused, not retried until the drift
+        // check lists again
         let mut held = Relationships::default();
         let plan = held.plan(&desired);
-        assert!(held.record_created(&plan.create, vec![ItemOutcome::AlreadyExists]));
-        assert_eq!(held.plan(&desired).update, vec![to_wire(&a)]);
+        held.record_created(&plan.create, vec![ItemOutcome::AlreadyExists]);
+        assert!(held.plan(&desired).is_empty());
+        assert!(matches!(
+            &held.statuses(&desired)["cftd-a.test"],
+            RelationshipStatus::Refused(why) if why.starts_with("AlreadyExists")
+        ));
         // deleted behind our back while we update it: created next
         let mut held = Relationships::from_listed(vec![FederationRelationship {
             bundle_endpoint_url: "https://old.example/".into(),
