@@ -50,6 +50,11 @@ impl ItemOutcome {
     }
 }
 
+/// The outcomes of a batch, from its items' statuses in order.
+fn outcomes(statuses: impl Iterator<Item = Option<ItemStatus>>) -> Vec<ItemOutcome> {
+    statuses.map(ItemOutcome::from_status).collect()
+}
+
 /// Calls made, by RPC (a ListFederationRelationships page counts once).
 #[derive(Debug, Default)]
 pub struct RelationshipCalls {
@@ -143,12 +148,9 @@ impl SpireRelationships {
                         },
                     )
                     .await?;
-                Ok(response
-                    .into_inner()
-                    .results
-                    .into_iter()
-                    .map(|r| ItemOutcome::from_status(r.status))
-                    .collect())
+                Ok(outcomes(
+                    response.into_inner().results.into_iter().map(|r| r.status),
+                ))
             }
         })
         .await
@@ -174,12 +176,9 @@ impl SpireRelationships {
                         },
                     )
                     .await?;
-                Ok(response
-                    .into_inner()
-                    .results
-                    .into_iter()
-                    .map(|r| ItemOutcome::from_status(r.status))
-                    .collect())
+                Ok(outcomes(
+                    response.into_inner().results.into_iter().map(|r| r.status),
+                ))
             }
         })
         .await
@@ -202,12 +201,9 @@ impl SpireRelationships {
                         },
                     )
                     .await?;
-                Ok(response
-                    .into_inner()
-                    .results
-                    .into_iter()
-                    .map(|r| ItemOutcome::from_status(r.status))
-                    .collect())
+                Ok(outcomes(
+                    response.into_inner().results.into_iter().map(|r| r.status),
+                ))
             }
         })
         .await
