@@ -714,8 +714,14 @@ async fn spire_server_agent_operator_and_csi_give_a_pod_its_identity() -> Result
     let result = stack(&cluster, &ns).await;
     let result = ns.finish(result).await;
     let restore = plugin.restore(&cluster).await;
-    // the agent's socket, left behind on the host by its (deleted) pod
-    let _ = std::fs::remove_file(Path::new(AGENT_SOCKET_DIR).join(AGENT_SOCKET));
+    // the agent's socket, left behind on the host by its (deleted) pod, and the hostPath
+    // directories kubelet made for it (best effort: removed only when empty)
+    let dir = Path::new(AGENT_SOCKET_DIR);
+    let _ = std::fs::remove_file(dir.join(AGENT_SOCKET));
+    let _ = std::fs::remove_dir(dir);
+    if let Some(parent) = dir.parent() {
+        let _ = std::fs::remove_dir(parent);
+    }
     println!(
         "spire-stack: test took {:.1} s",
         started.elapsed().as_secs_f64()
