@@ -5,7 +5,8 @@
 #   images.sh load    -> ctr import (local provider) or kind load image-archive (kind provider)
 # The image list comes from make (IMAGES in mk/cluster.mk) as IMAGE_SPECS, one per line:
 #   name|cargo package|binary|extra wimsey-oci-image flags|extra cargo flags
-# and Go programs as GO_IMAGE_SPECS (GO_IMAGES in mk/cluster.mk): name|source dir|binary|extra flags
+# and Go programs as GO_IMAGE_SPECS (GO_IMAGES in mk/cluster.mk): name|source dir|binary|extra flags,
+# and prebuilt static binaries as BIN_IMAGE_SPECS (BIN_IMAGES): name|path|extra flags
 # Images are named localhost/wimsey/<name>:<git short sha>[-dirty] (ours also :<that>-next).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -92,6 +93,17 @@ build() {
 		# shellcheck disable=SC2086
 		"$tool" --out "$OUT/$name.tar" --name "$REGISTRY/$name:$tag" --add "$exe:/$bin" --entrypoint "/$bin" $oflags
 	done < <(printf '%s\n' "${GO_IMAGE_SPECS:-}" | sed 's/^[[:space:]]*//; /^$/d')
+	# Upstream binaries built elsewhere (BIN_IMAGE_SPECS, one per line: name|path|extra flags), e.g.
+	# the static spire-agent of build.sh; one not built yet is left out (its make target builds it).
+	while IFS='|' read -r name exe oflags; do
+		if [ ! -x "$exe" ]; then log "$name: $exe not built, no image"; continue; fi
+		if command -v readelf >/dev/null && readelf -l "$exe" | grep 'Requesting program interpreter' >/dev/null; then
+			echo "$exe is not static" >&2; exit 1
+		fi
+		local bin; bin=$(basename "$exe")
+		# shellcheck disable=SC2086
+		"$tool" --out "$OUT/$name.tar" --name "$REGISTRY/$name:$tag" --add "$exe:/$bin" --entrypoint "/$bin" $oflags
+	done < <(printf '%s\n' "${BIN_IMAGE_SPECS:-}" | sed 's/^[[:space:]]*//; /^$/d')
 	echo "$tag" >"$OUT/tag"
 	log "images tagged $tag in $OUT"
 }

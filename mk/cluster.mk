@@ -41,6 +41,14 @@ $(call image_name,$(1))|$(call image_pkg,$(1))|$(call image_bin,$(1))|$(IMAGE_OP
 endef
 export GO_IMAGE_SPECS = $(foreach i,$(GO_IMAGES),$(call go_image_spec,$(i)))
 
+# Prebuilt static upstream binaries as images: name=path (e.g. spire-agent in mk/spire-stack.mk),
+# flags in IMAGE_OPTS_<name>; a binary not built yet gets no image.
+define bin_image_spec
+$(call image_name,$(1))|$(word 2,$(subst =, ,$(1)))|$(IMAGE_OPTS_$(call image_name,$(1)))
+
+endef
+export BIN_IMAGE_SPECS = $(foreach i,$(BIN_IMAGES),$(call bin_image_spec,$(i)))
+
 CLUSTER_SH := kind-tests/cluster/cluster.sh
 
 .PHONY: cluster-up cluster-down cluster-status cluster-tools images images-build images-load e2e

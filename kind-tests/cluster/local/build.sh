@@ -6,10 +6,11 @@
 #   $WIMSEY_CACHE/helm-$HELM_VERSION/bin/helm
 #   $WIMSEY_CACHE/kubeconform-$KUBECONFORM_VERSION/bin/kubeconform
 #   $WIMSEY_CACHE/spire-$SPIRE_VERSION/bin/spire-server  (the federation peer in the interop tests)
+#   $WIMSEY_CACHE/spire-$SPIRE_VERSION/bin/spire-agent   (static; the SPIRE stack e2e's agent image)
 # Everything comes from the Go module proxy through generated wrapper modules (see
 # shared/reference/local-cluster.md §1-2): k/k's go.mod pins its staging modules at v0.0.0, so the wrapper
 # replaces each of them with the published v0.Y.Z tag. A component is rebuilt only when its `--version`
-# output does not match. Usage: build.sh [all|k8s|etcd|helm|kubeconform]...
+# output does not match. Usage: build.sh [all|k8s|etcd|helm|kubeconform|spire|spire-agent]...
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/versions.sh"
@@ -153,6 +154,31 @@ build_spire() {
 	"$out/spire-server" --version 2>&1
 }
 
+# spire-agent, for the SPIRE stack e2e (a DaemonSet pod of our own image): the same wrapper-module way
+# as spire-server, in a sibling module, but static (CGO_ENABLED=0): the agent has no sqlite3, and our
+# OCI writer packs a single executable with no libc beside it.
+build_spire_agent() {
+	local V=$SPIRE_VERSION out="$C/spire-$SPIRE_VERSION/bin" src="$C/spire-$SPIRE_VERSION/src-agent"
+	local have=
+	[ -x "$out/spire-agent" ] && have=$("$out/spire-agent" --version 2>&1 || true)
+	if [[ $have == "${V#v}"* && $("$GO" version -m "$out/spire-agent" 2>&1) == *CGO_ENABLED=0* ]]; then
+		log "spire-agent $V: cached in $out"; return 0
+	fi
+	log "spire-agent $V: building (wrapper module in $src, static)"
+	mkdir -p "$src" "$out"
+	(
+		cd "$src"
+		rm -f go.mod go.sum
+		"$GO" mod init example.local/wimsey-spireagent >/dev/null 2>&1
+		"$GO" get -tool "github.com/spiffe/spire/cmd/spire-agent@$V"
+		timed "spire-agent-$V" "$GO" build -p "$GOBUILD_P" -trimpath \
+			-ldflags "-s -w -X github.com/spiffe/spire/pkg/common/version.gittag=${V#v}" \
+			-o "$out/spire-agent.tmp" github.com/spiffe/spire/cmd/spire-agent
+	)
+	mv "$out/spire-agent.tmp" "$out/spire-agent"
+	"$out/spire-agent" --version 2>&1
+}
+
 [ $# -gt 0 ] || set -- all
 for what in "$@"; do
 	case $what in
@@ -163,6 +189,7 @@ for what in "$@"; do
 	helm) build_helm ;;
 	kubeconform) build_kubeconform ;;
 	spire) build_spire ;;
+	spire-agent) build_spire_agent ;;
 	*) echo "unknown component: $what" >&2; exit 2 ;;
 	esac
 done

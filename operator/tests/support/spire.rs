@@ -17,6 +17,7 @@
 //!     .key_manager: KeyManager            // Memory (default) | Disk (keys.json in the data dir)
 //!     .federates_with: Vec<FederatesWith> // FederatesWith::https_spiffe(td, url, endpoint_id) | ::https_web(td, url)
 //!     .env: Vec<(String, String)>         // extra env for the server, e.g. SSL_CERT_FILE for https_web peers
+//!     .extra_plugins: String              // more plugin blocks (HCL) in `plugins {}`, e.g. NodeAttestor "k8s_psat"
 //!     .startup_timeout: Duration          // default 60 s
 //!     .command_timeout: Duration          // per CLI call, default 30 s
 //! SpireServer::start(opts) -> anyhow::Result<SpireServer>    // waits for healthcheck + bundle endpoint TCP
@@ -25,6 +26,7 @@
 //! server.trust_domain() -> &str                // "spire.test"
 //! server.server_id() -> String                 // "spiffe://spire.test/spire/server": the endpoint SPIFFE ID (https_spiffe)
 //! server.bundle_endpoint_addr() -> SocketAddr
+//! server.server_port() -> u16                  // the agent API (SPIRE's `bind_port`) on 127.0.0.1
 //! server.bundle_endpoint_url() -> String       // "https://127.0.0.1:<port>" (SPIRE serves the bundle on every path)
 //! server.socket_path() / dir() / log_path() / config_path() -> &Path
 //! server.config() -> &str                      // the HCL it runs with
@@ -152,6 +154,8 @@ pub struct SpireOptions {
     pub key_manager: KeyManager,
     pub federates_with: Vec<FederatesWith>,
     pub env: Vec<(String, String)>,
+    /// Plugin blocks (HCL) added inside `plugins { }` after the datastore and key manager.
+    pub extra_plugins: String,
     pub startup_timeout: Duration,
     pub command_timeout: Duration,
 }
@@ -169,6 +173,7 @@ impl SpireOptions {
             key_manager: KeyManager::Memory,
             federates_with: Vec::new(),
             env: Vec::new(),
+            extra_plugins: String::new(),
             startup_timeout: Duration::from_secs(60),
             command_timeout: Duration::from_secs(30),
         }
@@ -190,6 +195,7 @@ pub struct SpireServer {
     binary: PathBuf,
     trust_domain: String,
     bundle_endpoint: SocketAddr,
+    server_port: u16,
     socket: PathBuf,
     log: PathBuf,
     config_path: PathBuf,
@@ -397,6 +403,10 @@ fn render_config(input: &ConfigInput<'_>) -> String {
             let _ = writeln!(c, "        }}");
             let _ = writeln!(c, "    }}");
         }
+    }
+    c.push_str(&o.extra_plugins);
+    if !o.extra_plugins.is_empty() && !o.extra_plugins.ends_with('\n') {
+        c.push('\n');
     }
     let _ = writeln!(c, "}}");
     c
@@ -661,6 +671,7 @@ impl SpireServer {
             binary,
             trust_domain: opts.trust_domain.clone(),
             bundle_endpoint: SocketAddr::from(([127, 0, 0, 1], bundle_port)),
+            server_port,
             socket,
             log,
             config_path,
@@ -732,6 +743,11 @@ impl SpireServer {
 
     pub fn bundle_endpoint_addr(&self) -> SocketAddr {
         self.bundle_endpoint
+    }
+
+    /// The port of SPIRE's agent API (`bind_port`), on 127.0.0.1.
+    pub fn server_port(&self) -> u16 {
+        self.server_port
     }
 
     pub fn bundle_endpoint_url(&self) -> String {
@@ -1162,6 +1178,8 @@ mod tests {
     fn config_names_every_setting() {
         let mut opts = SpireOptions::new("spire.test");
         opts.key_manager = KeyManager::Disk;
+        opts.extra_plugins =
+            "    NodeAttestor \"k8s_psat\" {\n        plugin_data {}\n    }".into();
         opts.refresh_hint = Duration::from_millis(2500);
         opts.federates_with = vec![
             FederatesWith::https_spiffe(
@@ -1190,6 +1208,7 @@ mod tests {
             "bundle_endpoint_profile \"https_web\" {}",
             "keys_path = \"/tmp/x/data/keys.json\"",
             "connection_string = \"/tmp/x/data/datastore.sqlite3\"",
+            "    NodeAttestor \"k8s_psat\" {\n        plugin_data {}\n    }\n}\n",
         ] {
             assert!(config.contains(needle), "{needle} missing in\n{config}");
         }
