@@ -130,7 +130,7 @@ struct Layout {
 
 impl Layout {
     fn new(pods: usize) -> Self {
-        let per_namespace = (pods / NAMESPACES).max(1);
+        let per_namespace = pods.div_ceil(NAMESPACES).max(1);
         Self {
             pods,
             per_namespace,
@@ -539,6 +539,7 @@ async fn run(pods: usize, params: &Params) -> BTreeMap<&'static str, String> {
     let started = Instant::now();
     operator.wait_ready().await;
     out.insert("start", format!("{:.1} s", started.elapsed().as_secs_f64()));
+    let rss_started = operator.status_mib("VmRSS:");
     let direct = SpireEntries::connect_lazy(server.socket_path(), BatchLimits::default());
     assert_eq!(direct.count().await.unwrap(), 0);
 
@@ -668,6 +669,7 @@ async fn run(pods: usize, params: &Params) -> BTreeMap<&'static str, String> {
     let hwm = operator.status_mib("VmHWM:");
     let per_10k = |mib: f64| (mib - rss_baseline) / (pods as f64 / 10_000.0);
     out.insert("rss_baseline", format!("{rss_baseline:.1}"));
+    out.insert("rss_started", format!("{rss_started:.1}"));
     out.insert("rss_steady", format!("{rss_steady:.1}"));
     out.insert("rss_end", format!("{rss_end:.1}"));
     out.insert("rss_hwm", format!("{hwm:.1}"));
@@ -891,6 +893,25 @@ fn main() {
         "",
         "",
     );
+    if let (Some(first), Some(last)) = (figures.first(), figures.last())
+        && sizes.len() > 1
+    {
+        // What each further 10k pods cost, without the fixed part the baseline does not hold.
+        let mib = |f: &BTreeMap<&'static str, String>, k: &str| f[k].parse::<f64>().unwrap();
+        let tens = (sizes[sizes.len() - 1] - sizes[0]) as f64 / 10_000.0;
+        println!(
+            "| {:<52} | {:>w$} | {:<22} | {:<55} |",
+            "operator RSS per further 10k pods (between sizes)",
+            format!(
+                "{:.1} MiB after convergence, {:.1} MiB peak",
+                (mib(last, "rss_steady") - mib(first, "rss_steady")) / tens,
+                (mib(last, "rss_hwm") - mib(first, "rss_hwm")) / tens
+            ),
+            "< 60 MiB",
+            "",
+            w = 27 * sizes.len() - 3
+        );
+    }
     println!();
     println!(
         "spire-controller-manager v0.6.6 figures are as published in issue 14, on other hardware; not measured here."
