@@ -38,10 +38,20 @@ bench-federation: spire-server ## bundle endpoint throughput and latency vs spir
 	WIMSEY_SPIRE_SERVER=$(SPIRE_SERVER) $(CARGO) bench -p wimsey-operator --bench bundle_endpoint
 
 .PHONY: bench-spire
-# The spire backend's sync against a real SPIRE Server (SQLite), 10k and 50k entries, beside the
-# floor of a raw BatchCreateEntry client (not in make test).
+K8S_VERSION ?= $(shell . kind-tests/cluster/local/versions.sh && echo $$K8S_VERSION)
+ETCD_VERSION ?= $(shell . kind-tests/cluster/local/versions.sh && echo $$ETCD_VERSION)
+BENCH_ETCD := $(WIMSEY_CACHE)/etcd-$(ETCD_VERSION)/bin/etcd
+BENCH_KUBE_APISERVER := $(WIMSEY_CACHE)/k8s-$(K8S_VERSION)/bin/kube-apiserver
+# The spire backend against a real SPIRE Server (SQLite), not in make test, both --release:
+# - spire_sync: the sync alone, from the in-memory store, 10k and 50k entries, beside the floor
+#   of a raw BatchCreateEntry client;
+# - spire_cp: the wimsey-operator binary between a private etcd + kube-apiserver of its own (the
+#   cached binaries; never the shared cluster) and SPIRE, 10k and 50k realistic pods, 5
+#   ClusterSPIFFEIDs. PODS=10000,50000, IDLE_SECONDS=60, SINGLES=100 change its sizes.
 bench-spire: spire-server ## spire backend: convergence vs SPIRE's floor, single-pod latency, idle calls, memory
-	WIMSEY_SPIRE_SERVER=$(SPIRE_SERVER) $(CARGO) bench -p wimsey-operator --bench spire_sync
+	kind-tests/cluster/local/build.sh control-plane
+	WIMSEY_SPIRE_SERVER=$(SPIRE_SERVER) WIMSEY_ETCD=$(BENCH_ETCD) WIMSEY_KUBE_APISERVER=$(BENCH_KUBE_APISERVER) \
+		$(CARGO) bench -p wimsey-operator --bench spire_sync --bench spire_cp
 
 .PHONY: test-federation-e2e
 # Federation with a real SPIRE Server on this host, both ways, on the node-level cluster

@@ -9,8 +9,8 @@
 //! - SPIRE API calls while nothing changes (a 30 s window, `IDLE_SECONDS` to change it);
 //! - this process's resident memory growth (store + sync mirror) per 10k entries.
 //!
-//! What it does not cover yet: the reconciler and the API server in front (CRs applied -> entries;
-//! `make bench-operator` measures the reconciler alone). spire-controller-manager's figures are
+//! The sync alone, with no reconciler or API server in front: `spire_cp.rs` (also in `make
+//! bench-spire`) measures the operator binary with both. spire-controller-manager's figures are
 //! printed beside ours as published, not measured here.
 
 // A benchmark: a broken setup should stop it loudly.
