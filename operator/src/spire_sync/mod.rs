@@ -96,7 +96,7 @@ pub fn feedback(state: &BackendState, store: &EntryStore) -> Feedback {
             if !refused.is_empty() {
                 let refused_keys: BTreeMap<EntryKey, &Refusal> =
                     refused.iter().map(|r| (r.entry.key(), r)).collect();
-                let pods = store.all_pods();
+                let pods = store.pods_unordered();
                 let declared = pods
                     .iter()
                     .flat_map(|pod| pod.entries.iter().cloned())
@@ -309,7 +309,7 @@ impl SpireSync {
         desired: &mut Desired,
         full: bool,
     ) -> Result<SyncReport, SpireApiError> {
-        let changed = desired.update(self.store.all_pods(), self.store.static_entries());
+        let changed = desired.update(self.store.pods_unordered(), self.store.static_entries());
         let ownership = &self.settings.ownership;
         let plan = if full {
             mirror.plan(&desired.all(), ownership)
