@@ -71,10 +71,10 @@ pub struct SpireRelationships {
     calls: Arc<RelationshipCalls>,
 }
 
-/// An update sets where the bundle is fetched and how the endpoint is authenticated; never the
-/// bundle, which SPIRE keeps fresh by fetching it (a resource's `trustDomainBundle` only starts
-/// a relationship off).
-fn update_mask() -> FederationRelationshipMask {
+/// Where the bundle is fetched and how the endpoint is authenticated: what an update sets and a
+/// listing returns. Never the bundle, which SPIRE keeps fresh by fetching it (a resource's
+/// `trustDomainBundle` only starts a relationship off) and which planning does not need.
+fn endpoint_fields() -> FederationRelationshipMask {
     FederationRelationshipMask {
         bundle_endpoint_url: true,
         bundle_endpoint_profile: true,
@@ -107,11 +107,7 @@ impl SpireRelationships {
                 .client
                 .clone()
                 .list_federation_relationships(ListFederationRelationshipsRequest {
-                    output_mask: Some(FederationRelationshipMask {
-                        bundle_endpoint_url: true,
-                        bundle_endpoint_profile: true,
-                        trust_domain_bundle: false,
-                    }),
+                    output_mask: Some(endpoint_fields()),
                     page_size: self.limits.page,
                     page_token,
                     include_static: false,
@@ -171,7 +167,7 @@ impl SpireRelationships {
                     .batch_update_federation_relationship(
                         BatchUpdateFederationRelationshipRequest {
                             federation_relationships: chunk,
-                            input_mask: Some(update_mask()),
+                            input_mask: Some(endpoint_fields()),
                             output_mask: Some(FederationRelationshipMask::default()),
                         },
                     )
